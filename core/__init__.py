@@ -1,0 +1,94 @@
+"""sansproxy's core: a pure, synchronous state machine for proxying LLM API calls.
+
+No I/O, no clock, no randomness: a driver feeds events with ``now=`` and
+carries out the commands the exchange returns. See the README for a complete
+driver in a dozen lines.
+
+    proxy = Proxy(ProxyConfig())                       # compiled once
+    ex = proxy.exchange(exchange_id="1", now=0.0, wall_time=time.time())
+    ex.handle(RequestReceived(method=b"GET", target=b"/health", headers=[]), now=0.0)
+    ex.handle(RequestEnded(), now=0.0)
+    while (cmd := ex.next_command()) is not None:
+        ...  # StartResponse, SendBody, EndResponse, SendUpstreamRequest, ...
+"""
+
+from ._commands import (
+    CancelUpstream,
+    Command,
+    EndResponse,
+    Log,
+    LogLevel,
+    Origin,
+    SendBody,
+    SendUpstreamRequest,
+    StartResponse,
+    WriteTrace,
+)
+from ._config import LimitsConfig, MockConfig, ProxyConfig, ServerConfig, UpstreamConfig
+from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._events import (
+    ClientGone,
+    Event,
+    FailureKind,
+    Headers,
+    RequestData,
+    RequestEnded,
+    RequestReceived,
+    TimerFired,
+    UpstreamData,
+    UpstreamEnded,
+    UpstreamFailed,
+    UpstreamResponse,
+)
+from ._exchange import BUILTIN_MIDDLEWARE, Exchange, Pipeline, Proxy
+from ._http import error_body
+from ._middleware import Context, Middleware, Reply
+from ._sse import SSEDecoder, SSEEvent, format_error_event, parse_block
+from ._state import TRANSITIONS, State
+from ._trace import TraceMiddleware
+
+__all__ = [
+    "BUILTIN_MIDDLEWARE",
+    "TRANSITIONS",
+    "CancelUpstream",
+    "ClientGone",
+    "Command",
+    "Context",
+    "EndResponse",
+    "Event",
+    "Exchange",
+    "FailureKind",
+    "Headers",
+    "LimitsConfig",
+    "LocalProtocolError",
+    "Log",
+    "LogLevel",
+    "Middleware",
+    "MockConfig",
+    "Origin",
+    "Pipeline",
+    "ProtocolError",
+    "Proxy",
+    "ProxyConfig",
+    "RemoteProtocolError",
+    "Reply",
+    "RequestData",
+    "RequestEnded",
+    "RequestReceived",
+    "SSEDecoder",
+    "SSEEvent",
+    "SendBody",
+    "SendUpstreamRequest",
+    "ServerConfig",
+    "StartResponse",
+    "State",
+    "TimerFired",
+    "TraceMiddleware",
+    "UpstreamConfig",
+    "UpstreamData",
+    "UpstreamEnded",
+    "UpstreamFailed",
+    "UpstreamResponse",
+    "WriteTrace",
+    "error_body",
+]

@@ -1,0 +1,128 @@
+"""The configuration model: one pydantic model, validated once at start-up.
+
+Loading it (CLI flags, YAML, environment) is the adapters' job; the core only
+defines and validates the shape. Every value is immutable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+__all__ = [
+    "LimitsConfig",
+    "MockConfig",
+    "ProxyConfig",
+    "ServerConfig",
+    "UpstreamConfig",
+]
+
+MiB = 1 << 20
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class UpstreamConfig(_Frozen):
+    """The one upstream every request is forwarded to (the transparent proxy)."""
+
+    base_url: str = Field(description="Upstream base URL, e.g. https://api.openai.com")
+    type: Literal["openai", "anthropic"] = Field(
+        default="openai", description="Which API the upstream speaks (decides the key header)."
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="Key sent upstream; replaces the client's credentials. None: pass them through.",
+    )
+    connect_timeout: float = Field(default=10.0, gt=0, description="Seconds to connect.")
+    read_timeout: float = Field(
+        default=600.0, gt=0, description="Seconds to wait for the head or the next body chunk."
+    )
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https"):
+            raise ValueError("must start with http:// or https://")
+        if not parts.hostname:
+            raise ValueError("must name a host")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or fragment")
+        try:
+            parts.port  # noqa: B018 -- validates the port
+        except ValueError as exc:
+            raise ValueError(f"has an invalid port: {exc}") from None
+        return value.rstrip("/")
+
+
+class LimitsConfig(_Frozen):
+    """Bounds on everything a peer can make the proxy hold."""
+
+    max_body_size: int = Field(default=10 * MiB, gt=0, description="Request body bytes (413).")
+    max_header_size: int = Field(default=64 * 1024, gt=0, description="Request head bytes (431).")
+    max_sse_event_size: int = Field(default=MiB, gt=0, description="One upstream SSE event.")
+    max_trace_body: int = Field(
+        default=MiB, ge=0, description="Body bytes kept per trace record (the rest is cut)."
+    )
+    max_trace_events: int = Field(default=10_000, ge=0, description="Stream events per trace.")
+
+
+class ServerConfig(_Frozen):
+    """Where and how the adapters listen."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=3000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, description="Worker processes (ASGI adapter).")
+    header_timeout: float = Field(default=10.0, gt=0, description="Seconds to send a request head.")
+    keepalive_timeout: float = Field(default=5.0, gt=0, description="Idle keep-alive seconds.")
+    shutdown_grace: float = Field(default=10.0, ge=0, description="Seconds to finish on SIGTERM.")
+
+
+class MockConfig(_Frozen):
+    """The built-in mock provider, served when no upstream is configured."""
+
+    stream_delay: float = Field(default=0.02, ge=0, description="Seconds between stream events.")
+
+
+class ProxyConfig(_Frozen):
+    """Everything sansproxy needs to run."""
+
+    server: ServerConfig = ServerConfig()
+    upstream: UpstreamConfig | None = None
+    limits: LimitsConfig = LimitsConfig()
+    mock: MockConfig = MockConfig()
+    middleware: tuple[dict[str, dict[str, Any]], ...] = Field(
+        default=(),
+        description="Middleware in order: [{name: {options}}]; name is a built-in or module:attr.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("middleware", mode="before")
+    @classmethod
+    def _normalise_middleware(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            return value
+        out: list[Any] = []
+        for i, item in enumerate(value):
+            if isinstance(item, str):
+                out.append({item: {}})
+            elif isinstance(item, dict) and len(item) == 1:
+                ((name, options),) = item.items()
+                out.append({name: {} if options is None else options})
+            else:
+                raise ValueError(
+                    f"entry {i} must be a name or a mapping of one name to its options"
+                )
+        return tuple(out)
+
+    @model_validator(mode="after")
+    def _check_middleware_options(self) -> ProxyConfig:
+        for item in self.middleware:
+            for name, options in item.items():
+                if not isinstance(options, dict):
+                    raise ValueError(f"middleware {name!r}: options must be a mapping")
+        return self

@@ -1,0 +1,105 @@
+"""Events: what a driver feeds the exchange.
+
+Every event is a frozen, slotted, keyword-only dataclass. Don't subclass them:
+the exchange dispatches on the exact class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "ClientGone",
+    "Event",
+    "FailureKind",
+    "Headers",
+    "RequestData",
+    "RequestEnded",
+    "RequestReceived",
+    "TimerFired",
+    "UpstreamData",
+    "UpstreamEnded",
+    "UpstreamFailed",
+    "UpstreamResponse",
+]
+
+#: Raw header pairs as they travel on the wire: lower-case names, raw values.
+Headers = Sequence[tuple[bytes, bytes]]
+
+#: Why an upstream attempt failed, as the driver saw it.
+FailureKind = Literal["connect", "timeout", "reset", "protocol"]
+
+
+class Event:
+    """Base class of all events."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestReceived(Event):
+    """The client's request head. Header names must be lower-case."""
+
+    method: bytes
+    target: bytes
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestData(Event):
+    """A chunk of the client's request body."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestEnded(Event):
+    """The client's request body is complete."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamResponse(Event):
+    """The upstream's response head for attempt ``attempt``."""
+
+    attempt: int
+    status: int
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamData(Event):
+    """A chunk of the upstream's response body, as it arrived."""
+
+    attempt: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamEnded(Event):
+    """The upstream's response body is complete."""
+
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamFailed(Event):
+    """The upstream attempt failed: it could not connect, timed out, reset or lied.
+
+    ``message`` is for logs and must not carry secrets.
+    """
+
+    attempt: int
+    kind: FailureKind
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimerFired(Event):
+    """The deadline the exchange last returned from ``get_timer()`` has passed."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientGone(Event):
+    """The client closed its connection (or the driver gave up on it)."""

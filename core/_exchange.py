@@ -1,0 +1,712 @@
+"""The exchange: one request carried from its head to the end of its response.
+
+Drive it like aioquic's connection: ``handle(event, now=...)``, then drain
+``next_command()`` until it returns ``None``, then re-arm one timer from
+``get_timer()``. The exchange never reads a clock and never does I/O.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from ._commands import (
+    Origin,
+    CancelUpstream,
+    Command,
+    EndResponse,
+    Log,
+    SendBody,
+    SendUpstreamRequest,
+    StartResponse,
+)
+from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._events import (
+    ClientGone,
+    Event,
+    Headers,
+    RequestData,
+    RequestEnded,
+    RequestReceived,
+    TimerFired,
+    UpstreamData,
+    UpstreamEnded,
+    UpstreamFailed,
+    UpstreamResponse,
+)
+from ._http import HOP_BY_HOP, error_body, error_headers, split_target
+from ._config import ProxyConfig
+from ._middleware import HOOKS, Reply, load_middleware
+from ._trace import TraceMiddleware
+from ._mock import MockAnswer, mock_answer
+from ._sse import SSEDecoder, format_error_event
+from ._state import TRANSITIONS, State
+
+__all__ = ["BUILTIN_MIDDLEWARE", "Exchange", "Pipeline", "Proxy"]
+
+_HEALTH_BODY = b'{"status":"ok"}'
+_HEALTH_HEADERS = (
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(_HEALTH_BODY)).encode()),
+    (b"cache-control", b"no-store"),
+)
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+
+# Failure kinds reported by drivers, as errors the client sees.
+_UPSTREAM_FAILURES: dict[str, tuple[int, str, str]] = {
+    "connect": (502, "upstream_connect_error", "could not connect to the upstream"),
+    "timeout": (504, "upstream_timeout", "the upstream timed out"),
+    "reset": (502, "upstream_reset", "the upstream closed the connection mid-response"),
+    "protocol": (502, "upstream_protocol_error", "the upstream sent a malformed response"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """Middleware compiled into one tuple of bound hooks per phase, built once."""
+
+    middleware: tuple[object, ...]
+    on_request: tuple[Callable[[Exchange], Reply | None], ...]
+    on_upstream_request: tuple[Callable[[Exchange, SendUpstreamRequest], SendUpstreamRequest], ...]
+    on_response_head: tuple[Callable[[Exchange], None], ...]
+    on_response_data: tuple[Callable[[Exchange, bytes], bytes], ...]
+    on_stream_event: tuple[Callable[[Exchange, bytes], bytes | None], ...]
+    on_error: tuple[Callable[[Exchange, ProtocolError], None], ...]
+    on_complete: tuple[Callable[[Exchange], None], ...]
+
+    @classmethod
+    def build(cls, middleware: Sequence[object]) -> Pipeline:
+        """Collect each middleware's hooks, in order, skipping the ones it lacks."""
+        phases: dict[str, list[Callable[..., Any]]] = {hook: [] for hook in HOOKS}
+        for mw in middleware:
+            for hook in HOOKS:
+                fn = getattr(mw, hook, None)
+                if fn is not None:
+                    if not callable(fn):
+                        raise TypeError(f"{type(mw).__name__}.{hook} is not callable")
+                    phases[hook].append(fn)
+        return cls(
+            tuple(middleware),
+            on_request=tuple(phases["on_request"]),
+            on_upstream_request=tuple(phases["on_upstream_request"]),
+            on_response_head=tuple(phases["on_response_head"]),
+            on_response_data=tuple(phases["on_response_data"]),
+            on_stream_event=tuple(phases["on_stream_event"]),
+            on_error=tuple(phases["on_error"]),
+            on_complete=tuple(phases["on_complete"]),
+        )
+
+
+def _header(headers: Headers, wanted: bytes) -> bytes | None:
+    for name, value in headers:
+        if name == wanted:
+            return value
+    return None
+
+
+def _outcome(error: ProtocolError) -> str:
+    if error.code == "upstream_timeout":
+        return "timeout"
+    if error.error_type == "upstream_error":
+        return "upstream_error"
+    if error.error_status_hint < 500:
+        return "rejected"
+    return "error"
+
+
+class Exchange:
+    """One proxied request and its response. Create it with ``Proxy.exchange()``.
+
+    Public attributes are the context middleware hooks read: the request
+    (``request_method``, ``request_target``, ``request_path``, ``request_query``,
+    ``request_headers``, ``request_body`` once complete), the response
+    (``response_status``, ``response_headers``, ``is_stream``), timings
+    (``started_at``, ``first_upstream_byte_at``, ``ended_at``, all in the
+    driver's ``now`` units, and ``wall_time``, the start as a UNIX time), and the
+    result (``outcome``, ``error``). ``scratch`` holds per-exchange middleware
+    state, keyed by whatever the middleware likes (usually itself).
+    """
+
+    __slots__ = (
+        "_attempt",
+        "_body_chunks",
+        "_body_size",
+        "_commands",
+        "_deadline",
+        "_decoder",
+        "_dispatch",
+        "_local_blocks",
+        "_proxy",
+        "_upstream_active",
+        "ended_at",
+        "error",
+        "exchange_id",
+        "first_upstream_byte_at",
+        "is_stream",
+        "outcome",
+        "request_body",
+        "request_headers",
+        "request_method",
+        "request_path",
+        "request_query",
+        "request_target",
+        "response_headers",
+        "response_status",
+        "scratch",
+        "started_at",
+        "state",
+        "upstream_url",
+        "wall_time",
+    )
+
+    def __init__(self, proxy: Proxy, *, exchange_id: str, now: float, wall_time: float) -> None:
+        self._proxy = proxy
+        self.exchange_id = exchange_id
+        self.started_at = now
+        self.wall_time = wall_time
+        self.state = State.RECV_HEAD
+        self._dispatch = _DISPATCH[State.RECV_HEAD]
+        self._commands: deque[Command] = deque()
+        self._deadline: float | None = None
+        self._attempt = 0
+        self._upstream_active = False
+        self._decoder: SSEDecoder | None = None
+        self._local_blocks: deque[bytes] = deque()
+        self._body_chunks: list[bytes] = []
+        self._body_size = 0
+        self.request_method = b""
+        self.request_target = b""
+        self.request_path = b""
+        self.request_query = b""
+        self.request_headers: Headers = ()
+        self.request_body = b""
+        self.response_status: int | None = None
+        self.response_headers: list[tuple[bytes, bytes]] = []
+        self.is_stream = False
+        self.first_upstream_byte_at: float | None = None
+        self.ended_at: float | None = None
+        self.outcome: str | None = None
+        self.error: ProtocolError | None = None
+        self.upstream_url: str | None = None
+        self.scratch: dict[Any, Any] = {}
+
+    # -- the driver's API ----------------------------------------------------
+
+    def handle(self, event: Event, *, now: float) -> None:
+        """Feed one event. Raises ``LocalProtocolError`` if this state refuses it."""
+        handler = self._dispatch.get(event.__class__)
+        if handler is None:
+            state = self.state
+            self._set_state(State.ERROR)
+            raise LocalProtocolError(
+                f"can't handle {type(event).__name__} in state {state.name}",
+                error_status_hint=500,
+                error_type="server_error",
+            )
+        try:
+            handler(self, event, now)
+        except LocalProtocolError:
+            self._set_state(State.ERROR)
+            raise
+        except Exception as exc:  # a middleware hook's bug must not kill the connection
+            self._internal_error(exc, now)
+
+    def handle_timer(self, *, now: float) -> None:
+        """Shorthand for ``handle(TimerFired(), now=now)``."""
+        self.handle(_TIMER_FIRED, now=now)
+
+    def next_command(self) -> Command | None:
+        """The next command to carry out, or ``None`` when there is none."""
+        commands = self._commands
+        return commands.popleft() if commands else None
+
+    def get_timer(self) -> float | None:
+        """The deadline at which the driver must call ``handle_timer``, or ``None``.
+
+        Firing early is harmless: the exchange ignores a timer before its time.
+        """
+        return self._deadline
+
+    @property
+    def finished(self) -> bool:
+        """True once the response is over (or the exchange broke)."""
+        return self.state is State.DONE or self.state is State.ERROR
+
+    def emit(self, command: Command) -> None:
+        """Queue a command for the driver (middleware use this too)."""
+        self._commands.append(command)
+
+    # -- internals -----------------------------------------------------------
+
+    def _set_state(self, state: State) -> None:
+        self.state = state
+        self._dispatch = _DISPATCH[state]
+
+    def _check_attempt(self, attempt: int) -> None:
+        if attempt != self._attempt or not self._upstream_active:
+            raise LocalProtocolError(
+                f"event for upstream attempt {attempt}, but attempt {self._attempt} is "
+                + ("current" if self._upstream_active else "not running"),
+                error_status_hint=500,
+                error_type="server_error",
+            )
+
+    def _ignore(self, event: Event, now: float) -> None:
+        pass
+
+    def _on_request_head(self, event: RequestReceived, now: float) -> None:
+        self.request_method = event.method
+        self.request_target = event.target
+        self.request_headers = event.headers
+        self._set_state(State.RECV_BODY)
+        limits = self._proxy.limits
+        size = len(event.method) + len(event.target)
+        for name, value in event.headers:
+            size += len(name) + len(value) + 4
+        try:
+            if size > limits.max_header_size:
+                raise RemoteProtocolError(
+                    f"the request head is over {limits.max_header_size} bytes",
+                    error_status_hint=431,
+                    code="request_header_fields_too_large",
+                )
+            self.request_path, self.request_query = split_target(event.target)
+            length = _header(event.headers, b"content-length")
+            if length is not None and int(length) > limits.max_body_size:
+                raise self._too_large()
+        except RemoteProtocolError as exc:
+            self._fail(exc, now)
+        except ValueError:
+            self._fail(RemoteProtocolError("invalid Content-Length", code="invalid_request"), now)
+
+    def _too_large(self) -> RemoteProtocolError:
+        return RemoteProtocolError(
+            f"the request body is over {self._proxy.limits.max_body_size} bytes",
+            error_status_hint=413,
+            code="request_too_large",
+        )
+
+    def _on_request_data(self, event: RequestData, now: float) -> None:
+        self._body_size += len(event.data)
+        if self._body_size > self._proxy.limits.max_body_size:
+            self._body_chunks.clear()
+            self._fail(self._too_large(), now)
+        elif event.data:
+            self._body_chunks.append(event.data)
+
+    def _on_request_end(self, event: RequestEnded, now: float) -> None:
+        chunks = self._body_chunks
+        self.request_body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._body_chunks = []
+        if self.request_path == b"/health":
+            self._start_response(200, list(_HEALTH_HEADERS), hooks=False)
+            self._commands.append(SendBody(data=_HEALTH_BODY))
+            self._commands.append(_END_OK)
+            self._complete("completed", now, hooks=False)
+            return
+        try:
+            for hook in self._proxy.pipeline.on_request:
+                reply = hook(self)
+                if reply is not None:
+                    self._answer(reply.status, list(reply.headers), reply.body, now)
+                    return
+            if self._proxy.upstream is None:
+                self._answer_mock(now)
+            else:
+                self._send_upstream(now)
+        except RemoteProtocolError as exc:
+            self._fail(exc, now)
+
+    def _answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, now: float) -> None:
+        if _header(headers, b"content-length") is None:
+            headers.append((b"content-length", str(len(body)).encode()))
+        self._start_response(status, headers)
+        self._send_body(body)
+        self._commands.append(_END_OK)
+        self._complete("completed", now)
+
+    def _answer_mock(self, now: float) -> None:
+        answer: MockAnswer = mock_answer(
+            self.request_method,
+            self.request_path,
+            self.request_body,
+            exchange_id=self.exchange_id,
+            created=int(self.wall_time),
+        )
+        if not answer.stream:
+            self._answer(answer.status, list(answer.headers), answer.body, now)
+            return
+        self.is_stream = True
+        self._start_response(answer.status, list(answer.headers))
+        delay = self._proxy.mock_stream_delay
+        if delay <= 0:
+            self._send_blocks(answer.blocks)
+            self._commands.append(_END_OK)
+            self._complete("completed", now)
+            return
+        self._local_blocks.extend(answer.blocks)
+        self._send_blocks((self._local_blocks.popleft(),))
+        self._deadline = now + delay
+        self._set_state(State.LOCAL_STREAM)
+
+    def _on_local_timer(self, event: TimerFired, now: float) -> None:
+        deadline = self._deadline
+        if deadline is None or now < deadline:
+            return
+        self._send_blocks((self._local_blocks.popleft(),))
+        if self._local_blocks:
+            self._deadline = now + self._proxy.mock_stream_delay
+        else:
+            self._commands.append(_END_OK)
+            self._complete("completed", now)
+
+    def _send_upstream(self, now: float) -> None:
+        upstream = self._proxy.upstream
+        assert upstream is not None
+        method = self.request_method
+        body = self.request_body
+        headers = upstream.request_headers(self.request_headers)
+        if body or method in _BODY_METHODS:
+            headers.append((b"content-length", str(len(body)).encode()))
+        target = upstream.target(self.request_path) + self.request_query
+        self._attempt += 1
+        command = SendUpstreamRequest(
+            attempt=self._attempt,
+            origin=upstream.origin,
+            method=method,
+            target=target,
+            headers=headers,
+            body=body,
+            connect_timeout=upstream.connect_timeout,
+        )
+        for hook in self._proxy.pipeline.on_upstream_request:
+            command = hook(self, command)
+        self.upstream_url = upstream.url_prefix + command.target.decode("latin-1")
+        self._commands.append(command)
+        self._upstream_active = True
+        self._deadline = now + self._proxy.read_timeout
+        self._set_state(State.AWAIT_UPSTREAM)
+
+    def _on_upstream_head(self, event: UpstreamResponse, now: float) -> None:
+        self._check_attempt(event.attempt)
+        self.first_upstream_byte_at = now
+        self._deadline = now + self._proxy.read_timeout
+        self._set_state(State.RELAY)
+        headers = []
+        sse = False
+        encoded = False
+        dropped = HOP_BY_HOP
+        for name, value in event.headers:
+            if name == b"connection":
+                dropped = dropped | {t.strip().lower() for t in value.split(b",")}
+            elif name == b"content-type":
+                sse = value[:17].lower() == b"text/event-stream"
+            elif name == b"content-encoding":
+                encoded = value.strip().lower() != b"identity"
+        if sse and not encoded:
+            self.is_stream = True
+            self._decoder = SSEDecoder(max_event_size=self._proxy.limits.max_sse_event_size)
+            dropped = dropped | {b"content-length"}
+        headers = [(name, value) for name, value in event.headers if name not in dropped]
+        self._start_response(event.status, headers)
+
+    def _on_upstream_data(self, event: UpstreamData, now: float) -> None:
+        self._check_attempt(event.attempt)
+        self._deadline = now + self._proxy.read_timeout
+        decoder = self._decoder
+        if decoder is None:
+            self._send_body(event.data)
+            return
+        try:
+            blocks = decoder.feed(event.data)
+        except RemoteProtocolError as exc:
+            self._cancel_upstream()
+            self._fail(exc, now)
+            return
+        if blocks:
+            self._send_blocks(blocks)
+
+    def _on_upstream_end(self, event: UpstreamEnded, now: float) -> None:
+        self._check_attempt(event.attempt)
+        self._upstream_active = False
+        decoder = self._decoder
+        if decoder is not None:
+            try:
+                blocks = decoder.close()
+            except RemoteProtocolError as exc:
+                self._fail(exc, now)
+                return
+            if blocks:
+                self._send_blocks(blocks)
+        self._commands.append(_END_OK)
+        self._complete("completed", now)
+
+    def _on_upstream_failed(self, event: UpstreamFailed, now: float) -> None:
+        self._check_attempt(event.attempt)
+        self._upstream_active = False
+        status, code, message = _UPSTREAM_FAILURES[event.kind]
+        detail = f"{message}: {event.message}" if event.message else message
+        self._fail(
+            RemoteProtocolError(
+                detail, error_status_hint=status, error_type="upstream_error", code=code
+            ),
+            now,
+        )
+
+    def _on_upstream_timer(self, event: TimerFired, now: float) -> None:
+        deadline = self._deadline
+        if deadline is None or now < deadline:
+            return
+        self._cancel_upstream()
+        timeout = self._proxy.read_timeout
+        self._fail(
+            RemoteProtocolError(
+                f"the upstream sent nothing for {timeout:g} s",
+                error_status_hint=504,
+                error_type="upstream_error",
+                code="upstream_timeout",
+            ),
+            now,
+        )
+
+    def _on_client_gone(self, event: ClientGone, now: float) -> None:
+        self._cancel_upstream()
+        self._commands.append(
+            Log(level="info", message="client went away", fields={"exchange": self.exchange_id})
+        )
+        self._complete("client_gone", now)
+
+    def _cancel_upstream(self) -> None:
+        if self._upstream_active:
+            self._upstream_active = False
+            self._commands.append(CancelUpstream(attempt=self._attempt))
+
+    def _start_response(
+        self, status: int, headers: list[tuple[bytes, bytes]], *, hooks: bool = True
+    ) -> None:
+        headers.append((b"x-sansproxy-id", self.exchange_id.encode("ascii", "replace")))
+        self.response_status = status
+        self.response_headers = headers
+        if hooks:
+            for hook in self._proxy.pipeline.on_response_head:
+                hook(self)
+        self._commands.append(StartResponse(status=status, headers=self.response_headers))
+
+    def _send_body(self, data: bytes) -> None:
+        for hook in self._proxy.pipeline.on_response_data:
+            data = hook(self, data)
+        if data:
+            self._commands.append(SendBody(data=data))
+
+    def _send_blocks(self, blocks: Sequence[bytes]) -> None:
+        hooks = self._proxy.pipeline.on_stream_event
+        if hooks:
+            out = []
+            for block in blocks:
+                changed: bytes | None = block
+                for hook in hooks:
+                    changed = hook(self, changed)
+                    if changed is None:
+                        break
+                else:
+                    out.append(changed)
+            blocks = out
+        if blocks:
+            data = blocks[0] if len(blocks) == 1 else b"".join(blocks)
+            self._commands.append(SendBody(data=data))
+
+    def _fail(self, error: ProtocolError, now: float) -> None:
+        """Answer with ``error``: an error response, an SSE error event, or a cut."""
+        self.error = error
+        status = error.error_status_hint
+        self._commands.append(
+            Log(
+                level="warning" if status < 500 else "error",
+                message=str(error),
+                fields={"exchange": self.exchange_id, "status": status, "code": error.code},
+            )
+        )
+        for hook in self._proxy.pipeline.on_error:
+            hook(self, error)
+        if self.response_status is None:
+            body = error_body(
+                str(error), error_type=error.error_type, code=error.code, param=error.param
+            )
+            self._start_response(status, error_headers(body))
+            self._send_body(body)
+            self._commands.append(_END_OK)
+        elif self.is_stream:
+            self._send_blocks(
+                (format_error_event(str(error), error_type=error.error_type, code=error.code),)
+            )
+            self._commands.append(_END_OK)
+        else:
+            self._commands.append(_END_CUT)
+        self._complete(_outcome(error), now)
+
+    def _complete(self, outcome: str, now: float, *, hooks: bool = True) -> None:
+        self.outcome = outcome
+        self.ended_at = now
+        self._deadline = None
+        self._set_state(State.DONE)
+        if hooks:
+            for hook in self._proxy.pipeline.on_complete:
+                hook(self)
+
+    def _internal_error(self, exc: Exception, now: float) -> None:
+        """A bug (usually in a middleware hook): log it, answer 500 or cut, stay sane."""
+        self._commands.append(
+            Log(
+                level="error",
+                message=f"internal error: {type(exc).__name__}: {exc}",
+                fields={
+                    "exchange": self.exchange_id,
+                    "traceback": "".join(traceback.format_exception(exc)),
+                },
+            )
+        )
+        self._cancel_upstream()
+        if self.state is State.DONE:
+            return
+        error = RemoteProtocolError(
+            "internal error in the proxy", error_status_hint=500, error_type="server_error"
+        )
+        self.error = error
+        if self.response_status is None:
+            body = error_body(str(error), error_type=error.error_type, code=None)
+            self._commands.append(StartResponse(status=500, headers=error_headers(body)))
+            self._commands.append(SendBody(data=body))
+            self._commands.append(_END_OK)
+            self.response_status = 500
+        else:
+            self._commands.append(_END_CUT)
+        self.outcome = "error"
+        self.ended_at = now
+        self._deadline = None
+        self._set_state(State.DONE)
+
+
+_TIMER_FIRED = TimerFired()
+_END_OK = EndResponse(complete=True)
+_END_CUT = EndResponse(complete=False)
+
+_DISPATCH: dict[State, dict[type[Event], Callable[[Exchange, Any, float], None]]] = {
+    state: {event: getattr(Exchange, name) for event, name in table.items()}
+    for state, table in TRANSITIONS.items()
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Upstream:
+    """The configured upstream, compiled once: origin, path prefix, header rules."""
+
+    origin: Origin
+    base_path: bytes
+    host_header: bytes
+    dropped: frozenset[bytes]
+    auth: tuple[bytes, bytes] | None
+    connect_timeout: float
+    url_prefix: str
+
+    def request_headers(self, headers: Headers) -> list[tuple[bytes, bytes]]:
+        """The client's headers as the upstream must see them (no Content-Length yet)."""
+        dropped = self.dropped
+        if _header(headers, b"connection") is not None:
+            dropped = dropped.union(
+                t.strip().lower() for n, v in headers if n == b"connection" for t in v.split(b",")
+            )
+        out = [(b"host", self.host_header)]
+        out.extend((name, value) for name, value in headers if name not in dropped)
+        out.append((b"accept-encoding", b"identity"))
+        if self.auth is not None:
+            out.append(self.auth)
+        return out
+
+    def target(self, path: bytes) -> bytes:
+        """The upstream path for a client path (``/v1`` is not doubled)."""
+        base = self.base_path
+        if base.endswith(b"/v1") and (path.startswith(b"/v1/") or path == b"/v1"):
+            base = base[:-3]
+        return base + path
+
+
+def _compile_upstream(config: ProxyConfig) -> _Upstream | None:
+    upstream = config.upstream
+    if upstream is None:
+        return None
+    parts = urlsplit(upstream.base_url)
+    scheme = "https" if parts.scheme == "https" else "http"
+    host = parts.hostname or ""
+    default_port = 443 if scheme == "https" else 80
+    port = parts.port or default_port
+    if not host.isascii():
+        host = host.encode("idna").decode("ascii")
+    host_text = f"[{host}]" if ":" in host else host
+    host_header = host_text if port == default_port else f"{host_text}:{port}"
+    dropped = set(HOP_BY_HOP) | {b"host", b"content-length", b"accept-encoding", b"expect"}
+    auth: tuple[bytes, bytes] | None = None
+    if upstream.api_key is not None:
+        dropped |= {b"authorization", b"x-api-key"}
+        key = upstream.api_key.get_secret_value().encode()
+        auth = (
+            (b"x-api-key", key) if upstream.type == "anthropic" else (b"authorization", b"Bearer " + key)
+        )
+    return _Upstream(
+        origin=Origin(scheme=scheme, host=host, port=port),
+        base_path=parts.path.rstrip("/").encode(),
+        host_header=host_header.encode("ascii"),
+        dropped=frozenset(dropped),
+        auth=auth,
+        connect_timeout=upstream.connect_timeout,
+        url_prefix=f"{scheme}://{host_header}",
+    )
+
+
+def _builtin_middleware(config: ProxyConfig) -> dict[str, Callable[..., object]]:
+    limits = config.limits
+
+    def trace(**options: Any) -> TraceMiddleware:
+        options.setdefault("max_body", limits.max_trace_body)
+        options.setdefault("max_events", limits.max_trace_events)
+        return TraceMiddleware(**options)
+
+    return {"trace": trace}
+
+
+#: The names of the built-in middleware, usable in ``ProxyConfig.middleware``.
+BUILTIN_MIDDLEWARE = ("trace",)
+
+
+class Proxy:
+    """A compiled configuration: everything exchanges share, built once at start-up.
+
+    ``middleware`` overrides the config's list with ready-made objects
+    (embedders); by default it is built from ``config.middleware``, each entry a
+    built-in name or a ``module:attr`` factory called with the entry's options.
+    Raises ``ValueError`` on a middleware it cannot build.
+    """
+
+    __slots__ = ("config", "limits", "mock_stream_delay", "pipeline", "read_timeout", "upstream")
+
+    def __init__(self, config: ProxyConfig, *, middleware: Sequence[object] | None = None) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.upstream = _compile_upstream(config)
+        self.read_timeout = config.upstream.read_timeout if config.upstream else 0.0
+        self.mock_stream_delay = config.mock.stream_delay
+        if middleware is None:
+            builtins = _builtin_middleware(config)
+            middleware = [
+                load_middleware(name, options, builtins)
+                for item in config.middleware
+                for name, options in item.items()
+            ]
+        self.pipeline = Pipeline.build(middleware)
+
+    def exchange(self, *, exchange_id: str, now: float, wall_time: float) -> Exchange:
+        """Start a new exchange; ``now`` is the driver's clock, ``wall_time`` UNIX time."""
+        return Exchange(self, exchange_id=exchange_id, now=now, wall_time=wall_time)

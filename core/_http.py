@@ -1,0 +1,107 @@
+"""HTTP details the exchange needs: request targets, hop-by-hop headers, error bodies."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from ._errors import RemoteProtocolError
+from ._events import Headers
+
+__all__ = [
+    "HOP_BY_HOP",
+    "error_body",
+    "error_headers",
+    "split_target",
+    "strip_hop_by_hop",
+]
+
+#: Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+
+_BAD_ESCAPES = (b"%2e", b"%2f", b"%5c", b"%00")
+
+
+def _bad_target(reason: str) -> RemoteProtocolError:
+    return RemoteProtocolError(
+        f"invalid request target: {reason}",
+        error_status_hint=400,
+        code="invalid_request_target",
+    )
+
+
+def split_target(target: bytes) -> tuple[bytes, bytes]:
+    """Split an origin-form target into (path, query-with-'?').
+
+    Refuses anything that could leave the upstream's base path: absolute or
+    authority form, ``.``/``..`` segments, encoded dots, slashes or backslashes.
+    """
+    if not target.startswith(b"/"):
+        raise _bad_target("only origin-form targets (/path?query) are accepted")
+    if target.startswith(b"//"):
+        raise _bad_target("a target may not start with //")
+    if b"#" in target:
+        raise _bad_target("a target may not carry a fragment")
+    q = target.find(b"?")
+    if q >= 0:
+        path, query = target[:q], target[q:]
+    else:
+        path, query = target, b""
+    if b"%" in path:
+        lowered = path.lower()
+        for escape in _BAD_ESCAPES:
+            if escape in lowered:
+                raise _bad_target("encoded dots, slashes or NULs are not allowed in the path")
+    if b"\\" in path:
+        raise _bad_target("backslashes are not allowed in the path")
+    if b"/." in path:
+        for segment in path.split(b"/"):
+            if segment in (b".", b".."):
+                raise _bad_target("dot segments are not allowed in the path")
+    return path, query
+
+
+def strip_hop_by_hop(headers: Headers, drop: Iterable[bytes] = ()) -> list[tuple[bytes, bytes]]:
+    """Copy ``headers`` without hop-by-hop ones, those the Connection header names, and ``drop``."""
+    dropped = set(HOP_BY_HOP)
+    dropped.update(drop)
+    for name, value in headers:
+        if name == b"connection":
+            dropped.update(token.strip().lower() for token in value.split(b","))
+    return [(name, value) for name, value in headers if name not in dropped]
+
+
+def error_body(
+    message: str,
+    *,
+    error_type: str,
+    code: str | None,
+    param: str | None = None,
+) -> bytes:
+    """An error in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
+    return json.dumps(
+        {"error": {"message": message, "type": error_type, "param": param, "code": code}},
+        separators=(",", ":"),
+    ).encode()
+
+
+def error_headers(body: bytes, extra: Headers = ()) -> list[tuple[bytes, bytes]]:
+    """Response headers for a JSON error body."""
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    headers.extend(extra)
+    return headers

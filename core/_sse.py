@@ -1,0 +1,271 @@
+"""Server-Sent Events: an incremental decoder, a block parser and an encoder.
+
+The decoder only *frames*: it cuts the byte stream into blocks (the lines of one
+event, up to a blank line) and hands each back as canonical bytes -- LF line ends,
+ending with exactly ``b"\\n\\n"``. A stream with LF line ends is passed through
+untouched: each block is a slice of the bytes fed, never re-encoded. Fields are
+only parsed on demand, by :func:`parse_block`, following the WHATWG HTML
+"event stream interpretation" rules.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from core._errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = ["SSEDecoder", "SSEEvent", "format_error_event", "parse_block"]
+
+_BOM = b"\xef\xbb\xbf"
+_LF = 10  # ord("\n")
+
+# Decoder states.
+_OPEN = 0
+_CLOSED = 1
+_BROKEN = 2
+
+
+def _invalid_event(msg: str) -> LocalProtocolError:
+    return LocalProtocolError(msg, error_status_hint=500, error_type="server_error")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SSEEvent:
+    """One parsed event block.
+
+    ``data`` is the event's data lines joined with ``"\\n"``; ``has_data`` tells
+    ``data=""`` from a block without any ``data`` field (a non-empty ``data``
+    sets it). ``comments`` holds the text of comment lines, one leading space
+    removed. Fields that cannot be sent on the wire raise ``LocalProtocolError``.
+    """
+
+    data: str = ""
+    event: str | None = None
+    id: str | None = None
+    retry: int | None = None
+    comments: tuple[str, ...] = ()
+    has_data: bool = False
+
+    def __post_init__(self) -> None:
+        if self.data and not self.has_data:
+            object.__setattr__(self, "has_data", True)
+        if "\r" in self.data:
+            raise _invalid_event("SSE data must not contain CR")
+        for name, value in (("event", self.event), ("id", self.id)):
+            if value is not None and ("\n" in value or "\r" in value):
+                raise _invalid_event(f"SSE {name} must not contain CR or LF")
+        if self.id is not None and "\0" in self.id:
+            raise _invalid_event("SSE id must not contain NUL")
+        if self.retry is not None and self.retry < 0:
+            raise _invalid_event("SSE retry must not be negative")
+        for comment in self.comments:
+            if "\n" in comment or "\r" in comment:
+                raise _invalid_event("SSE comments must not contain CR or LF")
+
+    def encode(self) -> bytes:
+        """The canonical block: comments, event, id, retry, data lines, blank line.
+
+        An event with no comment and no field encodes to ``b""``.
+        """
+        lines = [": " + c if c else ":" for c in self.comments]
+        if self.event is not None:
+            lines.append("event: " + self.event if self.event else "event:")
+        if self.id is not None:
+            lines.append("id: " + self.id if self.id else "id:")
+        if self.retry is not None:
+            lines.append(f"retry: {self.retry}")
+        if self.has_data:
+            lines.extend("data: " + d if d else "data:" for d in self.data.split("\n"))
+        if not lines:
+            return b""
+        lines.append("\n")
+        return "\n".join(lines).encode()
+
+
+def parse_block(block: bytes) -> SSEEvent:
+    """Parse one block, as returned by :meth:`SSEDecoder.feed`; never raises.
+
+    Bytes are decoded as UTF-8 with replacement; CR and CRLF also end lines;
+    blank lines are skipped and unknown fields ignored.
+    """
+    text = block.decode("utf-8", "replace")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    data: list[str] = []
+    comments: list[str] = []
+    event: str | None = None
+    id_: str | None = None
+    retry: int | None = None
+    for line in text.split("\n"):
+        colon = line.find(":")
+        if colon == 0:
+            comments.append(line[2:] if line[1:2] == " " else line[1:])
+            continue
+        if colon < 0:
+            if not line:
+                continue
+            name, value = line, ""
+        else:
+            name = line[:colon]
+            value = line[colon + 2 :] if line[colon + 1 : colon + 2] == " " else line[colon + 1 :]
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            event = value
+        elif name == "id":
+            if "\0" not in value:
+                id_ = value
+        elif name == "retry" and value.isascii() and value.isdigit():
+            try:
+                retry = int(value)
+            except ValueError:  # more digits than int() accepts: ignore it
+                pass
+    return SSEEvent(
+        data="\n".join(data),
+        event=event,
+        id=id_,
+        retry=retry,
+        comments=tuple(comments),
+        has_data=bool(data),
+    )
+
+
+def format_error_event(
+    message: str, *, error_type: str = "upstream_error", code: str | None = None
+) -> bytes:
+    """An ``event: error`` block carrying an OpenAI-style error object."""
+    payload = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+    return b"event: error\ndata: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+class SSEDecoder:
+    """Cut an SSE byte stream, split anyhow, into canonical blocks.
+
+    ``feed`` returns the blocks completed so far; ``close`` (at EOF) returns the
+    last one if it lacked its blank line. A block larger than ``max_event_size``
+    bytes (its lines with their line ends, the final blank line not counted)
+    raises ``RemoteProtocolError`` (502, ``sse_event_too_large``); after that,
+    every call raises again.
+    """
+
+    __slots__ = ("_after_cr", "_at_start", "_buf", "_error", "_max", "_state")
+
+    def __init__(self, *, max_event_size: int = 1 << 20) -> None:
+        if max_event_size < 1:
+            raise ValueError("max_event_size must be at least 1")
+        self._max = max_event_size
+        # The pending incomplete block: LF line ends only, never starts with LF,
+        # never contains b"\n\n". At the start of the stream, a partial BOM.
+        self._buf = bytearray()
+        self._at_start = True
+        self._after_cr = False  # the last chunk ended with CR: skip a leading LF
+        self._state = _OPEN
+        self._error: RemoteProtocolError | None = None
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Take the next bytes of the stream; return the blocks now complete."""
+        if self._state != _OPEN:
+            raise self._unusable("feed")
+        if type(data) is not bytes:
+            data = bytes(data)
+        if not data:
+            return []
+        buf = self._buf
+        if self._at_start:
+            if buf:
+                data = bytes(buf) + data
+                buf.clear()
+            if len(data) < 3 and _BOM.startswith(data):
+                buf += data
+                return []
+            self._at_start = False
+            if data.startswith(_BOM):
+                data = data[3:]
+                if not data:
+                    return []
+        if self._after_cr:
+            self._after_cr = False
+            if data[0] == _LF:
+                data = data[1:]
+                if not data:
+                    return []
+        if b"\r" in data:
+            self._after_cr = data[-1] == 13
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+
+        limit = self._max + 1  # on len(block), which counts the final blank line
+        blocks: list[bytes] = []
+        pos = 0
+        if buf:
+            # The pending block may end right at the boundary ("...\n" + "\n...").
+            if False:
+                pos = 1
+                first = bytes(buf) + b"\n"
+            else:
+                end = data.find(b"\n\n")
+                if end < 0:
+                    if len(buf) + len(data) > self._max:
+                        raise self._too_large()
+                    buf += data
+                    return []
+                pos = end + 2
+                first = b"".join((buf, memoryview(data)[:pos]))
+            if len(first) > limit:
+                raise self._too_large()
+            blocks.append(first)
+            buf.clear()
+
+        n = len(data)
+        find = data.find
+        while True:
+            while pos < n and data[pos] == _LF:  # blank lines between blocks
+                pos += 1
+            end = find(b"\n\n", pos) + 2
+            if end < 2:
+                break
+            if end - pos > limit:
+                raise self._too_large()
+            blocks.append(data[pos:end])
+            pos = end
+        if n - pos > self._max:
+            raise self._too_large()
+        if pos < n:
+            buf += memoryview(data)[pos:]
+        return blocks
+
+    def close(self) -> list[bytes]:
+        """Signal EOF; return the last block if it lacked its blank line."""
+        if self._state != _OPEN:
+            raise self._unusable("close")
+        self._state = _CLOSED
+        buf = self._buf
+        if not buf:
+            return []
+        block = bytes(buf) + (b"\n" if buf[-1] == _LF else b"\n\n")
+        buf.clear()
+        if len(block) > self._max + 1:
+            raise self._too_large()
+        return [block]
+
+    def _too_large(self) -> RemoteProtocolError:
+        self._state = _BROKEN
+        self._buf = bytearray()
+        self._error = RemoteProtocolError(
+            f"upstream SSE event larger than {self._max} bytes",
+            error_status_hint=502,
+            error_type="upstream_error",
+            code="sse_event_too_large",
+        )
+        return self._error
+
+    def _unusable(self, method: str) -> LocalProtocolError | RemoteProtocolError:
+        error = self._error
+        if error is None:
+            return LocalProtocolError(f"SSEDecoder.{method}() called after close()")
+        return RemoteProtocolError(
+            f"SSEDecoder.{method}() called after an error: {error}",
+            error_status_hint=error.error_status_hint,
+            error_type=error.error_type,
+            code=error.code,
+        )

@@ -1,0 +1,82 @@
+"""Everything that affects the exchange's state machine lives here.
+
+An exchange carries one request from its head to the end of its response.
+``TRANSITIONS[state][event type]`` names the handler that runs for that pair;
+any pair missing from the table is a driver error (``LocalProtocolError``) and
+moves the exchange to ``ERROR``, where it stays.
+
+    RECV_HEAD --RequestReceived--> RECV_BODY --RequestEnded--> AWAIT_UPSTREAM
+    AWAIT_UPSTREAM --UpstreamResponse--> RELAY --UpstreamEnded--> DONE
+    RECV_BODY --RequestEnded (local answer)--> LOCAL_STREAM --TimerFired...--> DONE
+    any live state --ClientGone / failure / timeout--> DONE
+"""
+
+from __future__ import annotations
+
+import enum
+
+from ._events import (
+    ClientGone,
+    Event,
+    RequestData,
+    RequestEnded,
+    RequestReceived,
+    TimerFired,
+    UpstreamData,
+    UpstreamEnded,
+    UpstreamFailed,
+    UpstreamResponse,
+)
+
+__all__ = ["TRANSITIONS", "State"]
+
+
+class State(enum.Enum):
+    """Where an exchange is."""
+
+    RECV_HEAD = "RECV_HEAD"
+    RECV_BODY = "RECV_BODY"
+    AWAIT_UPSTREAM = "AWAIT_UPSTREAM"
+    RELAY = "RELAY"
+    LOCAL_STREAM = "LOCAL_STREAM"
+    DONE = "DONE"
+    ERROR = "ERROR"
+
+
+TRANSITIONS: dict[State, dict[type[Event], str]] = {
+    State.RECV_HEAD: {
+        RequestReceived: "_on_request_head",
+        ClientGone: "_on_client_gone",
+    },
+    State.RECV_BODY: {
+        RequestData: "_on_request_data",
+        RequestEnded: "_on_request_end",
+        ClientGone: "_on_client_gone",
+    },
+    State.AWAIT_UPSTREAM: {
+        UpstreamResponse: "_on_upstream_head",
+        UpstreamFailed: "_on_upstream_failed",
+        TimerFired: "_on_upstream_timer",
+        ClientGone: "_on_client_gone",
+    },
+    State.RELAY: {
+        UpstreamData: "_on_upstream_data",
+        UpstreamEnded: "_on_upstream_end",
+        UpstreamFailed: "_on_upstream_failed",
+        TimerFired: "_on_upstream_timer",
+        ClientGone: "_on_client_gone",
+    },
+    State.LOCAL_STREAM: {
+        TimerFired: "_on_local_timer",
+        ClientGone: "_on_client_gone",
+    },
+    # A finished exchange tolerates what a driver may still see: the rest of a
+    # request body it answered early, a client leaving, a stale timer.
+    State.DONE: {
+        RequestData: "_ignore",
+        RequestEnded: "_ignore",
+        ClientGone: "_ignore",
+        TimerFired: "_ignore",
+    },
+    State.ERROR: {},
+}

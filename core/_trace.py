@@ -1,0 +1,210 @@
+"""The ``trace`` middleware: one JSON record per exchange, written by the driver.
+
+It only builds the record; the driver carries out the ``WriteTrace`` command
+off the response path. Secrets in headers are redacted before the record
+exists, so they can never reach the disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from ._commands import WriteTrace
+from ._events import Headers
+from ._middleware import Context
+from ._sse import parse_block
+
+__all__ = ["REDACTED", "TraceMiddleware", "redact_headers"]
+
+REDACTED = "[redacted]"
+_SECRET_HEADERS = frozenset(
+    {b"authorization", b"proxy-authorization", b"x-api-key", b"api-key", b"cookie", b"set-cookie"}
+)
+_SECRET_WORDS = (b"key", b"token", b"secret", b"auth", b"cookie", b"password", b"session")
+
+
+def redact_headers(headers: Headers) -> list[list[str]]:
+    """Headers as ``[name, value]`` pairs, with every credential-like value replaced."""
+    out = []
+    for name, value in headers:
+        secret = name in _SECRET_HEADERS or any(word in name for word in _SECRET_WORDS)
+        out.append(
+            [name.decode("latin-1"), REDACTED if secret else value.decode("latin-1")]
+        )
+    return out
+
+
+def _header(headers: Headers, wanted: bytes) -> bytes:
+    for name, value in headers:
+        if name == wanted:
+            return value
+    return b""
+
+
+def _body(data: bytes, headers: Headers, limit: int, truncated: bool) -> dict[str, Any]:
+    if truncated:
+        return {"text": data[:limit].decode("utf-8", "replace"), "truncated": True}
+    if not data:
+        return {}
+    if b"json" in _header(headers, b"content-type"):
+        try:
+            return {"json": json.loads(data)}
+        except ValueError:
+            pass
+    try:
+        return {"text": data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(data).decode("ascii")}
+
+
+def _iso(wall: float) -> str:
+    return datetime.fromtimestamp(wall, tz=UTC).isoformat(timespec="microseconds")
+
+
+def _delta_text(data: str) -> str:
+    """The assistant text carried by one OpenAI or Anthropic stream event, if any."""
+    if not data or data[0] != "{":
+        return ""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return ""
+    if not isinstance(value, dict):
+        return ""
+    choices = value.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        delta = choices[0].get("delta")
+        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+            return str(delta["content"])
+        return ""
+    delta = value.get("delta")
+    if value.get("type") == "content_block_delta" and isinstance(delta, dict):
+        text = delta.get("text")
+        return text if isinstance(text, str) else ""
+    return ""
+
+
+class _TraceState:
+    __slots__ = ("body", "body_truncated", "dropped_events", "events", "size", "text")
+
+    def __init__(self) -> None:
+        self.body: list[bytes] = []
+        self.size = 0
+        self.body_truncated = False
+        self.events: list[dict[str, Any]] = []
+        self.dropped_events = 0
+        self.text: list[str] = []
+
+
+
+
+class TraceMiddleware:
+    """Record each exchange as ``<dir>/<UTC timestamp>_<exchange id>.json``."""
+
+    name = "trace"
+
+    def __init__(
+        self, *, dir: str, max_body: int = 1 << 20, max_events: int = 10_000  # noqa: A002
+    ) -> None:
+        if not dir:
+            raise ValueError("trace: 'dir' must name a directory")
+        self.dir = dir
+        self.max_body = max_body
+        self.max_events = max_events
+
+    def _state(self, exchange: Context) -> _TraceState:
+        state: _TraceState | None = exchange.scratch.get(self)
+        if state is None:
+            state = exchange.scratch[self] = _TraceState()
+        return state
+
+    def on_response_data(self, exchange: Context, data: bytes) -> bytes:
+        state = self._state(exchange)
+        if state.size < self.max_body:
+            state.body.append(data)
+        else:
+            state.body_truncated = True
+        state.size += len(data)
+        if state.size > self.max_body:
+            state.body_truncated = True
+        return data
+
+    def on_stream_event(self, exchange: Context, block: bytes) -> bytes:
+        state = self._state(exchange)
+        event = parse_block(block)
+        if len(state.events) < self.max_events:
+            entry: dict[str, Any] = {"data": event.data}
+            if event.event is not None:
+                entry["event"] = event.event
+            state.events.append(entry)
+        else:
+            state.dropped_events += 1
+        if event.event not in ("error", "ping"):
+            text = _delta_text(event.data)
+            if text:
+                state.text.append(text)
+        return block
+
+    def on_complete(self, exchange: Context) -> None:
+        state = self._state(exchange)
+        started = exchange.started_at
+        request_body = exchange.request_body
+        request = {
+            "method": exchange.request_method.decode("latin-1"),
+            "target": exchange.request_target.decode("latin-1"),
+            "headers": redact_headers(exchange.request_headers),
+            "body": _body(
+                request_body[: self.max_body],
+                exchange.request_headers,
+                self.max_body,
+                len(request_body) > self.max_body,
+            ),
+        }
+        response: dict[str, Any] | None = None
+        if exchange.response_status is not None:
+            response = {
+                "status": exchange.response_status,
+                "headers": redact_headers(exchange.response_headers),
+            }
+            if exchange.is_stream:
+                response["events"] = state.events
+                if state.dropped_events:
+                    response["events_dropped"] = state.dropped_events
+                response["text"] = "".join(state.text)
+            else:
+                response["body"] = _body(
+                    b"".join(state.body),
+                    exchange.response_headers,
+                    self.max_body,
+                    state.body_truncated,
+                )
+        first = exchange.first_upstream_byte_at
+        ended = exchange.ended_at
+        error = exchange.error
+        record = {
+            "id": exchange.exchange_id,
+            "outcome": exchange.outcome,
+            "request": request,
+            "upstream": exchange.upstream_url,
+            "response": response,
+            "error": None
+            if error is None
+            else {
+                "message": str(error),
+                "type": error.error_type,
+                "code": error.code,
+                "status": error.error_status_hint,
+            },
+            "timings": {
+                "start": _iso(exchange.wall_time),
+                "first_upstream_byte_ms": None if first is None else (first - started) * 1e3,
+                "end_ms": None if ended is None else (ended - started) * 1e3,
+            },
+        }
+        stamp = datetime.fromtimestamp(exchange.wall_time, tz=UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        exchange.emit(
+            WriteTrace(directory=self.dir, name=f"{stamp}_{exchange.exchange_id}.json", record=record)
+        )
