@@ -1,0 +1,223 @@
+"""The driver: feeds an exchange its events and carries out its commands.
+
+Shared by every adapter. It owns the process's upstream connection pool and
+the trace writer. An adapter hands it an exchange whose request has been fed,
+and a ``ClientSink`` that writes to the client; the driver does the rest.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import secrets
+import time
+from typing import Protocol
+
+import anyio
+
+from core import (
+    CancelUpstream,
+    ClientGone,
+    EndResponse,
+    Exchange,
+    Log,
+    Proxy,
+    SendBody,
+    SendUpstreamRequest,
+    StartResponse,
+    UpstreamData,
+    UpstreamEnded,
+    UpstreamFailed,
+    UpstreamResponse,
+    WriteTrace,
+)
+
+from ._trace_writer import TraceWriter
+from ._upstream import UpstreamError, UpstreamPool
+from ._upstream import UpstreamResponse as PoolResponse
+
+__all__ = ["ClientDisconnected", "ClientSink", "Driver"]
+
+logger = logging.getLogger("sansproxy")
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+
+
+class ClientDisconnected(Exception):
+    """Raised by a ``ClientSink`` when the client is gone."""
+
+
+class ClientSink(Protocol):
+    """How the driver writes to the client. ``start``/``send``/``end`` only buffer."""
+
+    def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """Buffer the response head."""
+
+    def send(self, data: bytes) -> None:
+        """Buffer a body chunk."""
+
+    def end(self, complete: bool) -> None:
+        """Buffer the end of the response; ``complete=False``: cut the connection."""
+
+    async def flush(self) -> None:
+        """Write what is buffered; raise ``ClientDisconnected`` if the client is gone."""
+
+
+class Driver:
+    """Runs exchanges for one process: one upstream pool, one trace writer."""
+
+    def __init__(self, proxy: Proxy, *, pool: UpstreamPool | None = None) -> None:
+        self.proxy = proxy
+        self.pool = pool if pool is not None else UpstreamPool()
+        self.traces = TraceWriter()
+        self._prefix = secrets.token_hex(4)
+        self._counter = itertools.count(1)
+
+    def new_exchange(self) -> Exchange:
+        """A fresh exchange with a process-unique id, started now."""
+        return self.proxy.exchange(
+            exchange_id=f"{self._prefix}{next(self._counter):06x}",
+            now=anyio.current_time(),
+            wall_time=time.time(),
+        )
+
+    async def aclose(self) -> None:
+        """Close idle upstream connections and write every queued trace."""
+        await self.pool.aclose()
+        await anyio.to_thread.run_sync(self.traces.close)
+
+    async def _send_upstream(
+        self, ex: Exchange, cmd: SendUpstreamRequest
+    ) -> PoolResponse | None:
+        """Send the request upstream; on failure feed the exchange and return None."""
+        try:
+            with anyio.fail_after(_remaining(ex.get_timer())):
+                return await self.pool.request(
+                    cmd.origin,
+                    cmd.method,
+                    cmd.target,
+                    cmd.headers,
+                    cmd.body,
+                    connect_timeout=cmd.connect_timeout,
+                )
+        except UpstreamError as exc:
+            ex.handle(
+                UpstreamFailed(attempt=cmd.attempt, kind=exc.kind, message=str(exc)),
+                now=anyio.current_time(),
+            )
+        except TimeoutError:
+            ex.handle_timer(now=anyio.current_time())
+        return None
+
+    def _log(self, cmd: Log) -> None:
+        fields = cmd.fields
+        trace = fields.get("traceback")
+        text = " ".join(f"{k}={v}" for k, v in fields.items() if k != "traceback")
+        level = _LEVELS.get(cmd.level, logging.ERROR)
+        if trace:
+            logger.log(level, "%s [%s]\n%s", cmd.message, text, trace)
+        else:
+            logger.log(level, "%s [%s]", cmd.message, text)
+
+    async def run(self, ex: Exchange, client: ClientSink) -> None:
+        """Carry the exchange to its end. Its request must have been fed already.
+
+        Cancelling this (the client went away) cancels the upstream at once and
+        still records the exchange.
+        """
+        response: PoolResponse | None = None
+        attempt = 0
+        head_pending = False
+        try:
+            while True:
+                # No await in this loop but the upstream send.
+                while (cmd := ex.next_command()) is not None:
+                    match cmd:
+                        case SendBody():
+                            client.send(cmd.data)
+                        case StartResponse():
+                            client.start(cmd.status, list(cmd.headers))
+                        case EndResponse():
+                            client.end(cmd.complete)
+                        case SendUpstreamRequest():
+                            attempt = cmd.attempt
+                            response = await self._send_upstream(ex, cmd)
+                            head_pending = response is not None
+                        case WriteTrace():
+                            self.traces.submit(cmd)
+                        case Log():
+                            self._log(cmd)
+                        case CancelUpstream():
+                            if response is not None:
+                                response.abort()
+                                response = None
+                        case _:
+                            raise RuntimeError(f"unexpected command {cmd!r}")
+                await client.flush()
+                if ex.finished:
+                    return
+                deadline = ex.get_timer()
+                if response is None:
+                    if deadline is None:
+                        raise RuntimeError(f"exchange {ex.exchange_id} is stuck in {ex.state}")
+                    await anyio.sleep_until(deadline)
+                    ex.handle_timer(now=anyio.current_time())
+                    continue
+                event: UpstreamResponse | UpstreamData | UpstreamEnded | UpstreamFailed
+                with anyio.CancelScope(deadline=math.inf if deadline is None else deadline):
+                    try:
+                        if head_pending:
+                            status, headers = await response.receive_head()
+                            head_pending = False
+                            event = UpstreamResponse(
+                                attempt=attempt, status=status, headers=headers
+                            )
+                        else:
+                            data = await response.receive_data()
+                            if data:
+                                event = UpstreamData(attempt=attempt, data=data)
+                            else:
+                                event = UpstreamEnded(attempt=attempt)
+                                response = None
+                    except UpstreamError as exc:
+                        response = None
+                        event = UpstreamFailed(attempt=attempt, kind=exc.kind, message=str(exc))
+                    ex.handle(event, now=anyio.current_time())
+                    continue
+                # The deadline passed while waiting: the read was cut off.
+                ex.handle_timer(now=anyio.current_time())
+                if response is not None and not ex.finished:
+                    response.abort()
+                    response = None
+                    ex.handle(
+                        UpstreamFailed(attempt=attempt, kind="timeout", message="read timed out"),
+                        now=anyio.current_time(),
+                    )
+        except ClientDisconnected:
+            self._client_gone(ex, response)
+        except BaseException:
+            # Cancelled (the adapter saw the client leave) or a bug: no await here.
+            self._client_gone(ex, response)
+            raise
+
+    def _client_gone(self, ex: Exchange, response: PoolResponse | None) -> None:
+        if response is not None:
+            response.abort()
+        if not ex.finished:
+            ex.handle(ClientGone(), now=anyio.current_time())
+        while (cmd := ex.next_command()) is not None:
+            match cmd:
+                case WriteTrace():
+                    self.traces.submit(cmd)
+                case Log():
+                    self._log(cmd)
+                case CancelUpstream() | StartResponse() | SendBody() | EndResponse():
+                    pass  # the upstream is closed above; the client is gone
+                case _:
+                    raise RuntimeError(f"unexpected command {cmd!r}")
+
+
+def _remaining(deadline: float | None) -> float:
+    if deadline is None:
+        return math.inf
+    return max(0.0, deadline - anyio.current_time())

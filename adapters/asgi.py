@@ -1,0 +1,212 @@
+"""The ASGI adapter: a Starlette app, served by uvicorn.
+
+    python -m adapters.asgi --port 3000 [--workers N]
+
+Embed it in another ASGI server with ``create_app(config)``. The app turns
+ASGI messages into core events; the shared driver does everything else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import anyio
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import Mount
+from starlette.types import Message, Receive, Scope, Send
+
+from core import ClientGone, Exchange, Proxy, ProxyConfig, RequestData, RequestEnded, RequestReceived
+
+from ._cli import ConfigError, describe_upstream, fail, parse_args, setup_logging
+from ._driver import ClientDisconnected, Driver
+
+__all__ = ["ProxyEndpoint", "app_factory", "create_app", "main"]
+
+logger = logging.getLogger("sansproxy")
+_CONFIG_ENV = "SANSPROXY_CONFIG_JSON"
+
+
+class _ASGISink:
+    """Buffers ASGI messages and sends them on flush."""
+
+    __slots__ = ("_out", "_send", "cut", "started")
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._out: list[Message] = []
+        self.started = False
+        self.cut = False
+
+    def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.started = True
+        self._out.append({"type": "http.response.start", "status": status, "headers": headers})
+
+    def send(self, data: bytes) -> None:
+        self._out.append({"type": "http.response.body", "body": data, "more_body": True})
+
+    def end(self, complete: bool) -> None:
+        if complete:
+            self._out.append({"type": "http.response.body", "body": b"", "more_body": False})
+        else:
+            self.cut = True
+
+    async def flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        try:
+            for message in out:
+                await self._send(message)
+        except OSError as exc:  # uvicorn raises ClientDisconnect (an OSError) on a gone client
+            raise ClientDisconnected from exc
+
+
+class ProxyEndpoint:
+    """The raw ASGI endpoint every request goes to."""
+
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # pragma: no cover - Starlette routes only http here
+            return
+        driver = self.driver
+        ex = driver.new_exchange()
+        target: bytes = scope.get("raw_path") or scope["path"].encode()
+        query: bytes = scope.get("query_string", b"")
+        if query:
+            target = target + b"?" + query
+        ex.handle(
+            RequestReceived(
+                method=scope["method"].encode("ascii"), target=target, headers=scope["headers"]
+            ),
+            now=anyio.current_time(),
+        )
+        sink = _ASGISink(send)
+        while not ex.finished:
+            message = await receive()
+            if message["type"] == "http.request":
+                body = message.get("body", b"")
+                if body:
+                    ex.handle(RequestData(data=body), now=anyio.current_time())
+                if not message.get("more_body", False):
+                    ex.handle(RequestEnded(), now=anyio.current_time())
+                    break
+            else:  # http.disconnect
+                ex.handle(ClientGone(), now=anyio.current_time())
+        # A cut response (complete=False) simply never ends: the server then
+        # closes the connection, so the client sees the body is short.
+        await self._run(ex, receive, sink)
+
+    async def _run(self, ex: Exchange, receive: Receive, sink: _ASGISink) -> None:
+        if ex.finished:
+            await self.driver.run(ex, sink)
+            return
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
+            await self.driver.run(ex, sink)
+            tg.cancel_scope.cancel()
+
+
+def create_app(config: ProxyConfig, proxy: Proxy | None = None) -> Starlette:
+    """The Starlette application serving ``config``."""
+    driver = Driver(proxy if proxy is not None else Proxy(config))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await driver.aclose()
+
+    app = Starlette(routes=[Mount("/", app=ProxyEndpoint(driver))], lifespan=lifespan)
+    app.state.driver = driver
+    return app
+
+
+def app_factory() -> Starlette:
+    """For ``uvicorn --factory``: reads the config the parent process serialised."""
+    raw = os.environ.get(_CONFIG_ENV)
+    if raw is None:
+        config = ProxyConfig()
+    else:
+        config = ProxyConfig.model_validate(json.loads(raw))
+    setup_logging(config.log_level)
+    return create_app(config)
+
+
+def _config_json(config: ProxyConfig) -> str:
+    data = config.model_dump(mode="json")
+    if config.upstream is not None and config.upstream.api_key is not None:
+        data["upstream"]["api_key"] = config.upstream.api_key.get_secret_value()
+    return json.dumps(data)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m adapters.asgi``."""
+    prog = "python -m adapters.asgi"
+    loaded = parse_args(
+        prog, "sansproxy: an LLM API proxy (Starlette app under uvicorn).", argv, workers=True
+    )
+    config = loaded.config
+    setup_logging(config.log_level)
+    server = config.server
+    family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((server.host, server.port))
+    except OSError as exc:
+        fail(prog, f"cannot listen on {server.host}:{server.port}: {exc.strerror}")
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    port = sock.getsockname()[1]
+    os.environ[_CONFIG_ENV] = _config_json(config)
+    uv_config = uvicorn.Config(
+        "adapters.asgi:app_factory",
+        factory=True,
+        workers=server.workers,
+        log_level=config.log_level,
+        access_log=False,
+        timeout_keep_alive=int(server.keepalive_timeout) or 1,
+        timeout_graceful_shutdown=int(server.shutdown_grace),
+        h11_max_incomplete_event_size=config.limits.max_header_size,
+        server_header=False,
+        date_header=False,
+        log_config=None,
+    )
+    logger.info(
+        "sansproxy listening on http://%s:%d (adapter=asgi, workers=%d, %s)",
+        server.host,
+        port,
+        server.workers,
+        describe_upstream(config),
+    )
+    if server.workers > 1:
+        from uvicorn.supervisors import Multiprocess
+
+        uv_server = uvicorn.Server(uv_config)
+        Multiprocess(uv_config, target=uv_server.run, sockets=[sock]).run()
+    else:
+        uvicorn.Server(uv_config).run(sockets=[sock])
+    logger.info("stopped")
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except ConfigError as exc:  # pragma: no cover - parse_args already exits
+        fail("python -m adapters.asgi", str(exc))

@@ -1,0 +1,403 @@
+"""sansproxy's own HTTP/1.1 server: anyio sockets + h11.
+
+    python -m adapters.h11_server --port 3000
+
+Keep-alive and pipelining (requests answered in order), a deadline for each
+request head (slowloris) and for idle keep-alive connections, and a graceful
+stop on SIGINT/SIGTERM: stop accepting, let in-flight responses finish within
+the grace period, exit 0. The same code runs on trio (``adapters.trio_runner``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import sys
+from http import HTTPStatus
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import anyio.abc
+import h11
+from anyio.abc import SocketAttribute
+
+from core import (
+    ClientGone,
+    Exchange,
+    ProxyConfig,
+    RequestData,
+    RequestEnded,
+    RequestReceived,
+    error_body,
+)
+
+from ._cli import describe_upstream, parse_args, setup_logging
+from ._driver import ClientDisconnected, Driver
+
+__all__ = ["H11Server", "main", "serve"]
+
+logger = logging.getLogger("sansproxy")
+
+_RECEIVE_SIZE = 65536
+# Pipelined bytes held while a response is in progress; past this we stop reading.
+_MAX_PIPELINED = 1 << 20
+_SERVER_HEADER = (b"server", b"sansproxy")
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+
+class _H11Sink:
+    """Buffers what the driver sends and writes it to the socket on flush."""
+
+    __slots__ = ("_conn", "_out", "_stream", "cut", "started")
+
+    def __init__(self, conn: h11.Connection, stream: anyio.abc.ByteStream) -> None:
+        self._conn = conn
+        self._stream = stream
+        self._out: list[bytes] = []
+        self.started = False
+        self.cut = False
+
+    def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.started = True
+        headers.append(_SERVER_HEADER)
+        data = self._conn.send(
+            h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))
+        )
+        if data:
+            self._out.append(data)
+
+    def send(self, data: bytes) -> None:
+        out = self._conn.send(h11.Data(data=data))
+        if out:
+            self._out.append(out)
+
+    def end(self, complete: bool) -> None:
+        if complete:
+            out = self._conn.send(h11.EndOfMessage())
+            if out:
+                self._out.append(out)
+        else:
+            self.cut = True
+
+    async def flush(self) -> None:
+        if not self._out:
+            return
+        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
+        try:
+            await self._stream.send(data)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            raise ClientDisconnected from exc
+
+
+class _ConnectionGone(Exception):
+    pass
+
+
+class _Timeout(Exception):
+    pass
+
+
+class H11Server:
+    """Serves HTTP/1.1 connections with one driver."""
+
+    def __init__(self, driver: Driver, config: ProxyConfig) -> None:
+        self.driver = driver
+        self.server = config.server
+        self.max_header_size = config.limits.max_header_size
+        self.shutting_down = False
+        self._idle: set[anyio.CancelScope] = set()
+        self._connections = 0
+        self._all_closed = anyio.Event()
+
+    def begin_shutdown(self) -> None:
+        """Stop serving new requests: idle keep-alive connections close at once."""
+        self.shutting_down = True
+        for scope in list(self._idle):
+            scope.cancel()
+        if self._connections == 0:
+            self._all_closed.set()
+
+    async def wait_all_closed(self) -> None:
+        """Wait until every connection has closed."""
+        await self._all_closed.wait()
+
+    async def handle(self, stream: anyio.abc.ByteStream) -> None:
+        """Serve one client connection until it closes."""
+        self._connections += 1
+        try:
+            async with stream:
+                await self._serve(stream)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, _ConnectionGone):
+            pass
+        finally:
+            self._connections -= 1
+            if self.shutting_down and self._connections == 0:
+                self._all_closed.set()
+
+    async def _receive(
+        self, conn: h11.Connection, stream: anyio.abc.ByteStream, deadline: float
+    ) -> None:
+        with anyio.CancelScope(deadline=deadline):
+            try:
+                data = await stream.receive(_RECEIVE_SIZE)
+            except anyio.EndOfStream:
+                data = b""
+            except (anyio.BrokenResourceError, OSError) as exc:
+                raise _ConnectionGone from exc
+            conn.receive_data(data)
+            return
+        raise _Timeout
+
+    async def _next_event(
+        self, conn: h11.Connection, stream: anyio.abc.ByteStream, deadline: float
+    ) -> Any:
+        while True:
+            event = conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            await self._receive(conn, stream, deadline)
+
+    async def _wait_request(self, conn: h11.Connection, stream: anyio.abc.ByteStream, first: bool) -> Any:
+        """The next request head, honouring the idle and head deadlines."""
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        server = self.server
+        if not first:
+            # Idle keep-alive: wait for the first byte, cancellable by shutdown.
+            with anyio.CancelScope() as scope:
+                self._idle.add(scope)
+                try:
+                    if self.shutting_down:
+                        return None
+                    scope.deadline = anyio.current_time() + server.keepalive_timeout
+                    await self._receive(conn, stream, math.inf)
+                finally:
+                    self._idle.discard(scope)
+            if scope.cancelled_caught:
+                return None
+            event = conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+        return await self._next_event(conn, stream, anyio.current_time() + server.header_timeout)
+
+    async def _serve(self, stream: anyio.abc.ByteStream) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_size)
+        first = True
+        driver = self.driver
+        while True:
+            try:
+                event = await self._wait_request(conn, stream, first)
+            except h11.RemoteProtocolError as exc:
+                await self._bad_request(conn, stream, exc)
+                return
+            except _Timeout:
+                if conn.their_state is h11.SEND_BODY or conn.trailing_data[0]:
+                    await self._send_error(conn, stream, 408, "timed out reading the request")
+                else:
+                    logger.debug("closing a connection that sent no request head in time")
+                return
+            first = False
+            if event is None or type(event) is h11.ConnectionClosed:
+                return
+            assert type(event) is h11.Request
+            ex = driver.new_exchange()
+            ex.handle(
+                RequestReceived(method=event.method, target=event.target, headers=event.headers),
+                now=anyio.current_time(),
+            )
+            sink = _H11Sink(conn, stream)
+            try:
+                if not ex.finished:
+                    if conn.they_are_waiting_for_100_continue:
+                        await stream.send(conn.send(h11.InformationalResponse(status_code=100)))
+                    await self._read_body(ex, conn, stream)
+            except h11.RemoteProtocolError as exc:
+                ex.handle(ClientGone(), now=anyio.current_time())
+                await driver.run(ex, sink)
+                await self._bad_request(conn, stream, exc)
+                return
+            except (_Timeout, _ConnectionGone):
+                ex.handle(ClientGone(), now=anyio.current_time())
+                await driver.run(ex, sink)
+                return
+            await self._run(ex, conn, stream, sink)
+            if sink.cut or not sink.started:
+                return
+            if self.shutting_down or conn.our_state is not h11.DONE:
+                return
+            if conn.their_state is not h11.DONE:
+                return  # answered before the whole request body was read
+            conn.start_next_cycle()
+
+    async def _read_body(
+        self, ex: Exchange, conn: h11.Connection, stream: anyio.abc.ByteStream
+    ) -> None:
+        timeout = self.server.header_timeout
+        while not ex.finished:
+            event = await self._next_event(conn, stream, anyio.current_time() + timeout)
+            kind = type(event)
+            if kind is h11.Data:
+                ex.handle(RequestData(data=event.data), now=anyio.current_time())
+            elif kind is h11.EndOfMessage:
+                ex.handle(RequestEnded(), now=anyio.current_time())
+                return
+            else:  # ConnectionClosed mid-body
+                raise _ConnectionGone
+
+    async def _run(
+        self, ex: Exchange, conn: h11.Connection, stream: anyio.abc.ByteStream, sink: _H11Sink
+    ) -> None:
+        """Run the exchange while watching the socket: EOF cancels it at once."""
+        if ex.finished:
+            await self.driver.run(ex, sink)
+            return
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch, conn, stream, tg.cancel_scope)
+            await self.driver.run(ex, sink)
+            tg.cancel_scope.cancel()
+
+    async def _watch(
+        self, conn: h11.Connection, stream: anyio.abc.ByteStream, scope: anyio.CancelScope
+    ) -> None:
+        # Reads what the client sends while its response is in progress: pipelined
+        # requests are kept for later, end of stream means the client left.
+        while True:
+            try:
+                data = await stream.receive(_RECEIVE_SIZE)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                scope.cancel()
+                return
+            conn.receive_data(data)
+            if len(conn.trailing_data[0]) >= _MAX_PIPELINED:
+                await anyio.sleep_forever()
+
+    async def _bad_request(
+        self, conn: h11.Connection, stream: anyio.abc.ByteStream, exc: h11.RemoteProtocolError
+    ) -> None:
+        logger.warning("malformed HTTP from a client: %s", exc)
+        status = exc.error_status_hint
+        await self._send_error(conn, stream, status, f"malformed HTTP request: {exc}")
+
+    async def _send_error(
+        self, conn: h11.Connection, stream: anyio.abc.ByteStream, status: int, message: str
+    ) -> None:
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        code = {431: "request_header_fields_too_large", 408: "request_timeout"}.get(
+            status, "invalid_request"
+        )
+        body = error_body(message, error_type="invalid_request_error", code=code)
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+            _SERVER_HEADER,
+        ]
+        try:
+            data = conn.send(
+                h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))
+            )
+            data = (data or b"") + (conn.send(h11.Data(data=body)) or b"")
+            data += conn.send(h11.EndOfMessage()) or b""
+            await stream.send(data)
+        except (h11.LocalProtocolError, anyio.BrokenResourceError, OSError):
+            pass
+
+
+async def serve(
+    driver: Driver,
+    config: ProxyConfig,
+    *,
+    adapter: str = "h11",
+    ready: anyio.Event | None = None,
+) -> None:
+    """Listen, serve until SIGINT/SIGTERM, then stop gracefully."""
+    server = H11Server(driver, config)
+    listener = await anyio.create_tcp_listener(
+        local_host=config.server.host, local_port=config.server.port, reuse_port=False
+    )
+    port = listener.extra(SocketAttribute.local_port)
+    logger.info(
+        "sansproxy listening on http://%s:%d (adapter=%s, %s)",
+        config.server.host,
+        port,
+        adapter,
+        describe_upstream(config),
+    )
+    async with anyio.create_task_group() as tg:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            accept_scope = anyio.CancelScope()
+
+            async def accept() -> None:
+                async with listener:
+                    with accept_scope:
+                        await listener.serve(server.handle, task_group=tg)
+
+            tg.start_soon(accept)
+            if ready is not None:
+                ready.set()
+            async for signum in signals:
+                logger.info(
+                    "received %s: finishing in-flight requests (grace %.0f s)",
+                    signal.Signals(signum).name,
+                    config.server.shutdown_grace,
+                )
+                break
+            accept_scope.cancel()  # stops accepting and closes the listener
+            server.begin_shutdown()
+            with anyio.move_on_after(config.server.shutdown_grace) as grace:
+                async with anyio.create_task_group() as waiters:
+
+                    async def second_signal() -> None:
+                        async for _ in signals:
+                            logger.warning("second signal: stopping now")
+                            grace.cancel()
+
+                    waiters.start_soon(second_signal)
+                    await server.wait_all_closed()
+                    waiters.cancel_scope.cancel()
+            if grace.cancel_called:
+                logger.warning("closing the connections still open")
+            tg.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await driver.aclose()
+    logger.info("stopped")
+
+
+def run(argv: Sequence[str] | None, *, adapter: str, backend: str) -> None:
+    """Parse the command line and serve on ``backend`` ("asyncio" or "trio")."""
+    loaded = parse_args(
+        f"python -m adapters.{'trio_runner' if backend == 'trio' else 'h11_server'}",
+        "sansproxy: an LLM API proxy (HTTP/1.1 server on "
+        + ("trio" if backend == "trio" else "asyncio")
+        + ").",
+        argv,
+    )
+    setup_logging(loaded.config.log_level)
+    driver = Driver(loaded.proxy)
+    options: dict[str, Any] = {}
+    if backend == "asyncio":
+        try:
+            import uvloop  # noqa: F401
+        except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
+            pass
+        else:
+            options["use_uvloop"] = True
+    anyio.run(
+        lambda: serve(driver, loaded.config, adapter=adapter),
+        backend=backend,
+        backend_options=options,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m adapters.h11_server``."""
+    run(argv, adapter="h11", backend="asyncio")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
