@@ -236,6 +236,14 @@ def test_data_empty_versus_absent() -> None:
     assert SSEEvent().encode() == b""
 
 
+def test_runs_of_blank_lines_produce_nothing() -> None:
+    stream = b"\n\ndata: a\n\n\n\nevent: b\ndata: b\n\n\n\n\ndata: c\n\n\n"
+    expected = [b"data: a\n\n", b"event: b\ndata: b\n\n", b"data: c\n\n"]
+    assert decode([stream]) == expected
+    assert decode(bytewise(stream)) == expected
+    assert decode([b"\n\n\n", b"\n"]) == []
+
+
 def test_comment_only_block_is_relayed() -> None:
     stream = b": keep-alive\n\n:\n\ndata: x\n\n"
     blocks = decode([stream])

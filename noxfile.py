@@ -1,0 +1,48 @@
+"""Developer sessions: ``nox`` (lint, types, tests) and ``nox -s bench``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "types", "tests"]
+
+PYTHON = "3.11"
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The test suite, with branch coverage of the core."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "--cov=core", "--cov-branch", "--cov-report=term", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff."""
+    session.install("ruff>=0.7")
+    session.run("ruff", "check", ".", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def types(session: nox.Session) -> None:
+    """mypy --strict over the packages pyproject names, and this file."""
+    session.install("-e", ".[dev]")
+    session.run("mypy", "--strict", *session.posargs)
+    session.run("mypy", "--strict", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """The benchmark (not a test): ``nox -s bench -- --duration 3 --adapters h11,asgi``."""
+    session.install("-e", ".[test]")
+    if shutil.which("wrk") is None:
+        if os.geteuid() != 0:
+            session.error("wrk is not installed: apt-get install wrk (or run this as root)")
+        session.run("apt-get", "update", external=True)
+        session.run("apt-get", "install", "-y", "wrk", external=True)
+    session.run("python", "-m", "tests.bench.run", *session.posargs)

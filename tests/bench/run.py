@@ -1,0 +1,633 @@
+"""``nox -s bench``: the proxy, direct vs through each adapter, in one run.
+
+Starts the fast local upstream (``tests.bench.upstream``), then for each target
+-- ``direct`` (the upstream alone) and each adapter, one worker, pointed at the
+upstream -- measures with ``wrk`` (non-streaming, concurrency 1 and 64, after a
+warm-up) and ``tests.bench.loadgen`` (a 50-event stream at concurrency 16; time
+to first event of a slow stream at concurrency 1): requests/s, p50/p99 latency
+and what the proxy adds to direct, CPU per request and per stream event of the
+server process (from ``/proc/<pid>/stat``), and its RSS. Prints one table.
+
+    python -m tests.bench.run [--duration 5] [--adapters h11,asgi,trio] [--json PATH]
+    python -m tests.bench.run --adapters '' --target 'mine=python /tmp/proxy.py'
+
+A benchmark, not a test: it asserts nothing about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from tests.bench.loadgen import check
+from tests.bench.upstream import COMPLETION_BODY
+
+__all__ = ["ADAPTERS", "Target", "main"]
+
+HOST = "127.0.0.1"
+PATH = "/v1/chat/completions"
+LUA_SCRIPT = Path(__file__).with_name("post.lua")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+LISTENING = re.compile(r"listening on http://(?P<host>[0-9.]+):(?P<port>\d+)")
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 5.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+#: adapter name -> (module, extra flags)
+ADAPTERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "h11": ("adapters.h11_server", ()),
+    "asgi": ("adapters.asgi", ("--workers", "1")),
+    "trio": ("adapters.trio_runner", ()),
+}
+
+
+class BenchError(Exception):
+    """A target could not be started or measured."""
+
+
+@dataclass(slots=True)
+class Target:
+    """Something to measure: ``argv`` is None for the upstream itself (direct)."""
+
+    name: str
+    argv: list[str] | None
+
+
+@dataclass(slots=True)
+class Server:
+    """A server subprocess with its stderr drained into a bounded tail."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int = 0
+    tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=40))
+    announced: threading.Event = field(default_factory=threading.Event)
+
+    def drain(self, stream: IO[bytes]) -> None:
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self.tail.append(line)
+            match = LISTENING.search(line)
+            if match and not self.announced.is_set():
+                self.port = int(match["port"])
+                self.announced.set()
+
+    def describe_exit(self) -> str:
+        lines = [line for line in self.tail if line.strip()][-6:]
+        return f"{self.name} exited with status {self.proc.returncode}: " + " | ".join(lines)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _connectable(port: int) -> bool:
+    try:
+        with socket.create_connection((HOST, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def start_server(name: str, argv: list[str], *, port: int | None) -> Server:
+    """Start ``argv``; wait for its ``listening on`` line (or, with ``port``, for the port)."""
+    proc = subprocess.Popen(
+        argv,
+        cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: stop() signals workers too
+    )
+    server = Server(name=name, proc=proc)
+    assert proc.stdout is not None
+    threading.Thread(target=server.drain, args=(proc.stdout,), daemon=True).start()
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if server.announced.wait(0.05):
+            return server
+        if proc.poll() is not None:
+            time.sleep(0.1)  # let the drain thread read the last lines
+            raise BenchError(server.describe_exit())
+        if port is not None and _connectable(port):
+            server.port = port
+            return server
+    server.stop()
+    raise BenchError(f"{name} did not start listening within {START_TIMEOUT:.0f} s")
+
+
+# -- /proc accounting -------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str]:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()  # fields from 3 (state) on
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                ppid = int(_stat_fields(int(entry.name))[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found = [pid]
+    for p in found:
+        found.extend(children.get(p, []))
+    return found
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and its descendants, in seconds."""
+    ticks = 0
+    for p in tree(pid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = _stat_fields(p)
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / CLK_TCK
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of ``pid`` and its descendants, summed, in MB."""
+    rss = hwm = 0
+    for p in tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("VmHWM:"):
+                    hwm += int(line.split()[1])
+    return rss / 1024, hwm / 1024
+
+
+class CpuMeter:
+    """CPU seconds used by a process tree between ``__enter__`` and ``__exit__``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.seconds = 0.0
+        self.wall = 0.0
+        self._cpu = 0.0
+        self._t = 0.0
+
+    def __enter__(self) -> CpuMeter:
+        self._cpu = cpu_seconds(self.pid)
+        self._t = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = cpu_seconds(self.pid) - self._cpu
+        self.wall = time.perf_counter() - self._t
+
+
+# -- load -------------------------------------------------------------------------
+
+
+def wrk(port: int, *, connections: int, threads: int, duration: int) -> dict[str, Any]:
+    """One wrk run; the summary its Lua ``done()`` prints."""
+    argv = [
+        "wrk",
+        f"-t{min(threads, connections)}",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        str(LUA_SCRIPT),
+        f"http://{HOST}:{port}{PATH}",
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
+    for line in done.stdout.splitlines():
+        if line.startswith("BENCH_JSON "):
+            result: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
+            result["errors"] = sum(
+                result[k]
+                for k in (
+                    "connect_errors",
+                    "read_errors",
+                    "write_errors",
+                    "status_errors",
+                    "timeouts",
+                )
+            )
+            result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+            return result
+    raise BenchError(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout[-300:]}")
+
+
+def loadgen(port: int, *args: str, timeout: float) -> dict[str, Any]:
+    """Run ``tests.bench.loadgen`` in its own process; its JSON result."""
+    argv = [sys.executable, "-m", "tests.bench.loadgen", "--port", str(port), *args]
+    done = subprocess.run(
+        argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        raise BenchError(f"loadgen {args[0]} failed: {done.stderr.strip()[-500:]}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def measure(
+    name: str, port: int, pid: int, upstream_pid: int, opts: argparse.Namespace
+) -> dict[str, Any]:
+    """All phases against one listening target; ``pid`` is the process to account."""
+    problem = asyncio.run(check(HOST, port))
+    if problem is not None:
+        raise BenchError(f"sanity check failed: {problem}")
+    out: dict[str, Any] = {"target": name}
+    if opts.warmup > 0:
+        wrk(port, connections=opts.connections, threads=opts.wrk_threads, duration=opts.warmup)
+    for label, conns, threads in (
+        ("c1", 1, 1),
+        (f"c{opts.connections}", opts.connections, opts.wrk_threads),
+    ):
+        runs = []
+        for _ in range(opts.repeat):
+            with CpuMeter(pid) as cpu, CpuMeter(upstream_pid) as up_cpu:
+                run = wrk(port, connections=conns, threads=threads, duration=opts.duration)
+            run["cpu_us_per_req"] = cpu.seconds / max(run["requests"], 1) * 1e6
+            run["cpu_util"] = cpu.seconds / cpu.wall
+            run["upstream_cpu_util"] = up_cpu.seconds / up_cpu.wall
+            runs.append(run)
+        result = max(runs, key=lambda r: float(r["rps"]))  # best of --repeat: least disturbed
+        if len(runs) > 1:
+            result["all_rps"] = [r["rps"] for r in runs]
+        out[label] = result
+        _log(
+            f"  {name} {label}: {result['rps']:,.0f} req/s, p50 {result['p50_us'] / 1000:.3f} ms, "
+            f"p99 {result['p99_us'] / 1000:.3f} ms, {result['cpu_us_per_req']:.1f} µs CPU/req, "
+            f"{result['errors']} errors"
+        )
+    stream_runs = []
+    for _ in range(opts.repeat):
+        with CpuMeter(pid) as cpu:
+            run = loadgen(
+                port,
+                "streams",
+                "--concurrency",
+                str(opts.stream_concurrency),
+                "--events",
+                str(opts.stream_events),
+                "--duration",
+                str(opts.duration),
+                timeout=opts.duration + 120,
+            )
+        run["cpu_us_per_event"] = cpu.seconds / max(run["events"], 1) * 1e6
+        run["cpu_us_per_stream"] = cpu.seconds / max(run["streams"], 1) * 1e6
+        stream_runs.append(run)
+    streams = max(stream_runs, key=lambda r: float(r["events_per_s"]))
+    out["streams"] = streams
+    _log(
+        f"  {name} streams c{opts.stream_concurrency}: {streams['streams_per_s']:,.0f} streams/s, "
+        f"{streams['events_per_s']:,.0f} events/s, {streams['cpu_us_per_event']:.1f} µs CPU/event, "
+        f"{streams['errors']} errors"
+    )
+    ttfe = loadgen(
+        port,
+        "ttfe",
+        "--requests",
+        str(opts.ttfe_requests),
+        "--delay-ms",
+        str(opts.ttfe_delay_ms),
+        timeout=opts.ttfe_requests * (opts.ttfe_delay_ms * 3 / 1000 + 10) + 60,
+    )
+    out["ttfe"] = ttfe
+    median = ttfe["median_ms"]
+    _log(
+        f"  {name} time to first event: median "
+        f"{'-' if median is None else f'{median:.3f}'} ms, {ttfe['errors']} errors"
+    )
+    out["rss_mb"], out["peak_rss_mb"] = memory_mb(pid)
+    out["errors"] = (
+        out["c1"]["errors"]
+        + out[f"c{opts.connections}"]["errors"]
+        + streams["errors"]
+        + ttfe["errors"]
+    )
+    return out
+
+
+# -- table ------------------------------------------------------------------------
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _get(row: dict[str, Any], *keys: str) -> Any:
+    value: Any = row
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def table(rows: list[dict[str, Any]], connections: int, stream_c: int) -> str:
+    """One aligned plain-text table: a row per target, ratios and differences vs direct."""
+    direct = next((r for r in rows if r["target"] == "direct" and "error" not in r), None)
+    c = f"c{connections}"
+    s = f"c{stream_c}"
+
+    def ms(row: dict[str, Any] | None, phase: str, key: str) -> float | None:
+        us = _get(row, phase, key) if row is not None else None
+        return None if us is None else float(us) / 1000
+
+    header = [
+        "target",
+        "c1 req/s",
+        "c1 p50",
+        "c1 p99",
+        "c1 +p50",
+        "c1 +p99",
+        f"{c} req/s",
+        "x direct",
+        f"{c} p50",
+        f"{c} p99",
+        f"{c} +p50",
+        f"{c} +p99",
+        "cpu/req c1",
+        f"cpu/req {c}",
+        f"streams/s {s}",
+        "events/s",
+        "x direct",
+        "cpu/event",
+        "ttfe",
+        "+ttfe",
+        "rss MB",
+        "peak MB",
+        "errors",
+    ]
+    body: list[list[str]] = []
+    for row in rows:
+        if "error" in row:
+            body.append([row["target"], "FAILED", *["-"] * (len(header) - 2)])
+            continue
+        is_direct = row is direct
+        added = {
+            (phase, key): None if is_direct else _diff(ms(row, phase, key), ms(direct, phase, key))
+            for phase in ("c1", c)
+            for key in ("p50_us", "p99_us")
+        }
+        ttfe = _get(row, "ttfe", "median_ms")
+        body.append(
+            [
+                row["target"],
+                _num(_get(row, "c1", "rps"), ",.0f"),
+                _num(ms(row, "c1", "p50_us"), ".3f"),
+                _num(ms(row, "c1", "p99_us"), ".3f"),
+                _num(added["c1", "p50_us"], "+.3f"),
+                _num(added["c1", "p99_us"], "+.3f"),
+                _num(_get(row, c, "rps"), ",.0f"),
+                _num(_ratio(_get(row, c, "rps"), _get(direct or {}, c, "rps")), ".2f"),
+                _num(ms(row, c, "p50_us"), ".3f"),
+                _num(ms(row, c, "p99_us"), ".3f"),
+                _num(added[c, "p50_us"], "+.3f"),
+                _num(added[c, "p99_us"], "+.3f"),
+                _num(_get(row, "c1", "cpu_us_per_req"), ".1f"),
+                _num(_get(row, c, "cpu_us_per_req"), ".1f"),
+                _num(_get(row, "streams", "streams_per_s"), ",.0f"),
+                _num(_get(row, "streams", "events_per_s"), ",.0f"),
+                _num(
+                    _ratio(
+                        _get(row, "streams", "events_per_s"),
+                        _get(direct or {}, "streams", "events_per_s"),
+                    ),
+                    ".2f",
+                ),
+                _num(_get(row, "streams", "cpu_us_per_event"), ".2f"),
+                _num(ttfe, ".3f"),
+                _num(
+                    None if is_direct else _diff(ttfe, _get(direct or {}, "ttfe", "median_ms")),
+                    "+.3f",
+                ),
+                _num(row.get("rss_mb"), ".1f"),
+                _num(row.get("peak_rss_mb"), ".1f"),
+                str(row.get("errors", "-")),
+            ]
+        )
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+
+    def fmt(line: list[str]) -> str:
+        cells = [line[0].ljust(widths[0])]
+        cells += [cell.rjust(width) for cell, width in zip(line[1:], widths[1:], strict=True)]
+        return "  ".join(cells).rstrip()
+
+    rule = "-" * len(fmt(header))
+    return "\n".join([fmt(header), rule, *(fmt(line) for line in body)])
+
+
+# -- main -------------------------------------------------------------------------
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.bench.run",
+        description="Benchmark sansproxy's adapters against a fast local upstream (direct).",
+    )
+    parser.add_argument(
+        "--duration", type=int, default=5, help="seconds per measured phase (default 5)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=1, help="seconds of wrk warm-up per target (0: none)"
+    )
+    parser.add_argument(
+        "--adapters",
+        default=",".join(ADAPTERS),
+        help=f"comma-separated, from {','.join(ADAPTERS)}; '' for direct only",
+    )
+    parser.add_argument(
+        "--target",
+        action="append",
+        default=[],
+        metavar="NAME=COMMAND",
+        help="also measure COMMAND (given --host --port --base-url --type --log-level); repeatable",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run each throughput phase N times and keep the best (a noisy machine)",
+    )
+    parser.add_argument("--connections", type=int, default=64, help="the high concurrency")
+    parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads at high conc.")
+    parser.add_argument("--stream-concurrency", type=int, default=16)
+    parser.add_argument("--stream-events", type=int, default=50)
+    parser.add_argument("--ttfe-requests", type=int, default=50)
+    parser.add_argument(
+        "--ttfe-delay-ms", type=float, default=50.0, help="spacing of the slow stream's events"
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also save the results here")
+    opts = parser.parse_args(argv)
+    if opts.duration < 1 or opts.warmup < 0 or opts.connections < 1 or opts.repeat < 1:
+        parser.error("--duration must be >= 1 s, --warmup >= 0, --connections, --repeat >= 1")
+    unknown = [a for a in opts.adapters.split(",") if a and a not in ADAPTERS]
+    if unknown:
+        parser.error(f"unknown adapter(s) {', '.join(unknown)}; choose from {', '.join(ADAPTERS)}")
+    return opts
+
+
+def targets(opts: argparse.Namespace) -> list[Target]:
+    """direct, the chosen adapters, then any ``--target``."""
+    found = [Target("direct", None)]
+    for name in (a for a in opts.adapters.split(",") if a):
+        module, extra = ADAPTERS[name]
+        found.append(Target(name, [sys.executable, "-m", module, *extra]))
+    for spec in opts.target:
+        name, sep, command = spec.partition("=")
+        if not sep or not name or not command:
+            raise SystemExit(f"--target wants NAME=COMMAND, got {spec!r}")
+        found.append(Target(name, shlex.split(command)))
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = _parse_args(argv)
+    if shutil.which("wrk") is None:
+        print(
+            "wrk not found: install it (apt-get install wrk); `nox -s bench` does so as root",
+            file=sys.stderr,
+        )
+        return 2
+    started = time.monotonic()
+    rows: list[dict[str, Any]] = []
+    upstream = start_server(
+        "upstream", [sys.executable, "-m", "tests.bench.upstream", "--port", "0"], port=None
+    )
+    try:
+        base_url = f"http://{HOST}:{upstream.port}"
+        _log(f"upstream at {base_url} (pid {upstream.proc.pid})")
+        for target in targets(opts):
+            _log(f"{target.name}:")
+            server: Server | None = None
+            try:
+                if target.argv is None:
+                    port, pid = upstream.port, upstream.proc.pid
+                else:
+                    port = _free_port()
+                    argv = [
+                        *target.argv,
+                        "--host",
+                        HOST,
+                        "--port",
+                        str(port),
+                        "--base-url",
+                        base_url,
+                        "--type",
+                        "openai",
+                        "--log-level",
+                        "warning",
+                    ]
+                    server = start_server(target.name, argv, port=port)
+                    port, pid = server.port, server.proc.pid
+                rows.append(measure(target.name, port, pid, upstream.proc.pid, opts))
+            except (BenchError, subprocess.TimeoutExpired, OSError) as exc:
+                _log(f"  {target.name} FAILED: {exc}")
+                rows.append({"target": target.name, "error": str(exc)})
+            finally:
+                if server is not None:
+                    server.stop()
+            if upstream.proc.poll() is not None:
+                raise BenchError(upstream.describe_exit())
+    finally:
+        upstream.stop()
+    elapsed = time.monotonic() - started
+
+    print()
+    print(
+        f"sansproxy bench: {opts.duration} s per phase, wrk -c1 and -c{opts.connections}, "
+        f"{opts.stream_events}-event streams at c{opts.stream_concurrency}, "
+        f"slow stream {opts.ttfe_delay_ms:g} ms/event; {os.cpu_count()} CPUs, "
+        f"Python {platform.python_version()}; took {elapsed:.0f} s"
+    )
+    print()
+    print(table(rows, opts.connections, opts.stream_concurrency))
+    print()
+    print(
+        f"req/s: wrk, POST {PATH} ({len(COMPLETION_BODY)}-byte reply); latencies and ttfe in ms; "
+        "+x = added vs direct, same run;\n"
+        "cpu/req, cpu/event: µs of the server process's CPU (user+sys, with children; "
+        "direct: the upstream's own);\n"
+        "events/s: SSE events received, by tests.bench.loadgen; ttfe: median of request "
+        "sent -> first `data:` received, slow stream;\n"
+        "rss/peak MB: VmRSS after the runs and VmHWM of the server process; "
+        "errors: wrk socket/non-2xx errors + loadgen errors."
+    )
+    c = f"c{opts.connections}"
+    for row in rows:
+        if "error" in row:
+            print(f"{row['target']}: FAILED: {row['error']}")
+        elif row["target"] != "direct" and _get(row, c, "upstream_cpu_util") is not None:
+            print(
+                f"{row['target']}: upstream CPU at {c} {row[c]['upstream_cpu_util']:.0%} of one "
+                f"core, proxy {row[c]['cpu_util']:.0%}"
+            )
+        elif row["target"] == "direct":
+            print(f"direct: upstream CPU at {c} {row[c]['cpu_util']:.0%} of one core")
+    if opts.json is not None:
+        opts.json.write_text(
+            json.dumps(
+                {
+                    "options": {
+                        k: str(v) if isinstance(v, Path) else v for k, v in vars(opts).items()
+                    },
+                    "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "results": rows,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        print(f"results saved to {opts.json}")
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

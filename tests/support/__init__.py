@@ -1,0 +1,1 @@
+"""Helpers shared by the adapter and end-to-end tests: a mock upstream, a proxy process."""
