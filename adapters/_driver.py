@@ -33,6 +33,8 @@ from core import (
     WriteTrace,
 )
 
+from ._streams import Clock
+from ._streams import clock as loop_clock
 from ._trace_writer import TraceWriter
 from ._upstream import UpstreamError, UpstreamPool
 from ._upstream import UpstreamResponse as PoolResponse
@@ -72,12 +74,22 @@ class Driver:
         self.traces = TraceWriter()
         self._prefix = secrets.token_hex(4)
         self._counter = itertools.count(1)
+        self._clock: Clock | None = None
+
+    def _bind_clock(self) -> Clock:
+        # One driver serves one event loop: look its clock up once.
+        self._clock = loop_clock()
+        return self._clock
+
+    def now(self) -> float:
+        """The event loop's time, the ``now`` every event is fed with."""
+        return (self._clock or self._bind_clock())()
 
     def new_exchange(self) -> Exchange:
         """A fresh exchange with a process-unique id, started now."""
         return self.proxy.exchange(
             exchange_id=f"{self._prefix}{next(self._counter):06x}",
-            now=anyio.current_time(),
+            now=self.now(),
             wall_time=time.time(),
         )
 
@@ -87,11 +99,11 @@ class Driver:
         await anyio.to_thread.run_sync(self.traces.close)
 
     async def _send_upstream(
-        self, ex: Exchange, cmd: SendUpstreamRequest
+        self, ex: Exchange, cmd: SendUpstreamRequest, now: Clock
     ) -> PoolResponse | None:
         """Send the request upstream; on failure feed the exchange and return None."""
         try:
-            with anyio.fail_after(_remaining(ex.get_timer())):
+            with anyio.fail_after(_remaining(ex.get_timer(), now)):
                 return await self.pool.request(
                     cmd.origin,
                     cmd.method,
@@ -103,10 +115,10 @@ class Driver:
         except UpstreamError as exc:
             ex.handle(
                 UpstreamFailed(attempt=cmd.attempt, kind=exc.kind, message=str(exc)),
-                now=anyio.current_time(),
+                now=now(),
             )
         except TimeoutError:
-            ex.handle_timer(now=anyio.current_time())
+            ex.handle_timer(now=now())
         return None
 
     def _log(self, cmd: Log) -> None:
@@ -128,6 +140,7 @@ class Driver:
         response: PoolResponse | None = None
         attempt = 0
         head_pending = False
+        now = self._clock or self._bind_clock()
         try:
             while True:
                 # No await in this loop but the upstream send.
@@ -141,7 +154,7 @@ class Driver:
                             client.end(cmd.complete)
                         case SendUpstreamRequest():
                             attempt = cmd.attempt
-                            response = await self._send_upstream(ex, cmd)
+                            response = await self._send_upstream(ex, cmd, now)
                             head_pending = response is not None
                         case WriteTrace():
                             self.traces.submit(cmd)
@@ -161,7 +174,7 @@ class Driver:
                     if deadline is None:
                         raise RuntimeError(f"exchange {ex.exchange_id} is stuck in {ex.state}")
                     await anyio.sleep_until(deadline)
-                    ex.handle_timer(now=anyio.current_time())
+                    ex.handle_timer(now=now())
                     continue
                 event: UpstreamResponse | UpstreamData | UpstreamEnded | UpstreamFailed
                 with anyio.CancelScope(deadline=math.inf if deadline is None else deadline):
@@ -182,16 +195,16 @@ class Driver:
                     except UpstreamError as exc:
                         response = None
                         event = UpstreamFailed(attempt=attempt, kind=exc.kind, message=str(exc))
-                    ex.handle(event, now=anyio.current_time())
+                    ex.handle(event, now=now())
                     continue
                 # The deadline passed while waiting: the read was cut off.
-                ex.handle_timer(now=anyio.current_time())
+                ex.handle_timer(now=now())
                 if response is not None and not ex.finished:
                     response.abort()
                     response = None
                     ex.handle(
                         UpstreamFailed(attempt=attempt, kind="timeout", message="read timed out"),
-                        now=anyio.current_time(),
+                        now=now(),
                     )
         except ClientDisconnected:
             self._client_gone(ex, response)
@@ -204,7 +217,7 @@ class Driver:
         if response is not None:
             response.abort()
         if not ex.finished:
-            ex.handle(ClientGone(), now=anyio.current_time())
+            ex.handle(ClientGone(), now=self.now())
         while (cmd := ex.next_command()) is not None:
             match cmd:
                 case WriteTrace():
@@ -217,7 +230,7 @@ class Driver:
                     raise RuntimeError(f"unexpected command {cmd!r}")
 
 
-def _remaining(deadline: float | None) -> float:
+def _remaining(deadline: float | None, now: Clock) -> float:
     if deadline is None:
         return math.inf
-    return max(0.0, deadline - anyio.current_time())
+    return max(0.0, deadline - now())

@@ -89,7 +89,7 @@ class ProxyEndpoint:
             RequestReceived(
                 method=scope["method"].encode("ascii"), target=target, headers=scope["headers"]
             ),
-            now=anyio.current_time(),
+            now=self.driver.now(),
         )
         sink = _ASGISink(send)
         while not ex.finished:
@@ -97,12 +97,12 @@ class ProxyEndpoint:
             if message["type"] == "http.request":
                 body = message.get("body", b"")
                 if body:
-                    ex.handle(RequestData(data=body), now=anyio.current_time())
+                    ex.handle(RequestData(data=body), now=self.driver.now())
                 if not message.get("more_body", False):
-                    ex.handle(RequestEnded(), now=anyio.current_time())
+                    ex.handle(RequestEnded(), now=self.driver.now())
                     break
             else:  # http.disconnect
-                ex.handle(ClientGone(), now=anyio.current_time())
+                ex.handle(ClientGone(), now=self.driver.now())
         # A cut response (complete=False) simply never ends: the server then
         # closes the connection, so the client sees the body is short.
         await self._run(ex, receive, sink)

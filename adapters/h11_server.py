@@ -21,7 +21,6 @@ from typing import Any
 import anyio
 import anyio.abc
 import h11
-from anyio.abc import SocketAttribute
 
 from core import (
     ClientGone,
@@ -35,6 +34,7 @@ from core import (
 
 from ._cli import describe_upstream, parse_args, setup_logging
 from ._driver import ClientDisconnected, Driver
+from ._streams import serve_tcp
 
 __all__ = ["H11Server", "main", "serve"]
 
@@ -140,16 +140,22 @@ class H11Server:
     async def _receive(
         self, conn: h11.Connection, stream: anyio.abc.ByteStream, deadline: float
     ) -> None:
+        if deadline == math.inf:  # the caller's scope bounds the wait
+            conn.receive_data(await self._read(stream))
+            return
         with anyio.CancelScope(deadline=deadline):
-            try:
-                data = await stream.receive(_RECEIVE_SIZE)
-            except anyio.EndOfStream:
-                data = b""
-            except (anyio.BrokenResourceError, OSError) as exc:
-                raise _ConnectionGone from exc
-            conn.receive_data(data)
+            conn.receive_data(await self._read(stream))
             return
         raise _Timeout
+
+    @staticmethod
+    async def _read(stream: anyio.abc.ByteStream) -> bytes:
+        try:
+            return await stream.receive(_RECEIVE_SIZE)
+        except anyio.EndOfStream:
+            return b""
+        except (anyio.BrokenResourceError, OSError) as exc:
+            raise _ConnectionGone from exc
 
     async def _next_event(
         self, conn: h11.Connection, stream: anyio.abc.ByteStream, deadline: float
@@ -173,7 +179,7 @@ class H11Server:
                 try:
                     if self.shutting_down:
                         return None
-                    scope.deadline = anyio.current_time() + server.keepalive_timeout
+                    scope.deadline = self.driver.now() + server.keepalive_timeout
                     await self._receive(conn, stream, math.inf)
                 finally:
                     self._idle.discard(scope)
@@ -182,7 +188,7 @@ class H11Server:
             event = conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
-        return await self._next_event(conn, stream, anyio.current_time() + server.header_timeout)
+        return await self._next_event(conn, stream, self.driver.now() + server.header_timeout)
 
     async def _serve(self, stream: anyio.abc.ByteStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_size)
@@ -207,7 +213,7 @@ class H11Server:
             ex = driver.new_exchange()
             ex.handle(
                 RequestReceived(method=event.method, target=event.target, headers=event.headers),
-                now=anyio.current_time(),
+                now=self.driver.now(),
             )
             sink = _H11Sink(conn, stream)
             try:
@@ -216,12 +222,12 @@ class H11Server:
                         await stream.send(conn.send(h11.InformationalResponse(status_code=100)))
                     await self._read_body(ex, conn, stream)
             except h11.RemoteProtocolError as exc:
-                ex.handle(ClientGone(), now=anyio.current_time())
+                ex.handle(ClientGone(), now=self.driver.now())
                 await driver.run(ex, sink)
                 await self._bad_request(conn, stream, exc)
                 return
             except (_Timeout, _ConnectionGone):
-                ex.handle(ClientGone(), now=anyio.current_time())
+                ex.handle(ClientGone(), now=self.driver.now())
                 await driver.run(ex, sink)
                 return
             await self._run(ex, conn, stream, sink)
@@ -238,12 +244,12 @@ class H11Server:
     ) -> None:
         timeout = self.server.header_timeout
         while not ex.finished:
-            event = await self._next_event(conn, stream, anyio.current_time() + timeout)
+            event = await self._next_event(conn, stream, self.driver.now() + timeout)
             kind = type(event)
             if kind is h11.Data:
-                ex.handle(RequestData(data=event.data), now=anyio.current_time())
+                ex.handle(RequestData(data=event.data), now=self.driver.now())
             elif kind is h11.EndOfMessage:
-                ex.handle(RequestEnded(), now=anyio.current_time())
+                ex.handle(RequestEnded(), now=self.driver.now())
                 return
             else:  # ConnectionClosed mid-body
                 raise _ConnectionGone
@@ -313,33 +319,42 @@ async def serve(
     config: ProxyConfig,
     *,
     adapter: str = "h11",
-    ready: anyio.Event | None = None,
 ) -> None:
     """Listen, serve until SIGINT/SIGTERM, then stop gracefully."""
     server = H11Server(driver, config)
-    listener = await anyio.create_tcp_listener(
-        local_host=config.server.host, local_port=config.server.port, reuse_port=False
-    )
-    port = listener.extra(SocketAttribute.local_port)
-    logger.info(
-        "sansproxy listening on http://%s:%d (adapter=%s, %s)",
-        config.server.host,
-        port,
-        adapter,
-        describe_upstream(config),
-    )
+
+    def started(port: int) -> None:
+        logger.info(
+            "sansproxy listening on http://%s:%d (adapter=%s, %s)",
+            config.server.host,
+            port,
+            adapter,
+            describe_upstream(config),
+        )
+
+    failed: list[str] = []
     async with anyio.create_task_group() as tg:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             accept_scope = anyio.CancelScope()
 
             async def accept() -> None:
-                async with listener:
-                    with accept_scope:
-                        await listener.serve(server.handle, task_group=tg)
+                with accept_scope:
+                    try:
+                        await serve_tcp(
+                            config.server.host,
+                            config.server.port,
+                            server.handle,
+                            task_group=tg,
+                            started=started,
+                        )
+                    except OSError as exc:
+                        failed.append(
+                            f"cannot listen on {config.server.host}:{config.server.port}: "
+                            f"{exc.strerror or exc}"
+                        )
+                        tg.cancel_scope.cancel()
 
             tg.start_soon(accept)
-            if ready is not None:
-                ready.set()
             async for signum in signals:
                 logger.info(
                     "received %s: finishing in-flight requests (grace %.0f s)",
@@ -365,6 +380,9 @@ async def serve(
             tg.cancel_scope.cancel()
             with anyio.CancelScope(shield=True):
                 await driver.aclose()
+    if failed:
+        logger.error("%s", failed[0])
+        raise SystemExit(1)
     logger.info("stopped")
 
 

@@ -27,7 +27,7 @@ _CLOSED = 1
 _BROKEN = 2
 
 
-def _invalid_event(msg: str) -> LocalProtocolError:
+def _local_error(msg: str) -> LocalProtocolError:
     return LocalProtocolError(msg, error_status_hint=500, error_type="server_error")
 
 
@@ -52,18 +52,18 @@ class SSEEvent:
         data, event, id_ = self.data, self.event, self.id
         if data:
             if "\r" in data:
-                raise _invalid_event("SSE data must not contain CR")
+                raise _local_error("SSE data must not contain CR")
             if not self.has_data:
                 object.__setattr__(self, "has_data", True)
         if event is not None and ("\n" in event or "\r" in event):
-            raise _invalid_event("SSE event must not contain CR or LF")
+            raise _local_error("SSE event must not contain CR or LF")
         if id_ is not None and ("\n" in id_ or "\r" in id_ or "\0" in id_):
-            raise _invalid_event("SSE id must not contain CR, LF or NUL")
+            raise _local_error("SSE id must not contain CR, LF or NUL")
         if self.retry is not None and self.retry < 0:
-            raise _invalid_event("SSE retry must not be negative")
+            raise _local_error("SSE retry must not be negative")
         for comment in self.comments:
             if "\n" in comment or "\r" in comment:
-                raise _invalid_event("SSE comments must not contain CR or LF")
+                raise _local_error("SSE comments must not contain CR or LF")
 
     def encode(self) -> bytes:
         """The canonical block: comments, event, id, retry, data lines, blank line.
@@ -223,8 +223,9 @@ class SSEDecoder:
             blocks.append(first)
             buf.clear()
 
-        # Look for single LFs (memchr, much faster than searching for b"\n\n")
-        # and check the byte after each: data lines rarely hold more than one.
+        # Most blocks are one line: find its LF (memchr, several times faster
+        # than searching for b"\n\n") and look at the byte after it. Only a
+        # block of several lines needs the slower search for b"\n\n".
         n = len(data)
         find = data.find
         while pos < n and data[pos] == _LF:  # blank lines before a block
@@ -234,12 +235,16 @@ class SSEDecoder:
             end = i + 1
             if end < n and data[end] == _LF:
                 end += 1
-                if end - pos > limit:
-                    raise self._too_large()
-                blocks.append(data[pos:end])
-                while end < n and data[end] == _LF:  # blank lines between blocks
-                    end += 1
-                pos = end
+            else:
+                end = find(b"\n\n", end) + 2
+                if end < 2:
+                    break
+            if end - pos > limit:
+                raise self._too_large()
+            blocks.append(data[pos:end])
+            while end < n and data[end] == _LF:  # blank lines between blocks
+                end += 1
+            pos = end
             i = find(b"\n", end)
         if n - pos > self._max:
             raise self._too_large()
@@ -275,7 +280,7 @@ class SSEDecoder:
     def _unusable(self, method: str) -> LocalProtocolError | RemoteProtocolError:
         error = self._error
         if error is None:
-            return LocalProtocolError(f"SSEDecoder.{method}() called after close()")
+            return _local_error(f"SSEDecoder.{method}() called after close()")
         return RemoteProtocolError(
             f"SSEDecoder.{method}() called after an error: {error}",
             error_status_hint=error.error_status_hint,

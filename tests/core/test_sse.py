@@ -345,6 +345,10 @@ def test_oversize_complete_block_and_at_close() -> None:
     assert decoder.feed(b"data: 12") == []
     with pytest.raises(RemoteProtocolError):
         decoder.close()
+    decoder = SSEDecoder(max_event_size=8)
+    assert decoder.feed(b"data: 1") == []
+    with pytest.raises(RemoteProtocolError):
+        decoder.feed(b"2\n\n")  # completes a block of 9 + 1 bytes
 
 
 def test_misuse_raises_local_protocol_error() -> None:

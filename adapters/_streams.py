@@ -1,0 +1,309 @@
+"""Byte streams for the adapters: lean asyncio ones, anyio's everywhere else.
+
+anyio's asyncio ``SocketStream`` pauses and resumes reading around every
+``receive()`` (two ``epoll_ctl`` calls) and spends a whole event-loop turn
+in every ``send()``. On the proxy's hot path that was more than half the cost
+of a request. Under asyncio we therefore use ``AsyncioStream``, a
+``Protocol`` with a bounded buffer behind anyio's ``ByteStream`` interface;
+under trio, anyio's own streams. The code above this module is the same for
+both: it sees an ``anyio.abc.ByteStream``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import anyio
+import anyio.abc
+import sniffio
+from anyio.abc import SocketAttribute
+
+__all__ = [
+    "AsyncioStream",
+    "Clock",
+    "clock",
+    "abort",
+    "connect_tcp",
+    "idle_is_readable",
+    "serve_tcp",
+    "using_asyncio",
+]
+
+_HIGH_WATER = 1 << 20  # buffered bytes before we stop reading from the socket
+_LOW_WATER = 1 << 18
+
+
+Clock = Callable[[], float]
+
+
+def using_asyncio() -> bool:
+    """True when running under asyncio (the lean streams apply)."""
+    return sniffio.current_async_library() == "asyncio"
+
+
+def clock() -> Clock:
+    """The running loop's clock (what anyio deadlines use), without per-call lookups."""
+    if using_asyncio():
+        return asyncio.get_running_loop().time
+    return anyio.current_time
+
+
+class _StreamProtocol(asyncio.Protocol):
+    __slots__ = (
+        "buffered",
+        "chunks",
+        "closed",
+        "drain_waiter",
+        "eof",
+        "exception",
+        "paused_reading",
+        "paused_writing",
+        "transport",
+        "waiter",
+    )
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.eof = False
+        self.closed = False
+        self.exception: BaseException | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.paused_reading = False
+        self.paused_writing = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.buffered += len(data)
+        if self.buffered > _HIGH_WATER and not self.paused_reading:
+            self.paused_reading = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.exception = exc
+        self._wake()
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.paused_writing = True
+
+    def resume_writing(self) -> None:
+        self.paused_writing = False
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class _ServerProtocol(_StreamProtocol):
+    """Hands each accepted connection, as a stream, to the accept loop."""
+
+    __slots__ = ("_accepted",)
+
+    def __init__(self, accepted: asyncio.Queue[AsyncioStream]) -> None:
+        super().__init__()
+        self._accepted = accepted
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        _nodelay(transport)
+        self._accepted.put_nowait(AsyncioStream(transport, self))  # type: ignore[arg-type]
+
+
+class AsyncioStream(anyio.abc.ByteStream):
+    """A TCP (or TLS) connection as an anyio ``ByteStream``, on asyncio callbacks."""
+
+    __slots__ = ("_loop", "_protocol", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, protocol: _StreamProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
+        self._loop = asyncio.get_running_loop()
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        protocol = self._protocol
+        chunks = protocol.chunks
+        if not chunks:
+            if protocol.closed and protocol.exception is not None:
+                raise anyio.BrokenResourceError from protocol.exception
+            if protocol.eof or protocol.closed:
+                raise anyio.EndOfStream
+            waiter = protocol.waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                protocol.waiter = None
+            if not chunks:
+                if protocol.exception is not None:
+                    raise anyio.BrokenResourceError from protocol.exception
+                raise anyio.EndOfStream
+        chunk = chunks.popleft()
+        if len(chunk) > max_bytes:
+            chunks.appendleft(chunk[max_bytes:])
+            chunk = chunk[:max_bytes]
+        protocol.buffered -= len(chunk)
+        if protocol.paused_reading and protocol.buffered < _LOW_WATER:
+            protocol.paused_reading = False
+            self._transport.resume_reading()
+        return chunk
+
+    async def send(self, item: bytes) -> None:
+        protocol = self._protocol
+        if protocol.closed or self._transport.is_closing():
+            raise anyio.BrokenResourceError from protocol.exception
+        self._transport.write(item)
+        if protocol.paused_writing:
+            waiter = protocol.drain_waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                protocol.drain_waiter = None
+            if protocol.closed:
+                raise anyio.BrokenResourceError from protocol.exception
+
+    async def send_eof(self) -> None:
+        if self._transport.can_write_eof():
+            self._transport.write_eof()
+
+    async def aclose(self) -> None:
+        self._transport.close()
+
+    def abort(self) -> None:
+        """Close at once, without waiting for buffered writes."""
+        self._transport.abort()
+
+    def idle_is_readable(self) -> bool:
+        """Whether anything (data, EOF, an error) arrived: a stale idle connection."""
+        protocol = self._protocol
+        return bool(protocol.chunks) or protocol.eof or protocol.closed
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        transport = self._transport
+        return {
+            SocketAttribute.raw_socket: lambda: transport.get_extra_info("socket"),
+            SocketAttribute.local_address: lambda: transport.get_extra_info("sockname"),
+            SocketAttribute.remote_address: lambda: transport.get_extra_info("peername"),
+        }
+
+
+async def connect_tcp(
+    host: str, port: int, *, ssl_context: ssl.SSLContext | None = None
+) -> anyio.abc.ByteStream:
+    """Connect, with TLS when ``ssl_context`` is given (SNI = ``host``)."""
+    if not using_asyncio():
+        if ssl_context is None:
+            return await anyio.connect_tcp(host, port)
+        return await anyio.connect_tcp(
+            host, port, ssl_context=ssl_context, tls_hostname=host, tls_standard_compatible=False
+        )
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_connection(
+        _StreamProtocol,
+        host,
+        port,
+        ssl=ssl_context,
+        server_hostname=host if ssl_context is not None else None,
+    )
+    _nodelay(transport)
+    return AsyncioStream(transport, protocol)  # type: ignore[arg-type]
+
+
+def _nodelay(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # pragma: no cover - already closed
+            pass
+
+
+def abort(stream: anyio.abc.ByteStream) -> None:
+    """Close ``stream`` at once without awaiting: the peer sees it end now."""
+    if isinstance(stream, AsyncioStream):
+        stream.abort()
+        return
+    raw = stream.extra(SocketAttribute.raw_socket, None)
+    if raw is None:
+        return
+    try:
+        raw.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+
+
+def idle_is_readable(stream: anyio.abc.ByteStream) -> bool:
+    """Whether an idle connection has something to read: the peer closed it, usually."""
+    if isinstance(stream, AsyncioStream):
+        return stream.idle_is_readable()
+    import select
+
+    raw = stream.extra(SocketAttribute.raw_socket, None)
+    if raw is None:
+        return False
+    try:
+        readable, _, _ = select.select([raw], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+Handler = Callable[[anyio.abc.ByteStream], Awaitable[None]]
+
+
+async def serve_tcp(
+    host: str,
+    port: int,
+    handler: Handler,
+    *,
+    task_group: anyio.abc.TaskGroup,
+    started: Callable[[int], None],
+) -> None:
+    """Accept connections until cancelled, running ``handler`` for each in ``task_group``.
+
+    ``started(port)`` is called once listening (the actual port when 0 was asked).
+    """
+    if not using_asyncio():
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        started(listener.extra(SocketAttribute.local_port))
+        async with listener:
+            await listener.serve(handler, task_group=task_group)
+        return
+    loop = asyncio.get_running_loop()
+    accepted: asyncio.Queue[AsyncioStream] = asyncio.Queue()
+
+    server = await loop.create_server(
+        lambda: _ServerProtocol(accepted), host, port, backlog=2048, reuse_address=True
+    )
+    started(server.sockets[0].getsockname()[1])
+    try:
+        while True:
+            stream = await accepted.get()
+            task_group.start_soon(handler, stream)
+    finally:
+        server.close()
+        while not accepted.empty():
+            accepted.get_nowait().abort()
