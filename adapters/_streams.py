@@ -12,10 +12,12 @@ both: it sees an ``anyio.abc.ByteStream``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import select
 import socket
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import anyio
@@ -229,16 +231,14 @@ async def connect_tcp(
         server_hostname=host if ssl_context is not None else None,
     )
     _nodelay(transport)
-    return AsyncioStream(transport, protocol)  # type: ignore[arg-type]
+    return AsyncioStream(transport, protocol)
 
 
 def _nodelay(transport: asyncio.BaseTransport) -> None:
     sock = transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        try:
+        with contextlib.suppress(OSError):  # already closed
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:  # pragma: no cover - already closed
-            pass
 
 
 def abort(stream: anyio.abc.ByteStream) -> None:
@@ -249,18 +249,14 @@ def abort(stream: anyio.abc.ByteStream) -> None:
     raw = stream.extra(SocketAttribute.raw_socket, None)
     if raw is None:
         return
-    try:
+    with contextlib.suppress(OSError):  # already closed
         raw.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # already closed
 
 
 def idle_is_readable(stream: anyio.abc.ByteStream) -> bool:
     """Whether an idle connection has something to read: the peer closed it, usually."""
     if isinstance(stream, AsyncioStream):
         return stream.idle_is_readable()
-    import select
-
     raw = stream.extra(SocketAttribute.raw_socket, None)
     if raw is None:
         return False
@@ -271,7 +267,7 @@ def idle_is_readable(stream: anyio.abc.ByteStream) -> bool:
     return bool(readable)
 
 
-Handler = Callable[[anyio.abc.ByteStream], Awaitable[None]]
+Handler = Callable[[anyio.abc.ByteStream], Coroutine[Any, Any, None]]
 
 
 async def serve_tcp(
@@ -301,7 +297,7 @@ async def serve_tcp(
     started(server.sockets[0].getsockname()[1])
     try:
         while True:
-            stream = await accepted.get()
+            stream: anyio.abc.ByteStream = await accepted.get()
             task_group.start_soon(handler, stream)
     finally:
         server.close()

@@ -15,15 +15,23 @@ import os
 import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 
 import anyio
 import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.types import Message, Receive, Scope, Send
+from uvicorn.supervisors import Multiprocess
 
-from core import ClientGone, Exchange, Proxy, ProxyConfig, RequestData, RequestEnded, RequestReceived
+from core import (
+    ClientGone,
+    Exchange,
+    Proxy,
+    ProxyConfig,
+    RequestData,
+    RequestEnded,
+    RequestReceived,
+)
 
 from ._cli import ConfigError, describe_upstream, fail, parse_args, setup_logging
 from ._driver import ClientDisconnected, Driver
@@ -140,10 +148,7 @@ def create_app(config: ProxyConfig, proxy: Proxy | None = None) -> Starlette:
 def app_factory() -> Starlette:
     """For ``uvicorn --factory``: reads the config the parent process serialised."""
     raw = os.environ.get(_CONFIG_ENV)
-    if raw is None:
-        config = ProxyConfig()
-    else:
-        config = ProxyConfig.model_validate(json.loads(raw))
+    config = ProxyConfig() if raw is None else ProxyConfig.model_validate(json.loads(raw))
     setup_logging(config.log_level)
     return create_app(config)
 
@@ -196,10 +201,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         describe_upstream(config),
     )
     if server.workers > 1:
-        from uvicorn.supervisors import Multiprocess
-
-        uv_server = uvicorn.Server(uv_config)
-        Multiprocess(uv_config, target=uv_server.run, sockets=[sock]).run()
+        Multiprocess(uv_config, sockets=[sock]).run()
     else:
         uvicorn.Server(uv_config).run(sockets=[sock])
     logger.info("stopped")

@@ -10,12 +10,13 @@ the grace period, exit 0. The same code runs on trio (``adapters.trio_runner``).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import signal
 import sys
-from http import HTTPStatus
 from collections.abc import Sequence
+from http import HTTPStatus
 from typing import Any
 
 import anyio
@@ -166,7 +167,9 @@ class H11Server:
                 return event
             await self._receive(conn, stream, deadline)
 
-    async def _wait_request(self, conn: h11.Connection, stream: anyio.abc.ByteStream, first: bool) -> Any:
+    async def _wait_request(
+        self, conn: h11.Connection, stream: anyio.abc.ByteStream, first: bool
+    ) -> Any:
         """The next request head, honouring the idle and head deadlines."""
         event = conn.next_event()
         if event is not h11.NEED_DATA:
@@ -219,7 +222,8 @@ class H11Server:
             try:
                 if not ex.finished:
                     if conn.they_are_waiting_for_100_continue:
-                        await stream.send(conn.send(h11.InformationalResponse(status_code=100)))
+                        continue_ = h11.InformationalResponse(status_code=100, headers=[])
+                        await stream.send(conn.send(continue_) or b"")
                     await self._read_body(ex, conn, stream)
             except h11.RemoteProtocolError as exc:
                 ex.handle(ClientGone(), now=self.driver.now())
@@ -398,13 +402,8 @@ def run(argv: Sequence[str] | None, *, adapter: str, backend: str) -> None:
     setup_logging(loaded.config.log_level)
     driver = Driver(loaded.proxy)
     options: dict[str, Any] = {}
-    if backend == "asyncio":
-        try:
-            import uvloop  # noqa: F401
-        except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]
-            pass
-        else:
-            options["use_uvloop"] = True
+    if backend == "asyncio" and importlib.util.find_spec("uvloop") is not None:
+        options["use_uvloop"] = True
     anyio.run(
         lambda: serve(driver, loaded.config, adapter=adapter),
         backend=backend,

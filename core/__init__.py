@@ -91,4 +91,6 @@ __all__ = [
     "UpstreamResponse",
     "WriteTrace",
     "error_body",
+    "format_error_event",
+    "parse_block",
 ]

@@ -35,7 +35,7 @@ class UpstreamConfig(_Frozen):
     )
     api_key: SecretStr | None = Field(
         default=None,
-        description="Key sent upstream; replaces the client's credentials. None: pass them through.",
+        description="Key sent upstream instead of the client's credentials (None: pass them).",
     )
     connect_timeout: float = Field(default=10.0, gt=0, description="Seconds to connect.")
     read_timeout: float = Field(

@@ -11,19 +11,20 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from ._commands import (
-    Origin,
     CancelUpstream,
     Command,
     EndResponse,
     Log,
+    Origin,
     SendBody,
     SendUpstreamRequest,
     StartResponse,
 )
+from ._config import ProxyConfig
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._events import (
     ClientGone,
@@ -39,12 +40,11 @@ from ._events import (
     UpstreamResponse,
 )
 from ._http import HOP_BY_HOP, error_body, error_headers, split_target
-from ._config import ProxyConfig
 from ._middleware import HOOKS, Reply, load_middleware
-from ._trace import TraceMiddleware
 from ._mock import MockAnswer, mock_answer
 from ._sse import SSEDecoder, format_error_event
 from ._state import TRANSITIONS, State
+from ._trace import TraceMiddleware
 
 __all__ = ["BUILTIN_MIDDLEWARE", "Exchange", "Pipeline", "Proxy"]
 
@@ -321,7 +321,9 @@ class Exchange:
         except RemoteProtocolError as exc:
             self._fail(exc, now)
 
-    def _answer(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, now: float) -> None:
+    def _answer(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, now: float
+    ) -> None:
         if _header(headers, b"content-length") is None:
             headers.append((b"content-length", str(len(body)).encode()))
         self._start_response(status, headers)
@@ -505,19 +507,25 @@ class Exchange:
     def _send_blocks(self, blocks: Sequence[bytes]) -> None:
         hooks = self._proxy.pipeline.on_stream_event
         if hooks:
-            out = []
+            out: list[bytes] = []
             for block in blocks:
-                changed: bytes | None = block
-                for hook in hooks:
-                    changed = hook(self, changed)
-                    if changed is None:
-                        break
-                else:
+                changed = self._stream_hooks(hooks, block)
+                if changed is not None:
                     out.append(changed)
             blocks = out
         if blocks:
             data = blocks[0] if len(blocks) == 1 else b"".join(blocks)
             self._commands.append(SendBody(data=data))
+
+    def _stream_hooks(
+        self, hooks: tuple[Callable[[Exchange, bytes], bytes | None], ...], block: bytes
+    ) -> bytes | None:
+        for hook in hooks:
+            changed = hook(self, block)
+            if changed is None:
+                return None
+            block = changed
+        return block
 
     def _fail(self, error: ProtocolError, now: float) -> None:
         """Answer with ``error``: an error response, an SSE error event, or a cut."""
@@ -639,7 +647,7 @@ def _compile_upstream(config: ProxyConfig) -> _Upstream | None:
     if upstream is None:
         return None
     parts = urlsplit(upstream.base_url)
-    scheme = "https" if parts.scheme == "https" else "http"
+    scheme: Literal["http", "https"] = "https" if parts.scheme == "https" else "http"
     host = parts.hostname or ""
     default_port = 443 if scheme == "https" else 80
     port = parts.port or default_port
@@ -653,7 +661,9 @@ def _compile_upstream(config: ProxyConfig) -> _Upstream | None:
         dropped |= {b"authorization", b"x-api-key"}
         key = upstream.api_key.get_secret_value().encode()
         auth = (
-            (b"x-api-key", key) if upstream.type == "anthropic" else (b"authorization", b"Bearer " + key)
+            (b"x-api-key", key)
+            if upstream.type == "anthropic"
+            else (b"authorization", b"Bearer " + key)
         )
     return _Upstream(
         origin=Origin(scheme=scheme, host=host, port=port),

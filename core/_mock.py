@@ -61,9 +61,7 @@ def _text_of(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(
-            str(part.get("text", "")) for part in content if isinstance(part, dict)
-        )
+        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
     return ""
 
 
@@ -126,18 +124,27 @@ def _chat(request: dict[str, Any], exchange_id: str, created: int) -> MockAnswer
         )
 
     def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        return b"data: " + _dumps(
-            {
-                "id": ident,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "system_fingerprint": "sansproxy-mock",
-                "choices": [
-                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-                ],
-            }
-        ) + b"\n\n"
+        return (
+            b"data: "
+            + _dumps(
+                {
+                    "id": ident,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "system_fingerprint": "sansproxy-mock",
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": delta,
+                            "logprobs": None,
+                            "finish_reason": finish_reason,
+                        }
+                    ],
+                }
+            )
+            + b"\n\n"
+        )
 
     blocks = [chunk({"role": "assistant", "content": ""})]
     blocks.extend(chunk({"content": w if i == 0 else " " + w}) for i, w in enumerate(words))

@@ -31,9 +31,7 @@ def redact_headers(headers: Headers) -> list[list[str]]:
     out = []
     for name, value in headers:
         secret = name in _SECRET_HEADERS or any(word in name for word in _SECRET_WORDS)
-        out.append(
-            [name.decode("latin-1"), REDACTED if secret else value.decode("latin-1")]
-        )
+        out.append([name.decode("latin-1"), REDACTED if secret else value.decode("latin-1")])
     return out
 
 
@@ -99,15 +97,17 @@ class _TraceState:
         self.text: list[str] = []
 
 
-
-
 class TraceMiddleware:
     """Record each exchange as ``<dir>/<UTC timestamp>_<exchange id>.json``."""
 
     name = "trace"
 
     def __init__(
-        self, *, dir: str, max_body: int = 1 << 20, max_events: int = 10_000  # noqa: A002
+        self,
+        *,
+        dir: str,
+        max_body: int = 1 << 20,
+        max_events: int = 10_000,
     ) -> None:
         if not dir:
             raise ValueError("trace: 'dir' must name a directory")
@@ -206,5 +206,7 @@ class TraceMiddleware:
         }
         stamp = datetime.fromtimestamp(exchange.wall_time, tz=UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         exchange.emit(
-            WriteTrace(directory=self.dir, name=f"{stamp}_{exchange.exchange_id}.json", record=record)
+            WriteTrace(
+                directory=self.dir, name=f"{stamp}_{exchange.exchange_id}.json", record=record
+            )
         )

@@ -28,5 +28,5 @@ def test_embedding_example_runs() -> None:
     (example,) = python_blocks()
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(example, str(README), "exec"), {"__name__": "readme"})  # noqa: S102
+        exec(compile(example, str(README), "exec"), {"__name__": "readme"})
     assert out.getvalue() == "This is the sansproxy mock. You said: Hi\n"

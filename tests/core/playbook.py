@@ -27,7 +27,9 @@ def config(**kwargs: Any) -> ProxyConfig:
 
 
 def upstream_config(**kwargs: Any) -> ProxyConfig:
-    tree: dict[str, Any] = {"upstream": {"base_url": "http://up.test:8080", **kwargs.pop("upstream", {})}}
+    tree: dict[str, Any] = {
+        "upstream": {"base_url": "http://up.test:8080", **kwargs.pop("upstream", {})}
+    }
     tree.update(kwargs)
     return ProxyConfig.model_validate(tree)
 
@@ -81,7 +83,9 @@ class Playbook:
         return out
 
 
-def client_view(commands: list[Command]) -> tuple[int | None, list[tuple[bytes, bytes]], bytes, bool | None]:
+def client_view(
+    commands: list[Command],
+) -> tuple[int | None, list[tuple[bytes, bytes]], bytes, bool | None]:
     """What the client gets: status, headers, body bytes, and whether it ended cleanly."""
     status = None
     headers: list[tuple[bytes, bytes]] = []

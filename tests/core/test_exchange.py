@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import pytest
 
@@ -34,7 +35,7 @@ from .playbook import Playbook, client_view, config, header, upstream_config, wi
 CHAT = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
 
 
-def sent_upstream(commands: list[object]) -> SendUpstreamRequest:
+def sent_upstream(commands: Sequence[object]) -> SendUpstreamRequest:
     (cmd,) = [c for c in commands if isinstance(c, SendUpstreamRequest)]
     return cmd
 
@@ -104,7 +105,13 @@ def test_hop_by_hop_headers_are_dropped_and_host_is_the_upstreams() -> None:
     ]
     cmd = sent_upstream(pb.request(b"POST", b"/v1/embeddings", b"{}", headers))
     names = [n for n, _ in cmd.headers]
-    assert names == [b"host", b"content-type", b"openai-organization", b"accept-encoding", b"content-length"]
+    assert names == [
+        b"host",
+        b"content-type",
+        b"openai-organization",
+        b"accept-encoding",
+        b"content-length",
+    ]
     assert header(list(cmd.headers), b"host") == b"up.test:8080"
 
 
@@ -216,7 +223,10 @@ def test_upstream_status_headers_and_body_are_relayed() -> None:
 SSE_HEAD = UpstreamResponse(
     attempt=1,
     status=200,
-    headers=[(b"content-type", b"text/event-stream; charset=utf-8"), (b"transfer-encoding", b"chunked")],
+    headers=[
+        (b"content-type", b"text/event-stream; charset=utf-8"),
+        (b"transfer-encoding", b"chunked"),
+    ],
 )
 
 
@@ -227,7 +237,10 @@ def test_stream_events_are_relayed_whole_as_they_complete() -> None:
     assert out == [
         StartResponse(
             status=200,
-            headers=[(b"content-type", b"text/event-stream; charset=utf-8"), (b"x-sansproxy-id", b"ex1")],
+            headers=[
+                (b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"x-sansproxy-id", b"ex1"),
+            ],
         )
     ]
     assert pb << UpstreamData(attempt=1, data=b"data: a\n") == []
@@ -236,14 +249,19 @@ def test_stream_events_are_relayed_whole_as_they_complete() -> None:
         SendBody(data=b"data: b\n\n: ping\n\n")
     ]
     assert pb << UpstreamData(attempt=1, data=b"data: [DONE]") == []
-    assert pb << UpstreamEnded(attempt=1) == [SendBody(data=b"data: [DONE]\n\n"), EndResponse(complete=True)]
+    assert pb << UpstreamEnded(attempt=1) == [
+        SendBody(data=b"data: [DONE]\n\n"),
+        EndResponse(complete=True),
+    ]
 
 
 def test_stream_content_length_is_dropped_since_reframing_may_change_it() -> None:
     pb = Playbook(upstream_config())
     pb.request(b"POST", b"/v1/chat/completions", CHAT)
     out = pb << UpstreamResponse(
-        attempt=1, status=200, headers=[(b"content-type", b"text/event-stream"), (b"content-length", b"9")]
+        attempt=1,
+        status=200,
+        headers=[(b"content-type", b"text/event-stream"), (b"content-length", b"9")],
     )
     status, headers, _, _ = client_view(out)
     assert header(headers, b"content-length") is None
@@ -253,7 +271,9 @@ def test_encoded_event_stream_is_passed_through_untouched() -> None:
     pb = Playbook(upstream_config())
     pb.request(b"POST", b"/v1/chat/completions", CHAT)
     pb << UpstreamResponse(
-        attempt=1, status=200, headers=[(b"content-type", b"text/event-stream"), (b"content-encoding", b"gzip")]
+        attempt=1,
+        status=200,
+        headers=[(b"content-type", b"text/event-stream"), (b"content-encoding", b"gzip")],
     )
     assert pb << UpstreamData(attempt=1, data=b"\x1f\x8b") == [SendBody(data=b"\x1f\x8b")]
     assert not pb.ex.is_stream
@@ -345,7 +365,9 @@ def test_failure_after_headers_on_a_plain_body_cuts_the_connection() -> None:
 
 def test_body_over_the_limit_by_content_length_is_413_before_reading_it() -> None:
     pb = Playbook(upstream_config(limits={"max_body_size": 10}))
-    out = pb << RequestReceived(method=b"POST", target=b"/v1/x", headers=[(b"content-length", b"11")])
+    out = pb << RequestReceived(
+        method=b"POST", target=b"/v1/x", headers=[(b"content-length", b"11")]
+    )
     status, _, body, _ = client_view(out)
     assert status == 413 and json.loads(body)["error"]["code"] == "request_too_large"
     assert pb.ex.finished
@@ -364,13 +386,17 @@ def test_body_over_the_limit_while_streaming_in_is_413() -> None:
 
 def test_invalid_content_length_is_400() -> None:
     pb = Playbook(upstream_config())
-    out = pb << RequestReceived(method=b"POST", target=b"/v1/x", headers=[(b"content-length", b"abc")])
+    out = pb << RequestReceived(
+        method=b"POST", target=b"/v1/x", headers=[(b"content-length", b"abc")]
+    )
     assert client_view(out)[0] == 400
 
 
 def test_header_block_over_the_limit_is_431() -> None:
     pb = Playbook(upstream_config(limits={"max_header_size": 100}))
-    out = pb << RequestReceived(method=b"GET", target=b"/v1/models", headers=[(b"x-big", b"v" * 100)])
+    out = pb << RequestReceived(
+        method=b"GET", target=b"/v1/models", headers=[(b"x-big", b"v" * 100)]
+    )
     status, _, body, _ = client_view(out)
     assert status == 431 and json.loads(body)["error"]["code"] == "request_header_fields_too_large"
 

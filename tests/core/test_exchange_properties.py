@@ -117,7 +117,7 @@ sse_events = st.lists(
     st.builds(
         SSEEvent,
         data=st.text(
-            st.characters(blacklist_categories=("Cs",), blacklist_characters="\r"), max_size=30
+            st.characters(exclude_categories=["Cs"], exclude_characters="\r"), max_size=30
         ),
         event=st.none() | st.sampled_from(["message", "content_block_delta", "ping"]),
         has_data=st.just(True),

@@ -7,8 +7,22 @@ import pathlib
 
 import core
 
-FORBIDDEN = {"asyncio", "trio", "anyio", "httpx", "httpcore", "socket", "time", "random", "ssl",
-             "selectors", "threading", "subprocess", "os", "logging"}
+FORBIDDEN = {
+    "asyncio",
+    "trio",
+    "anyio",
+    "httpx",
+    "httpcore",
+    "socket",
+    "time",
+    "random",
+    "ssl",
+    "selectors",
+    "threading",
+    "subprocess",
+    "os",
+    "logging",
+}
 CORE = pathlib.Path(core.__file__).parent
 
 
@@ -34,4 +48,6 @@ def test_public_api_is_exported_explicitly() -> None:
     assert sorted(core.__all__) == sorted(set(core.__all__))
     for name in core.__all__:
         assert hasattr(core, name), name
-    assert {"Proxy", "Exchange", "ProxyConfig", "RequestReceived", "SendUpstreamRequest"} <= set(core.__all__)
+    assert {"Proxy", "Exchange", "ProxyConfig", "RequestReceived", "SendUpstreamRequest"} <= set(
+        core.__all__
+    )

@@ -48,7 +48,9 @@ def test_a_streamed_exchange_is_one_record_with_events_text_and_timings() -> Non
         ),
         now=0.5,
     )
-    out = pb.feed(UpstreamData(attempt=1, data=b"data: [DONE]\n\n"), UpstreamEnded(attempt=1), now=1.0)
+    out = pb.feed(
+        UpstreamData(attempt=1, data=b"data: [DONE]\n\n"), UpstreamEnded(attempt=1), now=1.0
+    )
     (cmd,) = traces(out)
     assert cmd.directory == "/traces"
     assert cmd.name == "20231114T221320.000000Z_ex1.json"
@@ -76,9 +78,10 @@ def test_anthropic_text_deltas_are_reassembled() -> None:
     pb << UpstreamData(
         attempt=1,
         data=b"event: content_block_delta\n"
-        b'data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}\n\n'
-        b"event: ping\ndata: {\"type\":\"ping\"}\n\n"
-        b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"
+        b'data: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"Hi"}}\n\n'
+        b'event: ping\ndata: {"type":"ping"}\n\n'
+        b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
         b"data: not json\n\n",
     )
     (cmd,) = traces(pb << UpstreamEnded(attempt=1))
@@ -140,7 +143,11 @@ def test_failures_and_client_gone_are_recorded_too() -> None:
 
 def test_mock_exchanges_and_rejections_are_recorded() -> None:
     pb = Playbook(config(middleware=TRACE))
-    out = pb.request(b"POST", b"/v1/chat/completions", b'{"model":"m","messages":[{"role":"user","content":"x"}]}')
+    out = pb.request(
+        b"POST",
+        b"/v1/chat/completions",
+        b'{"model":"m","messages":[{"role":"user","content":"x"}]}',
+    )
     (cmd,) = traces(out)
     assert cmd.record["upstream"] is None
     assert cmd.record["response"]["body"]["json"]["object"] == "chat.completion"
@@ -158,8 +165,17 @@ def test_health_checks_are_not_traced() -> None:
     st.lists(
         st.tuples(
             st.sampled_from(
-                [b"authorization", b"x-api-key", b"api-key", b"cookie", b"x-goog-api-key",
-                 b"openai-session-token", b"x-auth-token", b"content-type", b"x-custom"]
+                [
+                    b"authorization",
+                    b"x-api-key",
+                    b"api-key",
+                    b"cookie",
+                    b"x-goog-api-key",
+                    b"openai-session-token",
+                    b"x-auth-token",
+                    b"content-type",
+                    b"x-custom",
+                ]
             ),
             st.binary(min_size=1, max_size=20),
         ),
