@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 __all__ = [
     "LimitsConfig",
@@ -52,6 +52,8 @@ class UpstreamConfig(_Frozen):
             raise ValueError("must name a host")
         if parts.query or parts.fragment:
             raise ValueError("must not have a query or fragment")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not carry credentials (use api_key)")
         try:
             parts.port  # noqa: B018 -- validates the port
         except ValueError as exc:
@@ -118,11 +120,3 @@ class ProxyConfig(_Frozen):
                     f"entry {i} must be a name or a mapping of one name to its options"
                 )
         return tuple(out)
-
-    @model_validator(mode="after")
-    def _check_middleware_options(self) -> ProxyConfig:
-        for item in self.middleware:
-            for name, options in item.items():
-                if not isinstance(options, dict):
-                    raise ValueError(f"middleware {name!r}: options must be a mapping")
-        return self

@@ -113,9 +113,7 @@ def _outcome(error: ProtocolError) -> str:
         return "timeout"
     if error.error_type == "upstream_error":
         return "upstream_error"
-    if error.error_status_hint < 500:
-        return "rejected"
-    return "error"
+    return "rejected"
 
 
 class Exchange:
@@ -437,11 +435,8 @@ class Exchange:
         self._upstream_active = False
         decoder = self._decoder
         if decoder is not None:
-            try:
-                blocks = decoder.close()
-            except RemoteProtocolError as exc:
-                self._fail(exc, now)
-                return
+            # close() cannot fail on size: feed() already bounded the last block.
+            blocks = decoder.close()
             if blocks:
                 self._send_blocks(blocks)
         self._commands.append(_END_OK)

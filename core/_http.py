@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 
 from ._errors import RemoteProtocolError
 from ._events import Headers
@@ -13,7 +12,6 @@ __all__ = [
     "error_body",
     "error_headers",
     "split_target",
-    "strip_hop_by_hop",
 ]
 
 #: Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
@@ -71,16 +69,6 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
             if segment in (b".", b".."):
                 raise _bad_target("dot segments are not allowed in the path")
     return path, query
-
-
-def strip_hop_by_hop(headers: Headers, drop: Iterable[bytes] = ()) -> list[tuple[bytes, bytes]]:
-    """Copy ``headers`` without hop-by-hop ones, those the Connection header names, and ``drop``."""
-    dropped = set(HOP_BY_HOP)
-    dropped.update(drop)
-    for name, value in headers:
-        if name == b"connection":
-            dropped.update(token.strip().lower() for token in value.split(b","))
-    return [(name, value) for name, value in headers if name not in dropped]
 
 
 def error_body(

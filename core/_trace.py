@@ -67,10 +67,8 @@ def _delta_text(data: str) -> str:
     if not data or data[0] != "{":
         return ""
     try:
-        value = json.loads(data)
+        value = json.loads(data)  # starts with "{": an object, or invalid
     except ValueError:
-        return ""
-    if not isinstance(value, dict):
         return ""
     choices = value.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):

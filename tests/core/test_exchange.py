@@ -558,6 +558,8 @@ def test_hooks_run_in_phase_order_and_can_transform_and_drop() -> None:
     pb.request(b"POST", b"/v1/chat/completions", CHAT)
     pb << UpstreamResponse(attempt=1, status=200, headers=[])
     assert pb << UpstreamData(attempt=1, data=b"abc") == [SendBody(data=b"ABC")]
+    pb << UpstreamFailed(attempt=1, kind="reset")
+    assert rec.calls[-2:] == ["error", "complete"]
 
 
 def test_a_hook_may_answer_directly() -> None:

@@ -82,10 +82,14 @@ def test_anthropic_text_deltas_are_reassembled() -> None:
         b'"delta":{"type":"text_delta","text":"Hi"}}\n\n'
         b'event: ping\ndata: {"type":"ping"}\n\n'
         b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
-        b"data: not json\n\n",
+        b"data: not json\n\n"
+        b"data: {broken\n\n"
+        b'data: {"choices":[{"delta":{"content":null,"tool_calls":[]}}]}\n\n'
+        b'data: {"choices":[{"delta":{"content":"!"}}]}\n\n'
+        b'data: {"type":"content_block_delta","delta":{"type":"input_json_delta"}}\n\n',
     )
     (cmd,) = traces(pb << UpstreamEnded(attempt=1))
-    assert cmd.record["response"]["text"] == "Hi"
+    assert cmd.record["response"]["text"] == "Hi!"
     assert cmd.record["response"]["events"][0]["event"] == "content_block_delta"
 
 
