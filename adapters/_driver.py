@@ -33,7 +33,7 @@ from core import (
     WriteTrace,
 )
 
-from ._streams import Clock
+from ._streams import Clock, using_asyncio
 from ._streams import clock as loop_clock
 from ._trace_writer import TraceWriter
 from ._upstream import UpstreamError, UpstreamPool
@@ -75,9 +75,13 @@ class Driver:
         self._prefix = secrets.token_hex(4)
         self._counter = itertools.count(1)
         self._clock: Clock | None = None
+        self._shield_flush = False
 
     def _bind_clock(self) -> Clock:
-        # One driver serves one event loop: look its clock up once.
+        # One driver serves one event loop: look its clock up once. On asyncio a
+        # cancelled write loses nothing (the transport has the bytes); elsewhere
+        # a write the timer interrupts could leave half an event, so shield it.
+        self._shield_flush = not using_asyncio()
         self._clock = loop_clock()
         return self._clock
 
@@ -99,27 +103,33 @@ class Driver:
         await anyio.to_thread.run_sync(self.traces.close)
 
     async def _send_upstream(
-        self, ex: Exchange, cmd: SendUpstreamRequest, now: Clock
-    ) -> PoolResponse | None:
-        """Send the request upstream; on failure feed the exchange and return None."""
+        self,
+        ex: Exchange,
+        cmd: SendUpstreamRequest,
+        state: _Upstream,
+        timer: anyio.CancelScope,
+        now: Clock,
+    ) -> None:
+        """Send the request upstream, bounded by the exchange's timer; failures feed it."""
+        state.attempt = cmd.attempt
+        deadline = ex.get_timer()
+        timer.deadline = math.inf if deadline is None else deadline
         try:
-            with anyio.fail_after(_remaining(ex.get_timer(), now)):
-                return await self.pool.request(
-                    cmd.origin,
-                    cmd.method,
-                    cmd.target,
-                    cmd.headers,
-                    cmd.body,
-                    connect_timeout=cmd.connect_timeout,
-                )
+            state.response = await self.pool.request(
+                cmd.origin,
+                cmd.method,
+                cmd.target,
+                cmd.headers,
+                cmd.body,
+                connect_timeout=cmd.connect_timeout,
+            )
         except UpstreamError as exc:
             ex.handle(
                 UpstreamFailed(attempt=cmd.attempt, kind=exc.kind, message=str(exc)),
                 now=now(),
             )
-        except TimeoutError:
-            ex.handle_timer(now=now())
-        return None
+        else:
+            state.head_pending = True
 
     def _log(self, cmd: Log) -> None:
         fields = cmd.fields
@@ -137,81 +147,100 @@ class Driver:
         Cancelling this (the client went away) cancels the upstream at once and
         still records the exchange.
         """
-        response: PoolResponse | None = None
-        attempt = 0
-        head_pending = False
         now = self._clock or self._bind_clock()
+        state = _Upstream()
         try:
             while True:
-                # No await in this loop but the upstream send.
-                while (cmd := ex.next_command()) is not None:
-                    match cmd:
-                        case SendBody():
-                            client.send(cmd.data)
-                        case StartResponse():
-                            client.start(cmd.status, list(cmd.headers))
-                        case EndResponse():
-                            client.end(cmd.complete)
-                        case SendUpstreamRequest():
-                            attempt = cmd.attempt
-                            response = await self._send_upstream(ex, cmd, now)
-                            head_pending = response is not None
-                        case WriteTrace():
-                            self.traces.submit(cmd)
-                        case Log():
-                            self._log(cmd)
-                        case CancelUpstream():
-                            if response is not None:
-                                response.abort()
-                                response = None
-                        case _:
-                            raise RuntimeError(f"unexpected command {cmd!r}")
-                await client.flush()
-                if ex.finished:
+                # One cancel scope per exchange: its deadline follows the
+                # exchange's timer, and when it fires the timer is handled.
+                with anyio.CancelScope() as timer:
+                    await self._step(ex, client, state, timer, now)
                     return
-                deadline = ex.get_timer()
-                if response is None:
-                    if deadline is None:
-                        raise RuntimeError(f"exchange {ex.exchange_id} is stuck in {ex.state}")
-                    await anyio.sleep_until(deadline)
-                    ex.handle_timer(now=now())
-                    continue
-                event: UpstreamResponse | UpstreamData | UpstreamEnded | UpstreamFailed
-                with anyio.CancelScope(deadline=math.inf if deadline is None else deadline):
-                    try:
-                        if head_pending:
-                            status, headers = await response.receive_head()
-                            head_pending = False
-                            event = UpstreamResponse(
-                                attempt=attempt, status=status, headers=headers
-                            )
-                        else:
-                            data = await response.receive_data()
-                            if data:
-                                event = UpstreamData(attempt=attempt, data=data)
-                            else:
-                                event = UpstreamEnded(attempt=attempt)
-                                response = None
-                    except UpstreamError as exc:
-                        response = None
-                        event = UpstreamFailed(attempt=attempt, kind=exc.kind, message=str(exc))
-                    ex.handle(event, now=now())
-                    continue
-                # The deadline passed while waiting: the read was cut off.
                 ex.handle_timer(now=now())
-                if response is not None and not ex.finished:
+                response = state.response
+                if response is not None and state.reading and not ex.finished:
+                    # The read was cut off though the exchange still waits on it.
                     response.abort()
-                    response = None
+                    state.response = None
                     ex.handle(
-                        UpstreamFailed(attempt=attempt, kind="timeout", message="read timed out"),
+                        UpstreamFailed(
+                            attempt=state.attempt, kind="timeout", message="read timed out"
+                        ),
                         now=now(),
                     )
         except ClientDisconnected:
-            self._client_gone(ex, response)
+            self._client_gone(ex, state.response)
         except BaseException:
             # Cancelled (the adapter saw the client leave) or a bug: no await here.
-            self._client_gone(ex, response)
+            self._client_gone(ex, state.response)
             raise
+
+    async def _step(
+        self,
+        ex: Exchange,
+        client: ClientSink,
+        state: _Upstream,
+        timer: anyio.CancelScope,
+        now: Clock,
+    ) -> None:
+        """Carry out commands and feed upstream events until the exchange ends."""
+        while True:
+            # No await in this loop but the upstream send.
+            while (cmd := ex.next_command()) is not None:
+                match cmd:
+                    case SendBody():
+                        client.send(cmd.data)
+                    case StartResponse():
+                        client.start(cmd.status, list(cmd.headers))
+                    case EndResponse():
+                        client.end(cmd.complete)
+                    case SendUpstreamRequest():
+                        await self._send_upstream(ex, cmd, state, timer, now)
+                    case WriteTrace():
+                        self.traces.submit(cmd)
+                    case Log():
+                        self._log(cmd)
+                    case CancelUpstream():
+                        if state.response is not None:
+                            state.response.abort()
+                            state.response = None
+                    case _:
+                        raise RuntimeError(f"unexpected command {cmd!r}")
+            if self._shield_flush:
+                with anyio.CancelScope(shield=True):
+                    await client.flush()
+            else:
+                await client.flush()
+            if ex.finished:
+                return
+            deadline = ex.get_timer()
+            timer.deadline = math.inf if deadline is None else deadline
+            response = state.response
+            if response is None:
+                if deadline is None:
+                    raise RuntimeError(f"exchange {ex.exchange_id} is stuck in {ex.state}")
+                await anyio.sleep_forever()  # until the timer fires
+                continue  # pragma: no cover - sleep_forever only ends by cancellation
+            attempt = state.attempt
+            event: UpstreamResponse | UpstreamData | UpstreamEnded | UpstreamFailed
+            state.reading = True
+            try:
+                if state.head_pending:
+                    status, headers = await response.receive_head()
+                    state.head_pending = False
+                    event = UpstreamResponse(attempt=attempt, status=status, headers=headers)
+                else:
+                    data = await response.receive_data()
+                    if data:
+                        event = UpstreamData(attempt=attempt, data=data)
+                    else:
+                        event = UpstreamEnded(attempt=attempt)
+                        state.response = None
+            except UpstreamError as exc:
+                state.response = None
+                event = UpstreamFailed(attempt=attempt, kind=exc.kind, message=str(exc))
+            state.reading = False
+            ex.handle(event, now=now())
 
     def _client_gone(self, ex: Exchange, response: PoolResponse | None) -> None:
         if response is not None:
@@ -230,7 +259,13 @@ class Driver:
                     raise RuntimeError(f"unexpected command {cmd!r}")
 
 
-def _remaining(deadline: float | None, now: Clock) -> float:
-    if deadline is None:
-        return math.inf
-    return max(0.0, deadline - now())
+class _Upstream:
+    """The upstream side of one running exchange (the driver itself is shared)."""
+
+    __slots__ = ("attempt", "head_pending", "reading", "response")
+
+    def __init__(self) -> None:
+        self.response: PoolResponse | None = None
+        self.attempt = 0
+        self.head_pending = False
+        self.reading = False

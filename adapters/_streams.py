@@ -63,6 +63,7 @@ class _StreamProtocol(asyncio.Protocol):
         "drain_waiter",
         "eof",
         "exception",
+        "on_close",
         "paused_reading",
         "paused_writing",
         "transport",
@@ -80,6 +81,7 @@ class _StreamProtocol(asyncio.Protocol):
         self.drain_waiter: asyncio.Future[None] | None = None
         self.paused_reading = False
         self.paused_writing = False
+        self.on_close: Callable[[], object] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -95,12 +97,14 @@ class _StreamProtocol(asyncio.Protocol):
     def eof_received(self) -> bool:
         self.eof = True
         self._wake()
+        self._closing()
         return False  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.exception = exc
         self._wake()
+        self._closing()
         waiter = self.drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -113,6 +117,12 @@ class _StreamProtocol(asyncio.Protocol):
         waiter = self.drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _closing(self) -> None:
+        callback = self.on_close
+        if callback is not None:
+            self.on_close = None
+            callback()
 
     def _wake(self) -> None:
         waiter = self.waiter
@@ -196,6 +206,17 @@ class AsyncioStream(anyio.abc.ByteStream):
     def abort(self) -> None:
         """Close at once, without waiting for buffered writes."""
         self._transport.abort()
+
+    def watch_close(self, callback: Callable[[], object] | None) -> None:
+        """Call ``callback`` once, when the peer closes or the connection breaks.
+
+        ``None`` stops watching. Already closed: called at once.
+        """
+        protocol = self._protocol
+        if callback is not None and (protocol.eof or protocol.closed):
+            callback()
+            return
+        protocol.on_close = callback
 
     def idle_is_readable(self) -> bool:
         """Whether anything (data, EOF, an error) arrived: a stale idle connection."""

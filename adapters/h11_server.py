@@ -35,7 +35,7 @@ from core import (
 
 from ._cli import describe_upstream, parse_args, setup_logging
 from ._driver import ClientDisconnected, Driver
-from ._streams import serve_tcp
+from ._streams import AsyncioStream, serve_tcp
 
 __all__ = ["H11Server", "main", "serve"]
 
@@ -264,6 +264,15 @@ class H11Server:
         """Run the exchange while watching the socket: EOF cancels it at once."""
         if ex.finished:
             await self.driver.run(ex, sink)
+            return
+        if isinstance(stream, AsyncioStream):
+            # asyncio tells us when the peer closes: no watching task needed.
+            with anyio.CancelScope() as scope:
+                stream.watch_close(scope.cancel)
+                try:
+                    await self.driver.run(ex, sink)
+                finally:
+                    stream.watch_close(None)
             return
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._watch, conn, stream, tg.cancel_scope)
