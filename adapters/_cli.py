@@ -241,6 +241,9 @@ def setup_logging(level: str) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("sansproxy").setLevel(level.upper())
+    # Where we listen is said whatever the level: with --port 0 it is the only
+    # way to learn the port.
+    logging.getLogger("sansproxy.startup").setLevel(logging.INFO)
 
 
 def describe_upstream(config: ProxyConfig) -> str:

@@ -13,15 +13,17 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Sequence
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import anyio
 import uvicorn
 from starlette.applications import Starlette
-from starlette.routing import Mount
 from starlette.types import Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
 
 from core import (
@@ -37,10 +39,47 @@ from core import (
 from ._cli import ConfigError, describe_upstream, fail, parse_args, setup_logging
 from ._driver import ClientDisconnected, Driver
 
-__all__ = ["ProxyEndpoint", "app_factory", "create_app", "main"]
+__all__ = ["RAW_TARGET", "ProxyEndpoint", "RawTargetProtocol", "app_factory", "create_app", "main"]
 
 logger = logging.getLogger("sansproxy")
+startup_logger = logging.getLogger("sansproxy.startup")
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _CONFIG_ENV = "SANSPROXY_CONFIG_JSON"
+#: ASGI scope extension ``{"target": bytes}``: the request target exactly as received.
+RAW_TARGET = "sansproxy.raw_target"
+
+
+class RawTargetProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, also handing the app the raw request target.
+
+    uvicorn reduces an absolute-form target (``http://host/path``) to its path
+    and drops an empty ``?``; the core must see the target as sent to judge it.
+    """
+
+    def on_headers_complete(self) -> None:
+        extensions = self.scope.get("extensions") or {}
+        self.scope["extensions"] = {**extensions, RAW_TARGET: {"target": bytes(self.url)}}
+        super().on_headers_complete()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, exiting 0 after a graceful stop on SIGINT/SIGTERM.
+
+    (uvicorn re-raises the signal once it has stopped, so the process would die
+    of it; an orderly stop is a success.)
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in _SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
 
 
 class _ASGISink:
@@ -90,10 +129,14 @@ class ProxyEndpoint:
             return
         driver = self.driver
         ex = driver.new_exchange()
-        target: bytes = scope.get("raw_path") or scope["path"].encode()
-        query: bytes = scope.get("query_string", b"")
-        if query:
-            target = target + b"?" + query
+        extensions = scope.get("extensions")
+        raw = extensions.get(RAW_TARGET) if extensions else None
+        target: bytes | None = raw["target"] if raw else None
+        if target is None:  # another ASGI server: rebuild what we can
+            target = scope.get("raw_path") or scope["path"].encode()
+            query: bytes = scope.get("query_string", b"")
+            if query:
+                target = target + b"?" + query
         ex.handle(
             RequestReceived(
                 method=scope["method"].encode("ascii"), target=target, headers=scope["headers"]
@@ -151,7 +194,9 @@ def create_app(config: ProxyConfig, proxy: Proxy | None = None) -> Starlette:
         yield
         await driver.aclose()
 
-    app = Starlette(routes=[Mount("/", app=ProxyEndpoint(driver))], lifespan=lifespan)
+    app = Starlette(lifespan=lifespan)
+    # No routes: every request, whatever its target, goes to the proxy.
+    app.router.default = ProxyEndpoint(driver)
     app.state.driver = driver
     return app
 
@@ -199,12 +244,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         access_log=False,
         timeout_keep_alive=int(server.keepalive_timeout) or 1,
         timeout_graceful_shutdown=int(server.shutdown_grace),
-        h11_max_incomplete_event_size=config.limits.max_header_size,
+        http=RawTargetProtocol,
         server_header=False,
         date_header=False,
         log_config=None,
     )
-    logger.info(
+    startup_logger.info(
         "sansproxy listening on http://%s:%d (adapter=asgi, workers=%d, %s)",
         server.host,
         port,
@@ -214,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if server.workers > 1:
         Multiprocess(uv_config, sockets=[sock]).run()
     else:
-        uvicorn.Server(uv_config).run(sockets=[sock])
+        _Server(uv_config).run(sockets=[sock])
     logger.info("stopped")
 
 

@@ -40,11 +40,16 @@ from ._streams import AsyncioStream, serve_tcp
 __all__ = ["H11Server", "main", "serve"]
 
 logger = logging.getLogger("sansproxy")
+startup_logger = logging.getLogger("sansproxy.startup")
 
 _RECEIVE_SIZE = 65536
 # Pipelined bytes held while a response is in progress; past this we stop reading.
 _MAX_PIPELINED = 1 << 20
 _SERVER_HEADER = (b"server", b"sansproxy")
+# After answering early (before the request body was read): how long, and how
+# much of the rest of the body, to read before closing.
+_LINGER_SECONDS = 2.0
+_LINGER_BYTES = 16 << 20
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 
@@ -63,6 +68,10 @@ class _H11Sink:
     def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.started = True
         headers.append(_SERVER_HEADER)
+        if self._conn.their_state is not h11.DONE:
+            # Answered before the request body was read (a 413, say): this
+            # connection cannot carry another request, so say so.
+            headers.append((b"connection", b"close"))
         data = self._conn.send(
             h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))
         )
@@ -237,11 +246,25 @@ class H11Server:
             await self._run(ex, conn, stream, sink)
             if sink.cut or not sink.started:
                 return
+            if conn.their_state is not h11.DONE:
+                # Answered before the whole request body was read: stop
+                # writing, and read a little of what is still coming so that
+                # closing does not reset the connection under the answer.
+                await self._linger(stream)
+                return
             if self.shutting_down or conn.our_state is not h11.DONE:
                 return
-            if conn.their_state is not h11.DONE:
-                return  # answered before the whole request body was read
             conn.start_next_cycle()
+
+    async def _linger(self, stream: anyio.abc.ByteStream) -> None:
+        with anyio.move_on_after(_LINGER_SECONDS):
+            try:
+                await stream.send_eof()
+                received = 0
+                while received < _LINGER_BYTES:
+                    received += len(await stream.receive(_RECEIVE_SIZE))
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                pass
 
     async def _read_body(
         self, ex: Exchange, conn: h11.Connection, stream: anyio.abc.ByteStream
@@ -337,7 +360,7 @@ async def serve(
     server = H11Server(driver, config)
 
     def started(port: int) -> None:
-        logger.info(
+        startup_logger.info(
             "sansproxy listening on http://%s:%d (adapter=%s, %s)",
             config.server.host,
             port,
