@@ -32,6 +32,7 @@ __all__ = [
     "abort",
     "connect_tcp",
     "idle_is_readable",
+    "is_closed",
     "serve_tcp",
     "using_asyncio",
 ]
@@ -207,6 +208,10 @@ class AsyncioStream(anyio.abc.ByteStream):
         """Close at once, without waiting for buffered writes."""
         self._transport.abort()
 
+    def is_closed(self) -> bool:
+        """Whether the connection is closed or closing."""
+        return self._protocol.closed or self._transport.is_closing()
+
     def watch_close(self, callback: Callable[[], object] | None) -> None:
         """Call ``callback`` once, when the peer closes or the connection breaks.
 
@@ -219,9 +224,16 @@ class AsyncioStream(anyio.abc.ByteStream):
         protocol.on_close = callback
 
     def idle_is_readable(self) -> bool:
-        """Whether anything (data, EOF, an error) arrived: a stale idle connection."""
+        """Whether anything (data, EOF, an error) arrived: a stale idle connection.
+
+        Asks the kernel too: a FIN that arrived since the loop last polled is
+        not in the protocol's state yet.
+        """
         protocol = self._protocol
-        return bool(protocol.chunks) or protocol.eof or protocol.closed
+        if protocol.chunks or protocol.eof or protocol.closed:
+            return True
+        sock = self._transport.get_extra_info("socket")
+        return sock is not None and _poll_readable(sock.fileno())
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
@@ -270,8 +282,21 @@ def abort(stream: anyio.abc.ByteStream) -> None:
     raw = stream.extra(SocketAttribute.raw_socket, None)
     if raw is None:
         return
-    with contextlib.suppress(OSError):  # already closed
-        raw.shutdown(socket.SHUT_RDWR)
+    # On a duplicate of the descriptor: some event loops' socket objects refuse
+    # shutdown(), the kernel socket does not. -1 (closed already) fails fromfd.
+    with (
+        contextlib.suppress(OSError),
+        socket.fromfd(raw.fileno(), raw.family, socket.SOCK_STREAM) as dup,
+    ):
+        dup.shutdown(socket.SHUT_RDWR)
+
+
+def is_closed(stream: anyio.abc.ByteStream) -> bool:
+    """Whether the connection is already closed (a write may have failed silently)."""
+    if isinstance(stream, AsyncioStream):
+        return stream.is_closed()
+    raw = stream.extra(SocketAttribute.raw_socket, None)
+    return raw is not None and raw.fileno() < 0
 
 
 def idle_is_readable(stream: anyio.abc.ByteStream) -> bool:
@@ -279,13 +304,16 @@ def idle_is_readable(stream: anyio.abc.ByteStream) -> bool:
     if isinstance(stream, AsyncioStream):
         return stream.idle_is_readable()
     raw = stream.extra(SocketAttribute.raw_socket, None)
-    if raw is None:
-        return False
-    try:
-        readable, _, _ = select.select([raw], [], [], 0)
-    except (OSError, ValueError):
+    return raw is not None and _poll_readable(raw.fileno())
+
+
+def _poll_readable(fd: int) -> bool:
+    """Zero-timeout poll(2): readable, hung up or broken. A closed descriptor counts."""
+    if fd < 0:
         return True
-    return bool(readable)
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 Handler = Callable[[anyio.abc.ByteStream], Coroutine[Any, Any, None]]

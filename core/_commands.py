@@ -43,6 +43,13 @@ class Origin:
     host: str
     port: int
 
+    def __post_init__(self) -> None:
+        if self.scheme not in ("http", "https"):
+            raise ValueError(f"unsupported scheme {self.scheme!r}: use 'http' or 'https'")
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SendUpstreamRequest(Command):

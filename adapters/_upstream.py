@@ -1,0 +1,455 @@
+"""A lean keep-alive HTTP/1.1 client for upstream calls.
+
+h11 frames the messages, ``adapters._streams`` carries the bytes (lean
+asyncio streams, or anyio's on trio: the same code runs on both), and a small
+per-origin LIFO pool keeps idle connections.
+The hot path is one ``send`` per request (head and body joined) and, for a
+small response, one ``receive``; nothing else touches the event loop: no task,
+no cancel scope and no log call per request.
+
+Every socket, TLS and h11 failure is raised as :class:`UpstreamError` with a
+``kind``; only cancellation passes through unchanged. A connection that fails
+in any way, or whose response is abandoned, is closed, never pooled again.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal
+
+import anyio
+import h11
+
+from core import Origin
+
+from ._streams import abort, connect_tcp, idle_is_readable, is_closed
+
+__all__ = [
+    "Origin",
+    "PoolStatistics",
+    "UpstreamError",
+    "UpstreamPool",
+    "UpstreamResponse",
+]
+
+_RECEIVE_SIZE = 64 * 1024
+_EOM = h11.EndOfMessage()
+_NEED_DATA = h11.NEED_DATA
+_DATA = h11.Data
+_RESPONSE = h11.Response
+_INFORMATIONAL = h11.InformationalResponse
+_DONE = h11.DONE
+# Methods whose requests carry content even when it is empty (RFC 9110 8.6:
+# a user agent sends Content-Length: 0 for them).
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+_FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
+# A reading or writing failure of the connection itself; everything else that
+# a stream can raise is a bug or cancellation, and propagates.
+_IO_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, ssl.SSLError)
+
+ErrorKind = Literal["connect", "timeout", "reset", "protocol"]
+
+
+class UpstreamError(Exception):
+    """The upstream call failed; ``kind`` says how.
+
+    ``connect``: refused, DNS or TLS failure; ``timeout``: connecting took
+    longer than ``connect_timeout``; ``reset``: the connection broke or ended
+    mid-message; ``protocol``: the response (or the request) is not valid
+    HTTP/1.1. The message never contains request headers.
+    """
+
+    kind: ErrorKind
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolStatistics:
+    """A snapshot of an :class:`UpstreamPool`'s counters."""
+
+    idle_per_origin: Mapping[Origin, int]
+    in_use: int
+    opened: int
+    reused: int
+    stale_discarded: int
+    retried: int
+
+
+class _Connection:
+    """One upstream connection and its h11 state."""
+
+    __slots__ = ("h11", "origin", "stream")
+
+    def __init__(self, origin: Origin, stream: anyio.abc.ByteStream, max_head_size: int) -> None:
+        self.origin = origin
+        self.stream = stream
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head_size)
+
+    def is_stale(self) -> bool:
+        """An idle connection with something to read: the server closed it, usually."""
+        return idle_is_readable(self.stream)
+
+    async def aclose(self) -> None:
+        """Close at once: no TLS close_notify, nothing awaited (anyio's aclose_forcefully)."""
+        await anyio.aclose_forcefully(self.stream)
+
+    def shutdown(self) -> None:
+        """Make the peer see the connection end now, without awaiting."""
+        abort(self.stream)
+
+
+class UpstreamPool:
+    """Keep-alive HTTP/1.1 connections to upstreams, idle ones kept per origin (LIFO)."""
+
+    def __init__(
+        self,
+        *,
+        max_idle_per_origin: int = 64,
+        ssl_context: ssl.SSLContext | None = None,
+        max_head_size: int = 64 * 1024,
+    ) -> None:
+        self._max_idle = max_idle_per_origin
+        self._ssl_context = ssl_context
+        self._max_head_size = max_head_size
+        self._idle: dict[Origin, list[_Connection]] = {}
+        # Connections shut down by abort(); their descriptors are released
+        # on the next request() or aclose(), which may await.
+        self._aborted: list[_Connection] = []
+        self._in_use = 0
+        self._opened = 0
+        self._reused = 0
+        self._stale_discarded = 0
+        self._retried = 0
+
+    async def request(
+        self,
+        origin: Origin,
+        method: bytes,
+        target: bytes,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        connect_timeout: float,
+    ) -> UpstreamResponse:
+        """Send one request; return once it is written, before the response arrives.
+
+        ``headers`` must contain Host. Content-Length is added unless the
+        caller framed the body. A pooled connection found closed by the
+        server is discarded; if writing to a reused connection fails, the
+        request is sent once more on a new connection.
+        """
+        if self._aborted:
+            await self._release_aborted()
+        request = _make_request(method, target, headers, body)
+        idle = self._idle.get(origin)
+        while idle:
+            conn = idle.pop()
+            if conn.is_stale():
+                self._stale_discarded += 1
+                await conn.aclose()
+                continue
+            self._reused += 1
+            try:
+                await _send_request(conn, request, body)
+            except UpstreamError as exc:
+                if exc.kind != "reset":
+                    raise
+                self._retried += 1
+                break
+            self._in_use += 1
+            return UpstreamResponse(self, conn)
+        conn = await self._connect(origin, connect_timeout)
+        await _send_request(conn, request, body)
+        self._in_use += 1
+        return UpstreamResponse(self, conn)
+
+    async def aclose(self) -> None:
+        """Close every idle connection (and those left by :meth:`UpstreamResponse.abort`)."""
+        conns = [conn for idle in self._idle.values() for conn in idle]
+        conns += self._aborted
+        self._idle.clear()
+        self._aborted = []
+        # Closing never waits (see _Connection.aclose); the shield only makes
+        # sure that a cancellation does not leave the rest of the list open.
+        with anyio.CancelScope(shield=True):
+            for conn in conns:
+                await conn.aclose()
+
+    def statistics(self) -> PoolStatistics:
+        """Return a snapshot of the pool's counters."""
+        return PoolStatistics(
+            idle_per_origin=MappingProxyType(
+                {origin: len(idle) for origin, idle in self._idle.items() if idle}
+            ),
+            in_use=self._in_use,
+            opened=self._opened,
+            reused=self._reused,
+            stale_discarded=self._stale_discarded,
+            retried=self._retried,
+        )
+
+    async def _connect(self, origin: Origin, connect_timeout: float) -> _Connection:
+        stream: anyio.abc.ByteStream
+        try:
+            with anyio.fail_after(connect_timeout):
+                context = None
+                if origin.scheme == "https":
+                    if self._ssl_context is None:
+                        self._ssl_context = ssl.create_default_context()
+                    context = self._ssl_context
+                # HTTP/1.1 framing detects truncation: no close_notify dance.
+                stream = await connect_tcp(origin.host, origin.port, ssl_context=context)
+        except TimeoutError:
+            raise UpstreamError(
+                "timeout", f"connecting to {origin} took longer than {connect_timeout} s"
+            ) from None
+        except (*_IO_ERRORS, anyio.EndOfStream) as exc:
+            raise UpstreamError("connect", f"cannot connect to {origin}: {_reason(exc)}") from exc
+        self._opened += 1
+        return _Connection(origin, stream, self._max_head_size)
+
+    def _checkin(self, conn: _Connection) -> bool:
+        """Pool a connection whose exchange ended cleanly; False if it must be closed."""
+        self._in_use -= 1
+        h = conn.h11
+        if h.our_state is not _DONE or h.their_state is not _DONE:
+            return False
+        unread, eof = h.trailing_data
+        if unread or eof:  # bytes beyond the response, or a close-delimited body
+            return False
+        idle = self._idle.get(conn.origin)
+        if idle is None:
+            idle = self._idle[conn.origin] = []
+        if len(idle) >= self._max_idle:
+            return False
+        h.start_next_cycle()
+        idle.append(conn)
+        return True
+
+    def _abandon(self) -> None:
+        self._in_use -= 1
+
+    async def _release_aborted(self) -> None:
+        conns, self._aborted = self._aborted, []
+        with anyio.CancelScope(shield=True):
+            for conn in conns:
+                await conn.aclose()
+
+
+class UpstreamResponse:
+    """The response to one request: read the head, then the body, chunk by chunk."""
+
+    __slots__ = ("_conn", "_eof", "_finished", "_head_received", "_pool")
+
+    def __init__(self, pool: UpstreamPool, conn: _Connection) -> None:
+        self._pool = pool
+        self._conn: _Connection | None = conn  # None once pooled again or closed
+        self._head_received = False
+        self._eof = False
+        self._finished = False
+
+    async def receive_head(self) -> tuple[int, list[tuple[bytes, bytes]]]:
+        """Wait for the response head; return the status and headers (1xx are skipped).
+
+        Header names are as the upstream sent them (h11's ``raw_items``).
+        """
+        if self._head_received:
+            raise RuntimeError("receive_head() was already called")
+        conn = self._usable()
+        while True:
+            event = await self._next_event(conn)
+            if type(event) is _RESPONSE:
+                self._head_received = True
+                return event.status_code, event.headers.raw_items()
+            if type(event) is not _INFORMATIONAL:
+                # PAUSED after a 101: the upstream switched protocols, which
+                # happens only if the caller forwarded an Upgrade header.
+                await self._fail(conn)
+                raise UpstreamError("protocol", f"{conn.origin} switched protocols: not supported")
+
+    async def receive_data(self) -> bytes:
+        """Return the next body chunk as soon as it arrives; ``b""`` at the end of the body.
+
+        At a clean end the connection goes back to the pool at once.
+        """
+        if not self._head_received:
+            raise RuntimeError("call receive_head() before receive_data()")
+        if self._finished:
+            return b""
+        conn = self._usable()
+        event = await self._next_event(conn)
+        if type(event) is _DATA:
+            return bytes(event.data)
+        # EndOfMessage: h11 has no other event for a response body.
+        self._finished = True
+        self._conn = None
+        if not self._pool._checkin(conn):
+            await conn.aclose()
+        return b""
+
+    async def aclose(self) -> None:
+        """Release the connection; close it unless the body was read to its end.
+
+        A body that already arrived in full (an empty 204 body, say) lets the
+        connection return to the pool. Idempotent.
+        """
+        conn = self._conn
+        if conn is None:
+            return
+        self._conn = None
+        if self._head_received and _ended_in_buffer(conn.h11):
+            self._finished = True
+            if self._pool._checkin(conn):
+                return
+        else:
+            self._pool._abandon()
+        await conn.aclose()
+
+    def abort(self) -> None:
+        """Close the connection now, without awaiting (for cancellation paths). Idempotent.
+
+        The upstream sees the connection end at once; the descriptor itself
+        is released by the pool's next :meth:`UpstreamPool.request` or
+        :meth:`UpstreamPool.aclose`.
+        """
+        conn = self._conn
+        if conn is None:
+            return
+        self._conn = None
+        self._pool._abandon()
+        conn.shutdown()
+        self._pool._aborted.append(conn)
+
+    def _usable(self) -> _Connection:
+        conn = self._conn
+        if conn is None:
+            raise UpstreamError("reset", "the response was closed before it was read")
+        return conn
+
+    async def _next_event(
+        self, conn: _Connection
+    ) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        """The next h11 event (never NEED_DATA), reading as needed; failures close."""
+        h = conn.h11
+        while True:
+            try:
+                event = h.next_event()
+            except h11.RemoteProtocolError as exc:
+                await self._fail(conn)
+                if self._eof:
+                    raise UpstreamError(
+                        "reset", f"{conn.origin} closed the connection mid-response"
+                    ) from exc
+                raise UpstreamError(
+                    "protocol", f"malformed response from {conn.origin}: {exc}"
+                ) from exc
+            if event is not _NEED_DATA:
+                return event
+            try:
+                data = await conn.stream.receive(_RECEIVE_SIZE)
+            except anyio.EndOfStream:
+                data = b""
+                self._eof = True
+            except _IO_ERRORS as exc:
+                await self._fail(conn)
+                raise UpstreamError(
+                    "reset", f"connection to {conn.origin} broke: {_reason(exc)}"
+                ) from exc
+            except BaseException:
+                await self._fail(conn)
+                raise
+            if self._conn is not conn:
+                # abort() or aclose() ran while this task was reading.
+                raise UpstreamError("reset", "the response was closed while being read")
+            h.receive_data(data)
+
+    async def _fail(self, conn: _Connection) -> None:
+        if self._conn is conn:
+            self._conn = None
+            self._pool._abandon()
+            await conn.aclose()
+
+
+def _make_request(
+    method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]], body: bytes
+) -> h11.Request:
+    fields = list(headers)
+    if body or method in _BODY_METHODS:
+        for name, _ in fields:
+            if name.lower() in _FRAMING_HEADERS:
+                break
+        else:
+            fields.append((b"content-length", b"%d" % len(body)))
+    try:
+        return h11.Request(method=method, target=target, headers=fields)
+    except h11.LocalProtocolError:
+        pass
+    # Raised outside the handler, so that h11's error, whose message may quote
+    # a header value (an API key), is not even kept as __context__.
+    raise UpstreamError(
+        "protocol", "invalid request: bad method, target or header (values not shown)"
+    )
+
+
+async def _send_request(conn: _Connection, request: h11.Request, body: bytes) -> None:
+    """Write head and body in one send; any failure closes the connection."""
+    h = conn.h11
+    try:
+        parts = h.send_with_data_passthrough(request)
+        assert parts is not None
+        if body:
+            more = h.send_with_data_passthrough(_DATA(data=body))
+            assert more is not None
+            parts += more
+        end = h.send_with_data_passthrough(_EOM)
+        assert end is not None
+        parts += end
+    except h11.LocalProtocolError:
+        parts = None
+    if parts is None:  # outside the handler: no __context__ quoting the request
+        await conn.aclose()
+        raise UpstreamError(
+            "protocol", "invalid request: the body does not match its framing headers"
+        )
+    try:
+        await conn.stream.send(b"".join(parts))
+    except _IO_ERRORS as exc:
+        await conn.aclose()
+        raise UpstreamError(
+            "reset", f"connection to {conn.origin} broke while sending: {_reason(exc)}"
+        ) from exc
+    except BaseException:
+        await conn.aclose()
+        raise
+    if is_closed(conn.stream):
+        # asyncio's transport swallows a failed write: it closes the socket
+        # and anyio's send() returns normally. The request did not go out.
+        await conn.aclose()
+        raise UpstreamError("reset", f"connection to {conn.origin} broke while sending")
+
+
+def _ended_in_buffer(h: h11.Connection) -> bool:
+    """Whether the rest of the body is already buffered (no I/O); consumes it."""
+    while True:
+        try:
+            event = h.next_event()
+        except h11.RemoteProtocolError:
+            return False
+        if type(event) is not _DATA:
+            return type(event) is h11.EndOfMessage
+
+
+def _reason(exc: BaseException) -> str:
+    """The root cause of an I/O error, looking through anyio's wrappers."""
+    cause = exc.__cause__
+    if isinstance(cause, BaseExceptionGroup):
+        return "; ".join(_reason(sub) for sub in cause.exceptions)
+    if cause is not None:
+        return _reason(cause)
+    return str(exc) or type(exc).__name__
