@@ -616,7 +616,7 @@ async def test_misuse_raises_runtime_error(pool: UpstreamPool) -> None:
 
 def test_origin_rejects_other_schemes() -> None:
     with pytest.raises(ValueError, match="ftp"):
-        Origin(scheme="ftp", host="h", port=21)
+        Origin(scheme="ftp", host="h", port=21)  # type: ignore[arg-type]
     assert str(Origin(scheme="https", host="api.test", port=443)) == "https://api.test:443"
 
 
