@@ -101,6 +101,16 @@ class Driver:
         """Close idle upstream connections and write every queued trace."""
         await self.pool.aclose()
         await anyio.to_thread.run_sync(self.traces.close)
+        stats = self.traces.statistics()
+        if stats.written or stats.failed or stats.dropped:
+            level = logging.WARNING if stats.failed or stats.dropped else logging.INFO
+            logger.log(
+                level,
+                "traces: %d written, %d failed, %d dropped",
+                stats.written,
+                stats.failed,
+                stats.dropped,
+            )
 
     async def _send_upstream(
         self,

@@ -414,8 +414,9 @@ async def serve(
             if grace.cancel_called:
                 logger.warning("closing the connections still open")
             tg.cancel_scope.cancel()
-            with anyio.CancelScope(shield=True):
-                await driver.aclose()
+    # Every connection task has ended, so every trace record has been handed over.
+    with anyio.CancelScope(shield=True):
+        await driver.aclose()
     if failed:
         logger.error("%s", failed[0])
         raise SystemExit(1)
