@@ -123,49 +123,28 @@ def _chat(request: dict[str, Any], exchange_id: str, created: int) -> MockAnswer
             }
         )
 
-    def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        return (
-            b"data: "
-            + _dumps(
-                {
-                    "id": ident,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model,
-                    "system_fingerprint": "sansproxy-mock",
-                    "choices": [
-                        {
-                            "index": 0,
-                            "delta": delta,
-                            "logprobs": None,
-                            "finish_reason": finish_reason,
-                        }
-                    ],
-                }
-            )
-            + b"\n\n"
-        )
+    def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        envelope = {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "system_fingerprint": "sansproxy-mock",
+            "choices": choices,
+            **extra,
+        }
+        return b"data: " + _dumps(envelope) + b"\n\n"
 
-    blocks = [chunk({"role": "assistant", "content": ""})]
-    blocks.extend(chunk({"content": w if i == 0 else " " + w}) for i, w in enumerate(words))
-    blocks.append(chunk({}, finish))
+    def delta(content: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": content, "logprobs": None, "finish_reason": finish_reason}
+        return chunk([choice])
+
+    blocks = [delta({"role": "assistant", "content": ""})]
+    blocks.extend(delta({"content": w if i == 0 else " " + w}) for i, w in enumerate(words))
+    blocks.append(delta({}, finish))
     options = request.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage"):
-        blocks.append(
-            b"data: "
-            + _dumps(
-                {
-                    "id": ident,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model,
-                    "system_fingerprint": "sansproxy-mock",
-                    "choices": [],
-                    "usage": usage,
-                }
-            )
-            + b"\n\n"
-        )
+        blocks.append(chunk([], usage=usage))
     blocks.append(b"data: [DONE]\n\n")
     return MockAnswer(
         status=200,

@@ -6,6 +6,7 @@ bounded poll of the filesystem for trace files (written by a background thread).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -18,9 +19,11 @@ import h11
 import httpx
 import openai
 
+from tests.support.mock_upstream import SCENARIO_HEADER
 from tests.support.proxy_process import ProxyProcess
 
 __all__ = [
+    "stream_chat",
     "CHAT",
     "READ_TIMEOUT",
     "SSE",
@@ -63,6 +66,23 @@ def closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+@contextlib.contextmanager
+def stream_chat(
+    proxy: ProxyProcess, scenario: str
+) -> Iterator[tuple[httpx.Response, Iterator[SSE]]]:
+    """A streamed chat completion through the proxy, with the mock playing `scenario`.
+
+    Yields the response and an iterator of its events; leaving closes the connection.
+    """
+    with (
+        http_client(proxy) as client,
+        client.stream(
+            "POST", CHAT, json=chat_body(stream=True), headers={SCENARIO_HEADER: scenario}
+        ) as response,
+    ):
+        yield response, iter_events(response)
 
 
 def http_client(proxy: ProxyProcess, *, timeout: float = READ_TIMEOUT) -> httpx.Client:

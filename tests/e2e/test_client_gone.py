@@ -16,8 +16,8 @@ from tests.e2e._helpers import (
     RawClient,
     chat_body,
     http_client,
-    iter_events,
     raw_request,
+    stream_chat,
 )
 from tests.support.mock_upstream import SCENARIO_HEADER, MockUpstream
 from tests.support.proxy_process import ProxyProcess
@@ -61,16 +61,7 @@ def test_client_leaves_mid_stream_raw_socket(
 
 
 def test_client_leaves_a_slow_stream(proxy: ProxyProcess, mock_upstream: MockUpstream) -> None:
-    with (
-        http_client(proxy) as client,
-        client.stream(
-            "POST",
-            CHAT,
-            json=chat_body(stream=True),
-            headers={SCENARIO_HEADER: "slow-stream:100:50"},
-        ) as response,
-    ):
-        events = iter_events(response)
+    with stream_chat(proxy, "slow-stream:100:50") as (response, events):
         next(events)
         assert next(events).json()["choices"][0]["delta"]["content"] == "tok0 "
         conn_id = mock_upstream.wait_for_request().conn_id

@@ -20,9 +20,9 @@ from tests.e2e._helpers import (
     chat_body,
     chat_content,
     http_client,
-    iter_events,
     parse_response_bytes,
     raw_request,
+    stream_chat,
 )
 from tests.support.mock_upstream import SCENARIO_HEADER, MockUpstream, slow_stream_pieces
 from tests.support.proxy_process import ProxyProcess, StartProxy
@@ -175,16 +175,7 @@ def test_sigterm_lets_an_in_flight_stream_finish(
         "--base-url", mock_upstream.base_url, config={"server": {"shutdown_grace": 20}}
     )
     pieces = slow_stream_pieces(10)
-    with (
-        http_client(proxy) as client,
-        client.stream(
-            "POST",
-            CHAT,
-            json=chat_body(stream=True),
-            headers={SCENARIO_HEADER: "slow-stream:10:100"},
-        ) as response,
-    ):
-        events = iter_events(response)
+    with stream_chat(proxy, "slow-stream:10:100") as (response, events):
         received = [next(events), next(events)]
         proxy.terminate()
         proxy.wait_for_log("SIGTERM", timeout=5)

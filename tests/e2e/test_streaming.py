@@ -25,6 +25,7 @@ from tests.e2e._helpers import (
     iter_events,
     openai_client,
     parse_sse_stream,
+    stream_chat,
 )
 from tests.support.mock_upstream import (
     DEFAULT_TEXT,
@@ -127,16 +128,7 @@ def test_slow_stream_events_arrive_one_by_one(
     proxy: ProxyProcess, mock_upstream: MockUpstream
 ) -> None:
     pieces = slow_stream_pieces(30)
-    with (
-        http_client(proxy) as client,
-        client.stream(
-            "POST",
-            CHAT,
-            json=chat_body(stream=True),
-            headers={SCENARIO_HEADER: "slow-stream:30:100"},
-        ) as response,
-    ):
-        events = iter_events(response)
+    with stream_chat(proxy, "slow-stream:30:100") as (response, events):
         next(events)  # the role chunk
         assert next(events).json()["choices"][0]["delta"]["content"] == pieces[0]
         # The first token is here while 29 more are still to come (about 3 s):

@@ -22,6 +22,7 @@ from tests.e2e._helpers import (
     iter_events,
     load_json,
     stop,
+    stream_chat,
     wait_for_files,
 )
 from tests.support.mock_upstream import (
@@ -168,16 +169,7 @@ def test_trace_of_a_client_that_left(
 ) -> None:
     traces = tmp_path / "traces"
     proxy = start_proxy("--base-url", mock_upstream.base_url, "--trace-dir", str(traces))
-    with (
-        http_client(proxy) as client,
-        client.stream(
-            "POST",
-            CHAT,
-            json=chat_body(stream=True),
-            headers={SCENARIO_HEADER: "slow-stream:50:50"},
-        ) as response,
-    ):
-        events = iter_events(response)
+    with stream_chat(proxy, "slow-stream:50:50") as (response, events):
         next(events)
         next(events)
         exchange = response.headers["x-sansproxy-id"]
