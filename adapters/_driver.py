@@ -75,13 +75,14 @@ class Driver:
         self._prefix = secrets.token_hex(4)
         self._counter = itertools.count(1)
         self._clock: Clock | None = None
-        self._shield_flush = False
+        self._guard_flush = False
 
     def _bind_clock(self) -> Clock:
         # One driver serves one event loop: look its clock up once. On asyncio a
         # cancelled write loses nothing (the transport has the bytes); elsewhere
-        # a write the timer interrupts could leave half an event, so shield it.
-        self._shield_flush = not using_asyncio()
+        # a write the timer interrupts could leave half an event: lift the
+        # deadline while writing (the timer is about the upstream anyway).
+        self._guard_flush = not using_asyncio()
         self._clock = loop_clock()
         return self._clock
 
@@ -216,11 +217,9 @@ class Driver:
                             state.response = None
                     case _:
                         raise RuntimeError(f"unexpected command {cmd!r}")
-            if self._shield_flush:
-                with anyio.CancelScope(shield=True):
-                    await client.flush()
-            else:
-                await client.flush()
+            if self._guard_flush:
+                timer.deadline = math.inf
+            await client.flush()
             if ex.finished:
                 return
             deadline = ex.get_timer()

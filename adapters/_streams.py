@@ -27,6 +27,7 @@ from anyio.abc import SocketAttribute
 
 __all__ = [
     "AsyncioStream",
+    "PumpedStream",
     "Clock",
     "clock",
     "abort",
@@ -243,6 +244,83 @@ class AsyncioStream(anyio.abc.ByteStream):
             SocketAttribute.local_address: lambda: transport.get_extra_info("sockname"),
             SocketAttribute.remote_address: lambda: transport.get_extra_info("peername"),
         }
+
+
+class PumpedStream(anyio.abc.ByteStream):
+    """Any anyio byte stream, read ahead by one task per connection.
+
+    It lets a server learn at once that a peer closed, through
+    ``watch_close``, as ``AsyncioStream`` does, without a watching task per
+    request. Run ``pump()`` in a task for as long as the stream is used.
+    """
+
+    def __init__(self, stream: anyio.abc.ByteStream) -> None:
+        self._stream = stream
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._eof = False
+        self._error: BaseException | None = None
+        self._readable = anyio.Event()
+        self._space = anyio.Event()
+        self._on_close: Callable[[], object] | None = None
+
+    async def pump(self) -> None:
+        """Read into the buffer until the peer closes or the connection breaks."""
+        try:
+            while True:
+                while self._buffered >= _HIGH_WATER:
+                    self._space = anyio.Event()
+                    await self._space.wait()
+                data = await self._stream.receive(65536)
+                self._chunks.append(data)
+                self._buffered += len(data)
+                self._readable.set()
+        except anyio.EndOfStream:
+            self._eof = True
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            self._error = exc
+        self._readable.set()
+        callback, self._on_close = self._on_close, None
+        if callback is not None:
+            callback()
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        chunks = self._chunks
+        while not chunks:
+            if self._error is not None:
+                raise anyio.BrokenResourceError from self._error
+            if self._eof:
+                raise anyio.EndOfStream
+            self._readable = anyio.Event()
+            await self._readable.wait()
+        chunk = chunks.popleft()
+        if len(chunk) > max_bytes:
+            chunks.appendleft(chunk[max_bytes:])
+            chunk = chunk[:max_bytes]
+        self._buffered -= len(chunk)
+        if self._buffered < _LOW_WATER:
+            self._space.set()
+        return chunk
+
+    async def send(self, item: bytes) -> None:
+        await self._stream.send(item)
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    def watch_close(self, callback: Callable[[], object] | None) -> None:
+        """Call ``callback`` once, when the peer closes or the connection breaks."""
+        if callback is not None and (self._eof or self._error is not None):
+            callback()
+            return
+        self._on_close = callback
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self._stream.extra_attributes
 
 
 async def connect_tcp(

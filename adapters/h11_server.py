@@ -10,6 +10,7 @@ the grace period, exit 0. The same code runs on trio (``adapters.trio_runner``).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import math
@@ -35,7 +36,7 @@ from core import (
 
 from ._cli import describe_upstream, parse_args, setup_logging
 from ._driver import ClientDisconnected, Driver
-from ._streams import AsyncioStream, serve_tcp
+from ._streams import AsyncioStream, PumpedStream, serve_tcp
 
 __all__ = ["H11Server", "main", "serve"]
 
@@ -43,8 +44,6 @@ logger = logging.getLogger("sansproxy")
 startup_logger = logging.getLogger("sansproxy.startup")
 
 _RECEIVE_SIZE = 65536
-# Pipelined bytes held while a response is in progress; past this we stop reading.
-_MAX_PIPELINED = 1 << 20
 _SERVER_HEADER = (b"server", b"sansproxy")
 # After answering early (before the request body was read): how long, and how
 # much of the rest of the body, to read before closing.
@@ -139,13 +138,26 @@ class H11Server:
         self._connections += 1
         try:
             async with stream:
-                await self._serve(stream)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, _ConnectionGone):
-            pass
+                if isinstance(stream, AsyncioStream):
+                    await self._serve_until_closed(stream)
+                else:
+                    # One reader per connection tells us when the client leaves.
+                    pumped = PumpedStream(stream)
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(pumped.pump)
+                        await self._serve_until_closed(pumped)
+                        tg.cancel_scope.cancel()
         finally:
             self._connections -= 1
             if self.shutting_down and self._connections == 0:
                 self._all_closed.set()
+
+    async def _serve_until_closed(self, stream: anyio.abc.ByteStream) -> None:
+        # The client going away between requests needs no answer.
+        with contextlib.suppress(
+            anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, _ConnectionGone
+        ):
+            await self._serve(stream)
 
     async def _receive(
         self, conn: h11.Connection, stream: anyio.abc.ByteStream, deadline: float
@@ -288,34 +300,14 @@ class H11Server:
         if ex.finished:
             await self.driver.run(ex, sink)
             return
-        if isinstance(stream, AsyncioStream):
-            # asyncio tells us when the peer closes: no watching task needed.
-            with anyio.CancelScope() as scope:
-                stream.watch_close(scope.cancel)
-                try:
-                    await self.driver.run(ex, sink)
-                finally:
-                    stream.watch_close(None)
-            return
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch, conn, stream, tg.cancel_scope)
-            await self.driver.run(ex, sink)
-            tg.cancel_scope.cancel()
-
-    async def _watch(
-        self, conn: h11.Connection, stream: anyio.abc.ByteStream, scope: anyio.CancelScope
-    ) -> None:
-        # Reads what the client sends while its response is in progress: pipelined
-        # requests are kept for later, end of stream means the client left.
-        while True:
+        # The stream tells us when the peer closes: that cancels the exchange.
+        assert isinstance(stream, AsyncioStream | PumpedStream)
+        with anyio.CancelScope() as scope:
+            stream.watch_close(scope.cancel)
             try:
-                data = await stream.receive(_RECEIVE_SIZE)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                scope.cancel()
-                return
-            conn.receive_data(data)
-            if len(conn.trailing_data[0]) >= _MAX_PIPELINED:
-                await anyio.sleep_forever()
+                await self.driver.run(ex, sink)
+            finally:
+                stream.watch_close(None)
 
     async def _bad_request(
         self, conn: h11.Connection, stream: anyio.abc.ByteStream, exc: h11.RemoteProtocolError
