@@ -9,10 +9,13 @@ from __future__ import annotations
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 __all__ = [
+    "DeploymentConfig",
     "LimitsConfig",
+    "PriceConfig",
+    "TranslationConfig",
     "MockConfig",
     "ProxyConfig",
     "ServerConfig",
@@ -27,7 +30,7 @@ class _Frozen(BaseModel):
 
 
 class UpstreamConfig(_Frozen):
-    """The one upstream every request is forwarded to (the transparent proxy)."""
+    """An upstream API: the one ``upstream`` of the shorthand, or a named provider."""
 
     base_url: str = Field(description="Upstream base URL, e.g. https://api.openai.com")
     type: Literal["openai", "anthropic"] = Field(
@@ -40,6 +43,10 @@ class UpstreamConfig(_Frozen):
     connect_timeout: float = Field(default=10.0, gt=0, description="Seconds to connect.")
     read_timeout: float = Field(
         default=600.0, gt=0, description="Seconds to wait for the head or the next body chunk."
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra headers sent with every request (anthropic-version has a default).",
     )
 
     @field_validator("base_url")
@@ -59,6 +66,32 @@ class UpstreamConfig(_Frozen):
         except ValueError as exc:
             raise ValueError(f"has an invalid port: {exc}") from None
         return value.rstrip("/")
+
+
+class PriceConfig(_Frozen):
+    """USD per million tokens, overriding the built-in price table."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0)
+    cache_write: float | None = Field(default=None, ge=0)
+
+
+class DeploymentConfig(_Frozen):
+    """One place a public model is served: a provider and its name for the model."""
+
+    provider: str
+    model: str = Field(min_length=1)
+    weight: float = Field(default=1.0, gt=0, description="Share of requests, among siblings.")
+    price: PriceConfig | None = None
+
+
+class TranslationConfig(_Frozen):
+    """Defaults used when translating between the OpenAI and Anthropic APIs."""
+
+    default_max_tokens: int = Field(
+        default=4096, ge=1, description="max_tokens sent to Anthropic when the client gave none."
+    )
 
 
 class LimitsConfig(_Frozen):
@@ -95,6 +128,9 @@ class ProxyConfig(_Frozen):
 
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig | None = None
+    providers: dict[str, UpstreamConfig] = Field(default_factory=dict)
+    models: dict[str, tuple[DeploymentConfig, ...]] = Field(default_factory=dict)
+    translation: TranslationConfig = TranslationConfig()
     limits: LimitsConfig = LimitsConfig()
     mock: MockConfig = MockConfig()
     middleware: tuple[dict[str, dict[str, Any]], ...] = Field(
@@ -120,3 +156,24 @@ class ProxyConfig(_Frozen):
                     f"entry {i} must be a name or a mapping of one name to its options"
                 )
         return tuple(out)
+
+    @model_validator(mode="after")
+    def _check_routing(self) -> ProxyConfig:
+        if self.upstream is not None and (self.providers or self.models):
+            raise ValueError(
+                "upstream (--base-url) is the one-provider shorthand: use it, or "
+                "providers and models, not both"
+            )
+        if self.models and not self.providers:
+            raise ValueError("models: no providers are configured")
+        known = ", ".join(sorted(self.providers))
+        for name, deployments in self.models.items():
+            if not deployments:
+                raise ValueError(f"models.{name}: lists no deployment")
+            for i, deployment in enumerate(deployments):
+                if deployment.provider not in self.providers:
+                    raise ValueError(
+                        f"models.{name}[{i}].provider: unknown provider "
+                        f"{deployment.provider!r} (known: {known})"
+                    )
+        return self

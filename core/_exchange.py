@@ -7,19 +7,18 @@ Drive it like aioquic's connection: ``handle(event, now=...)``, then drain
 
 from __future__ import annotations
 
+import json
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Any
 
 from ._commands import (
     CancelUpstream,
     Command,
     EndResponse,
     Log,
-    Origin,
     SendBody,
     SendUpstreamRequest,
     StartResponse,
@@ -39,14 +38,21 @@ from ._events import (
     UpstreamFailed,
     UpstreamResponse,
 )
+from ._gateway import ROUTES, Plan, StreamTranslator, plan, plan_passthrough
 from ._http import HOP_BY_HOP, error_body, error_headers, split_target
+from ._messages_to_chat import anthropic_error_body
 from ._middleware import HOOKS, Reply, load_middleware
 from ._mock import MockAnswer, mock_answer
-from ._sse import SSEDecoder, format_error_event
+from ._routing import Deployment, Router
+from ._usage import StreamUsage, Usage, cost_usd, usage_from_anthropic, usage_from_openai
+from ._sse import SSEDecoder, format_error_event, parse_block
 from ._state import TRANSITIONS, State
 from ._trace import TraceMiddleware
 
 __all__ = ["BUILTIN_MIDDLEWARE", "Exchange", "Pipeline", "Proxy"]
+
+_JSON_HEADER = (b"content-type", b"application/json")
+_SSE_HEADERS = ((b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"))
 
 _HEALTH_BODY = b'{"status":"ok"}'
 _HEALTH_HEADERS = (
@@ -133,13 +139,27 @@ class Exchange:
         "_attempt",
         "_body_chunks",
         "_body_size",
+        "_buffer",
+        "_buffer_size",
+        "_buffering",
         "_commands",
         "_deadline",
         "_decoder",
         "_dispatch",
         "_local_blocks",
+        "_plan",
         "_proxy",
+        "_rand",
+        "_read_timeout",
+        "_stream_usage",
+        "_translator",
         "_upstream_active",
+        "_upstream_status",
+        "client_api",
+        "cost_usd",
+        "deployment",
+        "model",
+        "usage",
         "ended_at",
         "error",
         "exchange_id",
@@ -161,8 +181,24 @@ class Exchange:
         "wall_time",
     )
 
-    def __init__(self, proxy: Proxy, *, exchange_id: str, now: float, wall_time: float) -> None:
+    def __init__(
+        self, proxy: Proxy, *, exchange_id: str, now: float, wall_time: float, rand: float = 0.0
+    ) -> None:
         self._proxy = proxy
+        self._rand = rand
+        self._read_timeout = 0.0
+        self._plan: Plan | None = None
+        self._buffer: list[bytes] = []
+        self._buffer_size = 0
+        self._buffering = 0
+        self._translator: StreamTranslator | None = None
+        self._stream_usage: StreamUsage | None = None
+        self._upstream_status = 0
+        self.client_api = "openai"
+        self.model: str | None = None
+        self.deployment: Deployment | None = None
+        self.usage: Usage | None = None
+        self.cost_usd: float | None = None
         self.exchange_id = exchange_id
         self.started_at = now
         self.wall_time = wall_time
@@ -312,12 +348,48 @@ class Exchange:
                 if reply is not None:
                     self._answer(reply.status, list(reply.headers), reply.body, now)
                     return
-            if self._proxy.upstream is None:
-                self._answer_mock(now)
-            else:
-                self._send_upstream(now)
+            self._route(now)
         except RemoteProtocolError as exc:
             self._fail(exc, now)
+
+    def _route(self, now: float) -> None:
+        router = self._proxy.router
+        if not router.active:
+            self._answer_mock(now)
+            return
+        method, path = self.request_method, self.request_path
+        route = ROUTES.get((method, path))
+        if route is not None:
+            self.client_api = route[0]
+            self.model, self.deployment, upstream = plan(
+                router,
+                route[0],
+                route[1],
+                path,
+                self.request_query,
+                self.request_headers,
+                self.request_body,
+                rand=self._rand,
+                exchange_id=self.exchange_id,
+                created=int(self.wall_time),
+                default_max_tokens=self._proxy.config.translation.default_max_tokens,
+            )
+        elif router.shorthand is not None:
+            upstream = plan_passthrough(
+                router.shorthand, path, self.request_query, self.request_headers, self.request_body
+            )
+        elif method == b"GET" and path == b"/v1/models":
+            self._answer(200, [_JSON_HEADER], router.model_list(), now)
+            return
+        else:
+            raise RemoteProtocolError(
+                f"no route for {method.decode('latin-1')} {path.decode('latin-1')}: the gateway "
+                "routes POST /v1/chat/completions, /v1/completions, /v1/embeddings, "
+                "/v1/responses and /v1/messages by their model, and answers GET /v1/models",
+                error_status_hint=404,
+                code="unknown_url",
+            )
+        self._send_upstream(upstream, now)
 
     def _answer(
         self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, now: float
@@ -364,39 +436,41 @@ class Exchange:
             self._commands.append(_END_OK)
             self._complete("completed", now)
 
-    def _send_upstream(self, now: float) -> None:
-        upstream = self._proxy.upstream
-        assert upstream is not None
+    def _send_upstream(self, upstream: Plan, now: float) -> None:
+        provider = upstream.provider
         method = self.request_method
-        body = self.request_body
-        headers = upstream.request_headers(self.request_headers)
+        body = upstream.body
+        headers = upstream.headers
         if body or method in _BODY_METHODS:
             headers.append((b"content-length", str(len(body)).encode()))
-        target = upstream.target(self.request_path) + self.request_query
         self._attempt += 1
         command = SendUpstreamRequest(
             attempt=self._attempt,
-            origin=upstream.origin,
+            origin=provider.origin,
             method=method,
-            target=target,
+            target=upstream.target,
             headers=headers,
             body=body,
-            connect_timeout=upstream.connect_timeout,
+            connect_timeout=provider.connect_timeout,
         )
         for hook in self._proxy.pipeline.on_upstream_request:
             command = hook(self, command)
-        self.upstream_url = upstream.url_prefix + command.target.decode("latin-1")
+        self._plan = upstream
+        self._read_timeout = provider.read_timeout
+        self.upstream_url = provider.url_prefix + command.target.decode("latin-1")
         self._commands.append(command)
         self._upstream_active = True
-        self._deadline = now + self._proxy.read_timeout
+        self._deadline = now + provider.read_timeout
         self._set_state(State.AWAIT_UPSTREAM)
 
     def _on_upstream_head(self, event: UpstreamResponse, now: float) -> None:
         self._check_attempt(event.attempt)
         self.first_upstream_byte_at = now
-        self._deadline = now + self._proxy.read_timeout
+        self._deadline = now + self._read_timeout
         self._set_state(State.RELAY)
-        headers = []
+        upstream = self._plan
+        assert upstream is not None
+        self._upstream_status = status = event.status
         sse = False
         encoded = False
         dropped = HOP_BY_HOP
@@ -407,19 +481,54 @@ class Exchange:
                 sse = value[:17].lower() == b"text/event-stream"
             elif name == b"content-encoding":
                 encoded = value.strip().lower() != b"identity"
+        translating = upstream.body_translator is not None
         if sse and not encoded:
             self.is_stream = True
             self._decoder = SSEDecoder(max_event_size=self._proxy.limits.max_sse_event_size)
+            if upstream.usage_api is not None:
+                self._stream_usage = StreamUsage(upstream.usage_api)
+            if upstream.stream_translator is not None:
+                self._translator = upstream.stream_translator()
+                self._start_response(status, list(_SSE_HEADERS))
+                return
             dropped = dropped | {b"content-length"}
+        elif translating:
+            self._buffering = _HOLD  # the answer is translated whole, at its end
+            return
+        elif upstream.usage_api is not None and status < 400:
+            self._buffering = _COPY  # kept aside to read its usage
         headers = [(name, value) for name, value in event.headers if name not in dropped]
-        self._start_response(event.status, headers)
+        self._start_response(status, headers)
 
     def _on_upstream_data(self, event: UpstreamData, now: float) -> None:
         self._check_attempt(event.attempt)
-        self._deadline = now + self._proxy.read_timeout
+        self._deadline = now + self._read_timeout
         decoder = self._decoder
         if decoder is None:
-            self._send_body(event.data)
+            data = event.data
+            buffering = self._buffering
+            if buffering:
+                size = self._buffer_size + len(data)
+                if buffering == _HOLD:
+                    if size > self._proxy.limits.max_body_size:
+                        self._cancel_upstream()
+                        self._fail(
+                            RemoteProtocolError(
+                                "the upstream's answer is too large to translate",
+                                error_status_hint=502,
+                                error_type="upstream_error",
+                                code="upstream_response_too_large",
+                            ),
+                            now,
+                        )
+                        return
+                    self._buffer.append(data)
+                    self._buffer_size = size
+                    return
+                if size <= _USAGE_COPY_LIMIT:
+                    self._buffer.append(data)
+                    self._buffer_size = size
+            self._send_body(data)
             return
         try:
             blocks = decoder.feed(event.data)
@@ -428,19 +537,94 @@ class Exchange:
             self._fail(exc, now)
             return
         if blocks:
+            self._relay_blocks(blocks)
+
+    def _relay_blocks(self, blocks: list[bytes]) -> None:
+        """Stream blocks from upstream: read usage, translate or strip, send."""
+        usage = self._stream_usage
+        if usage is not None:
+            for block in blocks:
+                usage.feed(block)
+        translator = self._translator
+        if translator is not None:
+            out: list[bytes] = []
+            for block in blocks:
+                out.extend(translator.feed(block))
+            blocks = out
+        elif self._plan is not None and self._plan.strip_usage:
+            blocks = [block for block in blocks if not _usage_only(block)]
+        if blocks:
             self._send_blocks(blocks)
 
     def _on_upstream_end(self, event: UpstreamEnded, now: float) -> None:
         self._check_attempt(event.attempt)
         self._upstream_active = False
         decoder = self._decoder
+        answer: Any = None
         if decoder is not None:
             # close() cannot fail on size: feed() already bounded the last block.
             blocks = decoder.close()
             if blocks:
-                self._send_blocks(blocks)
+                self._relay_blocks(blocks)
+            if self._translator is not None:
+                tail = self._translator.close()
+                if tail:
+                    self._send_blocks(tail)
+        elif self._buffering:
+            body = b"".join(self._buffer)
+            self._buffer = []
+            status = self._upstream_status
+            if status < 400:
+                try:
+                    answer = json.loads(body)
+                except ValueError:
+                    answer = None
+            if self._buffering == _HOLD:
+                self._answer_translated(status, body, answer, now)
+                return
+        self._settle_usage(answer)
         self._commands.append(_END_OK)
         self._complete("completed", now)
+
+    def _answer_translated(self, status: int, body: bytes, answer: Any, now: float) -> None:
+        upstream = self._plan
+        assert upstream is not None
+        assert upstream.body_translator is not None and upstream.error_translator is not None
+        if status >= 400:
+            out = upstream.error_translator(status, body)
+        elif not isinstance(answer, dict):
+            self._fail(
+                RemoteProtocolError(
+                    "the upstream's answer is not a JSON object",
+                    error_status_hint=502,
+                    error_type="upstream_error",
+                    code="upstream_protocol_error",
+                ),
+                now,
+            )
+            return
+        else:
+            out = _dumps(upstream.body_translator(answer))
+        self._settle_usage(answer)
+        self._answer(status, [_JSON_HEADER], out, now)
+
+    def _settle_usage(self, answer: Any) -> None:
+        """Read the exchange's usage (from the stream or the answer) and price it."""
+        upstream = self._plan
+        if upstream is None or upstream.usage_api is None:
+            return
+        if self._stream_usage is not None:
+            usage = self._stream_usage.usage
+        elif isinstance(answer, dict):
+            if upstream.usage_api == "openai":
+                usage = usage_from_openai(answer)
+            else:
+                usage = usage_from_anthropic(answer)
+        else:
+            return
+        self.usage = usage
+        if usage is not None and self.deployment is not None:
+            self.cost_usd = cost_usd(usage, self.deployment.price)
 
     def _on_upstream_failed(self, event: UpstreamFailed, now: float) -> None:
         self._check_attempt(event.attempt)
@@ -459,7 +643,7 @@ class Exchange:
         if deadline is None or now < deadline:
             return
         self._cancel_upstream()
-        timeout = self._proxy.read_timeout
+        timeout = self._read_timeout
         self._fail(
             RemoteProtocolError(
                 f"the upstream sent nothing for {timeout:g} s",
@@ -535,17 +719,27 @@ class Exchange:
         )
         for hook in self._proxy.pipeline.on_error:
             hook(self, error)
+        anthropic = self.client_api == "anthropic"
         if self.response_status is None:
-            body = error_body(
-                str(error), error_type=error.error_type, code=error.code, param=error.param
-            )
+            if anthropic:
+                body = anthropic_error_body(status, str(error))
+            else:
+                body = error_body(
+                    str(error), error_type=error.error_type, code=error.code, param=error.param
+                )
             self._start_response(status, error_headers(body))
             self._send_body(body)
             self._commands.append(_END_OK)
         elif self.is_stream:
-            self._send_blocks(
-                (format_error_event(str(error), error_type=error.error_type, code=error.code),)
-            )
+            if anthropic:
+                event = b"event: error\ndata: " + _dumps(
+                    {"type": "error", "error": {"type": "api_error", "message": str(error)}}
+                )
+                self._send_blocks((event + b"\n\n",))
+            else:
+                self._send_blocks(
+                    (format_error_event(str(error), error_type=error.error_type, code=error.code),)
+                )
             self._commands.append(_END_OK)
         else:
             self._commands.append(_END_CUT)
@@ -594,6 +788,28 @@ class Exchange:
 
 
 _TIMER_FIRED = TimerFired()
+# How an upstream body is held: not at all, a copy to read usage, or whole to translate.
+_COPY = 1
+_HOLD = 2
+_USAGE_COPY_LIMIT = 1 << 20
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _usage_only(block: bytes) -> bool:
+    """Whether an OpenAI stream block is the usage-only chunk (``choices: []``)."""
+    if b'"usage"' not in block or b'"choices"' not in block:
+        return False
+    event = parse_block(block)
+    if not event.data.startswith("{"):
+        return False
+    try:
+        chunk = json.loads(event.data)
+    except ValueError:
+        return False
+    return chunk.get("choices") == [] and bool(chunk.get("usage"))
 _END_OK = EndResponse(complete=True)
 _END_CUT = EndResponse(complete=False)
 
@@ -601,74 +817,6 @@ _DISPATCH: dict[State, dict[type[Event], Callable[[Exchange, Any, float], None]]
     state: {event: getattr(Exchange, name) for event, name in table.items()}
     for state, table in TRANSITIONS.items()
 }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Upstream:
-    """The configured upstream, compiled once: origin, path prefix, header rules."""
-
-    origin: Origin
-    base_path: bytes
-    host_header: bytes
-    dropped: frozenset[bytes]
-    auth: tuple[bytes, bytes] | None
-    connect_timeout: float
-    url_prefix: str
-
-    def request_headers(self, headers: Headers) -> list[tuple[bytes, bytes]]:
-        """The client's headers as the upstream must see them (no Content-Length yet)."""
-        dropped = self.dropped
-        if _header(headers, b"connection") is not None:
-            dropped = dropped.union(
-                t.strip().lower() for n, v in headers if n == b"connection" for t in v.split(b",")
-            )
-        out = [(b"host", self.host_header)]
-        out.extend((name, value) for name, value in headers if name not in dropped)
-        out.append((b"accept-encoding", b"identity"))
-        if self.auth is not None:
-            out.append(self.auth)
-        return out
-
-    def target(self, path: bytes) -> bytes:
-        """The upstream path for a client path (``/v1`` is not doubled)."""
-        base = self.base_path
-        if base.endswith(b"/v1") and (path.startswith(b"/v1/") or path == b"/v1"):
-            base = base[:-3]
-        return base + path
-
-
-def _compile_upstream(config: ProxyConfig) -> _Upstream | None:
-    upstream = config.upstream
-    if upstream is None:
-        return None
-    parts = urlsplit(upstream.base_url)
-    scheme: Literal["http", "https"] = "https" if parts.scheme == "https" else "http"
-    host = parts.hostname or ""
-    default_port = 443 if scheme == "https" else 80
-    port = parts.port or default_port
-    if not host.isascii():
-        host = host.encode("idna").decode("ascii")
-    host_text = f"[{host}]" if ":" in host else host
-    host_header = host_text if port == default_port else f"{host_text}:{port}"
-    dropped = set(HOP_BY_HOP) | {b"host", b"content-length", b"accept-encoding", b"expect"}
-    auth: tuple[bytes, bytes] | None = None
-    if upstream.api_key is not None:
-        dropped |= {b"authorization", b"x-api-key"}
-        key = upstream.api_key.get_secret_value().encode()
-        auth = (
-            (b"x-api-key", key)
-            if upstream.type == "anthropic"
-            else (b"authorization", b"Bearer " + key)
-        )
-    return _Upstream(
-        origin=Origin(scheme=scheme, host=host, port=port),
-        base_path=parts.path.rstrip("/").encode(),
-        host_header=host_header.encode("ascii"),
-        dropped=frozenset(dropped),
-        auth=auth,
-        connect_timeout=upstream.connect_timeout,
-        url_prefix=f"{scheme}://{host_header}",
-    )
 
 
 def _builtin_middleware(config: ProxyConfig) -> dict[str, Callable[..., object]]:
@@ -695,13 +843,12 @@ class Proxy:
     Raises ``ValueError`` on a middleware it cannot build.
     """
 
-    __slots__ = ("config", "limits", "mock_stream_delay", "pipeline", "read_timeout", "upstream")
+    __slots__ = ("config", "limits", "mock_stream_delay", "pipeline", "router")
 
     def __init__(self, config: ProxyConfig, *, middleware: Sequence[object] | None = None) -> None:
         self.config = config
         self.limits = config.limits
-        self.upstream = _compile_upstream(config)
-        self.read_timeout = config.upstream.read_timeout if config.upstream else 0.0
+        self.router = Router(config)
         self.mock_stream_delay = config.mock.stream_delay
         if middleware is None:
             builtins = _builtin_middleware(config)
@@ -712,6 +859,13 @@ class Proxy:
             ]
         self.pipeline = Pipeline.build(middleware)
 
-    def exchange(self, *, exchange_id: str, now: float, wall_time: float) -> Exchange:
-        """Start a new exchange; ``now`` is the driver's clock, ``wall_time`` UNIX time."""
-        return Exchange(self, exchange_id=exchange_id, now=now, wall_time=wall_time)
+    def exchange(
+        self, *, exchange_id: str, now: float, wall_time: float, rand: float = 0.0
+    ) -> Exchange:
+        """Start a new exchange.
+
+        ``now`` is the driver's clock, ``wall_time`` UNIX time, ``rand`` a
+        number in [0, 1) that picks among a model's weighted deployments (the
+        core draws no random numbers itself).
+        """
+        return Exchange(self, exchange_id=exchange_id, now=now, wall_time=wall_time, rand=rand)

@@ -72,7 +72,7 @@ def test_a_streamed_exchange_is_one_record_with_events_text_and_timings() -> Non
 
 
 def test_anthropic_text_deltas_are_reassembled() -> None:
-    pb = Playbook(upstream_config(middleware=TRACE))
+    pb = Playbook(upstream_config(upstream={"type": "anthropic"}, middleware=TRACE))
     pb.request(b"POST", b"/v1/messages", b"{}")
     pb << UpstreamResponse(attempt=1, status=200, headers=[(b"content-type", b"text/event-stream")])
     pb << UpstreamData(

@@ -192,9 +192,20 @@ def test_upstream_errors_relayed_unchanged(
             assert body["error"]["code"] == str(status)
             assert response.headers.get("retry-after") == ("7" if status == 429 else None)
             assert response.headers["x-mock-request-index"] == str(len(mock_upstream.requests) - 1)
-        # Anthropic's error shape is relayed as is, too.
+
+
+def test_anthropic_upstream_errors_relayed_unchanged(
+    start_proxy: StartProxy, mock_upstream: MockUpstream
+) -> None:
+    proxy = start_proxy("--base-url", mock_upstream.base_url, "--type", "anthropic")
+    with http_client(proxy) as client:
         response = client.post(
-            "/v1/messages", json={"model": "scenario:status-529", "max_tokens": 1, "messages": []}
+            "/v1/messages",
+            json={
+                "model": "scenario:status-529",
+                "max_tokens": 1,
+                "messages": [{"role": "user", "content": "hi"}],
+            },
         )
     assert response.status_code == 529
     assert response.json() == {

@@ -58,9 +58,12 @@ def _comparable(events: list[SSE]) -> list[Any]:
     return out
 
 
-def _stream(client: httpx.Client, scenario: str | None = None) -> tuple[httpx.Response, bytes]:
+def _stream(
+    client: httpx.Client, scenario: str | None = None, **extra: Any
+) -> tuple[httpx.Response, bytes]:
     headers = {SCENARIO_HEADER: scenario} if scenario else {}
-    with client.stream("POST", CHAT, json=chat_body(stream=True), headers=headers) as response:
+    body = chat_body(stream=True, **extra)
+    with client.stream("POST", CHAT, json=body, headers=headers) as response:
         return response, response.read()
 
 
@@ -83,8 +86,9 @@ def test_sse_reframed_into_whole_events(
 
 
 def test_sse_extras_keep_their_fields(proxy: ProxyProcess) -> None:
+    # Asking for usage ourselves: the proxy then strips nothing, every id arrives.
     with http_client(proxy) as client:
-        _, body = _stream(client, "sse-extras")
+        _, body = _stream(client, "sse-extras", stream_options={"include_usage": True})
     events = parse_sse_stream(body)
     assert [dict(e.fields).get("id") for e in events] == [str(i) for i in range(len(events))]
     assert dict(events[0].fields).get("retry") == "3000"

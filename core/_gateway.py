@@ -1,0 +1,239 @@
+"""Planning a routed request: which provider, what to send, how to read the answer.
+
+``plan()`` turns a client request into a ``Plan``: the upstream request
+(target, headers, body) and how its response must be treated -- passed
+through with usage read on the way, or translated between the OpenAI and
+Anthropic APIs. Pure: the exchange carries the plan out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from ._chat_to_messages import (
+    MessagesStreamToChat,
+    anthropic_error_to_openai,
+    chat_request_to_messages,
+    messages_response_to_chat,
+)
+from ._errors import RemoteProtocolError
+from ._events import Headers
+from ._messages_to_chat import (
+    ChatStreamToMessages,
+    chat_response_to_messages,
+    messages_request_to_chat,
+    openai_error_to_anthropic,
+)
+from ._routing import Deployment, Provider, Router
+
+__all__ = ["ROUTES", "Plan", "StreamTranslator", "plan", "plan_passthrough"]
+
+ApiType = Literal["openai", "anthropic"]
+
+#: The endpoints routed by their ``model``: (method, path) -> (client API, kind).
+ROUTES: Mapping[tuple[bytes, bytes], tuple[ApiType, str]] = {
+    (b"POST", b"/v1/chat/completions"): ("openai", "chat"),
+    (b"POST", b"/v1/completions"): ("openai", "completions"),
+    (b"POST", b"/v1/embeddings"): ("openai", "embeddings"),
+    (b"POST", b"/v1/responses"): ("openai", "responses"),
+    (b"POST", b"/v1/messages"): ("anthropic", "messages"),
+}
+
+
+class StreamTranslator(Protocol):
+    """Turns one upstream SSE block into the client's blocks, incrementally."""
+
+    def feed(self, block: bytes) -> list[bytes]:
+        """One whole upstream block in; zero or more client blocks out."""
+
+    def close(self) -> list[bytes]:
+        """The upstream stream ended: what the client must still receive."""
+
+
+@dataclass(slots=True, kw_only=True)
+class Plan:
+    """An upstream request and how to read its answer."""
+
+    provider: Provider
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    #: The upstream's API, when its usage can be read from the answer.
+    usage_api: ApiType | None = None
+    #: Remove the usage-only chunk the client did not ask for (we asked for it).
+    strip_usage: bool = False
+    #: Translation of the answer, when the upstream speaks the other API.
+    stream_translator: Callable[[], StreamTranslator] | None = None
+    body_translator: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
+    error_translator: Callable[[int, bytes], bytes] | None = None
+
+
+def _bad(message: str, param: str | None = None, *, code: str | None = None) -> RemoteProtocolError:
+    return RemoteProtocolError(message, error_status_hint=400, code=code, param=param)
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def parse_body(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400."""
+    try:
+        value = json.loads(body)
+    except ValueError:
+        raise _bad("the request body is not valid JSON", code="invalid_json") from None
+    if not isinstance(value, dict):
+        raise _bad("the request body must be a JSON object", code="invalid_json")
+    return value
+
+
+def plan_passthrough(
+    provider: Provider, path: bytes, query: bytes, headers: Headers, body: bytes
+) -> Plan:
+    """Forward as it is (the transparent proxy of the one-provider shorthand)."""
+    return Plan(
+        provider=provider,
+        target=provider.target(path) + query,
+        headers=provider.request_headers(headers),
+        body=body,
+    )
+
+
+def plan(
+    router: Router,
+    api: ApiType,
+    kind: str,
+    path: bytes,
+    query: bytes,
+    headers: Headers,
+    raw: bytes,
+    *,
+    rand: float,
+    exchange_id: str,
+    created: int,
+    default_max_tokens: int,
+) -> tuple[str | None, Deployment | None, Plan]:
+    """Route a request for a model; returns the model asked for, the deployment, the plan.
+
+    In the one-provider shorthand, a same-API request the proxy cannot read
+    (not JSON, no model) is forwarded untouched: the upstream judges it.
+    """
+    shorthand = router.shorthand
+    lenient = shorthand is not None and shorthand.type == api
+    try:
+        body = parse_body(raw)
+    except RemoteProtocolError:
+        if lenient:
+            assert shorthand is not None
+            return None, None, plan_passthrough(shorthand, path, query, headers, raw)
+        raise
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        if lenient:
+            assert shorthand is not None
+            return None, None, plan_passthrough(shorthand, path, query, headers, raw)
+        raise _bad("'model' is required and must be a string", "model", code="invalid_value")
+    deployment = router.resolve(model, rand)
+    if deployment is None:
+        known = ", ".join(sorted(router.models)) or "none configured"
+        raise RemoteProtocolError(
+            f"the model '{model}' does not exist (models: {known}; or use provider/model)",
+            error_status_hint=404,
+            code="model_not_found",
+            param="model",
+        )
+    provider = deployment.provider
+    stream = body.get("stream") is True
+    if provider.type == api:
+        return model, deployment, _native(deployment, api, kind, path, query, headers, raw, body)
+    if api == "openai" and kind == "chat":
+        translated = chat_request_to_messages(
+            body, model=deployment.model, default_max_tokens=default_max_tokens
+        )
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        completion_id = f"chatcmpl-{exchange_id}"
+        return (
+            model,
+            deployment,
+            Plan(
+                provider=provider,
+                target=provider.target(b"/v1/messages"),
+                headers=provider.translated_headers(headers, stream=stream),
+                body=_dumps(translated),
+                usage_api="anthropic",
+                stream_translator=lambda: MessagesStreamToChat(
+                    model=model,
+                    created=created,
+                    completion_id=completion_id,
+                    include_usage=include_usage,
+                ),
+                body_translator=lambda answer: messages_response_to_chat(
+                    answer, model=model, created=created, completion_id=completion_id
+                ),
+                error_translator=anthropic_error_to_openai,
+            ),
+        )
+    if api == "anthropic":
+        translated = messages_request_to_chat(body, model=deployment.model)
+        message_id = f"msg_{exchange_id}"
+        return (
+            model,
+            deployment,
+            Plan(
+                provider=provider,
+                target=provider.target(b"/v1/chat/completions"),
+                headers=provider.translated_headers(headers, stream=stream),
+                body=_dumps(translated),
+                usage_api="openai",
+                stream_translator=lambda: ChatStreamToMessages(model=model, message_id=message_id),
+                body_translator=lambda answer: chat_response_to_messages(
+                    answer, model=model, message_id=message_id
+                ),
+                error_translator=openai_error_to_anthropic,
+            ),
+        )
+    raise _bad(
+        f"'{model}' is served by an Anthropic provider, which has no {path.decode()} "
+        "(only chat completions are translated)",
+        "model",
+        code="unsupported_endpoint",
+    )
+
+
+def _native(
+    deployment: Deployment,
+    api: ApiType,
+    kind: str,
+    path: bytes,
+    query: bytes,
+    headers: Headers,
+    raw: bytes,
+    body: dict[str, Any],
+) -> Plan:
+    """Same API on both sides: forward, renaming the model and asking for usage."""
+    provider = deployment.provider
+    changed = False
+    if deployment.model != body["model"]:
+        body["model"] = deployment.model
+        changed = True
+    strip_usage = False
+    if api == "openai" and kind in ("chat", "completions") and body.get("stream") is True:
+        options = body.get("stream_options")
+        if not (isinstance(options, dict) and options.get("include_usage") is True):
+            body["stream_options"] = {
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            }
+            changed = strip_usage = True
+    return Plan(
+        provider=provider,
+        target=provider.target(path) + query,
+        headers=provider.request_headers(headers),
+        body=_dumps(body) if changed else raw,
+        usage_api=api,
+        strip_usage=strip_usage,
+    )

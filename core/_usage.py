@@ -1,0 +1,253 @@
+"""Token usage: read it from OpenAI and Anthropic responses and streams, and price it.
+
+Extraction never raises: a response is the upstream's data, and a usage field
+of the wrong type, missing or negative is simply absent. Counts are split the
+way providers bill them -- uncached input, cache reads, cache writes, output --
+so that :func:`cost_usd` can price each at its own rate.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ._prices import Price
+from ._sse import parse_block
+
+__all__ = [
+    "StreamUsage",
+    "Usage",
+    "cost_usd",
+    "merge_usage",
+    "usage_from_anthropic",
+    "usage_from_openai",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Usage:
+    """Tokens of one exchange, each counted once. Don't subclass.
+
+    ``input_tokens`` are the prompt tokens billed at the full input rate;
+    ``cached_input_tokens`` were read from a prompt cache (OpenAI cached
+    tokens, Anthropic cache reads); ``cache_creation_tokens`` were written to
+    Anthropic's cache. Every count is an ``int`` >= 0.
+    """
+
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int = 0
+    cache_creation_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "input_tokens",
+            "output_tokens",
+            "cached_input_tokens",
+            "cache_creation_tokens",
+        ):
+            value = getattr(self, name)
+            if type(value) is not int or value < 0:
+                raise ValueError(f"Usage.{name} must be an int >= 0, not {value!r}")
+
+    @property
+    def prompt_tokens(self) -> int:
+        """All prompt tokens: uncached, cache reads and cache writes."""
+        return self.input_tokens + self.cached_input_tokens + self.cache_creation_tokens
+
+
+def _count(obj: Mapping[str, Any], key: str) -> int | None:
+    value = obj.get(key)
+    return value if type(value) is int and value >= 0 else None
+
+
+def _usage_object(obj: object, outer: str) -> Mapping[str, Any] | None:
+    """``obj["usage"]``, else ``obj[outer]["usage"]``, if it is a mapping."""
+    if not isinstance(obj, Mapping):
+        return None
+    usage = obj.get("usage")
+    if usage is None:
+        inner = obj.get(outer)
+        if isinstance(inner, Mapping):
+            usage = inner.get("usage")
+    return usage if isinstance(usage, Mapping) else None
+
+
+def usage_from_openai(obj: Mapping[str, Any]) -> Usage | None:
+    """The usage of an OpenAI response object, or ``None`` if it carries none.
+
+    Takes a ``chat.completion``, ``text_completion``, embeddings list,
+    ``chat.completion.chunk`` (the usage-only one), a Responses API
+    ``response`` or its ``response.completed`` stream event. Chat style:
+    ``prompt_tokens``, ``completion_tokens``, ``prompt_tokens_details.cached_tokens``;
+    Responses style: ``input_tokens``, ``output_tokens``,
+    ``input_tokens_details.cached_tokens``. The prompt count includes the
+    cached tokens, which are split out (and capped at the prompt count).
+    """
+    usage = _usage_object(obj, "response")
+    if usage is None:
+        return None
+    prompt = _count(usage, "prompt_tokens")
+    output = _count(usage, "completion_tokens")
+    details = usage.get("prompt_tokens_details")
+    if prompt is None and output is None:
+        prompt = _count(usage, "input_tokens")
+        output = _count(usage, "output_tokens")
+        details = usage.get("input_tokens_details")
+        if prompt is None and output is None:
+            return None
+    prompt = prompt or 0
+    cached = _count(details, "cached_tokens") if isinstance(details, Mapping) else None
+    cached = min(cached or 0, prompt)
+    return Usage(
+        input_tokens=prompt - cached, output_tokens=output or 0, cached_input_tokens=cached
+    )
+
+
+def usage_from_anthropic(obj: Mapping[str, Any]) -> Usage | None:
+    """The usage of an Anthropic message or stream event, or ``None`` if it carries none.
+
+    Takes a ``message`` (``usage``), a ``message_start`` event
+    (``message.usage``) or a ``message_delta`` event (``usage``, cumulative
+    counts). Reads ``input_tokens`` (already uncached), ``output_tokens``,
+    ``cache_read_input_tokens`` and ``cache_creation_input_tokens``.
+    """
+    usage = _usage_object(obj, "message")
+    if usage is None:
+        return None
+    counts = (
+        _count(usage, "input_tokens"),
+        _count(usage, "output_tokens"),
+        _count(usage, "cache_read_input_tokens"),
+        _count(usage, "cache_creation_input_tokens"),
+    )
+    if counts == (None, None, None, None):
+        return None
+    input_, output, read, created = (c or 0 for c in counts)
+    return Usage(
+        input_tokens=input_,
+        output_tokens=output,
+        cached_input_tokens=read,
+        cache_creation_tokens=created,
+    )
+
+
+def merge_usage(a: Usage | None, b: Usage | None) -> Usage | None:
+    """``a`` updated by the later ``b``: each count of ``b`` wins where it is nonzero.
+
+    For Anthropic streams, whose ``message_start`` carries the input counts and
+    whose ``message_delta`` carries the cumulative output count. A count of 0
+    cannot be told from an absent one, so it never erases an earlier count.
+    """
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return Usage(
+        input_tokens=b.input_tokens or a.input_tokens,
+        output_tokens=b.output_tokens or a.output_tokens,
+        cached_input_tokens=b.cached_input_tokens or a.cached_input_tokens,
+        cache_creation_tokens=b.cache_creation_tokens or a.cache_creation_tokens,
+    )
+
+
+def cost_usd(usage: Usage, price: Price | None) -> float | None:
+    """What ``usage`` costs at ``price``, in USD; ``None`` when the price is unknown.
+
+    Cache reads are billed at ``price.cached_input`` and cache writes at
+    ``price.cache_write``; a rate the price does not list falls back to the
+    input rate (the provider then bills those tokens as plain input).
+    """
+    if price is None:
+        return None
+    rate_in = price.input
+    rate_read = rate_in if price.cached_input is None else price.cached_input
+    rate_write = rate_in if price.cache_write is None else price.cache_write
+    total = (
+        usage.input_tokens * rate_in
+        + usage.cached_input_tokens * rate_read
+        + usage.cache_creation_tokens * rate_write
+        + usage.output_tokens * price.output
+    )
+    return total / 1_000_000
+
+
+_USAGE_KEY = b'"usage"'
+_COMPACT_NULL = b":null"
+_WHITESPACE = b" \t\r\n"
+_COLON = 58  # ord(":")
+
+
+def _has_usage_value(block: bytes) -> bool:
+    """Whether some ``"usage"`` key in the block has a value other than ``null``.
+
+    A ``"usage"`` not followed by a colon is a string value, not a key (a
+    quote inside a JSON string is always escaped). Searches from the end:
+    OpenAI puts ``"usage":null`` last in every chunk of an ``include_usage``
+    stream, and a search that succeeds at once is the cheap part.
+    """
+    n = len(block)
+    i = block.rfind(_USAGE_KEY)
+    while i >= 0:
+        j = i + len(_USAGE_KEY)
+        if not block.startswith(_COMPACT_NULL, j):
+            while j < n and block[j] in _WHITESPACE:
+                j += 1
+            if j < n and block[j] == _COLON:
+                j += 1
+                while j < n and block[j] in _WHITESPACE:
+                    j += 1
+                if not block.startswith(b"null", j):
+                    return True
+        i = block.rfind(_USAGE_KEY, 0, i)
+    return False
+
+
+def _may_carry_anthropic_usage(block: bytes) -> bool:
+    """Whether the block may be a ``message_start`` or ``message_delta`` event."""
+    if block.startswith(b"event: "):  # Anthropic names every event; the usual case
+        return block.startswith((b"event: message_start\n", b"event: message_delta\n"))
+    return b"message_start" in block or b"message_delta" in block
+
+
+def _json_object(block: bytes) -> Any:
+    data = parse_block(block).data
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):  # not JSON: no usage to read
+        return None
+
+
+class StreamUsage:
+    """Follow the usage of one SSE stream, block by block.
+
+    Feed it every block of the upstream stream, as :meth:`SSEDecoder.feed`
+    returns them; ``usage`` holds the usage seen so far (``None`` before any).
+    With ``api="openai"`` (chat completion chunks or Responses API events) the
+    latest usage-bearing event wins; with ``api="anthropic"`` the
+    ``message_start`` and ``message_delta`` usages are merged
+    (:func:`merge_usage`). Only blocks that can carry usage are parsed: OpenAI
+    blocks with a non-null ``"usage"`` value, Anthropic ``message_start`` and
+    ``message_delta`` events. Never raises on bad data.
+    """
+
+    __slots__ = ("_anthropic", "usage")
+
+    def __init__(self, api: Literal["openai", "anthropic"]) -> None:
+        if api not in ("openai", "anthropic"):
+            raise ValueError(f"api must be 'openai' or 'anthropic', not {api!r}")
+        self._anthropic = api == "anthropic"
+        self.usage: Usage | None = None
+
+    def feed(self, block: bytes) -> None:
+        """Take the next block of the stream."""
+        if self._anthropic:
+            if _may_carry_anthropic_usage(block):
+                usage = usage_from_anthropic(_json_object(block))
+                self.usage = merge_usage(self.usage, usage)
+        elif _has_usage_value(block):
+            usage = usage_from_openai(_json_object(block))
+            if usage is not None:
+                self.usage = usage
