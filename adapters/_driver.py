@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import random
 import secrets
 import time
 from typing import Protocol
@@ -73,6 +74,8 @@ class Driver:
         self.pool = pool if pool is not None else UpstreamPool()
         self.traces = TraceWriter()
         self._prefix = secrets.token_hex(4)
+        # Weighted routing draws here; the core stays deterministic.
+        self._random = random.Random().random
         self._counter = itertools.count(1)
         self._clock: Clock | None = None
         self._guard_flush = False
@@ -96,6 +99,7 @@ class Driver:
             exchange_id=f"{self._prefix}{next(self._counter):06x}",
             now=self.now(),
             wall_time=time.time(),
+            rand=self._random(),
         )
 
     async def aclose(self) -> None:

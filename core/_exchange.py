@@ -44,10 +44,10 @@ from ._messages_to_chat import anthropic_error_body
 from ._middleware import HOOKS, Reply, load_middleware
 from ._mock import MockAnswer, mock_answer
 from ._routing import Deployment, Router
-from ._usage import StreamUsage, Usage, cost_usd, usage_from_anthropic, usage_from_openai
 from ._sse import SSEDecoder, format_error_event, parse_block
 from ._state import TRANSITIONS, State
 from ._trace import TraceMiddleware
+from ._usage import StreamUsage, Usage, cost_usd, usage_from_anthropic, usage_from_openai
 
 __all__ = ["BUILTIN_MIDDLEWARE", "Exchange", "Pipeline", "Proxy"]
 
@@ -158,13 +158,12 @@ class Exchange:
         "client_api",
         "cost_usd",
         "deployment",
-        "model",
-        "usage",
         "ended_at",
         "error",
         "exchange_id",
         "first_upstream_byte_at",
         "is_stream",
+        "model",
         "outcome",
         "request_body",
         "request_headers",
@@ -178,6 +177,7 @@ class Exchange:
         "started_at",
         "state",
         "upstream_url",
+        "usage",
         "wall_time",
     )
 
@@ -363,12 +363,12 @@ class Exchange:
             self.client_api = route[0]
             self.model, self.deployment, upstream = plan(
                 router,
-                route[0],
-                route[1],
-                path,
-                self.request_query,
-                self.request_headers,
-                self.request_body,
+                api=route[0],
+                kind=route[1],
+                path=path,
+                query=self.request_query,
+                headers=self.request_headers,
+                raw=self.request_body,
                 rand=self._rand,
                 exchange_id=self.exchange_id,
                 created=int(self.wall_time),

@@ -104,13 +104,13 @@ def plan_passthrough(
 
 def plan(
     router: Router,
+    *,
     api: ApiType,
     kind: str,
     path: bytes,
     query: bytes,
     headers: Headers,
     raw: bytes,
-    *,
     rand: float,
     exchange_id: str,
     created: int,
@@ -148,7 +148,7 @@ def plan(
     provider = deployment.provider
     stream = body.get("stream") is True
     if provider.type == api:
-        return model, deployment, _native(deployment, api, kind, path, query, headers, raw, body)
+        return model, deployment, _native(deployment, api, kind, path + query, headers, raw, body)
     if api == "openai" and kind == "chat":
         translated = chat_request_to_messages(
             body, model=deployment.model, default_max_tokens=default_max_tokens
@@ -204,12 +204,11 @@ def plan(
     )
 
 
-def _native(
+def _native(  # noqa: PLR0917 -- private, called once
     deployment: Deployment,
     api: ApiType,
     kind: str,
-    path: bytes,
-    query: bytes,
+    target: bytes,
     headers: Headers,
     raw: bytes,
     body: dict[str, Any],
@@ -231,7 +230,7 @@ def _native(
             changed = strip_usage = True
     return Plan(
         provider=provider,
-        target=provider.target(path) + query,
+        target=provider.target(target),
         headers=provider.request_headers(headers),
         body=_dumps(body) if changed else raw,
         usage_api=api,

@@ -63,6 +63,7 @@ __all__ = [
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode  # == json.dumps(o, separators=...)
 _args_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_raw_decode = json.JSONDecoder().raw_decode
 
 
 # --- errors ------------------------------------------------------------------
@@ -696,7 +697,6 @@ _DELTA_END: Final = b"}}\n\n"
 _BLOCK_STOP: Final = (
     b'event: content_block_stop\ndata: {"type":"content_block_stop","index":%d}\n\n'
 )
-_DONE: Final = b"[DONE]"
 
 # Stream states.
 _WAITING = 0  # nothing sent yet
@@ -780,22 +780,27 @@ class ChatStreamToMessages:
         if (  # the usual block: one "data: " line
             block[:6] == b"data: " and block.find(b"\n") == len(block) - 2 and b"\r" not in block
         ):
-            data = block[6:-2]
+            data = block[6:-2].decode("utf-8", "replace")  # as parse_block decodes
             event = None
         else:
             parsed = parse_block(block)
             if not parsed.has_data:
                 return []  # comments, keep-alives
-            data = parsed.data.encode()
+            data = parsed.data
             event = parsed.event
-        if not data.strip():
-            return []
-        if data[:1] == b"[" and data.strip() == _DONE:
+        if data[:1] == "[" and data.strip() == "[DONE]":
             return self._finish_message([])
         out: list[bytes] = []
         try:
-            chunk = json.loads(data)
-            if not isinstance(chunk, dict):
+            try:  # raw_decode skips json.loads's whitespace regexes
+                chunk, end = _raw_decode(data)
+            except ValueError:
+                if not data.strip():
+                    return []
+                chunk, end = json.loads(data), len(data)
+            if end != len(data) and data[end:].strip():
+                raise _Malformed("data after the JSON value")
+            if type(chunk) is not dict:
                 raise _Malformed("a chunk must be a JSON object")
             error = chunk.get("error")
             if error or event == "error":
