@@ -24,7 +24,16 @@ from ._commands import (
     StartResponse,
     WriteTrace,
 )
-from ._config import LimitsConfig, MockConfig, ProxyConfig, ServerConfig, UpstreamConfig
+from ._config import (
+    DeploymentConfig,
+    LimitsConfig,
+    MockConfig,
+    PriceConfig,
+    ProxyConfig,
+    ServerConfig,
+    TranslationConfig,
+    UpstreamConfig,
+)
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._events import (
     ClientGone,
@@ -43,11 +52,32 @@ from ._events import (
 from ._exchange import BUILTIN_MIDDLEWARE, Exchange, Pipeline, Proxy
 from ._http import error_body
 from ._middleware import Context, Middleware, Reply
+from ._prices import AS_OF as PRICES_AS_OF
+from ._prices import PRICES, Price, price_for
+from ._prices import SOURCE as PRICES_SOURCE
+from ._routing import Deployment, Provider, Router
 from ._sse import SSEDecoder, SSEEvent, format_error_event, parse_block
 from ._state import TRANSITIONS, State
 from ._trace import TraceMiddleware
+from ._usage import StreamUsage, Usage, cost_usd, usage_from_anthropic, usage_from_openai
 
 __all__ = [
+    "usage_from_openai",
+    "usage_from_anthropic",
+    "cost_usd",
+    "Usage",
+    "StreamUsage",
+    "Router",
+    "Provider",
+    "Deployment",
+    "price_for",
+    "Price",
+    "PRICES_SOURCE",
+    "PRICES_AS_OF",
+    "PRICES",
+    "TranslationConfig",
+    "PriceConfig",
+    "DeploymentConfig",
     "BUILTIN_MIDDLEWARE",
     "TRANSITIONS",
     "CancelUpstream",

@@ -485,6 +485,8 @@ def messages_request_to_chat(
     ``RemoteProtocolError`` (400) for a request that is malformed or asks for
     something Chat Completions cannot do, naming the parameter in ``param``.
     """
+    if not isinstance(body, Mapping):
+        _invalid("body", "the request body must be a JSON object")
     for key, value in body.items():
         if key not in _REQUEST_KEYS and value is not None:
             _unsupported(key, _WHY_NOT.get(key, "cannot be translated to OpenAI Chat Completions"))
@@ -617,6 +619,8 @@ def chat_response_to_messages(
     ``upstream_protocol_error``) for a response that cannot be translated,
     such as tool call arguments that are not a JSON object.
     """
+    if not isinstance(body, Mapping):
+        _bad_upstream("the body is not a JSON object")
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         _bad_upstream("no choices")

@@ -81,6 +81,10 @@ class Context(Protocol):
     outcome: str | None
     error: ProtocolError | None
     upstream_url: str | None
+    client_api: str
+    model: str | None
+    usage: Any
+    cost_usd: float | None
     scratch: dict[Any, Any]
 
     def emit(self, command: Command) -> None:

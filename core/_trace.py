@@ -182,11 +182,22 @@ class TraceMiddleware:
         first = exchange.first_upstream_byte_at
         ended = exchange.ended_at
         error = exchange.error
+        usage = exchange.usage
         record = {
             "id": exchange.exchange_id,
             "outcome": exchange.outcome,
+            "model": exchange.model,
             "request": request,
             "upstream": exchange.upstream_url,
+            "usage": None
+            if usage is None
+            else {
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "cached_input_tokens": usage.cached_input_tokens,
+                "cache_creation_tokens": usage.cache_creation_tokens,
+            },
+            "cost_usd": exchange.cost_usd,
             "response": response,
             "error": None
             if error is None

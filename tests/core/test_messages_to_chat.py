@@ -1337,7 +1337,8 @@ def test_done_without_chunks_is_an_empty_message() -> None:
 
 
 def test_comments_keepalives_and_other_fields_are_ignored() -> None:
-    data = b": keep-alive\n\n" + b"retry: 10\n\n" + b"data: \n\n"
+    data = b": keep-alive\n\n" + b"retry: 10\n\n" + b"data: \n\n" + b"data:   \n\n"
+    data += b"data:  " + json.dumps(chunk({"role": "assistant"})).encode() + b" \n\n"
     data += b"event: chunk\ndata: " + json.dumps(chunk({"content": "a"}, "stop")).encode() + b"\n\n"
     data += b"data: [DONE]\n\n" + b"data: {}\n\n"  # after [DONE]: ignored
     events = stream_events(data)
@@ -1361,6 +1362,8 @@ def test_finish_without_done_completes_at_close() -> None:
         (b'event: error\ndata: {"detail": "x"}\n\n', "upstream error"),
         (b'data: {"error": "overloaded"}\n\n', "overloaded"),
         (b"data: {not json\n\n", "upstream sent a malformed chunk: "),
+        (b'data: {"choices": []} []\n\n', "data after the JSON value"),
+        (b"data: \xff\n\n", "upstream sent a malformed chunk: "),
         (sse("[1]"), "upstream sent a malformed chunk: a chunk must be a JSON object"),
         (sse({"choices": {}}), "choices must be an array"),
         (sse({"choices": ["x"]}), "choices entries must be objects"),
@@ -1852,3 +1855,124 @@ def test_any_upstream_blocks_give_a_well_formed_stream(upstream: list[bytes]) ->
     events = parse_events(out)
     check_well_formed(events)
     assert events[-1]["type"] in ("message_stop", "error")
+
+
+# --- hypothesis: anything in, translation or the peer error out --------------------
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-1, 3)
+    | st.floats(allow_nan=False)
+    | st.sampled_from(["", '{"a": 1}', "[]"])
+    | st.sampled_from(
+        [
+            "x",
+            "user",
+            "assistant",
+            "text",
+            "image",
+            "tool_use",
+            "tool_result",
+            "base64",
+            "url",
+            "ephemeral",
+            "auto",
+            "any",
+            "tool",
+            "none",
+            "disabled",
+            "custom",
+            "stop",
+        ]
+    )
+)
+request_keys = st.sampled_from(
+    [
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "stop_sequences",
+        "stream",
+        "temperature",
+        "top_p",
+        "metadata",
+        "tools",
+        "tool_choice",
+        "cache_control",
+        "thinking",
+        "role",
+        "content",
+        "type",
+        "text",
+        "source",
+        "tool_use_id",
+        "input",
+        "id",
+        "name",
+        "is_error",
+        "input_schema",
+        "user_id",
+        "disable_parallel_tool_use",
+        "media_type",
+        "data",
+        "url",
+        "citations",
+        "ttl",
+        "description",
+        "strict",
+    ]
+)
+response_keys = st.sampled_from(
+    [
+        "id",
+        "choices",
+        "message",
+        "content",
+        "refusal",
+        "tool_calls",
+        "type",
+        "function",
+        "name",
+        "arguments",
+        "finish_reason",
+        "usage",
+        "prompt_tokens",
+        "completion_tokens",
+        "prompt_tokens_details",
+        "cached_tokens",
+        "index",
+    ]
+)
+
+
+def anything(keys: st.SearchStrategy[str]) -> st.SearchStrategy[Any]:
+    return st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=5),
+        max_leaves=25,
+    )
+
+
+@given(anything(request_keys) | anthropic_requests())
+@example([])
+def test_any_request_translates_or_is_refused(body: Any) -> None:
+    try:
+        chat = messages_request_to_chat(body, model=UPSTREAM)
+    except RemoteProtocolError as exc:
+        assert exc.error_status_hint == 400 and exc.param
+        assert exc.code in ("unsupported_parameter", "invalid_request")
+    else:
+        json.dumps(chat)
+
+
+@given(anything(response_keys))
+@example("x")
+def test_any_response_translates_or_is_a_502(body: Any) -> None:
+    try:
+        message = chat_response_to_messages(body, model=MODEL)
+    except RemoteProtocolError as exc:
+        assert exc.error_status_hint == 502 and exc.code == "upstream_protocol_error"
+    else:
+        Message.model_validate(message)
