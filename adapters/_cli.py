@@ -35,6 +35,9 @@ _ENV_FLAT = {
     "LOG_LEVEL": ("log_level",),
 }
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# ${VAR} may stand anywhere, even inside a YAML flow mapping ({api_key: ${KEY}}),
+# where braces would break the parse: it becomes this plain token first.
+_TOKEN = re.compile(r"__sansproxy_env_([A-Za-z_][A-Za-z0-9_]*?)_end__")
 
 
 class ConfigError(Exception):
@@ -120,7 +123,7 @@ def _substitute(value: Any, environ: Mapping[str, str], where: str) -> Any:
                 raise ConfigError(f"{where}: environment variable {name} is not set")
             return environ[name]
 
-        return _VAR.sub(replace, value)
+        return _TOKEN.sub(replace, value)
     if isinstance(value, dict):
         return {k: _substitute(v, environ, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, list):
@@ -131,7 +134,8 @@ def _substitute(value: Any, environ: Mapping[str, str], where: str) -> Any:
 def _read_yaml(path: str, environ: Mapping[str, str]) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            text = _VAR.sub(lambda m: f"__sansproxy_env_{m.group(1)}_end__", f.read())
+        data = yaml.safe_load(text)
     except OSError as exc:
         raise ConfigError(f"--config {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:

@@ -103,3 +103,34 @@ def test_missing_config_file_is_named() -> None:
 
 def test_empty_yaml_is_the_defaults(tmp_path: pathlib.Path) -> None:
     assert resolve(args("--config", write(tmp_path, "")), {}).server.port == 3000
+
+
+EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "config.example.yaml"
+
+
+def test_the_example_config_loads() -> None:
+    loaded = load(args("--config", str(EXAMPLE)), {"OPENAI_API_KEY": "sk-x"})
+    assert loaded.config.upstream is not None
+    assert loaded.config.middleware == ({"trace": {"dir": "./traces"}},)
+
+
+def test_the_example_gateway_block_loads(tmp_path: pathlib.Path) -> None:
+    # Swap the shorthand for the commented gateway example, as a user would.
+    lines = EXAMPLE.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("upstream:"))
+    end = next(i for i in range(start + 1, len(lines)) if lines[i] and not lines[i][0].isspace())
+    out = lines[:start] + lines[end:]
+    text = "\n".join(
+        line[2:]
+        if line.startswith(("# providers:", "# models:", "# translation:", "#   "))
+        else line
+        for line in out
+    )
+    env = {"OPENAI_API_KEY": "sk-o", "ANTHROPIC_API_KEY": "sk-a"}
+    loaded = load(args("--config", write(tmp_path, text)), env)
+    router = loaded.proxy.router
+    assert set(router.models) == {"fast", "smart", "mixed", "tuned"}
+    assert router.providers["claude"].type == "anthropic"
+    tuned = router.models["tuned"][0]
+    assert tuned.price is not None and tuned.price.cached_input == 0.15
+    assert loaded.config.translation.default_max_tokens == 4096
