@@ -52,6 +52,7 @@ from ._usage import StreamUsage, Usage, cost_usd, usage_from_anthropic, usage_fr
 __all__ = ["BUILTIN_MIDDLEWARE", "Exchange", "Pipeline", "Proxy"]
 
 _JSON_HEADER = (b"content-type", b"application/json")
+_KEPT_ON_TRANSLATION = frozenset({b"retry-after", b"request-id", b"x-request-id"})
 _SSE_HEADERS = ((b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"))
 
 _HEALTH_BODY = b'{"status":"ok"}'
@@ -494,6 +495,10 @@ class Exchange:
             dropped = dropped | {b"content-length"}
         elif translating:
             self._buffering = _HOLD  # the answer is translated whole, at its end
+            # What still means something to the client: when to retry, what to quote.
+            self.response_headers = [
+                (name, value) for name, value in event.headers if name in _KEPT_ON_TRANSLATION
+            ]
             return
         elif upstream.usage_api is not None and status < 400:
             self._buffering = _COPY  # kept aside to read its usage
@@ -606,7 +611,7 @@ class Exchange:
         else:
             out = _dumps(upstream.body_translator(answer))
         self._settle_usage(answer)
-        self._answer(status, [_JSON_HEADER], out, now)
+        self._answer(status, [_JSON_HEADER, *self.response_headers], out, now)
 
     def _settle_usage(self, answer: Any) -> None:
         """Read the exchange's usage (from the stream or the answer) and price it."""

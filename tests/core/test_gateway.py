@@ -289,8 +289,16 @@ def test_anthropic_errors_reach_an_openai_client_in_its_shape() -> None:
     pb = exchange(gateway())
     pb.request(b"POST", b"/v1/chat/completions", chat("smart"))
     error = b'{"type":"error","error":{"type":"rate_limit_error","message":"slow down"}}'
-    status, _, data, _ = client_view(run(pb, 429, JSON, error))
+    upstream_headers = [
+        *JSON,
+        (b"retry-after", b"7"),
+        (b"request-id", b"req_1"),
+        (b"x-other", b"1"),
+    ]
+    status, headers, data, _ = client_view(run(pb, 429, upstream_headers, error))
     assert status == 429
+    assert header(headers, b"retry-after") == b"7" and header(headers, b"request-id") == b"req_1"
+    assert header(headers, b"x-other") is None
     assert json.loads(data)["error"]["message"] == "slow down"
 
 
