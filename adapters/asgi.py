@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 
 import anyio
 import uvicorn
+from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.types import Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -210,10 +211,14 @@ def app_factory() -> Starlette:
 
 
 def _config_json(config: ProxyConfig) -> str:
-    data = config.model_dump(mode="json")
-    if config.upstream is not None and config.upstream.api_key is not None:
-        data["upstream"]["api_key"] = config.upstream.api_key.get_secret_value()
-    return json.dumps(data)
+    """The config for the worker processes, secrets included (they are the parent's own)."""
+
+    def reveal(value: object) -> object:
+        if isinstance(value, SecretStr):
+            return value.get_secret_value()
+        raise TypeError(f"cannot serialise {type(value).__name__}")
+
+    return json.dumps(config.model_dump(mode="python"), default=reveal)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
