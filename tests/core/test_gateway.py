@@ -6,12 +6,15 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from core import (
     Command,
     Proxy,
     ProxyConfig,
+    SendBody,
     SendUpstreamRequest,
     UpstreamData,
     UpstreamEnded,
@@ -494,3 +497,85 @@ def test_provider_extra_headers_replace_the_clients() -> None:
         pb.request(b"POST", b"/v1/chat/completions", raw, [(b"openai-organization", b"org-1")])
     )
     assert [v for n, v in cmd.headers if n == b"openai-organization"] == [b"org-9"]
+
+
+def _anthropic_stream(texts: list[str]) -> bytes:
+    events: list[tuple[str, dict[str, Any]]] = [
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "msg_1",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": "m",
+                    "content": [],
+                    "stop_reason": None,
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": 5, "output_tokens": 1},
+                },
+            },
+        ),
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
+    ]
+    events += [
+        (
+            "content_block_delta",
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}},
+        )
+        for t in texts
+    ]
+    events += [
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": len(texts)},
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    return b"".join(
+        f"event: {name}\r\ndata: {json.dumps(data)}\r\n\r\n".encode() for name, data in events
+    )
+
+
+@settings(max_examples=100)
+@given(
+    st.lists(st.text(max_size=12), min_size=1, max_size=8),
+    st.lists(st.integers(0, 5000), max_size=12),
+)
+def test_a_translated_stream_is_the_same_however_the_upstream_splits_it(
+    texts: list[str], cuts: list[int]
+) -> None:
+    stream = _anthropic_stream(texts)
+
+    def relay(points: list[int]) -> bytes:
+        pb = exchange(gateway())
+        pb.request(b"POST", b"/v1/chat/completions", chat("smart", stream=True))
+        out = pb.feed(UpstreamResponse(attempt=1, status=200, headers=SSE))
+        start = 0
+        for point in [*sorted({c % (len(stream) + 1) for c in points}), len(stream)]:
+            if point > start:
+                out += pb.feed(UpstreamData(attempt=1, data=stream[start:point]))
+                start = point
+        out += pb.feed(UpstreamEnded(attempt=1))
+        for cmd in out:
+            if isinstance(cmd, SendBody):
+                assert cmd.data.endswith(b"\n\n")  # whole events only
+        return client_view(out)[2]
+
+    whole = relay([])
+    assert relay(cuts) == whole
+    chunks = [json.loads(b[6:]) for b in whole.split(b"\n\n") if b and b != b"data: [DONE]"]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "".join(texts)
