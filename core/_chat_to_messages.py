@@ -779,6 +779,9 @@ _OPEN = 1
 _ENDED = 2  # message_stop, an error event, or a protocol error: nothing more to say
 
 
+_DECODER = json.JSONDecoder()
+
+
 def _event_data(block: bytes) -> Any:
     """The JSON of a block's data, parsed once; None for a block without data."""
     # The usual Anthropic block, "event: <type>\ndata: <json>\n\n": no line loop.
@@ -788,15 +791,24 @@ def _event_data(block: bytes) -> Any:
         and block.find(b"\n", start) == len(block) - 2
         and block.endswith(b"\n\n")
     ):
-        payload: bytes | str = block[start + 6 : -2]
+        data = block[start + 6 : -2].decode("utf-8", "replace")  # as parse_block does
     else:
         event = parse_block(block)
         if not event.has_data:
             return None
-        payload = event.data
+        data = event.data
     try:
-        return json.loads(payload)
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        # raw_decode takes a third of json.loads' time on a small event (no
+        # wrappers, no whitespace regexes); what it does not take whole goes
+        # through json.loads, which decides.
+        value, end = _DECODER.raw_decode(data)
+        if end == len(data):
+            return value
+    except (ValueError, RecursionError):
+        pass
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
         raise _upstream("an event's data is not JSON") from None
 
 

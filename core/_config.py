@@ -48,6 +48,11 @@ class UpstreamConfig(_Frozen):
         default_factory=dict,
         description="Extra headers sent with every request (anthropic-version has a default).",
     )
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = Field(
+        default="max_tokens",
+        description="How an Anthropic client's max_tokens is sent to this OpenAI-type provider "
+        "(OpenAI's reasoning models want max_completion_tokens).",
+    )
 
     @field_validator("base_url")
     @classmethod

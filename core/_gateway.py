@@ -178,7 +178,9 @@ def plan(
             ),
         )
     if api == "anthropic":
-        translated = messages_request_to_chat(body, model=deployment.model)
+        translated = messages_request_to_chat(
+            body, model=deployment.model, max_tokens_param=provider.max_tokens_param
+        )
         message_id = f"msg_{exchange_id}"
         return (
             model,

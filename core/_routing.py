@@ -52,6 +52,7 @@ class Provider:
     connect_timeout: float
     read_timeout: float
     url_prefix: str
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
 
     def request_headers(self, headers: Headers) -> list[tuple[bytes, bytes]]:
         """The client's headers as this upstream must see them (no Content-Length yet)."""
@@ -153,6 +154,7 @@ def compile_provider(name: str, config: UpstreamConfig) -> Provider:
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
         url_prefix=f"{scheme}://{host_header}",
+        max_tokens_param=config.max_tokens_param,
     )
 
 

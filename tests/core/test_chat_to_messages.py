@@ -1580,3 +1580,35 @@ def test_deeply_nested_json_is_refused_not_crashed() -> None:
     call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": deep}}
     error = refused({"messages": [*HELLO, {"role": "assistant", "tool_calls": [call]}]})
     assert error.param == "messages"
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(anthropic_messages())
+def test_a_translated_response_replays_as_history(message: dict[str, Any]) -> None:
+    """The round trip: a translated answer, sent back as history, is the answer again."""
+    reply = messages_response_to_chat(message, model="smart", created=CREATED)["choices"][0][
+        "message"
+    ]
+    results = [
+        {"role": "tool", "tool_call_id": call["id"], "content": "ok"}
+        for call in reply.get("tool_calls", ())
+    ]
+    body = {"model": "smart", "messages": [*HELLO, reply, *results]}
+    request = chat_request_to_messages(json.loads(json.dumps(body)), model=MODEL)
+    MessagesRequest.model_validate(request)
+    text = "".join(b["text"] for b in message["content"] if b["type"] == "text")
+    expected = [{"type": "text", "text": text}] if text else []
+    expected += [
+        {"type": "tool_use", "id": b["id"], "name": b["name"], "input": b["input"]}
+        for b in message["content"]
+        if b["type"] == "tool_use"
+    ]
+    if not expected:  # nothing but thinking, or empty text: nothing to replay
+        assert request["messages"] == HELLO
+        return
+    assistant = request["messages"][1]
+    assert assistant["role"] == "assistant"
+    content = assistant["content"]
+    assert (content if isinstance(content, list) else [{"type": "text", "text": content}]) == (
+        expected
+    )

@@ -408,6 +408,16 @@ def test_anthropic_client_to_an_openai_provider_is_translated_both_ways() -> Non
     assert message["usage"]["input_tokens"] == 9 and message["usage"]["output_tokens"] == 1
 
 
+def test_max_tokens_param_follows_the_provider() -> None:
+    body = json.dumps(
+        {"model": "fast", "max_tokens": 7, "messages": [{"role": "user", "content": "Hi"}]}
+    ).encode()
+    for param in ("max_tokens", "max_completion_tokens"):
+        proxy = gateway(providers={"oai": {**OAI, "max_tokens_param": param}, "claude": ANT})
+        cmd = sent(exchange(proxy).request(b"POST", b"/v1/messages", body))
+        assert json.loads(cmd.body)[param] == 7
+
+
 def test_a_parameter_that_cannot_be_carried_over_is_400_and_nothing_is_sent() -> None:
     pb = exchange(gateway())
     out = pb.request(b"POST", b"/v1/chat/completions", chat("smart", n=2))
