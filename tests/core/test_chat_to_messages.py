@@ -606,12 +606,16 @@ def test_blocks_in_other_sse_forms() -> None:
     )
     assert payloads(out) == [chunk({"content": "été"})]
     assert stream.feed(b"event: ping\n\n") == []
+    # JSON with whitespace around it is still JSON.
+    assert stream.feed(b'data:  {"type":"ping"}\n\n') == []
+    assert stream.feed(b'data: {"type":"ping"} \n\n') == []
 
 
 @pytest.mark.parametrize(
     "blocks",
     [
         [b"data: not json\n\n"],
+        [b'data: {"type":"ping"} x\n\n'],
         [b"event: x\ndata: \xff\n\n"],
         [b'data: ["type"]\n\n'],
         [b'data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta"}}\n\n'],
