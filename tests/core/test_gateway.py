@@ -305,10 +305,8 @@ def test_anthropic_errors_reach_an_openai_client_in_its_shape() -> None:
     assert json.loads(data)["error"]["message"] == "slow down"
 
 
-def test_an_anthropic_stream_becomes_chat_chunks() -> None:
-    pb = exchange(gateway())
-    pb.request(b"POST", b"/v1/chat/completions", chat("smart", stream=True))
-    events = [
+def _anthropic_stream(texts: list[str]) -> bytes:
+    events: list[tuple[str, dict[str, Any]]] = [
         (
             "message_start",
             {
@@ -317,7 +315,7 @@ def test_an_anthropic_stream_becomes_chat_chunks() -> None:
                     "id": "msg_1",
                     "type": "message",
                     "role": "assistant",
-                    "model": "claude-sonnet-4-5",
+                    "model": "m",
                     "content": [],
                     "stop_reason": None,
                     "stop_sequence": None,
@@ -333,37 +331,35 @@ def test_an_anthropic_stream_becomes_chat_chunks() -> None:
                 "content_block": {"type": "text", "text": ""},
             },
         ),
-        ("ping", {"type": "ping"}),
+    ]
+    events += [
         (
             "content_block_delta",
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "text_delta", "text": "Hel"},
-            },
-        ),
-        (
-            "content_block_delta",
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "text_delta", "text": "lo"},
-            },
-        ),
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}},
+        )
+        for t in texts
+    ]
+    events += [
         ("content_block_stop", {"type": "content_block_stop", "index": 0}),
         (
             "message_delta",
             {
                 "type": "message_delta",
                 "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                "usage": {"output_tokens": 2},
+                "usage": {"output_tokens": len(texts)},
             },
         ),
         ("message_stop", {"type": "message_stop"}),
     ]
-    stream = b"".join(
-        f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events
+    return b"".join(
+        f"event: {name}\r\ndata: {json.dumps(data)}\r\n\r\n".encode() for name, data in events
     )
+
+
+def test_an_anthropic_stream_becomes_chat_chunks() -> None:
+    pb = exchange(gateway())
+    pb.request(b"POST", b"/v1/chat/completions", chat("smart", stream=True))
+    stream = _anthropic_stream(["Hel", "lo"])
     out = run(pb, 200, SSE, stream[:100], stream[100:])
     status, headers, data, complete = client_view(out)
     assert status == 200 and complete and header(headers, b"content-type") == b"text/event-stream"
@@ -507,57 +503,6 @@ def test_provider_extra_headers_replace_the_clients() -> None:
         pb.request(b"POST", b"/v1/chat/completions", raw, [(b"openai-organization", b"org-1")])
     )
     assert [v for n, v in cmd.headers if n == b"openai-organization"] == [b"org-9"]
-
-
-def _anthropic_stream(texts: list[str]) -> bytes:
-    events: list[tuple[str, dict[str, Any]]] = [
-        (
-            "message_start",
-            {
-                "type": "message_start",
-                "message": {
-                    "id": "msg_1",
-                    "type": "message",
-                    "role": "assistant",
-                    "model": "m",
-                    "content": [],
-                    "stop_reason": None,
-                    "stop_sequence": None,
-                    "usage": {"input_tokens": 5, "output_tokens": 1},
-                },
-            },
-        ),
-        (
-            "content_block_start",
-            {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": {"type": "text", "text": ""},
-            },
-        ),
-    ]
-    events += [
-        (
-            "content_block_delta",
-            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": t}},
-        )
-        for t in texts
-    ]
-    events += [
-        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        (
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                "usage": {"output_tokens": len(texts)},
-            },
-        ),
-        ("message_stop", {"type": "message_stop"}),
-    ]
-    return b"".join(
-        f"event: {name}\r\ndata: {json.dumps(data)}\r\n\r\n".encode() for name, data in events
-    )
 
 
 @settings(max_examples=100)
