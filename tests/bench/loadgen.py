@@ -11,8 +11,16 @@ Subcommands (each prints one JSON object on stdout):
   streams/s and events/s.
 - ``ttfe``: at concurrency 1, R requests for a slow stream (events spaced
   ``--delay-ms`` apart, the first sent with the head); time from sending the
-  request to receiving the first ``data:`` event.
+  request to receiving the first ``data:`` event. ``--pair PORT:MODEL:EVENTS``
+  measures a second server in the same rounds, alternating, and reports the
+  median of the per-round differences.
 - ``check``: one plain and one streamed request; says whether both look right.
+
+``--model`` names the model the requests ask for (a gateway's public model);
+``--expect-events`` the ``data:`` events a stream must bring (not counting
+``data: [DONE]``) when it is not ``--events`` -- a stream translated from
+Anthropic's brings a role chunk and a finish chunk around its text deltas.
+:func:`check_translated` parses such a stream event by event.
 """
 
 from __future__ import annotations
@@ -29,11 +37,15 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from tests.bench.upstream import COMPLETION_BODY
+from tests.bench.upstream import COMPLETION_BODY, MESSAGE_BODY, delta_text
 
 __all__ = [
+    "DEFAULT_MODEL",
     "Response",
     "check",
+    "check_anthropic_upstream",
+    "check_translated",
+    "check_unknown_model",
     "main",
     "percentile",
     "run_streams",
@@ -41,19 +53,33 @@ __all__ = [
 ]
 
 PATH = "/v1/chat/completions"
+MESSAGES_PATH = "/v1/messages"
+DEFAULT_MODEL = "gpt-4o-mini"
 MAX_RESPONSE = 64 * 1024 * 1024
 REQUEST_TIMEOUT = 30.0
 _DONE = re.compile(rb"(?m)^data: ?\[DONE\]")
 
 
-def build_request(host: str, port: int, target: str, *, stream: bool) -> bytes:
-    """A keep-alive POST with a small OpenAI-style chat body."""
-    body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}]' + (
-        b',"stream":true}' if stream else b"}"
+def build_request(
+    host: str, port: int, target: str, *, stream: bool, model: str = DEFAULT_MODEL
+) -> bytes:
+    """A keep-alive POST with a small OpenAI-style chat body (or Anthropic's, to /v1/messages)."""
+    if target.partition("?")[0] == MESSAGES_PATH:
+        extra = b',"max_tokens":64'
+        auth = "x-api-key: sk-bench-not-a-secret\r\nanthropic-version: 2023-06-01"
+    else:
+        extra = b""
+        auth = "Authorization: Bearer sk-bench-not-a-secret"
+    body = (
+        b'{"model":'
+        + json.dumps(model).encode()
+        + b',"messages":[{"role":"user","content":"Say hello."}]'
+        + extra
+        + (b',"stream":true}' if stream else b"}")
     )
     return (
         f"POST {target} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        "Content-Type: application/json\r\nAuthorization: Bearer sk-bench-not-a-secret\r\n"
+        f"Content-Type: application/json\r\n{auth}\r\n"
         f"Accept: {'text/event-stream' if stream else 'application/json'}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
@@ -319,10 +345,21 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 async def run_streams(
-    host: str, port: int, *, concurrency: int, duration: float, events: int
+    host: str,
+    port: int,
+    *,
+    concurrency: int,
+    duration: float,
+    events: int,
+    model: str = DEFAULT_MODEL,
+    expect: int | None = None,
 ) -> dict[str, Any]:
-    """Stream ``events``-event responses on ``concurrency`` connections for ``duration`` s."""
-    raw = build_request(host, port, f"{PATH}?events={events}&delay_ms=0", stream=True)
+    """Stream ``events``-event responses on ``concurrency`` connections for ``duration`` s.
+
+    Each must bring ``expect`` ``data:`` events (default ``events``).
+    """
+    expected = events if expect is None else expect
+    raw = build_request(host, port, f"{PATH}?events={events}&delay_ms=0", stream=True, model=model)
     completed = 0
     total_events = 0
     errors: dict[str, int] = {}
@@ -346,7 +383,7 @@ async def run_streams(
                     error(f"status {response.status}")
                     continue
                 got = response.events()
-                if got != events:
+                if got != expected:
                     error("wrong event count")
                 completed += 1
                 total_events += got
@@ -359,7 +396,9 @@ async def run_streams(
     elapsed = time.perf_counter() - start
     return {
         "concurrency": concurrency,
-        "events_per_stream": events,
+        "model": model,
+        "events_per_stream": expected,
+        "upstream_events_per_stream": events,
         "streams": completed,
         "events": total_events,
         "elapsed_s": elapsed,
@@ -372,53 +411,119 @@ async def run_streams(
     }
 
 
+@dataclass(slots=True)
+class _TtfeSide:
+    """One server of a time-to-first-event run: its request, connection and samples."""
+
+    raw: bytes
+    expected: int
+    session: _Session
+    samples: list[float | None] = field(default_factory=list)  # per round; None: failed
+    errors: dict[str, int] = field(default_factory=dict)
+
+    async def once(self) -> None:
+        def error(kind: str) -> None:
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+            self.samples.append(None)
+
+        try:
+            response = await self.session.request(self.raw)
+        except (OSError, ProtocolError) as exc:
+            error(type(exc).__name__)
+            await asyncio.sleep(0.01)
+            return
+        if response.status != 200 or response.t_first_event is None:
+            error(f"status {response.status}")
+            return
+        if response.events() != self.expected:
+            self.errors["wrong event count"] = self.errors.get("wrong event count", 0) + 1
+        self.samples.append((response.t_first_event - response.t_sent) * 1000)
+
+    def stats(self) -> dict[str, Any]:
+        ms = [s for s in self.samples if s is not None]
+        return {
+            "samples": len(ms),
+            "median_ms": statistics.median(ms) if ms else None,
+            "p90_ms": percentile(ms, 90) if ms else None,
+            "min_ms": min(ms) if ms else None,
+            "max_ms": max(ms) if ms else None,
+            "errors": sum(self.errors.values()),
+            "error_kinds": self.errors,
+        }
+
+
 async def run_ttfe(
-    host: str, port: int, *, requests: int, events: int, delay_ms: float
+    host: str,
+    port: int,
+    *,
+    requests: int,
+    events: int,
+    delay_ms: float,
+    model: str = DEFAULT_MODEL,
+    expect: int | None = None,
+    pair: tuple[int, str, int] | None = None,
 ) -> dict[str, Any]:
-    """Time to first event of a slow stream, at concurrency 1 on one keep-alive connection."""
-    raw = build_request(
-        host, port, f"{PATH}?events={events}&delay_ms={delay_ms:g}&first_ms=0", stream=True
-    )
-    session = _Session(host, port)
-    samples: list[float] = []
-    errors: dict[str, int] = {}
+    """Time to first event of a slow stream, at concurrency 1 on one keep-alive connection.
+
+    With ``pair`` = (port, model, expected events), another server is measured in
+    the same rounds, alternating which goes first, one request at a time: its
+    figures go under ``"pair"`` and ``paired_added_median_ms`` is the median over
+    the rounds of (this server's time - the pair's), which machine noise that
+    drifts over seconds mostly cancels out of.
+    """
+
+    def side(side_port: int, side_model: str, expected: int) -> _TtfeSide:
+        target = f"{PATH}?events={events}&delay_ms={delay_ms:g}&first_ms=0"
+        raw = build_request(host, side_port, target, stream=True, model=side_model)
+        return _TtfeSide(raw, expected, _Session(host, side_port))
+
+    main = side(port, model, events if expect is None else expect)
+    other = None if pair is None else side(*pair)
     try:
-        for _ in range(requests):
-            try:
-                response = await session.request(raw)
-            except (OSError, ProtocolError) as exc:
-                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-                await asyncio.sleep(0.01)
-                continue
-            if response.status != 200 or response.t_first_event is None:
-                errors[f"status {response.status}"] = errors.get(f"status {response.status}", 0) + 1
-                continue
-            if response.events() != events:
-                errors["wrong event count"] = errors.get("wrong event count", 0) + 1
-            samples.append(response.t_first_event - response.t_sent)
+        for i in range(requests):
+            if other is None:
+                await main.once()
+            elif i % 2 == 0:
+                await main.once()
+                await other.once()
+            else:
+                await other.once()
+                await main.once()
     finally:
-        session.close()
-    ms = [s * 1000 for s in samples]
-    return {
+        main.session.close()
+        if other is not None:
+            other.session.close()
+    result: dict[str, Any] = {
         "requests": requests,
-        "events": events,
+        "model": model,
+        "events": main.expected,
+        "upstream_events": events,
         "delay_ms": delay_ms,
-        "samples": len(ms),
-        "median_ms": statistics.median(ms) if ms else None,
-        "p90_ms": percentile(ms, 90) if ms else None,
-        "min_ms": min(ms) if ms else None,
-        "max_ms": max(ms) if ms else None,
-        "errors": sum(errors.values()),
-        "error_kinds": errors,
+        **main.stats(),
     }
+    if other is not None and pair is not None:
+        diffs = [
+            a - b
+            for a, b in zip(main.samples, other.samples, strict=True)
+            if a is not None and b is not None
+        ]
+        result["pair"] = {"port": pair[0], "model": pair[1], "events": pair[2], **other.stats()}
+        result["pairs"] = len(diffs)
+        result["paired_added_median_ms"] = statistics.median(diffs) if diffs else None
+        result["paired_added_mean_ms"] = statistics.fmean(diffs) if diffs else None
+    return result
 
 
-async def check(host: str, port: int, timeout: float = 10.0) -> str | None:
+async def check(
+    host: str, port: int, timeout: float = 10.0, *, model: str = DEFAULT_MODEL
+) -> str | None:
     """One plain and one streamed request; None if both are right, else what is wrong."""
     conn: _Connection | None = None
     try:
         conn = await _connect(host, port)
-        plain = await conn.request(build_request(host, port, PATH, stream=False), timeout)
+        plain = await conn.request(
+            build_request(host, port, PATH, stream=False, model=model), timeout
+        )
         if plain.status != 200:
             return f"plain request: status {plain.status}: {plain.body[:200]!r}"
         if plain.body != COMPLETION_BODY:
@@ -426,7 +531,8 @@ async def check(host: str, port: int, timeout: float = 10.0) -> str | None:
         if conn.closed:
             conn = await _connect(host, port)
         streamed = await conn.request(
-            build_request(host, port, f"{PATH}?events=5&delay_ms=0", stream=True), timeout
+            build_request(host, port, f"{PATH}?events=5&delay_ms=0", stream=True, model=model),
+            timeout,
         )
         if streamed.status != 200:
             return f"streamed request: status {streamed.status}: {streamed.body[:200]!r}"
@@ -440,6 +546,143 @@ async def check(host: str, port: int, timeout: float = 10.0) -> str | None:
     return None
 
 
+async def check_unknown_model(host: str, port: int, timeout: float = 10.0) -> str | None:
+    """A gateway routes by model: an unknown one is a 404 ``model_not_found``."""
+    conn: _Connection | None = None
+    try:
+        conn = await _connect(host, port)
+        raw = build_request(host, port, PATH, stream=False, model="bench-no-such-model")
+        answer = await conn.request(raw, timeout)
+        if answer.status != 404 or b"model_not_found" not in answer.body:
+            return (
+                "an unknown model should be a 404 model_not_found (is the proxy routing?), "
+                f"got {answer.status}: {answer.body[:200]!r}"
+            )
+    except (OSError, ProtocolError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        if conn is not None:
+            conn.close()
+    return None
+
+
+async def check_anthropic_upstream(host: str, port: int, timeout: float = 10.0) -> str | None:
+    """The upstream's ``/v1/messages``: its fixed message, and a 5-delta stream."""
+    conn: _Connection | None = None
+    try:
+        conn = await _connect(host, port)
+        plain = await conn.request(
+            build_request(host, port, MESSAGES_PATH, stream=False, model="claude-sonnet-4-5"),
+            timeout,
+        )
+        if plain.status != 200 or plain.body != MESSAGE_BODY:
+            return f"POST {MESSAGES_PATH}: status {plain.status}: {plain.body[:200]!r}"
+        if conn.closed:
+            conn = await _connect(host, port)
+        streamed = await conn.request(
+            build_request(
+                host, port, f"{MESSAGES_PATH}?events=5", stream=True, model="claude-sonnet-4-5"
+            ),
+            timeout,
+        )
+        kinds = re.findall(rb"(?m)^event: (\w+)$", streamed.body)
+        expected = [
+            b"message_start",
+            b"content_block_start",
+            b"ping",
+            *[b"content_block_delta"] * 5,
+            b"content_block_stop",
+            b"message_delta",
+            b"message_stop",
+        ]
+        if streamed.status != 200 or kinds != expected or streamed.events() != len(expected):
+            return f"{MESSAGES_PATH} stream: got {streamed.status}: {streamed.body[:300]!r}"
+    except (OSError, ProtocolError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        if conn is not None:
+            conn.close()
+    return None
+
+
+def _translated_stream_problem(body: bytes, events: int) -> tuple[str | None, int]:
+    """What is wrong with a chat stream translated from ``events`` text deltas; its events."""
+    blocks = [b for b in body.replace(b"\r\n", b"\n").split(b"\n\n") if b.strip()]
+    if not blocks or blocks[-1] != b"data: [DONE]":
+        return f"does not end with data: [DONE]: {body[-200:]!r}", 0
+    chunks: list[dict[str, Any]] = []
+    for block in blocks[:-1]:
+        if not block.startswith(b"data: ") or b"\n" in block:
+            return f"not one data: line per event: {block[:200]!r}", 0
+        try:
+            chunk = json.loads(block[6:])
+        except ValueError:
+            return f"an event's data is not JSON: {block[:200]!r}", 0
+        if not isinstance(chunk, dict) or chunk.get("object") != "chat.completion.chunk":
+            return f"not a chat.completion.chunk: {block[:200]!r}", 0
+        chunks.append(chunk)
+    choices = [c["choices"][0] for c in chunks if c.get("choices")]
+    if len(choices) != len(chunks):
+        return "a chunk without choices (a usage chunk nobody asked for?)", 0
+    if choices[0].get("delta", {}).get("role") != "assistant":
+        return f"the first chunk has no assistant role: {chunks[0]}", 0
+    text = "".join(c.get("delta", {}).get("content") or "" for c in choices)
+    want = "".join(delta_text(i) for i in range(events))
+    if text != want:
+        return f"text {text[:80]!r}... differs from the upstream's {want[:80]!r}...", 0
+    reasons = [c.get("finish_reason") for c in choices]
+    if reasons[-1] != "stop" or any(r is not None for r in reasons[:-1]):
+        return f"finish_reason should be 'stop' on the last chunk only: {reasons}", 0
+    counted = Response(parts=[body]).events()
+    if counted != len(chunks):
+        return f"the load client counts {counted} events, the parse {len(chunks)}", 0
+    return None, len(chunks)
+
+
+async def check_translated(
+    host: str, port: int, *, model: str, events: int, timeout: float = 10.0
+) -> tuple[str | None, int]:
+    """A chat request and stream for ``model``, served by an Anthropic upstream with
+    ``events`` text deltas through the proxy's translation: (problem or None, the
+    number of ``data:`` events the stream brought, ``[DONE]`` not counted)."""
+    conn: _Connection | None = None
+    try:
+        conn = await _connect(host, port)
+        plain = await conn.request(
+            build_request(host, port, PATH, stream=False, model=model), timeout
+        )
+        try:
+            answer = json.loads(plain.body)
+            message = answer["choices"][0]["message"]
+            ok = (
+                answer["object"] == "chat.completion"
+                and message["content"] == "Hello! How can I help you today?"
+                and answer["choices"][0]["finish_reason"] == "stop"
+                and answer["usage"]["prompt_tokens"] == 12
+                and answer["usage"]["completion_tokens"] == 12
+            )
+        except (ValueError, KeyError, IndexError, TypeError):
+            ok = False
+        if plain.status != 200 or not ok:
+            return f"translated request: {plain.status}: {plain.body[:300]!r}", 0
+        if conn.closed:
+            conn = await _connect(host, port)
+        streamed = await conn.request(
+            build_request(host, port, PATH, stream=True, model=model), timeout
+        )
+        if streamed.status != 200:
+            return f"translated stream: status {streamed.status}: {streamed.body[:200]!r}", 0
+        problem, count = _translated_stream_problem(streamed.body, events)
+        if problem is not None:
+            return f"translated stream: {problem}", 0
+        return None, count
+    except (OSError, ProtocolError) as exc:
+        return f"{type(exc).__name__}: {exc}", 0
+    finally:
+        if conn is not None:
+            conn.close()
+
+
 def _run(coro: Coroutine[Any, Any, Any], *, use_uvloop: bool) -> Any:
     if use_uvloop:
         try:
@@ -451,6 +694,17 @@ def _run(coro: Coroutine[Any, Any, Any], *, use_uvloop: bool) -> Any:
     return asyncio.run(coro)
 
 
+def _pair(spec: str | None, parser: argparse.ArgumentParser) -> tuple[int, str, int] | None:
+    if spec is None:
+        return None
+    port, _, rest = spec.partition(":")
+    model, _, events = rest.rpartition(":")
+    try:
+        return int(port), model, int(events)
+    except ValueError:
+        parser.error(f"--pair wants PORT:MODEL:EVENTS, got {spec!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.bench.loadgen", description="Load client for streamed responses."
@@ -458,15 +712,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--no-uvloop", action="store_true")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="the model requests name")
     sub = parser.add_subparsers(dest="command", required=True)
     p_streams = sub.add_parser("streams", help="stream throughput")
     p_streams.add_argument("--concurrency", type=int, default=16)
     p_streams.add_argument("--duration", type=float, default=5.0)
     p_streams.add_argument("--events", type=int, default=50)
+    p_streams.add_argument(
+        "--expect-events", type=int, help="data: events per stream (default --events)"
+    )
     p_ttfe = sub.add_parser("ttfe", help="time to first event on a slow stream")
     p_ttfe.add_argument("--requests", type=int, default=50)
     p_ttfe.add_argument("--events", type=int, default=3)
     p_ttfe.add_argument("--delay-ms", type=float, default=50.0)
+    p_ttfe.add_argument(
+        "--expect-events", type=int, help="data: events per stream (default --events)"
+    )
+    p_ttfe.add_argument(
+        "--pair",
+        metavar="PORT:MODEL:EVENTS",
+        help="also measure this server, alternating with --port; EVENTS: its data: events",
+    )
     sub.add_parser("check", help="one plain and one streamed request")
     args = parser.parse_args(argv)
     use_uvloop = not args.no_uvloop
@@ -479,6 +745,8 @@ def main(argv: list[str] | None = None) -> int:
                 concurrency=args.concurrency,
                 duration=args.duration,
                 events=args.events,
+                model=args.model,
+                expect=args.expect_events,
             ),
             use_uvloop=use_uvloop,
         )
@@ -490,11 +758,14 @@ def main(argv: list[str] | None = None) -> int:
                 requests=args.requests,
                 events=args.events,
                 delay_ms=args.delay_ms,
+                model=args.model,
+                expect=args.expect_events,
+                pair=_pair(args.pair, parser),
             ),
             use_uvloop=use_uvloop,
         )
     else:
-        problem = _run(check(args.host, args.port), use_uvloop=use_uvloop)
+        problem = _run(check(args.host, args.port, model=args.model), use_uvloop=use_uvloop)
         result = {"ok": problem is None, "problem": problem}
     print(json.dumps(result))
     return 0

@@ -1,7 +1,9 @@
 -- wrk script for the sansproxy benchmark: POST a small chat completion request
 -- and print one machine-readable summary line (BENCH_JSON {...}) at the end.
+-- BENCH_MODEL (environment) names the model asked for (a gateway's public model).
+local model = os.getenv("BENCH_MODEL") or "gpt-4o-mini"
 wrk.method = "POST"
-wrk.body = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello."}]}'
+wrk.body = '{"model":"' .. model .. '","messages":[{"role":"user","content":"Say hello."}]}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer sk-bench-not-a-secret"
 

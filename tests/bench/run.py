@@ -8,7 +8,26 @@ to first event of a slow stream at concurrency 1): requests/s, p50/p99 latency
 and what the proxy adds to direct, CPU per request and per stream event of the
 server process (from ``/proc/<pid>/stat``), and its RSS. Prints one table.
 
+Each adapter is also measured as a gateway (``--config``), against the same
+upstream in the same run, next to its plain pass-through:
+
+- ``<adapter> routed``: providers ``{up: {type: openai}}``, models ``{fast:
+  [{provider: up, model: gpt-4o-mini}]}``; wrk asks for model ``fast`` (the
+  proxy routes it and rewrites the model): the non-streaming phases.
+- ``<adapter> translated``: an Anthropic provider; the OpenAI client's stream
+  for model ``smart`` is answered by the upstream's Anthropic stream (the same
+  number of text deltas) and translated to ``chat.completion.chunk`` events:
+  the stream phase and the slow stream's time to first event. A translated
+  request loses the query string, so the provider's extra ``x-bench-*``
+  headers tell the upstream the stream's shape (``smart-slow``: the slow one).
+
+Two more tables put routed and translated next to the same adapter's
+pass-through: the added latency and CPU per request, CPU per event and per
+stream, and the time to first event translation adds (target: at most
+``TTFE_TARGET_MS``).
+
     python -m tests.bench.run [--duration 5] [--adapters h11,asgi,trio] [--json PATH]
+    python -m tests.bench.run --gateway-adapters h11   # routed/translated for h11 only
     python -m tests.bench.run --adapters '' --target 'mine=python /tmp/proxy.py'
 
 A benchmark, not a test: it asserts nothing about time.
@@ -30,13 +49,20 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
-from tests.bench.loadgen import check
+from tests.bench.loadgen import (
+    DEFAULT_MODEL,
+    check,
+    check_anthropic_upstream,
+    check_translated,
+    check_unknown_model,
+)
 from tests.bench.upstream import COMPLETION_BODY
 
 __all__ = ["ADAPTERS", "Target", "main"]
@@ -49,6 +75,13 @@ LISTENING = re.compile(r"listening on http://(?P<host>[0-9.]+):(?P<port>\d+)")
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+ROUTED_MODEL = "fast"
+TRANSLATED_MODEL = "smart"
+SLOW_TRANSLATED_MODEL = "smart-slow"
+TTFE_EVENTS = 3  # events of the slow stream (its first goes out with the head)
+TTFE_TARGET_MS = 0.2  # what translation may add to the time to first event
+
+Mode = Literal["direct", "passthrough", "routed", "translated"]
 
 #: adapter name -> (module, extra flags)
 ADAPTERS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -64,10 +97,16 @@ class BenchError(Exception):
 
 @dataclass(slots=True)
 class Target:
-    """Something to measure: ``argv`` is None for the upstream itself (direct)."""
+    """Something to measure: ``argv`` is None for the upstream itself (direct).
+
+    ``mode`` says how it is pointed at the upstream and which phases it runs;
+    ``base`` is the pass-through target a routed or translated one is compared with.
+    """
 
     name: str
     argv: list[str] | None
+    mode: Mode = "passthrough"
+    base: str | None = None
 
 
 @dataclass(slots=True)
@@ -216,8 +255,10 @@ class CpuMeter:
 # -- load -------------------------------------------------------------------------
 
 
-def wrk(port: int, *, connections: int, threads: int, duration: int) -> dict[str, Any]:
-    """One wrk run; the summary its Lua ``done()`` prints."""
+def wrk(
+    port: int, *, connections: int, threads: int, duration: int, model: str = DEFAULT_MODEL
+) -> dict[str, Any]:
+    """One wrk run (asking for ``model``); the summary its Lua ``done()`` prints."""
     argv = [
         "wrk",
         f"-t{min(threads, connections)}",
@@ -230,7 +271,14 @@ def wrk(port: int, *, connections: int, threads: int, duration: int) -> dict[str
         str(LUA_SCRIPT),
         f"http://{HOST}:{port}{PATH}",
     ]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
+    done = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+        check=False,
+        env={**os.environ, "BENCH_MODEL": model},
+    )
     for line in done.stdout.splitlines():
         if line.startswith("BENCH_JSON "):
             result: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
@@ -249,14 +297,26 @@ def wrk(port: int, *, connections: int, threads: int, duration: int) -> dict[str
     raise BenchError(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout[-300:]}")
 
 
-def loadgen(port: int, *args: str, timeout: float) -> dict[str, Any]:
-    """Run ``tests.bench.loadgen`` in its own process; its JSON result."""
-    argv = [sys.executable, "-m", "tests.bench.loadgen", "--port", str(port), *args]
+def loadgen(
+    port: int, command: str, *args: str, model: str = DEFAULT_MODEL, timeout: float
+) -> dict[str, Any]:
+    """Run ``tests.bench.loadgen COMMAND`` in its own process; its JSON result."""
+    argv = [
+        sys.executable,
+        "-m",
+        "tests.bench.loadgen",
+        "--port",
+        str(port),
+        "--model",
+        model,
+        command,
+        *args,
+    ]
     done = subprocess.run(
         argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, check=False
     )
     if done.returncode != 0:
-        raise BenchError(f"loadgen {args[0]} failed: {done.stderr.strip()[-500:]}")
+        raise BenchError(f"loadgen {command} failed: {done.stderr.strip()[-500:]}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 
@@ -265,82 +325,157 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def sanity(target: Target, port: int, opts: argparse.Namespace) -> dict[str, int]:
+    """Check ``target`` answers as it should; the ``data:`` events its streams must bring."""
+    problems: list[str | None] = []
+    expect: dict[str, int] = {}
+    if target.mode == "translated":
+        for key, model, events in (
+            ("streams", TRANSLATED_MODEL, opts.stream_events),
+            ("ttfe", SLOW_TRANSLATED_MODEL, TTFE_EVENTS),
+        ):
+            problem, count = asyncio.run(check_translated(HOST, port, model=model, events=events))
+            problems.append(problem)
+            expect[key] = count
+    elif target.mode == "routed":
+        problems.append(asyncio.run(check(HOST, port, model=ROUTED_MODEL)))
+        problems.append(asyncio.run(check_unknown_model(HOST, port)))
+    else:
+        problems.append(asyncio.run(check(HOST, port)))
+        if target.mode == "direct":
+            problems.append(asyncio.run(check_anthropic_upstream(HOST, port)))
+    for problem in problems:
+        if problem is not None:
+            raise BenchError(f"sanity check failed: {problem}")
+    return expect
+
+
 def measure(
-    name: str, port: int, pid: int, upstream_pid: int, opts: argparse.Namespace
+    target: Target,
+    port: int,
+    pid: int,
+    upstream_pid: int,
+    opts: argparse.Namespace,
+    *,
+    base_port: int | None = None,
 ) -> dict[str, Any]:
-    """All phases against one listening target; ``pid`` is the process to account."""
-    problem = asyncio.run(check(HOST, port))
-    if problem is not None:
-        raise BenchError(f"sanity check failed: {problem}")
-    out: dict[str, Any] = {"target": name}
-    if opts.warmup > 0:
-        wrk(port, connections=opts.connections, threads=opts.wrk_threads, duration=opts.warmup)
-    for label, conns, threads in (
-        ("c1", 1, 1),
-        (f"c{opts.connections}", opts.connections, opts.wrk_threads),
-    ):
-        runs = []
-        for _ in range(opts.repeat):
-            with CpuMeter(pid) as cpu, CpuMeter(upstream_pid) as up_cpu:
-                run = wrk(port, connections=conns, threads=threads, duration=opts.duration)
-            run["cpu_us_per_req"] = cpu.seconds / max(run["requests"], 1) * 1e6
-            run["cpu_util"] = cpu.seconds / cpu.wall
-            run["upstream_cpu_util"] = up_cpu.seconds / up_cpu.wall
-            runs.append(run)
-        result = max(runs, key=lambda r: float(r["rps"]))  # best of --repeat: least disturbed
-        if len(runs) > 1:
-            result["all_rps"] = [r["rps"] for r in runs]
-        out[label] = result
-        _log(
-            f"  {name} {label}: {result['rps']:,.0f} req/s, p50 {result['p50_us'] / 1000:.3f} ms, "
-            f"p99 {result['p99_us'] / 1000:.3f} ms, {result['cpu_us_per_req']:.1f} µs CPU/req, "
-            f"{result['errors']} errors"
-        )
-    stream_runs = []
-    for _ in range(opts.repeat):
-        with CpuMeter(pid) as cpu:
-            run = loadgen(
+    """The target's phases; ``pid`` is the process to account.
+
+    direct and pass-through: all; routed: the wrk phases; translated: the streams,
+    and the time to first event in rounds alternating with the pass-through
+    server still listening on ``base_port``, if given.
+    """
+    name = target.name
+    expect = sanity(target, port, opts)
+    out: dict[str, Any] = {"target": name, "mode": target.mode, "base": target.base}
+    c = f"c{opts.connections}"
+    phases: list[str] = []
+    if target.mode != "translated":
+        model = ROUTED_MODEL if target.mode == "routed" else DEFAULT_MODEL
+        out["model"] = model
+        if opts.warmup > 0:
+            wrk(
                 port,
-                "streams",
-                "--concurrency",
-                str(opts.stream_concurrency),
-                "--events",
-                str(opts.stream_events),
-                "--duration",
-                str(opts.duration),
-                timeout=opts.duration + 120,
+                connections=opts.connections,
+                threads=opts.wrk_threads,
+                duration=opts.warmup,
+                model=model,
             )
-        run["cpu_us_per_event"] = cpu.seconds / max(run["events"], 1) * 1e6
-        run["cpu_us_per_stream"] = cpu.seconds / max(run["streams"], 1) * 1e6
-        stream_runs.append(run)
-    streams = max(stream_runs, key=lambda r: float(r["events_per_s"]))
-    out["streams"] = streams
-    _log(
-        f"  {name} streams c{opts.stream_concurrency}: {streams['streams_per_s']:,.0f} streams/s, "
-        f"{streams['events_per_s']:,.0f} events/s, {streams['cpu_us_per_event']:.1f} µs CPU/event, "
-        f"{streams['errors']} errors"
-    )
-    ttfe = loadgen(
-        port,
-        "ttfe",
-        "--requests",
-        str(opts.ttfe_requests),
-        "--delay-ms",
-        str(opts.ttfe_delay_ms),
-        timeout=opts.ttfe_requests * (opts.ttfe_delay_ms * 3 / 1000 + 10) + 60,
-    )
-    out["ttfe"] = ttfe
-    median = ttfe["median_ms"]
-    _log(
-        f"  {name} time to first event: median "
-        f"{'-' if median is None else f'{median:.3f}'} ms, {ttfe['errors']} errors"
-    )
+        for label, conns, threads in (("c1", 1, 1), (c, opts.connections, opts.wrk_threads)):
+            runs = []
+            for _ in range(opts.repeat):
+                with CpuMeter(pid) as cpu, CpuMeter(upstream_pid) as up_cpu:
+                    run = wrk(
+                        port,
+                        connections=conns,
+                        threads=threads,
+                        duration=opts.duration,
+                        model=model,
+                    )
+                run["cpu_us_per_req"] = cpu.seconds / max(run["requests"], 1) * 1e6
+                run["cpu_util"] = cpu.seconds / cpu.wall
+                run["upstream_cpu_util"] = up_cpu.seconds / up_cpu.wall
+                runs.append(run)
+            result = max(runs, key=lambda r: float(r["rps"]))  # best of --repeat: least disturbed
+            if len(runs) > 1:
+                result["all_rps"] = [r["rps"] for r in runs]
+            out[label] = result
+            phases.append(label)
+            _log(
+                f"  {name} {label}: {result['rps']:,.0f} req/s, "
+                f"p50 {result['p50_us'] / 1000:.3f} ms, p99 {result['p99_us'] / 1000:.3f} ms, "
+                f"{result['cpu_us_per_req']:.1f} µs CPU/req, {result['errors']} errors"
+            )
+    if target.mode != "routed":
+        translated = target.mode == "translated"
+        stream_model = TRANSLATED_MODEL if translated else DEFAULT_MODEL
+        stream_expect = expect.get("streams", opts.stream_events)
+        stream_runs = []
+        for _ in range(opts.repeat):
+            with CpuMeter(pid) as cpu:
+                run = loadgen(
+                    port,
+                    "streams",
+                    "--concurrency",
+                    str(opts.stream_concurrency),
+                    "--events",
+                    str(opts.stream_events),
+                    "--expect-events",
+                    str(stream_expect),
+                    "--duration",
+                    str(opts.duration),
+                    model=stream_model,
+                    timeout=opts.duration + 120,
+                )
+            run["cpu_us_per_event"] = cpu.seconds / max(run["events"], 1) * 1e6
+            run["cpu_us_per_stream"] = cpu.seconds / max(run["streams"], 1) * 1e6
+            stream_runs.append(run)
+        streams = max(stream_runs, key=lambda r: float(r["events_per_s"]))
+        out["streams"] = streams
+        phases.append("streams")
+        _log(
+            f"  {name} streams c{opts.stream_concurrency}: "
+            f"{streams['streams_per_s']:,.0f} streams/s, {streams['events_per_s']:,.0f} events/s "
+            f"({stream_expect}/stream), {streams['cpu_us_per_event']:.1f} µs CPU/event, "
+            f"{streams['cpu_us_per_stream']:.0f} µs CPU/stream, {streams['errors']} errors"
+        )
+        paired = translated and base_port is not None
+        pair = ["--pair", f"{base_port}:{DEFAULT_MODEL}:{TTFE_EVENTS}"] if paired else []
+        requests = opts.ttfe_pairs if paired else opts.ttfe_requests
+        ttfe = loadgen(
+            port,
+            "ttfe",
+            "--requests",
+            str(requests),
+            "--events",
+            str(TTFE_EVENTS),
+            "--expect-events",
+            str(expect.get("ttfe", TTFE_EVENTS)),
+            "--delay-ms",
+            str(opts.ttfe_delay_ms),
+            *pair,
+            model=SLOW_TRANSLATED_MODEL if translated else DEFAULT_MODEL,
+            timeout=(2 if paired else 1) * requests * (opts.ttfe_delay_ms * 3 / 1000 + 10) + 60,
+        )
+        out["ttfe"] = ttfe
+        phases.append("ttfe")
+        median = ttfe["median_ms"]
+        _log(
+            f"  {name} time to first event: median "
+            f"{'-' if median is None else f'{median:.3f}'} ms, {ttfe['errors']} errors"
+        )
+        if "pair" in ttfe:
+            pair_median = ttfe["pair"]["median_ms"]
+            added = ttfe["paired_added_median_ms"]
+            _log(
+                f"  {name} vs {target.base} (alternating): pass-through median "
+                f"{'-' if pair_median is None else f'{pair_median:.3f}'} ms, added "
+                f"{'-' if added is None else f'{added:+.3f}'} ms (median of "
+                f"{ttfe['pairs']} paired differences), {ttfe['pair']['errors']} errors"
+            )
     out["rss_mb"], out["peak_rss_mb"] = memory_mb(pid)
-    out["errors"] = (
-        out["c1"]["errors"]
-        + out[f"c{opts.connections}"]["errors"]
-        + streams["errors"]
-        + ttfe["errors"]
+    out["errors"] = sum(int(out[phase]["errors"]) for phase in phases) + int(
+        _get(out, "ttfe", "pair", "errors") or 0
     )
     return out
 
@@ -452,6 +587,11 @@ def table(rows: list[dict[str, Any]], connections: int, stream_c: int) -> str:
                 str(row.get("errors", "-")),
             ]
         )
+    return _render(header, body)
+
+
+def _render(header: list[str], body: list[list[str]]) -> str:
+    """Aligned columns: the first left-aligned, the others right-aligned."""
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 
     def fmt(line: list[str]) -> str:
@@ -461,6 +601,172 @@ def table(rows: list[dict[str, Any]], connections: int, stream_c: int) -> str:
 
     rule = "-" * len(fmt(header))
     return "\n".join([fmt(header), rule, *(fmt(line) for line in body)])
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def gateway_comparison(rows: list[dict[str, Any]], connections: int) -> dict[str, Any]:
+    """Routed and translated rows against their adapter's pass-through row, same run.
+
+    Costs are the differences: ``+`` means the gateway path costs that much more.
+    """
+    by_name = {r["target"]: r for r in rows if "error" not in r}
+    c = f"c{connections}"
+    routed: list[dict[str, Any]] = []
+    translated: list[dict[str, Any]] = []
+    for row in rows:
+        base = by_name.get(row.get("base") or "")
+        if "error" in row or base is None:
+            continue
+        if row.get("mode") == "routed":
+            entry: dict[str, Any] = {"target": row["target"], "base": base["target"]}
+            for phase in ("c1", c):
+                rps = _float(_get(row, phase, "rps"))
+                base_rps = _float(_get(base, phase, "rps"))
+                cpu = _float(_get(row, phase, "cpu_us_per_req"))
+                base_cpu = _float(_get(base, phase, "cpu_us_per_req"))
+                added_p50 = _diff(
+                    _float(_get(row, phase, "p50_us")), _float(_get(base, phase, "p50_us"))
+                )
+                entry[phase] = {
+                    "rps": rps,
+                    "passthrough_rps": base_rps,
+                    "rps_ratio": _ratio(rps, base_rps),
+                    "cpu_us_per_req": cpu,
+                    "passthrough_cpu_us_per_req": base_cpu,
+                    "added_cpu_us_per_req": _diff(cpu, base_cpu),
+                    "added_p50_ms": None if added_p50 is None else added_p50 / 1000,
+                }
+            routed.append(entry)
+        elif row.get("mode") == "translated":
+            eps = _float(_get(row, "streams", "events_per_s"))
+            base_eps = _float(_get(base, "streams", "events_per_s"))
+            cpu_ev = _float(_get(row, "streams", "cpu_us_per_event"))
+            base_cpu_ev = _float(_get(base, "streams", "cpu_us_per_event"))
+            cpu_st = _float(_get(row, "streams", "cpu_us_per_stream"))
+            base_cpu_st = _float(_get(base, "streams", "cpu_us_per_stream"))
+            deltas = _get(row, "streams", "upstream_events_per_stream")
+            added_st = _diff(cpu_st, base_cpu_st)
+            ttfe = _float(_get(row, "ttfe", "median_ms"))
+            paired = _get(row, "ttfe", "pair") is not None
+            if paired:  # the same rounds, alternating: the better comparison
+                base_ttfe = _float(_get(row, "ttfe", "pair", "median_ms"))
+                added_ttfe = _float(_get(row, "ttfe", "paired_added_median_ms"))
+            else:
+                base_ttfe = _float(_get(base, "ttfe", "median_ms"))
+                added_ttfe = _diff(ttfe, base_ttfe)
+            translated.append(
+                {
+                    "target": row["target"],
+                    "base": base["target"],
+                    "events_per_s": eps,
+                    "passthrough_events_per_s": base_eps,
+                    "events_per_s_ratio": _ratio(eps, base_eps),
+                    "events_per_stream": _get(row, "streams", "events_per_stream"),
+                    "passthrough_events_per_stream": _get(base, "streams", "events_per_stream"),
+                    "cpu_us_per_event": cpu_ev,
+                    "passthrough_cpu_us_per_event": base_cpu_ev,
+                    "added_cpu_us_per_event": _diff(cpu_ev, base_cpu_ev),
+                    "cpu_us_per_stream": cpu_st,
+                    "passthrough_cpu_us_per_stream": base_cpu_st,
+                    "added_cpu_us_per_stream": added_st,
+                    "added_cpu_us_per_upstream_event": (
+                        None if added_st is None or not deltas else added_st / deltas
+                    ),
+                    "ttfe_median_ms": ttfe,
+                    "passthrough_ttfe_median_ms": base_ttfe,
+                    "added_ttfe_ms": added_ttfe,
+                    "ttfe_paired": paired,
+                    "added_ttfe_min_ms": _diff(
+                        _float(_get(row, "ttfe", "min_ms")),
+                        _float(_get(row, "ttfe", "pair", "min_ms"))
+                        if paired
+                        else _float(_get(base, "ttfe", "min_ms")),
+                    ),
+                    "ttfe_target_ms": TTFE_TARGET_MS,
+                    "ttfe_within_target": None
+                    if added_ttfe is None
+                    else added_ttfe <= TTFE_TARGET_MS,
+                }
+            )
+    return {"routed": routed, "translated": translated}
+
+
+def gateway_tables(comparison: dict[str, Any], connections: int, stream_c: int) -> str:
+    """The two comparison tables (empty when nothing was routed or translated)."""
+    c = f"c{connections}"
+    parts: list[str] = []
+    if comparison["routed"]:
+        header = [
+            "routed vs pass-through",
+            "c1 req/s",
+            "x pass",
+            "c1 +p50",
+            "cpu/req c1",
+            "+cpu/req",
+            f"{c} req/s",
+            "x pass",
+            f"{c} +p50",
+            f"cpu/req {c}",
+            "+cpu/req",
+        ]
+        body = [
+            [
+                e["target"],
+                _num(e["c1"]["rps"], ",.0f"),
+                _num(e["c1"]["rps_ratio"], ".2f"),
+                _num(e["c1"]["added_p50_ms"], "+.3f"),
+                _num(e["c1"]["cpu_us_per_req"], ".1f"),
+                _num(e["c1"]["added_cpu_us_per_req"], "+.1f"),
+                _num(e[c]["rps"], ",.0f"),
+                _num(e[c]["rps_ratio"], ".2f"),
+                _num(e[c]["added_p50_ms"], "+.3f"),
+                _num(e[c]["cpu_us_per_req"], ".1f"),
+                _num(e[c]["added_cpu_us_per_req"], "+.1f"),
+            ]
+            for e in comparison["routed"]
+        ]
+        parts.append(_render(header, body))
+    if comparison["translated"]:
+        header = [
+            f"translated vs pass-through (c{stream_c})",
+            "events/s",
+            "x pass",
+            "ev/stream",
+            "cpu/event",
+            "+cpu/event",
+            "cpu/stream",
+            "+cpu/stream",
+            "+cpu/delta",
+            "ttfe pass",
+            "ttfe transl",
+            "+ttfe",
+            "+ttfe min",
+            f"<= +{TTFE_TARGET_MS:g}",
+        ]
+        body = [
+            [
+                e["target"],
+                _num(e["events_per_s"], ",.0f"),
+                _num(e["events_per_s_ratio"], ".2f"),
+                f"{e['events_per_stream']}/{e['passthrough_events_per_stream']}",
+                _num(e["cpu_us_per_event"], ".2f"),
+                _num(e["added_cpu_us_per_event"], "+.2f"),
+                _num(e["cpu_us_per_stream"], ".0f"),
+                _num(e["added_cpu_us_per_stream"], "+.0f"),
+                _num(e["added_cpu_us_per_upstream_event"], "+.2f"),
+                _num(e["passthrough_ttfe_median_ms"], ".3f"),
+                _num(e["ttfe_median_ms"], ".3f"),
+                _num(e["added_ttfe_ms"], "+.3f"),
+                _num(e["added_ttfe_min_ms"], "+.3f"),
+                {True: "yes", False: "NO", None: "-"}[e["ttfe_within_target"]],
+            ]
+            for e in comparison["translated"]
+        ]
+        parts.append(_render(header, body))
+    return "\n\n".join(parts)
 
 
 # -- main -------------------------------------------------------------------------
@@ -483,6 +789,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated, from {','.join(ADAPTERS)}; '' for direct only",
     )
     parser.add_argument(
+        "--gateway-adapters",
+        metavar="ADAPTERS",
+        help="adapters also measured routed and translated (--config), next to their "
+        "pass-through; default: all of --adapters; '' for none",
+    )
+    parser.add_argument(
         "--target",
         action="append",
         default=[],
@@ -501,6 +813,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stream-events", type=int, default=50)
     parser.add_argument("--ttfe-requests", type=int, default=50)
     parser.add_argument(
+        "--ttfe-pairs",
+        type=int,
+        default=100,
+        help="rounds of the translated vs pass-through time to first event (one request "
+        "to each per round, alternating)",
+    )
+    parser.add_argument(
         "--ttfe-delay-ms", type=float, default=50.0, help="spacing of the slow stream's events"
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also save the results here")
@@ -510,21 +829,72 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = [a for a in opts.adapters.split(",") if a and a not in ADAPTERS]
     if unknown:
         parser.error(f"unknown adapter(s) {', '.join(unknown)}; choose from {', '.join(ADAPTERS)}")
+    adapters = [a for a in opts.adapters.split(",") if a]
+    if opts.gateway_adapters is None:
+        opts.gateway_adapters = ",".join(adapters)
+    stray = [a for a in opts.gateway_adapters.split(",") if a and a not in adapters]
+    if stray:
+        parser.error(f"--gateway-adapters {', '.join(stray)}: not in --adapters")
     return opts
 
 
 def targets(opts: argparse.Namespace) -> list[Target]:
-    """direct, the chosen adapters, then any ``--target``."""
-    found = [Target("direct", None)]
+    """direct, the chosen adapters (each followed by its routed and translated runs), then
+    any ``--target``."""
+    found = [Target("direct", None, "direct")]
+    gateway = {a for a in opts.gateway_adapters.split(",") if a}
     for name in (a for a in opts.adapters.split(",") if a):
         module, extra = ADAPTERS[name]
-        found.append(Target(name, [sys.executable, "-m", module, *extra]))
+        argv = [sys.executable, "-m", module, *extra]
+        found.append(Target(name, argv))
+        if name in gateway:
+            found.append(Target(f"{name} routed", argv, "routed", name))
+            found.append(Target(f"{name} translated", argv, "translated", name))
     for spec in opts.target:
         name, sep, command = spec.partition("=")
         if not sep or not name or not command:
             raise SystemExit(f"--target wants NAME=COMMAND, got {spec!r}")
         found.append(Target(name, shlex.split(command)))
     return found
+
+
+def gateway_config(mode: Mode, base_url: str, opts: argparse.Namespace) -> dict[str, Any]:
+    """The ``--config`` of a routed or translated target (JSON is YAML)."""
+    if mode == "routed":
+        return {
+            "providers": {"up": {"type": "openai", "base_url": base_url}},
+            "models": {ROUTED_MODEL: [{"provider": "up", "model": "gpt-4o-mini"}]},
+        }
+    # The translated request loses the query string: the stream's shape goes in headers.
+    fast = {"x-bench-events": str(opts.stream_events), "x-bench-delay-ms": "0"}
+    slow = {
+        "x-bench-events": str(TTFE_EVENTS),
+        "x-bench-delay-ms": f"{opts.ttfe_delay_ms:g}",
+        "x-bench-first-ms": "0",
+    }
+    return {
+        "providers": {
+            "claude": {"type": "anthropic", "base_url": base_url, "headers": fast},
+            "claude-slow": {"type": "anthropic", "base_url": base_url, "headers": slow},
+        },
+        "models": {
+            TRANSLATED_MODEL: [{"provider": "claude", "model": "claude-sonnet-4-5"}],
+            SLOW_TRANSLATED_MODEL: [{"provider": "claude-slow", "model": "claude-sonnet-4-5"}],
+        },
+    }
+
+
+def server_argv(
+    target: Target, port: int, base_url: str, config_dir: Path, opts: argparse.Namespace
+) -> list[str]:
+    """How to start ``target``: the pass-through shorthand, or a gateway ``--config``."""
+    assert target.argv is not None
+    argv = [*target.argv, "--host", HOST, "--port", str(port), "--log-level", "warning"]
+    if target.mode in ("routed", "translated"):
+        config = config_dir / f"{target.name.replace(' ', '-')}.yaml"
+        config.write_text(json.dumps(gateway_config(target.mode, base_url, opts), indent=2))
+        return [*argv, "--config", str(config)]
+    return [*argv, "--base-url", base_url, "--type", "openai"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -540,10 +910,16 @@ def main(argv: list[str] | None = None) -> int:
     upstream = start_server(
         "upstream", [sys.executable, "-m", "tests.bench.upstream", "--port", "0"], port=None
     )
+    config_dir = tempfile.TemporaryDirectory(prefix="sansproxy-bench-")
+    kept: dict[str, Server] = {}
     try:
         base_url = f"http://{HOST}:{upstream.port}"
         _log(f"upstream at {base_url} (pid {upstream.proc.pid})")
-        for target in targets(opts):
+        all_targets = targets(opts)
+        # A pass-through server stays up (idle) until its translated target is done:
+        # the time to first event is measured on both, alternating.
+        compared = {t.base for t in all_targets if t.mode == "translated"}
+        for target in all_targets:
             _log(f"{target.name}:")
             server: Server | None = None
             try:
@@ -551,33 +927,34 @@ def main(argv: list[str] | None = None) -> int:
                     port, pid = upstream.port, upstream.proc.pid
                 else:
                     port = _free_port()
-                    argv = [
-                        *target.argv,
-                        "--host",
-                        HOST,
-                        "--port",
-                        str(port),
-                        "--base-url",
-                        base_url,
-                        "--type",
-                        "openai",
-                        "--log-level",
-                        "warning",
-                    ]
+                    argv = server_argv(target, port, base_url, Path(config_dir.name), opts)
                     server = start_server(target.name, argv, port=port)
                     port, pid = server.port, server.proc.pid
-                rows.append(measure(target.name, port, pid, upstream.proc.pid, opts))
+                base = kept.get(target.base or "") if target.mode == "translated" else None
+                base_port = base.port if base is not None and base.proc.poll() is None else None
+                rows.append(
+                    measure(target, port, pid, upstream.proc.pid, opts, base_port=base_port)
+                )
             except (BenchError, subprocess.TimeoutExpired, OSError) as exc:
                 _log(f"  {target.name} FAILED: {exc}")
                 rows.append({"target": target.name, "error": str(exc)})
             finally:
                 if server is not None:
-                    server.stop()
+                    if target.name in compared:
+                        kept[target.name] = server
+                    else:
+                        server.stop()
+                if target.mode == "translated" and target.base in kept:
+                    kept.pop(target.base).stop()
             if upstream.proc.poll() is not None:
                 raise BenchError(upstream.describe_exit())
     finally:
+        for server in kept.values():
+            server.stop()
         upstream.stop()
+        config_dir.cleanup()
     elapsed = time.monotonic() - started
+    comparison = gateway_comparison(rows, opts.connections)
 
     print()
     print(
@@ -589,6 +966,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(rows, opts.connections, opts.stream_concurrency))
     print()
+    gateway = gateway_tables(comparison, opts.connections, opts.stream_concurrency)
+    if gateway:
+        print(gateway)
+        print()
     print(
         f"req/s: wrk, POST {PATH} ({len(COMPLETION_BODY)}-byte reply); latencies and ttfe in ms; "
         "+x = added vs direct, same run;\n"
@@ -597,7 +978,17 @@ def main(argv: list[str] | None = None) -> int:
         "events/s: SSE events received, by tests.bench.loadgen; ttfe: median of request "
         "sent -> first `data:` received, slow stream;\n"
         "rss/peak MB: VmRSS after the runs and VmHWM of the server process; "
-        "errors: wrk socket/non-2xx errors + loadgen errors."
+        "errors: wrk socket/non-2xx errors + loadgen errors.\n"
+        f"routed: --config, model {ROUTED_MODEL!r} -> an openai provider (the wrk phases); "
+        f"translated: model {TRANSLATED_MODEL!r} -> an anthropic provider,\n"
+        "the upstream's Anthropic stream with as many text deltas, translated to "
+        "chat.completion.chunk events (role + deltas + finish, then [DONE]);\n"
+        "x pass, +x: vs the same adapter's pass-through, same run; +cpu/delta: "
+        "+cpu/stream per upstream text delta;\n"
+        "ttfe pass/transl, +ttfe: the slow stream on both servers in alternating rounds "
+        "(medians; +ttfe: median of the per-round differences; +ttfe min: of the minima);\n"
+        "a translated row's ttfe is from those rounds (where both servers idle in turn, "
+        "which slows both): compare it with 'ttfe pass', not the pass-through row."
     )
     c = f"c{opts.connections}"
     for row in rows:
@@ -620,6 +1011,7 @@ def main(argv: list[str] | None = None) -> int:
                     "cpus": os.cpu_count(),
                     "python": platform.python_version(),
                     "results": rows,
+                    "gateway": comparison,
                 },
                 indent=2,
             )

@@ -1,4 +1,4 @@
-"""A fast local OpenAI-style upstream for the benchmark.
+"""A fast local OpenAI- and Anthropic-style upstream for the benchmark.
 
 It must never be the bottleneck, so it does as little as it can: an asyncio
 ``Protocol`` (on uvloop when installed), a request head found with one
@@ -13,10 +13,19 @@ Routes:
   ``chat.completion`` JSON of about 300 bytes.
 - The same with ``"stream": true`` in the body, or ``POST /stream``: a chunked
   ``text/event-stream`` of N ``chat.completion.chunk`` events and
-  ``data: [DONE]``. Query string (or ``x-bench-*`` headers):
+  ``data: [DONE]``. Query string (or ``x-bench-*`` headers, which is how a
+  proxy that drops the query -- a translated request -- is told):
   ``events=N`` (default 50), ``delay_ms=D`` between events (default 0),
   ``first_ms=F`` before the first event (default 0; the head and the first
   event go out at once, so a time-to-first-event measurement holds no timer).
+- ``POST /v1/messages`` (Anthropic Messages API): a fixed ``message`` JSON of
+  about 300 bytes with usage; with ``"stream": true``, Anthropic's documented
+  event sequence: ``message_start``, ``content_block_start``, ``ping``, N
+  ``content_block_delta`` (``text_delta``, the same texts as the OpenAI
+  stream's deltas), ``content_block_stop``, ``message_delta`` (``end_turn``,
+  usage) and ``message_stop``, one SSE event per chunk. N, the delay and the
+  first delay as above; they space the text deltas: the three events before
+  the first delta go out with the head, the three after the last with it.
 - ``GET /health``: ``{"status": "ok"}``. Anything else: 404.
 
 Run: ``python -m tests.bench.upstream --port 0``; prints
@@ -31,10 +40,20 @@ import contextlib
 import re
 import signal
 import sys
-from typing import cast
+from collections.abc import Callable
+from typing import NamedTuple, cast
 from urllib.parse import parse_qs
 
-__all__ = ["COMPLETION_BODY", "UpstreamProtocol", "main", "serve", "stream_body"]
+__all__ = [
+    "COMPLETION_BODY",
+    "MESSAGE_BODY",
+    "UpstreamProtocol",
+    "anthropic_stream_body",
+    "delta_text",
+    "main",
+    "serve",
+    "stream_body",
+]
 
 MAX_HEAD = 64 * 1024
 MAX_BODY = 16 * 1024 * 1024
@@ -49,6 +68,20 @@ COMPLETION_BODY = (
     b'{"prompt_tokens":9,"completion_tokens":9,"total_tokens":18},'
     b'"system_fingerprint":"fp_bench"}'
 )
+
+#: Anthropic's non-streaming answer (the Messages API's documented shape).
+MESSAGE_BODY = (
+    b'{"id":"msg_01BenchXq4r8Gd2vKp7sYt3Z","type":"message","role":"assistant",'
+    b'"model":"claude-sonnet-4-5-20250929","content":[{"type":"text",'
+    b'"text":"Hello! How can I help you today?"}],"stop_reason":"end_turn",'
+    b'"stop_sequence":null,"usage":{"input_tokens":12,"cache_creation_input_tokens":0,'
+    b'"cache_read_input_tokens":0,"output_tokens":12}}'
+)
+
+
+def delta_text(i: int) -> str:
+    """The text of a stream's ``i``-th delta (OpenAI and Anthropic streams alike)."""
+    return f" tok{i}"
 
 
 def _response(status: bytes, content_type: bytes, body: bytes, *, close: bool) -> bytes:
@@ -67,6 +100,7 @@ def _response(status: bytes, content_type: bytes, body: bytes, *, close: bool) -
 
 _JSON = b"application/json"
 _COMPLETION = {c: _response(b"200 OK", _JSON, COMPLETION_BODY, close=c) for c in (False, True)}
+_MESSAGE = {c: _response(b"200 OK", _JSON, MESSAGE_BODY, close=c) for c in (False, True)}
 _HEALTH = {c: _response(b"200 OK", _JSON, b'{"status":"ok"}', close=c) for c in (False, True)}
 _NOT_FOUND = {
     c: _response(
@@ -122,6 +156,88 @@ def stream_body(n: int) -> bytes:
         if len(_stream_cache) < 64:
             _stream_cache[n] = body
     return body
+
+
+# -- Anthropic Messages stream -----------------------------------------------------
+
+
+def _sse(kind: bytes, data: bytes) -> bytes:
+    """One named SSE event, as Anthropic sends them, in its own chunk."""
+    return _chunk(b"event: " + kind + b"\ndata: " + data + b"\n\n")
+
+
+_A_PRELUDE = (
+    _sse(
+        b"message_start",
+        b'{"type":"message_start","message":{"id":"msg_01BenchXq4r8Gd2vKp7sYt3Z",'
+        b'"type":"message","role":"assistant","content":[],'
+        b'"model":"claude-sonnet-4-5-20250929","stop_reason":null,"stop_sequence":null,'
+        b'"usage":{"input_tokens":12,"cache_creation_input_tokens":0,'
+        b'"cache_read_input_tokens":0,"output_tokens":1}}}',
+    )
+    + _sse(
+        b"content_block_start",
+        b'{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}',
+    )
+    + _sse(b"ping", b'{"type":"ping"}')
+)
+_a_delta_chunks: list[bytes] = []
+_a_tail_cache: dict[int, bytes] = {}
+_a_stream_cache: dict[int, bytes] = {}
+
+
+def _a_delta_chunk(i: int, n: int) -> bytes:
+    while len(_a_delta_chunks) <= i:
+        text = delta_text(len(_a_delta_chunks)).encode()
+        _a_delta_chunks.append(
+            _sse(
+                b"content_block_delta",
+                b'{"type":"content_block_delta","index":0,'
+                b'"delta":{"type":"text_delta","text":"%s"}}' % text,
+            )
+        )
+    return _a_delta_chunks[i]
+
+
+def _a_tail(n: int) -> bytes:
+    tail = _a_tail_cache.get(n)
+    if tail is None:
+        tail = (
+            _sse(b"content_block_stop", b'{"type":"content_block_stop","index":0}')
+            + _sse(
+                b"message_delta",
+                b'{"type":"message_delta","delta":{"stop_reason":"end_turn",'
+                b'"stop_sequence":null},"usage":{"output_tokens":%d}}' % n,
+            )
+            + _sse(b"message_stop", b'{"type":"message_stop"}')
+            + _CHUNK_END
+        )
+        if len(_a_tail_cache) < 64:
+            _a_tail_cache[n] = tail
+    return tail
+
+
+def anthropic_stream_body(n: int) -> bytes:
+    """The chunked body of an Anthropic stream with ``n`` text deltas (cached per ``n``)."""
+    body = _a_stream_cache.get(n)
+    if body is None:
+        body = _A_PRELUDE + b"".join(_a_delta_chunk(i, n) for i in range(n)) + _a_tail(n)
+        if len(_a_stream_cache) < 64:
+            _a_stream_cache[n] = body
+    return body
+
+
+class _StreamKind(NamedTuple):
+    """One API's stream: what goes before the deltas, each delta, what ends it, all of it."""
+
+    prelude: bytes
+    delta: Callable[[int, int], bytes]
+    tail: Callable[[int], bytes]
+    body: Callable[[int], bytes]
+
+
+_OPENAI_STREAM = _StreamKind(b"", _event_chunk, lambda n: _DONE_CHUNK, stream_body)
+_ANTHROPIC_STREAM = _StreamKind(_A_PRELUDE, _a_delta_chunk, _a_tail, anthropic_stream_body)
 
 
 def _header(lower_head: bytes, name: bytes) -> bytes | None:
@@ -249,25 +365,28 @@ class UpstreamProtocol(asyncio.Protocol):
             pos = next_pos
             path = target.partition(b"?")[0]
             if method == b"POST":
+                anthropic = path == b"/v1/messages"
                 if path == b"/stream" or (b'"stream"' in body and _STREAM_RE.search(body)):
+                    kind = _ANTHROPIC_STREAM if anthropic else _OPENAI_STREAM
                     events, delay, first = _stream_params(target, lower)
+                    out.append(_STREAM_HEADS[close])
                     if delay <= 0 and first <= 0:
-                        out.append(_STREAM_HEADS[close])
-                        out.append(stream_body(events))
+                        out.append(kind.body(events))
                     else:
                         self._busy = True
-                        out.append(_STREAM_HEADS[close])
+                        if kind.prelude:
+                            out.append(kind.prelude)
                         if first <= 0 and events > 0:
-                            out.append(_event_chunk(0, events))
+                            out.append(kind.delta(0, events))
                             start = 1
                         else:
                             start = 0
                         self._task = asyncio.get_running_loop().create_task(
-                            self._slow_stream(start, events, delay, first, close)
+                            self._slow_stream(kind, start, events, delay, first, close=close)
                         )
                         break
                 else:
-                    out.append(_COMPLETION[close])
+                    out.append(_MESSAGE[close] if anthropic else _COMPLETION[close])
             elif method == b"GET" and path == b"/health":
                 out.append(_HEALTH[close])
             else:
@@ -284,17 +403,17 @@ class UpstreamProtocol(asyncio.Protocol):
             transport.close()
 
     async def _slow_stream(
-        self, start: int, events: int, delay: float, first: float, close: bool
+        self, kind: _StreamKind, start: int, events: int, delay: float, first: float, *, close: bool
     ) -> None:
         try:
             for i in range(start, events):
                 await asyncio.sleep(first if i == 0 else delay)
                 if self._transport is None:
                     return
-                self._transport.write(_event_chunk(i, events))
+                self._transport.write(kind.delta(i, events))
             if self._transport is None:
                 return
-            self._transport.write(_DONE_CHUNK)
+            self._transport.write(kind.tail(events))
         except asyncio.CancelledError:
             return
         self._task = None
