@@ -534,3 +534,35 @@ def test_a_translated_stream_is_the_same_however_the_upstream_splits_it(
     assert relay(cuts) == whole
     chunks = [json.loads(b[6:]) for b in whole.split(b"\n\n") if b and b != b"data: [DONE]"]
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "".join(texts)
+
+
+def test_without_a_configured_key_the_clients_credential_is_carried_in_the_other_apis_header() -> (
+    None
+):
+    keyless = {
+        "providers": {
+            "oai": {"type": "openai", "base_url": "http://oai.test"},
+            "claude": {"type": "anthropic", "base_url": "http://ant.test"},
+        },
+        "models": {
+            "fast": [{"provider": "oai", "model": "gpt-4o-mini"}],
+            "smart": [{"provider": "claude", "model": "claude-sonnet-4-5"}],
+        },
+    }
+    proxy = Proxy(ProxyConfig.model_validate(keyless))
+    cmd = sent(
+        exchange(proxy).request(
+            b"POST", b"/v1/chat/completions", chat("smart"), [(b"authorization", b"Bearer sk-c")]
+        )
+    )
+    assert header(list(cmd.headers), b"x-api-key") == b"sk-c"
+    assert header(list(cmd.headers), b"authorization") is None
+    body = json.dumps(
+        {"model": "fast", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]}
+    ).encode()
+    cmd = sent(exchange(proxy).request(b"POST", b"/v1/messages", body, [(b"x-api-key", b"sk-a")]))
+    assert header(list(cmd.headers), b"authorization") == b"Bearer sk-a"
+    assert header(list(cmd.headers), b"x-api-key") is None
+    # No credential at all: none is invented.
+    cmd = sent(exchange(proxy).request(b"POST", b"/v1/chat/completions", chat("smart")))
+    assert header(list(cmd.headers), b"x-api-key") is None
