@@ -50,6 +50,7 @@ from ._events import (
     UpstreamResponse,
 )
 from ._exchange import BUILTIN_MIDDLEWARE, Exchange, Pipeline, Proxy
+from ._guardrails import GuardrailsMiddleware
 from ._http import error_body
 from ._middleware import Context, Middleware, Reply
 from ._prices import AS_OF as PRICES_AS_OF
@@ -62,6 +63,7 @@ from ._trace import TraceMiddleware
 from ._usage import StreamUsage, Usage, cost_usd, usage_from_anthropic, usage_from_openai
 
 __all__ = [
+    "GuardrailsMiddleware",
     "usage_from_openai",
     "usage_from_anthropic",
     "cost_usd",

@@ -39,6 +39,7 @@ from ._events import (
     UpstreamResponse,
 )
 from ._gateway import ROUTES, Plan, StreamTranslator, plan, plan_passthrough
+from ._guardrails import GuardrailsMiddleware
 from ._http import HOP_BY_HOP, error_body, error_headers, split_target
 from ._messages_to_chat import anthropic_error_body
 from ._middleware import HOOKS, Reply, load_middleware
@@ -343,6 +344,9 @@ class Exchange:
             self._commands.append(_END_OK)
             self._complete("completed", now, hooks=False)
             return
+        route = ROUTES.get((self.request_method, self.request_path))
+        if route is not None:
+            self.client_api = route[0]  # errors from here on are in the client's API's shape
         try:
             for hook in self._proxy.pipeline.on_request:
                 reply = hook(self)
@@ -832,11 +836,11 @@ def _builtin_middleware(config: ProxyConfig) -> dict[str, Callable[..., object]]
         options.setdefault("max_events", limits.max_trace_events)
         return TraceMiddleware(**options)
 
-    return {"trace": trace}
+    return {"trace": trace, "guardrails": GuardrailsMiddleware}
 
 
 #: The names of the built-in middleware, usable in ``ProxyConfig.middleware``.
-BUILTIN_MIDDLEWARE = ("trace",)
+BUILTIN_MIDDLEWARE = ("trace", "guardrails")
 
 
 class Proxy:
