@@ -48,7 +48,14 @@ from ._routing import Deployment, Router
 from ._sse import SSEDecoder, format_error_event, parse_block
 from ._state import TRANSITIONS, State
 from ._trace import TraceMiddleware
-from ._usage import StreamUsage, Usage, cost_usd, usage_from_anthropic, usage_from_openai
+from ._usage import (
+    StreamUsage,
+    Usage,
+    cost_usd,
+    has_usage_value,
+    usage_from_anthropic,
+    usage_from_openai,
+)
 
 __all__ = ["BUILTIN_MIDDLEWARE", "Exchange", "Pipeline", "Proxy"]
 
@@ -809,7 +816,8 @@ def _dumps(value: Any) -> bytes:
 
 def _usage_only(block: bytes) -> bool:
     """Whether an OpenAI stream block is the usage-only chunk (``choices: []``)."""
-    if b'"usage"' not in block or b'"choices"' not in block:
+    # Every chunk of an include_usage stream says "usage":null: look before parsing.
+    if b'"choices"' not in block or not has_usage_value(block):
         return False
     event = parse_block(block)
     if not event.data.startswith("{"):

@@ -20,6 +20,7 @@ __all__ = [
     "StreamUsage",
     "Usage",
     "cost_usd",
+    "has_usage_value",
     "merge_usage",
     "usage_from_anthropic",
     "usage_from_openai",
@@ -180,7 +181,7 @@ _WHITESPACE = b" \t\r\n"
 _COLON = 58  # ord(":")
 
 
-def _has_usage_value(block: bytes) -> bool:
+def has_usage_value(block: bytes) -> bool:
     """Whether some ``"usage"`` key in the block has a value other than ``null``.
 
     A ``"usage"`` not followed by a colon is a string value, not a key (a
@@ -247,7 +248,7 @@ class StreamUsage:
             if _may_carry_anthropic_usage(block):
                 usage = usage_from_anthropic(_json_object(block))
                 self.usage = merge_usage(self.usage, usage)
-        elif _has_usage_value(block):
+        elif has_usage_value(block):
             usage = usage_from_openai(_json_object(block))
             if usage is not None:
                 self.usage = usage
