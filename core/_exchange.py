@@ -40,11 +40,19 @@ from ._events import (
 )
 from ._gateway import ROUTES, Plan, StreamTranslator, plan, plan_passthrough
 from ._guardrails import GuardrailsMiddleware
-from ._http import HOP_BY_HOP, error_body, error_headers, split_target
+from ._http import (
+    HOP_BY_HOP,
+    connection_tokens,
+    dumps,
+    error_body,
+    error_headers,
+    header,
+    split_target,
+)
 from ._messages_to_chat import anthropic_error_body
 from ._middleware import HOOKS, Reply, load_middleware
 from ._mock import MockAnswer, mock_answer
-from ._routing import Deployment, Router
+from ._routing import ApiType, Deployment, Router
 from ._sse import SSEDecoder, format_error_event, parse_block
 from ._state import TRANSITIONS, State
 from ._trace import TraceMiddleware
@@ -114,13 +122,6 @@ class Pipeline:
             on_error=tuple(phases["on_error"]),
             on_complete=tuple(phases["on_complete"]),
         )
-
-
-def _header(headers: Headers, wanted: bytes) -> bytes | None:
-    for name, value in headers:
-        if name == wanted:
-            return value
-    return None
 
 
 def _outcome(error: ProtocolError) -> str:
@@ -318,7 +319,7 @@ class Exchange:
                     code="request_header_fields_too_large",
                 )
             self.request_path, self.request_query = split_target(event.target)
-            length = _header(event.headers, b"content-length")
+            length = header(event.headers, b"content-length")
             if length is not None and int(length) > limits.max_body_size:
                 raise self._too_large()
         except RemoteProtocolError as exc:
@@ -360,19 +361,17 @@ class Exchange:
                 if reply is not None:
                     self._answer(reply.status, list(reply.headers), reply.body, now)
                     return
-            self._route(now)
+            self._route(route, now)
         except RemoteProtocolError as exc:
             self._fail(exc, now)
 
-    def _route(self, now: float) -> None:
+    def _route(self, route: tuple[ApiType, str] | None, now: float) -> None:
         router = self._proxy.router
         if not router.active:
             self._answer_mock(now)
             return
         method, path = self.request_method, self.request_path
-        route = ROUTES.get((method, path))
         if route is not None:
-            self.client_api = route[0]
             self.model, self.deployment, upstream = plan(
                 router,
                 api=route[0],
@@ -406,7 +405,7 @@ class Exchange:
     def _answer(
         self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, now: float
     ) -> None:
-        if _header(headers, b"content-length") is None:
+        if header(headers, b"content-length") is None:
             headers.append((b"content-length", str(len(body)).encode()))
         self._start_response(status, headers)
         self._send_body(body)
@@ -488,7 +487,7 @@ class Exchange:
         dropped = HOP_BY_HOP
         for name, value in event.headers:
             if name == b"connection":
-                dropped = dropped | {t.strip().lower() for t in value.split(b",")}
+                dropped = dropped | connection_tokens(value)
             elif name == b"content-type":
                 sse = value[:17].lower() == b"text/event-stream"
             elif name == b"content-encoding":
@@ -620,7 +619,7 @@ class Exchange:
             )
             return
         else:
-            out = _dumps(upstream.body_translator(answer))
+            out = dumps(upstream.body_translator(answer))
         self._settle_usage(answer)
         self._answer(status, [_JSON_HEADER, *self.response_headers], out, now)
 
@@ -748,7 +747,7 @@ class Exchange:
             self._commands.append(_END_OK)
         elif self.is_stream:
             if anthropic:
-                event = b"event: error\ndata: " + _dumps(
+                event = b"event: error\ndata: " + dumps(
                     {"type": "error", "error": {"type": "api_error", "message": str(error)}}
                 )
                 self._send_blocks((event + b"\n\n",))
@@ -808,10 +807,6 @@ _TIMER_FIRED = TimerFired()
 _COPY = 1
 _HOLD = 2
 _USAGE_COPY_LIMIT = 1 << 20
-
-
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _usage_only(block: bytes) -> bool:

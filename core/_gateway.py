@@ -8,10 +8,9 @@ Anthropic APIs. Pure: the exchange carries the plan out.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from ._chat_to_messages import (
     MessagesStreamToChat,
@@ -21,17 +20,16 @@ from ._chat_to_messages import (
 )
 from ._errors import RemoteProtocolError
 from ._events import Headers
+from ._http import dumps, parse_json_object
 from ._messages_to_chat import (
     ChatStreamToMessages,
     chat_response_to_messages,
     messages_request_to_chat,
     openai_error_to_anthropic,
 )
-from ._routing import Deployment, Provider, Router
+from ._routing import ApiType, Deployment, Provider, Router
 
 __all__ = ["ROUTES", "Plan", "StreamTranslator", "plan", "plan_passthrough"]
-
-ApiType = Literal["openai", "anthropic"]
 
 #: The endpoints routed by their ``model``: (method, path) -> (client API, kind).
 ROUTES: Mapping[tuple[bytes, bytes], tuple[ApiType, str]] = {
@@ -75,21 +73,6 @@ def _bad(message: str, param: str | None = None, *, code: str | None = None) -> 
     return RemoteProtocolError(message, error_status_hint=400, code=code, param=param)
 
 
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-def parse_body(body: bytes) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400."""
-    try:
-        value = json.loads(body)
-    except ValueError:
-        raise _bad("the request body is not valid JSON", code="invalid_json") from None
-    if not isinstance(value, dict):
-        raise _bad("the request body must be a JSON object", code="invalid_json")
-    return value
-
-
 def plan_passthrough(
     provider: Provider, path: bytes, query: bytes, headers: Headers, body: bytes
 ) -> Plan:
@@ -124,7 +107,7 @@ def plan(
     shorthand = router.shorthand
     lenient = shorthand is not None and shorthand.type == api
     try:
-        body = parse_body(raw)
+        body = parse_json_object(raw)
     except RemoteProtocolError:
         if lenient:
             assert shorthand is not None
@@ -163,7 +146,7 @@ def plan(
                 provider=provider,
                 target=provider.target(b"/v1/messages"),
                 headers=provider.translated_headers(headers, stream=stream),
-                body=_dumps(translated),
+                body=dumps(translated),
                 usage_api="anthropic",
                 stream_translator=lambda: MessagesStreamToChat(
                     model=model,
@@ -189,7 +172,7 @@ def plan(
                 provider=provider,
                 target=provider.target(b"/v1/chat/completions"),
                 headers=provider.translated_headers(headers, stream=stream),
-                body=_dumps(translated),
+                body=dumps(translated),
                 usage_api="openai",
                 stream_translator=lambda: ChatStreamToMessages(model=model, message_id=message_id),
                 body_translator=lambda answer: chat_response_to_messages(
@@ -234,7 +217,7 @@ def _native(  # noqa: PLR0917 -- private, called once
         provider=provider,
         target=provider.target(target),
         headers=provider.request_headers(headers),
-        body=_dumps(body) if changed else raw,
+        body=dumps(body) if changed else raw,
         usage_api=api,
         strip_usage=strip_usage,
     )

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from ._errors import RemoteProtocolError
 from ._events import Headers
 
 __all__ = [
     "HOP_BY_HOP",
+    "connection_tokens",
+    "dumps",
     "error_body",
     "error_headers",
+    "header",
+    "parse_json_object",
     "split_target",
 ]
 
@@ -69,6 +74,39 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
             if segment in (b".", b".."):
                 raise _bad_target("dot segments are not allowed in the path")
     return path, query
+
+
+def header(headers: Headers, wanted: bytes) -> bytes | None:
+    """The value of the first header named ``wanted`` (lower-case), or None."""
+    for name, value in headers:
+        if name == wanted:
+            return value
+    return None
+
+
+def connection_tokens(value: bytes) -> set[bytes]:
+    """The header names a ``Connection`` header lists (they are hop-by-hop too)."""
+    return {token.strip().lower() for token in value.split(b",")}
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON, as every body the proxy writes."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or a 400."""
+    try:
+        value = json.loads(body)
+    except ValueError:
+        raise RemoteProtocolError(
+            "the request body is not valid JSON", error_status_hint=400, code="invalid_json"
+        ) from None
+    if not isinstance(value, dict):
+        raise RemoteProtocolError(
+            "the request body must be a JSON object", error_status_hint=400, code="invalid_json"
+        )
+    return value
 
 
 def error_body(

@@ -8,13 +8,13 @@ exchange id, timestamps from the exchange's start).
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import struct
 from dataclasses import dataclass
 from typing import Any
 
 from ._errors import RemoteProtocolError
+from ._http import dumps, parse_json_object
 
 __all__ = ["MOCK_MODELS", "MockAnswer", "mock_answer"]
 
@@ -35,12 +35,8 @@ class MockAnswer:
     stream: bool = False
 
 
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
-
-
 def _json_answer(value: Any) -> MockAnswer:
-    body = _dumps(value)
+    body = dumps(value)
     return MockAnswer(
         status=200, headers=(_JSON, (b"content-length", str(len(body)).encode())), body=body
     )
@@ -63,16 +59,6 @@ def _text_of(content: Any) -> str:
     if isinstance(content, list):
         return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
     return ""
-
-
-def _parse_json(body: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(body)
-    except ValueError:
-        raise _bad("the request body is not valid JSON") from None
-    if not isinstance(value, dict):
-        raise _bad("the request body must be a JSON object")
-    return value
 
 
 def _chat(request: dict[str, Any], exchange_id: str, created: int) -> MockAnswer:
@@ -133,7 +119,7 @@ def _chat(request: dict[str, Any], exchange_id: str, created: int) -> MockAnswer
             "choices": choices,
             **extra,
         }
-        return b"data: " + _dumps(envelope) + b"\n\n"
+        return b"data: " + dumps(envelope) + b"\n\n"
 
     def delta(content: dict[str, Any], finish_reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": content, "logprobs": None, "finish_reason": finish_reason}
@@ -198,9 +184,9 @@ def mock_answer(
             }
         )
     if path == b"/v1/chat/completions" and method == b"POST":
-        return _chat(_parse_json(body), exchange_id, created)
+        return _chat(parse_json_object(body), exchange_id, created)
     if path == b"/v1/embeddings" and method == b"POST":
-        return _embeddings(_parse_json(body))
+        return _embeddings(parse_json_object(body))
     raise RemoteProtocolError(
         f"the mock provider does not serve {method.decode('latin-1')} "
         f"{path.decode('latin-1')}; it serves GET /v1/models, POST /v1/chat/completions "

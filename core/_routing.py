@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -19,22 +18,16 @@ from urllib.parse import urlsplit
 from ._commands import Origin
 from ._config import DeploymentConfig, ProxyConfig, UpstreamConfig
 from ._events import Headers
-from ._http import HOP_BY_HOP
+from ._http import HOP_BY_HOP, connection_tokens, dumps, header
 from ._prices import Price, price_for
 
-__all__ = ["ANTHROPIC_VERSION", "Deployment", "Provider", "Router"]
+__all__ = ["ANTHROPIC_VERSION", "ApiType", "Deployment", "Provider", "Router"]
 
 #: The ``anthropic-version`` sent when neither the client nor the config gives one.
 ANTHROPIC_VERSION = "2023-06-01"
 
+#: The two APIs sansproxy speaks, on either side.
 ApiType = Literal["openai", "anthropic"]
-
-
-def _header(headers: Headers, wanted: bytes) -> bytes | None:
-    for name, value in headers:
-        if name == wanted:
-            return value
-    return None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,10 +50,9 @@ class Provider:
     def request_headers(self, headers: Headers) -> list[tuple[bytes, bytes]]:
         """The client's headers as this upstream must see them (no Content-Length yet)."""
         dropped = self.dropped
-        if _header(headers, b"connection") is not None:
-            dropped = dropped.union(
-                t.strip().lower() for n, v in headers if n == b"connection" for t in v.split(b",")
-            )
+        for name, value in headers:
+            if name == b"connection":
+                dropped = dropped | connection_tokens(value)
         if self.extra:
             dropped = dropped.union(name for name, _ in self.extra)
         out = [(b"host", self.host_header)]
@@ -71,7 +63,7 @@ class Provider:
             out.append(self.auth)
         if (
             self.type == "anthropic"
-            and _header(headers, b"anthropic-version") is None
+            and header(headers, b"anthropic-version") is None
             and not any(name == b"anthropic-version" for name, _ in self.extra)
         ):
             # Native Anthropic clients send their version; if not, use ours.
@@ -92,8 +84,8 @@ class Provider:
         ]
         auth = self.auth
         if auth is None:
-            key = _header(headers, b"x-api-key")
-            bearer = _header(headers, b"authorization")
+            key = header(headers, b"x-api-key")
+            bearer = header(headers, b"authorization")
             if key is None and bearer is not None and bearer[:7].lower() == b"bearer ":
                 key = bearer[7:].strip()
             if key is not None:
@@ -229,4 +221,4 @@ class Router:
             {"id": name, "object": "model", "created": 0, "owned_by": deployments[0].provider.name}
             for name, deployments in self.models.items()
         ]
-        return json.dumps({"object": "list", "data": data}, separators=(",", ":")).encode()
+        return dumps({"object": "list", "data": data})

@@ -14,6 +14,7 @@ from typing import Any
 
 from ._commands import WriteTrace
 from ._events import Headers
+from ._http import header
 from ._middleware import Context
 from ._sse import parse_block
 
@@ -35,19 +36,12 @@ def redact_headers(headers: Headers) -> list[list[str]]:
     return out
 
 
-def _header(headers: Headers, wanted: bytes) -> bytes:
-    for name, value in headers:
-        if name == wanted:
-            return value
-    return b""
-
-
 def _body(data: bytes, headers: Headers, limit: int, truncated: bool) -> dict[str, Any]:
     if truncated:
         return {"text": data[:limit].decode("utf-8", "replace"), "truncated": True}
     if not data:
         return {}
-    if b"json" in _header(headers, b"content-type"):
+    if b"json" in (header(headers, b"content-type") or b""):
         try:
             return {"json": json.loads(data)}
         except ValueError:
