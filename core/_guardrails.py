@@ -72,7 +72,6 @@ _RUN_SHAPE = re.compile(rb"0(?<!00)(?<!0-0)(?:-?0){12,}+")
 _RUN = re.compile(r"\d(?<!\d\d)(?<!\d[ -]\d)(?:[ -]?\d){12,}+")  # any script's digits
 # Consecutive groups of at least three digits, in a run: where a card can be.
 _BIG_GROUPS = re.compile(r"(?<!\d)\d{3,}+(?:[ -]\d{3,}+)*+")
-_GROUP = re.compile(r"\d+")
 _VALUE = bytes.maketrans(b"0123456789", bytes(range(10)))
 _DOUBLED = bytes.maketrans(b"0123456789", bytes((0, 2, 4, 6, 8, 1, 3, 5, 7, 9)))  # 2d, summed
 _MIN_DIGITS = 13

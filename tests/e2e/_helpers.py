@@ -25,6 +25,7 @@ from tests.support.proxy_process import ProxyProcess
 __all__ = [
     "stream_chat",
     "CHAT",
+    "MESSAGES",
     "READ_TIMEOUT",
     "SSE",
     "RawClient",
@@ -45,6 +46,7 @@ __all__ = [
 ]
 
 CHAT: Final = "/v1/chat/completions"
+MESSAGES: Final = "/v1/messages"
 # Generous bounds for one read: a hang fails the test instead of stalling the suite.
 READ_TIMEOUT: Final = 5.0
 

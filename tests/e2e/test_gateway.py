@@ -17,6 +17,7 @@ import pytest
 
 from tests.e2e._helpers import (
     CHAT,
+    MESSAGES,
     READ_TIMEOUT,
     SSE,
     assert_error_shape,
@@ -28,11 +29,15 @@ from tests.e2e._helpers import (
     openai_client,
     wait_for_files,
 )
-from tests.support.mock_upstream import DEFAULT_TEXT, MODELS, PROMPT_TOKENS, MockUpstream
+from tests.support.mock_upstream import (
+    COMPLETION_TOKENS,
+    DEFAULT_TEXT,
+    MODELS,
+    PROMPT_TOKENS,
+    MockUpstream,
+)
 from tests.support.proxy_process import ProxyProcess, StartProxy
 
-MESSAGES: Final = "/v1/messages"
-COMPLETION_TOKENS: Final = 5  # the mock's answers are 5 pieces, 5 output tokens
 PROVIDER_HEADER: Final = "x-test-provider"
 CLIENT_KEY: Final = "sk-client-MUST-NOT-LEAK"
 

@@ -23,6 +23,7 @@ import pytest
 
 from tests.e2e._helpers import (
     CHAT,
+    MESSAGES,
     READ_TIMEOUT,
     SSE,
     assert_error_shape,
@@ -32,11 +33,9 @@ from tests.e2e._helpers import (
     iter_events,
     openai_client,
 )
-from tests.support.mock_upstream import DEFAULT_TEXT, PROMPT_TOKENS, MockUpstream
+from tests.support.mock_upstream import COMPLETION_TOKENS, DEFAULT_TEXT, PROMPT_TOKENS, MockUpstream
 from tests.support.proxy_process import ProxyProcess, StartProxy
 
-MESSAGES: Final = "/v1/messages"
-COMPLETION_TOKENS: Final = 5  # the mock's answers are 5 pieces, 5 output tokens
 DEFAULT_MAX_TOKENS: Final = 321
 
 

@@ -54,6 +54,7 @@ from typing import Any, Final, Literal
 import h11
 
 __all__ = [
+    "COMPLETION_TOKENS",
     "CREATED",
     "DEFAULT_PIECES",
     "DEFAULT_TEXT",
@@ -75,6 +76,7 @@ MODEL_PREFIX: Final = "scenario:"
 DEFAULT_PIECES: Final = ("Hello", " from", " the", " mock", " upstream.")
 DEFAULT_TEXT: Final = "".join(DEFAULT_PIECES)
 PROMPT_TOKENS: Final = 12
+COMPLETION_TOKENS: Final = len(DEFAULT_PIECES)  # one output token a piece
 CREATED: Final = 1_700_000_000
 EMBEDDING_SIZE: Final = 8
 MODELS: Final = ("mock-gpt", "mock-claude")
