@@ -33,7 +33,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ._errors import RemoteProtocolError
+from ._errors import NetworkError, RemoteProtocolError, ValidationError
 from ._http import error_body
 from ._sse import format_error_event, parse_block
 
@@ -51,24 +51,12 @@ _COMPACT = (",", ":")
 
 def _refuse(param: str, message: str) -> RemoteProtocolError:
     """A parameter of the OpenAI API that cannot be carried to Anthropic."""
-    return RemoteProtocolError(
-        message,
-        error_status_hint=400,
-        error_type="invalid_request_error",
-        code="unsupported_parameter",
-        param=param,
-    )
+    return ValidationError(message, code="unsupported_parameter", param=param)
 
 
 def _invalid(param: str, message: str, *, code: str = "invalid_value") -> RemoteProtocolError:
     """A value the client should not have sent (or that Anthropic cannot take)."""
-    return RemoteProtocolError(
-        message,
-        error_status_hint=400,
-        error_type="invalid_request_error",
-        code=code,
-        param=param,
-    )
+    return ValidationError(message, code=code, param=param)
 
 
 def _bad_message(index: int, message: str, *, code: str = "invalid_value") -> RemoteProtocolError:
@@ -77,12 +65,7 @@ def _bad_message(index: int, message: str, *, code: str = "invalid_value") -> Re
 
 def _upstream(message: str) -> RemoteProtocolError:
     """The upstream sent something that is not the Anthropic Messages API."""
-    return RemoteProtocolError(
-        f"malformed Anthropic response: {message}",
-        error_status_hint=502,
-        error_type="upstream_error",
-        code="upstream_protocol_error",
-    )
+    return NetworkError(f"malformed Anthropic response: {message}", code="upstream_protocol_error")
 
 
 # --- request: OpenAI chat -> Anthropic messages -------------------------------
@@ -479,7 +462,7 @@ def chat_request_to_messages(
     that cannot be translated.
     """
     if not isinstance(body, Mapping):
-        raise RemoteProtocolError("the request body must be a JSON object", code="invalid_request")
+        raise ValidationError("the request body must be a JSON object")
     for name, value in body.items():
         if name in _HANDLED or value is None:
             continue

@@ -12,16 +12,23 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ._events import Headers
+from ._limiter import Limit
 
 __all__ = [
+    "AcquireQuota",
+    "BudgetCheck",
     "CancelUpstream",
     "Command",
     "EndResponse",
     "Log",
     "LogLevel",
     "Origin",
+    "QuotaAdjustment",
+    "QuotaCharge",
     "SendBody",
     "SendUpstreamRequest",
+    "SettleQuota",
+    "SpendRecord",
     "StartResponse",
     "WriteTrace",
 ]
@@ -118,3 +125,75 @@ class Log(Command):
     level: LogLevel
     message: str
     fields: Mapping[str, Any]
+
+
+# --- quotas: rate limits and budgets, kept by the driver's store (memory or Redis) ---
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuotaCharge:
+    """Charge ``amount`` against the limiter state stored under ``key`` (0: only look)."""
+
+    key: str
+    limit: Limit
+    amount: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BudgetCheck:
+    """Refuse unless what was spent under ``key`` (USD) is below ``usd``."""
+
+    key: str
+    usd: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AcquireQuota(Command):
+    """Ask the store whether a request may go, and charge it if so: a command with a reply.
+
+    All or nothing: the request is admitted when every budget has money left
+    and every charge fits its limit; only then is every charge recorded
+    (``core.MemoryLimiter.acquire_all`` and the Redis quota script). ``at`` is
+    UNIX time in seconds (limits are shared between processes, so their clock is
+    the wall clock). Answer with ``QuotaAnswered`` (decisions in the order of
+    ``charges``, spent USD in the order of ``budgets``) or ``QuotaFailed`` with
+    the same ``query_id``. The exchange gives up after ``timeout`` seconds.
+    """
+
+    query_id: int
+    at: float
+    charges: tuple[QuotaCharge, ...]
+    budgets: tuple[BudgetCheck, ...] = ()
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuotaAdjustment:
+    """Correct an up-front charge: ``delta`` > 0 charges more, < 0 refunds (``adjust``)."""
+
+    key: str
+    limit: Limit
+    delta: int
+    charged_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpendRecord:
+    """Add ``usd`` to the spend under ``key``; the store may forget it after ``ttl`` s."""
+
+    key: str
+    usd: float
+    ttl: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SettleQuota(Command):
+    """Record what an exchange really used, once it is over. Fire and forget.
+
+    Carry it out after the client's response is flushed; a failure is logged
+    and counted, never fed back.
+    """
+
+    at: float
+    adjustments: tuple[QuotaAdjustment, ...] = ()
+    spends: tuple[SpendRecord, ...] = ()

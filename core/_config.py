@@ -109,6 +109,34 @@ class LimitsConfig(_Frozen):
         default=MiB, ge=0, description="Body bytes kept per trace record (the rest is cut)."
     )
     max_trace_events: int = Field(default=10_000, ge=0, description="Stream events per trace.")
+    backend: Literal["memory", "redis"] = Field(
+        default="memory",
+        description="Where rate-limit and budget state lives: this process, or a Redis "
+        "shared by every worker and instance.",
+    )
+    redis_url: SecretStr | None = Field(
+        default=None, description="redis://[:password@]host:port/db (backend: redis)."
+    )
+    redis_timeout: float = Field(
+        default=0.25, gt=0, description="Seconds a Redis call may take before it counts as down."
+    )
+    redis_retry_interval: float = Field(
+        default=1.0,
+        ge=0,
+        description="After a failed Redis call, seconds during which calls fail at once "
+        "(no wait) before Redis is tried again.",
+    )
+    on_backend_error: Literal["open", "closed"] = Field(
+        default="open",
+        description="Redis unreachable: 'open' admits the request (logged, counted), "
+        "'closed' answers 503.",
+    )
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> LimitsConfig:
+        if self.backend == "redis" and self.redis_url is None:
+            raise ValueError("backend 'redis' needs redis_url (redis://host:port/db)")
+        return self
 
 
 class ServerConfig(_Frozen):

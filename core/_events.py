@@ -10,10 +10,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from ._limiter import Decision
+
 __all__ = [
     "ClientGone",
     "Event",
     "FailureKind",
+    "QuotaAnswered",
+    "QuotaFailed",
     "Headers",
     "RequestData",
     "RequestEnded",
@@ -103,3 +107,27 @@ class TimerFired(Event):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClientGone(Event):
     """The client closed its connection (or the driver gave up on it)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuotaAnswered(Event):
+    """The store's answer to ``AcquireQuota`` number ``query_id``.
+
+    ``admitted``: every budget had money left and every charge fitted (and all
+    were recorded). ``decisions``: one per charge, in order. ``spent``: USD
+    spent so far, one per budget, in order.
+    """
+
+    query_id: int
+    admitted: bool
+    decisions: tuple[Decision, ...]
+    spent: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuotaFailed(Event):
+    """The store could not answer ``AcquireQuota`` number ``query_id`` (unreachable,
+    timed out). ``message`` is for logs and must not carry secrets."""
+
+    query_id: int
+    message: str

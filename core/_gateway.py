@@ -18,7 +18,7 @@ from ._chat_to_messages import (
     chat_request_to_messages,
     messages_response_to_chat,
 )
-from ._errors import RemoteProtocolError
+from ._errors import ModelNotFoundError, RemoteProtocolError, ValidationError
 from ._events import Headers
 from ._http import dumps, parse_json_object
 from ._messages_to_chat import (
@@ -70,7 +70,7 @@ class Plan:
 
 
 def _bad(message: str, param: str | None = None, *, code: str | None = None) -> RemoteProtocolError:
-    return RemoteProtocolError(message, error_status_hint=400, code=code, param=param)
+    return ValidationError(message, code=code, param=param)
 
 
 def plan_passthrough(
@@ -122,10 +122,8 @@ def plan(
     deployment = router.resolve(model, rand)
     if deployment is None:
         known = ", ".join(sorted(router.models)) or "none configured"
-        raise RemoteProtocolError(
+        raise ModelNotFoundError(
             f"the model '{model}' does not exist (models: {known}; or use provider/model)",
-            error_status_hint=404,
-            code="model_not_found",
             param="model",
         )
     provider = deployment.provider

@@ -48,7 +48,7 @@ from collections.abc import Callable, Iterator, Sequence
 from itertools import accumulate
 from typing import Any
 
-from ._errors import RemoteProtocolError
+from ._errors import ContentPolicyError
 from ._middleware import Context
 
 __all__ = ["GuardrailsMiddleware", "luhn_valid"]
@@ -476,12 +476,9 @@ class GuardrailsMiddleware:
                 index = self.denied(text)
                 if index is not None:
                     param = _param(where)
-                    raise RemoteProtocolError(
+                    raise ContentPolicyError(
                         f"the request was refused by the content policy: deny pattern {index} "
                         f"matched the text at {param}",
-                        error_status_hint=400,
-                        error_type="invalid_request_error",
-                        code="content_policy_violation",
                         param=param,
                     )
             clean = self.redact(text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ._errors import RemoteProtocolError
+from ._errors import ValidationError
 from ._events import Headers
 
 __all__ = [
@@ -37,12 +37,8 @@ HOP_BY_HOP = frozenset(
 _BAD_ESCAPES = (b"%2e", b"%2f", b"%5c", b"%00")
 
 
-def _bad_target(reason: str) -> RemoteProtocolError:
-    return RemoteProtocolError(
-        f"invalid request target: {reason}",
-        error_status_hint=400,
-        code="invalid_request_target",
-    )
+def _bad_target(reason: str) -> ValidationError:
+    return ValidationError(f"invalid request target: {reason}", code="invalid_request_target")
 
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:
@@ -99,13 +95,9 @@ def parse_json_object(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body)
     except ValueError:
-        raise RemoteProtocolError(
-            "the request body is not valid JSON", error_status_hint=400, code="invalid_json"
-        ) from None
+        raise ValidationError("the request body is not valid JSON", code="invalid_json") from None
     if not isinstance(value, dict):
-        raise RemoteProtocolError(
-            "the request body must be a JSON object", error_status_hint=400, code="invalid_json"
-        )
+        raise ValidationError("the request body must be a JSON object", code="invalid_json")
     return value
 
 

@@ -50,7 +50,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final, Literal, NoReturn
 
-from core._errors import LocalProtocolError, RemoteProtocolError
+from core._errors import LocalProtocolError, NetworkError, ValidationError
 from core._sse import parse_block
 
 __all__ = [
@@ -70,31 +70,16 @@ _raw_decode = json.JSONDecoder().raw_decode
 
 
 def _unsupported(param: str, why: str) -> NoReturn:
-    raise RemoteProtocolError(
-        f"{param}: {why}",
-        error_status_hint=400,
-        error_type="invalid_request_error",
-        code="unsupported_parameter",
-        param=param,
-    )
+    raise ValidationError(f"{param}: {why}", code="unsupported_parameter", param=param)
 
 
 def _invalid(param: str, why: str) -> NoReturn:
-    raise RemoteProtocolError(
-        f"{param}: {why}",
-        error_status_hint=400,
-        error_type="invalid_request_error",
-        code="invalid_request",
-        param=param,
-    )
+    raise ValidationError(f"{param}: {why}", param=param)
 
 
 def _bad_upstream(why: str) -> NoReturn:
-    raise RemoteProtocolError(
-        f"upstream sent an invalid chat completion: {why}",
-        error_status_hint=502,
-        error_type="upstream_error",
-        code="upstream_protocol_error",
+    raise NetworkError(
+        f"upstream sent an invalid chat completion: {why}", code="upstream_protocol_error"
     )
 
 

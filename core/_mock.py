@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from ._errors import RemoteProtocolError
+from ._errors import ModelNotFoundError, ValidationError
 from ._http import dumps, parse_json_object
 
 __all__ = ["MOCK_MODELS", "MockAnswer", "mock_answer"]
@@ -42,10 +42,8 @@ def _json_answer(value: Any) -> MockAnswer:
     )
 
 
-def _bad(message: str, param: str | None = None, status: int = 400) -> RemoteProtocolError:
-    return RemoteProtocolError(
-        message, error_status_hint=status, code="invalid_value" if param else None, param=param
-    )
+def _bad(message: str, param: str | None = None) -> ValidationError:
+    return ValidationError(message, code="invalid_value" if param else None, param=param)
 
 
 def _tokens(text: str) -> int:
@@ -187,10 +185,9 @@ def mock_answer(
         return _chat(parse_json_object(body), exchange_id, created)
     if path == b"/v1/embeddings" and method == b"POST":
         return _embeddings(parse_json_object(body))
-    raise RemoteProtocolError(
+    raise ModelNotFoundError(
         f"the mock provider does not serve {method.decode('latin-1')} "
         f"{path.decode('latin-1')}; it serves GET /v1/models, POST /v1/chat/completions "
         "and POST /v1/embeddings",
-        error_status_hint=404,
         code="unknown_url",
     )

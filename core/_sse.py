@@ -14,7 +14,7 @@ import json
 from contextlib import suppress
 from dataclasses import dataclass
 
-from core._errors import LocalProtocolError, RemoteProtocolError
+from ._errors import LocalProtocolError, NetworkError, RemoteProtocolError
 
 __all__ = ["SSEDecoder", "SSEEvent", "format_error_event", "parse_block"]
 
@@ -269,11 +269,8 @@ class SSEDecoder:
     def _too_large(self) -> RemoteProtocolError:
         self._state = _BROKEN
         self._buf = bytearray()
-        self._error = RemoteProtocolError(
-            f"upstream SSE event larger than {self._max} bytes",
-            error_status_hint=502,
-            error_type="upstream_error",
-            code="sse_event_too_large",
+        self._error = NetworkError(
+            f"upstream SSE event larger than {self._max} bytes", code="sse_event_too_large"
         )
         return self._error
 
@@ -281,9 +278,6 @@ class SSEDecoder:
         error = self._error
         if error is None:
             return _local_error(f"SSEDecoder.{method}() called after close()")
-        return RemoteProtocolError(
-            f"SSEDecoder.{method}() called after an error: {error}",
-            error_status_hint=error.error_status_hint,
-            error_type=error.error_type,
-            code=error.code,
+        return NetworkError(
+            f"SSEDecoder.{method}() called after an error: {error}", code=error.code
         )
