@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 __all__ = [
     "DeploymentConfig",
     "LimitsConfig",
+    "ModelConfig",
+    "RateLimitConfig",
     "PriceConfig",
     "TranslationConfig",
     "MockConfig",
@@ -91,6 +93,37 @@ class DeploymentConfig(_Frozen):
     price: PriceConfig | None = None
 
 
+class RateLimitConfig(_Frozen):
+    """Requests and tokens per minute (each optional)."""
+
+    rpm: int | None = Field(default=None, ge=1, description="Requests per minute.")
+    tpm: int | None = Field(default=None, ge=1, description="Tokens (input + output) per minute.")
+
+
+class ModelConfig(_Frozen):
+    """A public model: where it is served, what to try when that fails, its limits.
+
+    In YAML a model may be just its list of deployments (the short form).
+    """
+
+    deployments: tuple[DeploymentConfig, ...]
+    fallbacks: tuple[str, ...] = Field(
+        default=(),
+        description="Public models tried, in order, once every deployment of this one has "
+        "failed (needs the retry middleware).",
+    )
+    limits: RateLimitConfig | None = Field(
+        default=None, description="Per-model rate limits, shared by every key (rate_limit)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return {"deployments": value}
+        return value
+
+
 class TranslationConfig(_Frozen):
     """Defaults used when translating between the OpenAI and Anthropic APIs."""
 
@@ -162,7 +195,7 @@ class ProxyConfig(_Frozen):
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig | None = None
     providers: dict[str, UpstreamConfig] = Field(default_factory=dict)
-    models: dict[str, tuple[DeploymentConfig, ...]] = Field(default_factory=dict)
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
     translation: TranslationConfig = TranslationConfig()
     limits: LimitsConfig = LimitsConfig()
     mock: MockConfig = MockConfig()
@@ -200,13 +233,20 @@ class ProxyConfig(_Frozen):
         if self.models and not self.providers:
             raise ValueError("models: no providers are configured")
         known = ", ".join(sorted(self.providers))
-        for name, deployments in self.models.items():
-            if not deployments:
+        for name, model in self.models.items():
+            if not model.deployments:
                 raise ValueError(f"models.{name}: lists no deployment")
-            for i, deployment in enumerate(deployments):
+            for i, deployment in enumerate(model.deployments):
                 if deployment.provider not in self.providers:
                     raise ValueError(
                         f"models.{name}[{i}].provider: unknown provider "
                         f"{deployment.provider!r} (known: {known})"
+                    )
+            for fallback in model.fallbacks:
+                if fallback not in self.models or fallback == name:
+                    others = ", ".join(sorted(set(self.models) - {name})) or "none"
+                    raise ValueError(
+                        f"models.{name}.fallbacks: {fallback!r} is not another public model "
+                        f"(others: {others})"
                     )
         return self

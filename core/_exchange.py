@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._commands import (
+    AcquireQuota,
     CancelUpstream,
     Command,
     EndResponse,
@@ -24,11 +25,22 @@ from ._commands import (
     StartResponse,
 )
 from ._config import ProxyConfig
-from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._errors import (
+    InternalError,
+    LocalProtocolError,
+    ModelNotFoundError,
+    NetworkError,
+    ProtocolError,
+    RemoteProtocolError,
+    UpstreamTimeoutError,
+    ValidationError,
+)
 from ._events import (
     ClientGone,
     Event,
     Headers,
+    QuotaAnswered,
+    QuotaFailed,
     RequestData,
     RequestEnded,
     RequestReceived,
@@ -52,6 +64,7 @@ from ._http import (
 from ._messages_to_chat import anthropic_error_body
 from ._middleware import HOOKS, Reply, load_middleware
 from ._mock import MockAnswer, mock_answer
+from ._retry import Attempt, Retry, parse_retry_after
 from ._routing import ApiType, Deployment, Router
 from ._sse import SSEDecoder, format_error_event, parse_block
 from ._state import TRANSITIONS, State
@@ -80,11 +93,11 @@ _HEALTH_HEADERS = (
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 
 # Failure kinds reported by drivers, as errors the client sees.
-_UPSTREAM_FAILURES: dict[str, tuple[int, str, str]] = {
-    "connect": (502, "upstream_connect_error", "could not connect to the upstream"),
-    "timeout": (504, "upstream_timeout", "the upstream timed out"),
-    "reset": (502, "upstream_reset", "the upstream closed the connection mid-response"),
-    "protocol": (502, "upstream_protocol_error", "the upstream sent a malformed response"),
+_UPSTREAM_FAILURES: dict[str, tuple[type[NetworkError | UpstreamTimeoutError], str, str]] = {
+    "connect": (NetworkError, "upstream_connect_error", "could not connect to the upstream"),
+    "timeout": (UpstreamTimeoutError, "upstream_timeout", "the upstream timed out"),
+    "reset": (NetworkError, "upstream_reset", "the upstream closed the connection mid-response"),
+    "protocol": (NetworkError, "upstream_protocol_error", "the upstream sent a malformed response"),
 }
 
 
@@ -93,18 +106,22 @@ class Pipeline:
     """Middleware compiled into one tuple of bound hooks per phase, built once."""
 
     middleware: tuple[object, ...]
-    on_request: tuple[Callable[[Exchange], Reply | None], ...]
+    on_request: tuple[Callable[[Exchange], object], ...]
+    #: The ``on_answer`` hook of each ``on_request`` hook's middleware (or None), same order.
+    on_answer: tuple[Callable[[Exchange, QuotaAnswered | QuotaFailed], object] | None, ...]
     on_upstream_request: tuple[Callable[[Exchange, SendUpstreamRequest], SendUpstreamRequest], ...]
     on_response_head: tuple[Callable[[Exchange], None], ...]
     on_response_data: tuple[Callable[[Exchange, bytes], bytes], ...]
     on_stream_event: tuple[Callable[[Exchange, bytes], bytes | None], ...]
     on_error: tuple[Callable[[Exchange, ProtocolError], None], ...]
     on_complete: tuple[Callable[[Exchange], None], ...]
+    on_attempt_failed: tuple[Callable[[Exchange, Attempt], Retry | ProtocolError | None], ...]
 
     @classmethod
     def build(cls, middleware: Sequence[object]) -> Pipeline:
         """Collect each middleware's hooks, in order, skipping the ones it lacks."""
         phases: dict[str, list[Callable[..., Any]]] = {hook: [] for hook in HOOKS}
+        answers: list[Callable[..., Any] | None] = []
         for mw in middleware:
             for hook in HOOKS:
                 fn = getattr(mw, hook, None)
@@ -112,9 +129,13 @@ class Pipeline:
                     if not callable(fn):
                         raise TypeError(f"{type(mw).__name__}.{hook} is not callable")
                     phases[hook].append(fn)
+                    if hook == "on_request":
+                        answers.append(getattr(mw, "on_answer", None))
         return cls(
             tuple(middleware),
             on_request=tuple(phases["on_request"]),
+            on_answer=tuple(answers),
+            on_attempt_failed=tuple(phases["on_attempt_failed"]),
             on_upstream_request=tuple(phases["on_upstream_request"]),
             on_response_head=tuple(phases["on_response_head"]),
             on_response_data=tuple(phases["on_response_data"]),
@@ -156,15 +177,22 @@ class Exchange:
         "_deadline",
         "_decoder",
         "_dispatch",
+        "_hook_index",
+        "_json",
+        "_json_for",
         "_local_blocks",
         "_plan",
         "_proxy",
+        "_query_id",
         "_rand",
         "_read_timeout",
+        "_retry",
+        "_route_key",
         "_stream_usage",
         "_translator",
         "_upstream_active",
         "_upstream_status",
+        "attempts",
         "client_api",
         "cost_usd",
         "deployment",
@@ -173,7 +201,9 @@ class Exchange:
         "exchange_id",
         "first_upstream_byte_at",
         "is_stream",
+        "key",
         "model",
+        "now",
         "outcome",
         "request_body",
         "request_headers",
@@ -204,6 +234,15 @@ class Exchange:
         self._translator: StreamTranslator | None = None
         self._stream_usage: StreamUsage | None = None
         self._upstream_status = 0
+        self._hook_index = 0
+        self._query_id = 0
+        self._retry: Retry | None = None
+        self._route_key: tuple[ApiType, str] | None = None
+        self._json: dict[str, Any] | None = None
+        self._json_for: bytes | None = None
+        self.attempts: list[Attempt] = []
+        self.key: Any = None
+        self.now = now
         self.client_api = "openai"
         self.model: str | None = None
         self.deployment: Deployment | None = None
@@ -242,6 +281,7 @@ class Exchange:
 
     def handle(self, event: Event, *, now: float) -> None:
         """Feed one event. Raises ``LocalProtocolError`` if this state refuses it."""
+        self.now = now
         handler = self._dispatch.get(event.__class__)
         if handler is None:
             state = self.state
@@ -284,6 +324,43 @@ class Exchange:
         """Queue a command for the driver (middleware use this too)."""
         self._commands.append(command)
 
+    # -- for middleware ------------------------------------------------------
+
+    @property
+    def proxy(self) -> Proxy:
+        """The compiled configuration this exchange runs under (router, config)."""
+        return self._proxy
+
+    @property
+    def seed(self) -> float:
+        """The number in [0, 1) the driver gave this exchange (routing, retry jitter)."""
+        return self._rand
+
+    @property
+    def wall_now(self) -> float:
+        """UNIX time of the event being handled (``wall_time`` plus time elapsed)."""
+        return self.wall_time + (self.now - self.started_at)
+
+    def new_query_id(self) -> int:
+        """A fresh id for a command that needs a reply (``AcquireQuota``)."""
+        self._query_id += 1
+        return self._query_id
+
+    def request_json(self) -> dict[str, Any] | None:
+        """The request body as a JSON object, parsed once (``None`` if it is not one).
+
+        Parsed again only if a hook replaced ``request_body``. Treat it as read-only.
+        """
+        body = self.request_body
+        if self._json_for is not body:
+            self._json_for = body
+            try:
+                value = json.loads(body) if body else None
+            except ValueError:
+                value = None
+            self._json = value if isinstance(value, dict) else None
+        return self._json
+
     # -- internals -----------------------------------------------------------
 
     def _set_state(self, state: State) -> None:
@@ -313,9 +390,9 @@ class Exchange:
             size += len(name) + len(value) + 4
         try:
             if size > limits.max_header_size:
-                raise RemoteProtocolError(
+                raise ValidationError(
                     f"the request head is over {limits.max_header_size} bytes",
-                    error_status_hint=431,
+                    status=431,
                     code="request_header_fields_too_large",
                 )
             self.request_path, self.request_query = split_target(event.target)
@@ -325,12 +402,12 @@ class Exchange:
         except RemoteProtocolError as exc:
             self._fail(exc, now)
         except ValueError:
-            self._fail(RemoteProtocolError("invalid Content-Length", code="invalid_request"), now)
+            self._fail(ValidationError("invalid Content-Length"), now)
 
-    def _too_large(self) -> RemoteProtocolError:
-        return RemoteProtocolError(
+    def _too_large(self) -> ValidationError:
+        return ValidationError(
             f"the request body is over {self._proxy.limits.max_body_size} bytes",
-            error_status_hint=413,
+            status=413,
             code="request_too_large",
         )
 
@@ -353,17 +430,72 @@ class Exchange:
             self._complete("completed", now, hooks=False)
             return
         route = ROUTES.get((self.request_method, self.request_path))
+        self._route_key = route
         if route is not None:
             self.client_api = route[0]  # errors from here on are in the client's API's shape
+        self._continue_request(0, now)
+
+    def _continue_request(self, index: int, now: float) -> None:
+        """Run the ``on_request`` hooks from ``index`` on, then route."""
+        hooks = self._proxy.pipeline.on_request
         try:
-            for hook in self._proxy.pipeline.on_request:
-                reply = hook(self)
-                if reply is not None:
-                    self._answer(reply.status, list(reply.headers), reply.body, now)
+            while index < len(hooks):
+                result = hooks[index](self)
+                if result is not None and self._hook_result(result, index, now):
                     return
-            self._route(route, now)
+                index += 1
+            self._route(self._route_key, now)
         except RemoteProtocolError as exc:
             self._fail(exc, now)
+
+    def _hook_result(self, result: object, index: int, now: float) -> bool:
+        """Act on what a request hook returned; True if the request stops here (for now)."""
+        if isinstance(result, Reply):
+            self._answer(result.status, list(result.headers), result.body, now)
+            return True
+        if isinstance(result, AcquireQuota):
+            self._hook_index = index
+            self._query_id = result.query_id
+            self._commands.append(result)
+            self._deadline = now + result.timeout
+            self._set_state(State.AWAIT_QUOTA)
+            return True
+        raise TypeError(f"an on_request hook returned {result!r}: expected None, Reply or a query")
+
+    def _on_quota_answer(self, event: QuotaAnswered | QuotaFailed, now: float) -> None:
+        if event.query_id != self._query_id:
+            raise LocalProtocolError(
+                f"answer to query {event.query_id}, but query {self._query_id} is pending",
+                error_status_hint=500,
+                error_type="server_error",
+            )
+        self._deadline = None
+        self._answered(event, now)
+
+    def _on_quota_timer(self, event: TimerFired, now: float) -> None:
+        deadline = self._deadline
+        if deadline is None or now < deadline:
+            return
+        self._deadline = None
+        self._answered(
+            QuotaFailed(query_id=self._query_id, message="the quota store did not answer in time"),
+            now,
+        )
+
+    def _answered(self, event: QuotaAnswered | QuotaFailed, now: float) -> None:
+        """Give the answer to the hook's owner, then go on with the next hooks."""
+        index = self._hook_index
+        on_answer = self._proxy.pipeline.on_answer[index]
+        try:
+            if on_answer is None:
+                raise TypeError("a middleware asked a query but has no on_answer hook")
+            result = on_answer(self, event)
+            if result is not None and self._hook_result(result, index, now):
+                return
+        except RemoteProtocolError as exc:
+            self._fail(exc, now)
+            return
+        self._continue_request(index + 1, now)
 
     def _route(self, route: tuple[ApiType, str] | None, now: float) -> None:
         router = self._proxy.router
@@ -372,19 +504,7 @@ class Exchange:
             return
         method, path = self.request_method, self.request_path
         if route is not None:
-            self.model, self.deployment, upstream = plan(
-                router,
-                api=route[0],
-                kind=route[1],
-                path=path,
-                query=self.request_query,
-                headers=self.request_headers,
-                raw=self.request_body,
-                rand=self._rand,
-                exchange_id=self.exchange_id,
-                created=int(self.wall_time),
-                default_max_tokens=self._proxy.config.translation.default_max_tokens,
-            )
+            self.model, self.deployment, upstream = self._plan_route(route, None, None)
         elif router.shorthand is not None:
             upstream = plan_passthrough(
                 router.shorthand, path, self.request_query, self.request_headers, self.request_body
@@ -393,14 +513,32 @@ class Exchange:
             self._answer(200, [_JSON_HEADER], router.model_list(), now)
             return
         else:
-            raise RemoteProtocolError(
+            raise ModelNotFoundError(
                 f"no route for {method.decode('latin-1')} {path.decode('latin-1')}: the gateway "
                 "routes POST /v1/chat/completions, /v1/completions, /v1/embeddings, "
                 "/v1/responses and /v1/messages by their model, and answers GET /v1/models",
-                error_status_hint=404,
                 code="unknown_url",
             )
         self._send_upstream(upstream, now)
+
+    def _plan_route(
+        self, route: tuple[ApiType, str], deployment: Deployment | None, model: str | None
+    ) -> tuple[str | None, Deployment | None, Plan]:
+        return plan(
+            self._proxy.router,
+            api=route[0],
+            kind=route[1],
+            path=self.request_path,
+            query=self.request_query,
+            headers=self.request_headers,
+            raw=self.request_body,
+            rand=self._rand,
+            exchange_id=self.exchange_id,
+            created=int(self.wall_time),
+            default_max_tokens=self._proxy.config.translation.default_max_tokens,
+            deployment=deployment,
+            public_model=model,
+        )
 
     def _answer(
         self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, now: float
@@ -447,7 +585,9 @@ class Exchange:
             self._commands.append(_END_OK)
             self._complete("completed", now)
 
-    def _send_upstream(self, upstream: Plan, now: float) -> None:
+    def _send_upstream(
+        self, upstream: Plan, now: float, *, delay: float = 0.0, model: str | None = None
+    ) -> None:
         provider = upstream.provider
         method = self.request_method
         body = upstream.body
@@ -455,6 +595,17 @@ class Exchange:
         if body or method in _BODY_METHODS:
             headers.append((b"content-length", str(len(body)).encode()))
         self._attempt += 1
+        deployment = self.deployment
+        self.attempts.append(
+            Attempt(
+                number=self._attempt,
+                model=model if model is not None else self.model,
+                provider=provider.name,
+                upstream_model=None if deployment is None else deployment.model,
+                delay=delay,
+                started_at=now,
+            )
+        )
         command = SendUpstreamRequest(
             attempt=self._attempt,
             origin=provider.origin,
@@ -476,12 +627,23 @@ class Exchange:
 
     def _on_upstream_head(self, event: UpstreamResponse, now: float) -> None:
         self._check_attempt(event.attempt)
+        attempt = self.attempts[-1]
+        status = event.status
+        attempt.status = status
+        if status < 400:
+            attempt.outcome = "ok"
+        else:
+            attempt.outcome = "status"
+            if (status == 429 or status >= 500 or status == 408) and self._retry_hooks():
+                attempt.retry_after = parse_retry_after(event.headers, wall_now=self.wall_now)
+                if self._attempt_failed(attempt, None, now):
+                    return
         self.first_upstream_byte_at = now
         self._deadline = now + self._read_timeout
         self._set_state(State.RELAY)
         upstream = self._plan
         assert upstream is not None
-        self._upstream_status = status = event.status
+        self._upstream_status = status
         sse = False
         encoded = False
         dropped = HOP_BY_HOP
@@ -528,10 +690,8 @@ class Exchange:
                     if size > self._proxy.limits.max_body_size:
                         self._cancel_upstream()
                         self._fail(
-                            RemoteProtocolError(
+                            NetworkError(
                                 "the upstream's answer is too large to translate",
-                                error_status_hint=502,
-                                error_type="upstream_error",
                                 code="upstream_response_too_large",
                             ),
                             now,
@@ -574,6 +734,7 @@ class Exchange:
     def _on_upstream_end(self, event: UpstreamEnded, now: float) -> None:
         self._check_attempt(event.attempt)
         self._upstream_active = False
+        self.attempts[-1].ended_at = now
         decoder = self._decoder
         answer: Any = None
         if decoder is not None:
@@ -609,11 +770,8 @@ class Exchange:
             out = upstream.error_translator(status, body)
         elif not isinstance(answer, dict):
             self._fail(
-                RemoteProtocolError(
-                    "the upstream's answer is not a JSON object",
-                    error_status_hint=502,
-                    error_type="upstream_error",
-                    code="upstream_protocol_error",
+                NetworkError(
+                    "the upstream's answer is not a JSON object", code="upstream_protocol_error"
                 ),
                 now,
             )
@@ -644,14 +802,14 @@ class Exchange:
     def _on_upstream_failed(self, event: UpstreamFailed, now: float) -> None:
         self._check_attempt(event.attempt)
         self._upstream_active = False
-        status, code, message = _UPSTREAM_FAILURES[event.kind]
+        attempt = self.attempts[-1]
+        attempt.outcome = event.kind
+        cls, code, message = _UPSTREAM_FAILURES[event.kind]
         detail = f"{message}: {event.message}" if event.message else message
-        self._fail(
-            RemoteProtocolError(
-                detail, error_status_hint=status, error_type="upstream_error", code=code
-            ),
-            now,
-        )
+        error = cls(detail, code=code)
+        if self._retry_hooks() and self._attempt_failed(attempt, error, now):
+            return
+        self._fail(self._after_attempts(error), now)
 
     def _on_upstream_timer(self, event: TimerFired, now: float) -> None:
         deadline = self._deadline
@@ -659,15 +817,88 @@ class Exchange:
             return
         self._cancel_upstream()
         timeout = self._read_timeout
-        self._fail(
-            RemoteProtocolError(
-                f"the upstream sent nothing for {timeout:g} s",
-                error_status_hint=504,
-                error_type="upstream_error",
-                code="upstream_timeout",
-            ),
-            now,
+        attempt = self.attempts[-1]
+        attempt.outcome = "timeout"
+        error = UpstreamTimeoutError(f"the upstream sent nothing for {timeout:g} s")
+        if self._retry_hooks() and self._attempt_failed(attempt, error, now):
+            return
+        self._fail(self._after_attempts(error), now)
+
+    # -- retries -------------------------------------------------------------
+
+    def _retry_hooks(self) -> bool:
+        """Whether a retry is possible: hooks to ask, and nothing sent to the client yet."""
+        return bool(self._proxy.pipeline.on_attempt_failed) and self.response_status is None
+
+    def _attempt_failed(self, attempt: Attempt, error: ProtocolError | None, now: float) -> bool:
+        """Ask the hooks about a failed attempt; True if the exchange retries or fails now."""
+        attempt.ended_at = now
+        decision: Retry | ProtocolError | None = None
+        for hook in self._proxy.pipeline.on_attempt_failed:
+            decision = hook(self, attempt)
+            if decision is not None:
+                break
+        if decision is None:
+            return False
+        self._cancel_upstream()
+        if isinstance(decision, ProtocolError):
+            self._fail(decision, now)
+            return True
+        self._retry = decision
+        self._reset_attempt()
+        self._deadline = now + decision.delay
+        self._set_state(State.BACKOFF)
+        self._commands.append(
+            Log(
+                level="info",
+                message="retrying upstream request",
+                fields={
+                    "exchange": self.exchange_id,
+                    "attempt": attempt.number,
+                    "outcome": attempt.outcome if error is None else error.code,
+                    "status": attempt.status,
+                    "delay": round(decision.delay, 3),
+                    "next_model": decision.model,
+                },
+            )
         )
+        return True
+
+    def _reset_attempt(self) -> None:
+        self._buffer = []
+        self._buffer_size = 0
+        self._buffering = 0
+        self._decoder = None
+        self._translator = None
+        self._stream_usage = None
+        self._upstream_status = 0
+        self.is_stream = False
+        self.response_headers = []
+
+    def _after_attempts(self, error: ProtocolError) -> ProtocolError:
+        """The final error, saying how many attempts were made when there were several."""
+        n = len(self.attempts)
+        if n > 1 and isinstance(error, NetworkError | UpstreamTimeoutError):
+            return type(error)(f"{error} (after {n} attempts)", code=error.code)
+        return error
+
+    def _on_backoff_timer(self, event: TimerFired, now: float) -> None:
+        deadline = self._deadline
+        retry = self._retry
+        if deadline is None or now < deadline or retry is None:
+            return
+        self._retry = None
+        upstream = self._plan
+        assert upstream is not None
+        try:
+            if retry.deployment is not None and self._route_key is not None:
+                _, self.deployment, upstream = self._plan_route(
+                    self._route_key, retry.deployment, retry.model
+                )
+        except RemoteProtocolError as exc:
+            self._fail(exc, now)
+            return
+        self._send_upstream(upstream, now, delay=retry.delay, model=retry.model)
 
     def _on_client_gone(self, event: ClientGone, now: float) -> None:
         self._cancel_upstream()
@@ -736,19 +967,17 @@ class Exchange:
             hook(self, error)
         anthropic = self.client_api == "anthropic"
         if self.response_status is None:
-            if anthropic:
-                body = anthropic_error_body(status, str(error))
-            else:
-                body = error_body(
-                    str(error), error_type=error.error_type, code=error.code, param=error.param
-                )
-            self._start_response(status, error_headers(body))
+            body = self._error_body(error)
+            self._start_response(status, error_headers(body, error.headers))
             self._send_body(body)
             self._commands.append(_END_OK)
         elif self.is_stream:
             if anthropic:
                 event = b"event: error\ndata: " + dumps(
-                    {"type": "error", "error": {"type": "api_error", "message": str(error)}}
+                    {
+                        "type": "error",
+                        "error": {"type": error.anthropic_type, "message": str(error)},
+                    }
                 )
                 self._send_blocks((event + b"\n\n",))
             else:
@@ -759,6 +988,16 @@ class Exchange:
         else:
             self._commands.append(_END_CUT)
         self._complete(_outcome(error), now)
+
+    def _error_body(self, error: ProtocolError) -> bytes:
+        """``error`` in the client API's shape."""
+        if self.client_api == "anthropic":
+            return anthropic_error_body(
+                error.error_status_hint, str(error), error_type=error.anthropic_type
+            )
+        return error_body(
+            str(error), error_type=error.error_type, code=error.code, param=error.param
+        )
 
     def _complete(self, outcome: str, now: float, *, hooks: bool = True) -> None:
         self.outcome = outcome
@@ -784,12 +1023,10 @@ class Exchange:
         self._cancel_upstream()
         if self.state is State.DONE:
             return
-        error = RemoteProtocolError(
-            "internal error in the proxy", error_status_hint=500, error_type="server_error"
-        )
+        error = InternalError("internal error in the proxy")
         self.error = error
         if self.response_status is None:
-            body = error_body(str(error), error_type=error.error_type, code=None)
+            body = self._error_body(error)
             self._commands.append(StartResponse(status=500, headers=error_headers(body)))
             self._commands.append(SendBody(data=body))
             self._commands.append(_END_OK)
@@ -822,6 +1059,8 @@ def _usage_only(block: bytes) -> bool:
     except ValueError:
         return False
     return chunk.get("choices") == [] and bool(chunk.get("usage"))
+
+
 _END_OK = EndResponse(complete=True)
 _END_CUT = EndResponse(complete=False)
 

@@ -98,11 +98,15 @@ def plan(
     exchange_id: str,
     created: int,
     default_max_tokens: int,
+    deployment: Deployment | None = None,
+    public_model: str | None = None,
 ) -> tuple[str | None, Deployment | None, Plan]:
     """Route a request for a model; returns the model asked for, the deployment, the plan.
 
     In the one-provider shorthand, a same-API request the proxy cannot read
     (not JSON, no model) is forwarded untouched: the upstream judges it.
+    A retry names its ``deployment`` (and the ``public_model`` it serves, for
+    a fallback) instead of resolving the body's model.
     """
     shorthand = router.shorthand
     lenient = shorthand is not None and shorthand.type == api
@@ -119,7 +123,10 @@ def plan(
             assert shorthand is not None
             return None, None, plan_passthrough(shorthand, path, query, headers, raw)
         raise _bad("'model' is required and must be a string", "model", code="invalid_value")
-    deployment = router.resolve(model, rand)
+    if deployment is None:
+        deployment = router.resolve(model, rand)
+    elif public_model is not None:
+        model = public_model
     if deployment is None:
         known = ", ".join(sorted(router.models)) or "none configured"
         raise ModelNotFoundError(

@@ -9,9 +9,17 @@ exchange of the process.
 
 Phases, in order:
 
-``on_request(exchange) -> Reply | None``
-    The whole request is in (``exchange.request_*``). Return a :class:`Reply`
-    to answer it directly; raise ``RemoteProtocolError`` to refuse it.
+``on_request(exchange) -> Reply | AcquireQuota | None``
+    The whole request is in (``exchange.request_*``; ``exchange.request_json()``
+    parses the body once for every hook). Return a :class:`Reply` to answer it
+    directly; raise an error of the taxonomy (``core.ValidationError`` ...) to
+    refuse it; return a command that needs a reply (``AcquireQuota``, its
+    ``query_id`` from ``exchange.new_query_id()``) to ask the driver's store:
+    the exchange waits, then calls
+``on_answer(exchange, answer) -> Reply | AcquireQuota | None``
+    of the same middleware with the ``QuotaAnswered`` or ``QuotaFailed`` (also
+    given when the store does not answer within the query's ``timeout``); then
+    the next middleware's ``on_request`` runs.
 ``on_upstream_request(exchange, request) -> SendUpstreamRequest``
     Change the request about to be sent upstream.
 ``on_response_head(exchange) -> None``
@@ -22,6 +30,11 @@ Phases, in order:
 ``on_stream_event(exchange, block) -> bytes | None``
     One whole SSE block (canonical bytes, see ``parse_block``). Return it, a
     replacement, or ``None`` to drop it.
+``on_attempt_failed(exchange, attempt) -> Retry | ProtocolError | None``
+    An upstream attempt failed (``attempt.outcome``: a failure kind, or
+    ``status`` with a retryable status) before anything was sent to the client.
+    Return a ``Retry`` (wait, then send again, maybe elsewhere), an error to
+    answer with, or ``None`` (no opinion: the failure stands).
 ``on_error(exchange, error) -> None``
     The exchange failed with ``error`` (a ``ProtocolError``).
 ``on_complete(exchange) -> None``
@@ -43,6 +56,7 @@ __all__ = ["HOOKS", "Context", "Middleware", "Reply", "load_middleware"]
 
 HOOKS = (
     "on_request",
+    "on_attempt_failed",
     "on_upstream_request",
     "on_response_head",
     "on_response_data",

@@ -171,7 +171,7 @@ def _price(config: DeploymentConfig) -> Price | None:
 class Router:
     """The providers and public models of one configuration."""
 
-    __slots__ = ("_choices", "models", "providers", "shorthand")
+    __slots__ = ("_choices", "fallbacks", "models", "providers", "shorthand")
 
     def __init__(self, config: ProxyConfig) -> None:
         self.providers: Mapping[str, Provider] = {
@@ -182,7 +182,10 @@ class Router:
         )
         self.models: dict[str, tuple[Deployment, ...]] = {}
         self._choices: dict[str, tuple[list[float], tuple[Deployment, ...]]] = {}
-        for name, deployments in config.models.items():
+        self.fallbacks: dict[str, tuple[str, ...]] = {}
+        for name, model in config.models.items():
+            deployments = model.deployments
+            self.fallbacks[name] = model.fallbacks
             compiled = tuple(
                 Deployment(provider=self.providers[d.provider], model=d.model, price=_price(d))
                 for d in deployments

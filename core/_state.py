@@ -6,7 +6,11 @@ any pair missing from the table is a driver error (``LocalProtocolError``) and
 moves the exchange to ``ERROR``, where it stays.
 
     RECV_HEAD --RequestReceived--> RECV_BODY --RequestEnded--> AWAIT_UPSTREAM
+    RECV_BODY --RequestEnded (a hook asks the store)--> AWAIT_QUOTA
+    AWAIT_QUOTA --QuotaAnswered / QuotaFailed / TimerFired--> AWAIT_UPSTREAM (or DONE)
     AWAIT_UPSTREAM --UpstreamResponse--> RELAY --UpstreamEnded--> DONE
+    AWAIT_UPSTREAM / RELAY --failure before the client saw a byte, retried--> BACKOFF
+    BACKOFF --TimerFired--> AWAIT_UPSTREAM
     RECV_BODY --RequestEnded (local answer)--> LOCAL_STREAM --TimerFired...--> DONE
     any live state --ClientGone / failure / timeout--> DONE
 """
@@ -18,6 +22,8 @@ import enum
 from ._events import (
     ClientGone,
     Event,
+    QuotaAnswered,
+    QuotaFailed,
     RequestData,
     RequestEnded,
     RequestReceived,
@@ -36,7 +42,9 @@ class State(enum.Enum):
 
     RECV_HEAD = "RECV_HEAD"
     RECV_BODY = "RECV_BODY"
+    AWAIT_QUOTA = "AWAIT_QUOTA"
     AWAIT_UPSTREAM = "AWAIT_UPSTREAM"
+    BACKOFF = "BACKOFF"
     RELAY = "RELAY"
     LOCAL_STREAM = "LOCAL_STREAM"
     DONE = "DONE"
@@ -51,6 +59,16 @@ TRANSITIONS: dict[State, dict[type[Event], str]] = {
     State.RECV_BODY: {
         RequestData: "_on_request_data",
         RequestEnded: "_on_request_end",
+        ClientGone: "_on_client_gone",
+    },
+    State.AWAIT_QUOTA: {
+        QuotaAnswered: "_on_quota_answer",
+        QuotaFailed: "_on_quota_answer",
+        TimerFired: "_on_quota_timer",
+        ClientGone: "_on_client_gone",
+    },
+    State.BACKOFF: {
+        TimerFired: "_on_backoff_timer",
         ClientGone: "_on_client_gone",
     },
     State.AWAIT_UPSTREAM: {
