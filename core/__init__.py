@@ -12,34 +12,64 @@ driver in a dozen lines.
         ...  # StartResponse, SendBody, EndResponse, SendUpstreamRequest, ...
 """
 
+from ._auth import AuthMiddleware, Budget, ClientKey
 from ._commands import (
+    AcquireQuota,
+    BudgetCheck,
     CancelUpstream,
     Command,
     EndResponse,
     Log,
     LogLevel,
     Origin,
+    QuotaAdjustment,
+    QuotaCharge,
     SendBody,
     SendUpstreamRequest,
+    SettleQuota,
+    SpendRecord,
     StartResponse,
     WriteTrace,
 )
 from ._config import (
+    DEFAULT_ORDER,
     DeploymentConfig,
     LimitsConfig,
     MockConfig,
+    ModelConfig,
     PriceConfig,
     ProxyConfig,
+    RateLimitConfig,
     ServerConfig,
     TranslationConfig,
     UpstreamConfig,
 )
-from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._errors import (
+    TAXONOMY,
+    AuthenticationError,
+    BudgetExceededError,
+    ClientRateLimitError,
+    ContentPolicyError,
+    InternalError,
+    LocalProtocolError,
+    ModelNotFoundError,
+    NetworkError,
+    PermissionDeniedError,
+    ProtocolError,
+    ProviderRateLimitError,
+    ProxyError,
+    RemoteProtocolError,
+    ServiceUnavailableError,
+    UpstreamTimeoutError,
+    ValidationError,
+)
 from ._events import (
     ClientGone,
     Event,
     FailureKind,
     Headers,
+    QuotaAnswered,
+    QuotaFailed,
     RequestData,
     RequestEnded,
     RequestReceived,
@@ -52,10 +82,13 @@ from ._events import (
 from ._exchange import BUILTIN_MIDDLEWARE, Exchange, Pipeline, Proxy
 from ._guardrails import GuardrailsMiddleware
 from ._http import error_body
+from ._limiter import Decision, Limit, LimiterState, MemoryLimiter
 from ._middleware import Context, Middleware, Reply
 from ._prices import AS_OF as PRICES_AS_OF
 from ._prices import PRICES, Price, price_for
 from ._prices import SOURCE as PRICES_SOURCE
+from ._ratelimit import RateLimitMiddleware
+from ._retry import Attempt, Retry, RetryMiddleware
 from ._routing import Deployment, Provider, Router
 from ._sse import SSEDecoder, SSEEvent, format_error_event, parse_block
 from ._state import TRANSITIONS, State
@@ -63,6 +96,42 @@ from ._trace import TraceMiddleware
 from ._usage import StreamUsage, Usage, cost_usd, usage_from_anthropic, usage_from_openai
 
 __all__ = [
+    "AcquireQuota",
+    "Attempt",
+    "AuthMiddleware",
+    "AuthenticationError",
+    "Budget",
+    "BudgetCheck",
+    "BudgetExceededError",
+    "ClientKey",
+    "ClientRateLimitError",
+    "ContentPolicyError",
+    "DEFAULT_ORDER",
+    "Decision",
+    "InternalError",
+    "Limit",
+    "LimiterState",
+    "MemoryLimiter",
+    "ModelConfig",
+    "ModelNotFoundError",
+    "NetworkError",
+    "PermissionDeniedError",
+    "ProviderRateLimitError",
+    "ProxyError",
+    "QuotaAdjustment",
+    "QuotaAnswered",
+    "QuotaCharge",
+    "QuotaFailed",
+    "RateLimitConfig",
+    "RateLimitMiddleware",
+    "Retry",
+    "RetryMiddleware",
+    "ServiceUnavailableError",
+    "SettleQuota",
+    "SpendRecord",
+    "TAXONOMY",
+    "UpstreamTimeoutError",
+    "ValidationError",
     "GuardrailsMiddleware",
     "usage_from_openai",
     "usage_from_anthropic",

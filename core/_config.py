@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 __all__ = [
+    "DEFAULT_ORDER",
     "DeploymentConfig",
     "LimitsConfig",
     "ModelConfig",
@@ -25,6 +26,10 @@ __all__ = [
 ]
 
 MiB = 1 << 20
+
+#: The built-in middleware in their default order: the order the mapping form of
+#: ``middleware`` (``{auth: {...}, retry: {}}``) runs them in. Custom ones follow.
+DEFAULT_ORDER = ("trace", "auth", "validate", "guardrails", "rate_limit", "retry")
 
 
 class _Frozen(BaseModel):
@@ -201,13 +206,18 @@ class ProxyConfig(_Frozen):
     mock: MockConfig = MockConfig()
     middleware: tuple[dict[str, dict[str, Any]], ...] = Field(
         default=(),
-        description="Middleware in order: [{name: {options}}]; name is a built-in or module:attr.",
+        description="Middleware in order: [{name: {options}}] (or a mapping {name: {options}}: "
+        "built-ins then run in DEFAULT_ORDER); name is a built-in or module:attr.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("middleware", mode="before")
     @classmethod
     def _normalise_middleware(cls, value: Any) -> Any:
+        if isinstance(value, dict):  # the shorthand: built-ins in their default order
+            rank = {name: i for i, name in enumerate(DEFAULT_ORDER)}
+            names = sorted(value, key=lambda n: (rank.get(n, len(rank)), list(value).index(n)))
+            value = [{name: value[name]} for name in names]
         if not isinstance(value, list | tuple):
             return value
         out: list[Any] = []

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ._auth import AuthMiddleware
 from ._commands import (
     AcquireQuota,
     CancelUpstream,
@@ -24,7 +25,7 @@ from ._commands import (
     SendUpstreamRequest,
     StartResponse,
 )
-from ._config import ProxyConfig
+from ._config import DEFAULT_ORDER, ProxyConfig
 from ._errors import (
     InternalError,
     LocalProtocolError,
@@ -64,7 +65,8 @@ from ._http import (
 from ._messages_to_chat import anthropic_error_body
 from ._middleware import HOOKS, Reply, load_middleware
 from ._mock import MockAnswer, mock_answer
-from ._retry import Attempt, Retry, parse_retry_after
+from ._ratelimit import RateLimitMiddleware
+from ._retry import Attempt, Retry, RetryMiddleware, parse_retry_after
 from ._routing import ApiType, Deployment, Router
 from ._sse import SSEDecoder, format_error_event, parse_block
 from ._state import TRANSITIONS, State
@@ -1078,11 +1080,70 @@ def _builtin_middleware(config: ProxyConfig) -> dict[str, Callable[..., object]]
         options.setdefault("max_events", limits.max_trace_events)
         return TraceMiddleware(**options)
 
-    return {"trace": trace, "guardrails": GuardrailsMiddleware}
+    store_timeout = limits.redis_timeout * 2 if limits.backend == "redis" else 1.0
+
+    def auth(**options: Any) -> AuthMiddleware:
+        options.setdefault("store_timeout", store_timeout)
+        return AuthMiddleware(**options)
+
+    def rate_limit(**options: Any) -> RateLimitMiddleware:
+        if options:
+            raise TypeError(
+                f"takes no options (got {', '.join(sorted(options))}): limits are set on "
+                "auth keys (rpm, tpm, budget) and on models (limits: {rpm, tpm})"
+            )
+        return RateLimitMiddleware.from_config(config)
+
+    def validate(**options: Any) -> object:
+        from ._validate import ValidateMiddleware  # noqa: PLC0415
+
+        return ValidateMiddleware(**options)
+
+    return {
+        "trace": trace,
+        "auth": auth,
+        "validate": validate,
+        "guardrails": GuardrailsMiddleware,
+        "rate_limit": rate_limit,
+        "retry": RetryMiddleware,
+    }
 
 
-#: The names of the built-in middleware, usable in ``ProxyConfig.middleware``.
-BUILTIN_MIDDLEWARE = ("trace", "guardrails")
+#: The names of the built-in middleware, usable in ``ProxyConfig.middleware``,
+#: in their default order (the order of the mapping form of ``middleware``).
+BUILTIN_MIDDLEWARE = DEFAULT_ORDER
+
+
+def _check_order(config: ProxyConfig) -> None:
+    """What the built-ins need of each other, as readable errors."""
+    names = [name for item in config.middleware for name in item]
+    for name in set(names):
+        if names.count(name) > 1 and name in BUILTIN_MIDDLEWARE:
+            raise ValueError(f"middleware: {name!r} is listed twice")
+    position = {name: i for i, name in enumerate(names)}
+    if (
+        "rate_limit" in position
+        and "auth" in position
+        and position["auth"] > position["rate_limit"]
+    ):
+        raise ValueError("middleware: rate_limit reads the key auth finds: list auth before it")
+    auth_options: dict[str, Any] = next(
+        (item["auth"] for item in config.middleware if "auth" in item), {}
+    )
+    keys = auth_options.get("keys") or ()
+    for i, key in enumerate(keys):
+        if isinstance(key, dict) and "rate_limit" not in position:
+            limited = [f for f in ("rpm", "tpm", "budget") if key.get(f) is not None]
+            if limited:
+                raise ValueError(
+                    f"auth.keys[{i}] sets {', '.join(limited)}: add the rate_limit middleware "
+                    "(after auth) to enforce it"
+                )
+    for name, model in config.models.items():
+        if model.limits is not None and "rate_limit" not in position:
+            raise ValueError(f"models.{name}.limits: add the rate_limit middleware to enforce it")
+        if model.fallbacks and "retry" not in position:
+            raise ValueError(f"models.{name}.fallbacks: add the retry middleware to use them")
 
 
 class Proxy:
@@ -1102,6 +1163,7 @@ class Proxy:
         self.router = Router(config)
         self.mock_stream_delay = config.mock.stream_delay
         if middleware is None:
+            _check_order(config)
             builtins = _builtin_middleware(config)
             middleware = [
                 load_middleware(name, options, builtins)

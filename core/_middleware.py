@@ -99,6 +99,8 @@ class Context(Protocol):
     model: str | None
     usage: Any
     cost_usd: float | None
+    attempts: list[Any]
+    key: Any
     scratch: dict[Any, Any]
 
     def emit(self, command: Command) -> None:

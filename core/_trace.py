@@ -181,8 +181,10 @@ class TraceMiddleware:
             "id": exchange.exchange_id,
             "outcome": exchange.outcome,
             "model": exchange.model,
+            "key": getattr(exchange.key, "name", None),
             "request": request,
             "upstream": exchange.upstream_url,
+            "attempts": [attempt.record() for attempt in exchange.attempts],
             "usage": None
             if usage is None
             else {

@@ -1,0 +1,280 @@
+"""The ``rate_limit`` built-in: requests and tokens per minute, and budgets.
+
+Per key (the ``rpm``, ``tpm`` and ``budget`` of the key's ``auth`` entry) and
+per public model (``models: {name: {deployments: [...], limits: {rpm, tpm}}}``),
+all checked and charged at once, all or nothing, by the driver's store (one
+process in memory, or Redis shared by every worker and instance). The
+algorithm and its guarantee (never more than the limit in any window) are in
+``core._limiter``.
+
+Tokens are charged up front from an estimate -- the request's size in bytes
+over four, plus the output it asks for at most (``max_tokens``,
+``max_completion_tokens``, ``max_output_tokens``) -- and corrected once, when
+the exchange is over, with the usage the upstream reported (refunded in full
+if no upstream answered; kept as estimated if the usage is unknown).
+Spend (the gateway's ``cost_usd``) is added to the key's budget for the
+period the request started in. A budget is checked before the request: the
+request that crosses it is served, the next ones get 429 ``insufficient_quota``.
+
+Refusals are 429 ``rate_limit_exceeded`` with ``Retry-After`` (whole seconds,
+rounded up) and ``x-ratelimit-*`` headers; admitted responses carry the
+``x-ratelimit-*`` headers too, for the most constrained limit of each kind.
+A store that cannot answer: ``on_backend_error: open`` admits the request
+(logged as a warning), ``closed`` answers 503.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from ._auth import ClientKey, budget_key, key_limits
+from ._commands import (
+    AcquireQuota,
+    BudgetCheck,
+    Log,
+    QuotaAdjustment,
+    QuotaCharge,
+    SettleQuota,
+    SpendRecord,
+)
+from ._errors import BudgetExceededError, ClientRateLimitError, ServiceUnavailableError
+from ._events import QuotaAnswered, QuotaFailed
+from ._limiter import Decision, Limit
+
+if TYPE_CHECKING:
+    from ._config import ProxyConfig
+    from ._exchange import Exchange
+
+__all__ = ["RateLimitMiddleware", "estimate_tokens", "ratelimit_headers"]
+
+_PENDING = "rate_limit:pending"
+_OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def estimate_tokens(body_size: int, body: dict[str, object] | None) -> int:
+    """Tokens charged up front: ~4 bytes a token of request, plus the output asked for."""
+    estimate = -(-body_size // 4)
+    if body is not None:
+        for field in _OUTPUT_FIELDS:
+            value = body.get(field)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                estimate += value
+                break
+    return max(1, estimate)
+
+
+def _duration(seconds: float) -> str:
+    """OpenAI's reset format: ``20ms``, ``1s``, ``6m0s``."""
+    if seconds < 1:
+        return f"{math.ceil(seconds * 1000)}ms"
+    whole = math.ceil(seconds)
+    minutes, secs = divmod(whole, 60)
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+def ratelimit_headers(
+    standing: dict[str, Decision],
+) -> list[tuple[bytes, bytes]]:
+    """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for each kind known."""
+    out = []
+    for kind in ("requests", "tokens"):
+        decision = standing.get(kind)
+        if decision is None:
+            continue
+        out.append((b"x-ratelimit-limit-" + kind.encode(), str(decision.limit).encode()))
+        out.append((b"x-ratelimit-remaining-" + kind.encode(), str(decision.remaining).encode()))
+        out.append(
+            (b"x-ratelimit-reset-" + kind.encode(), _duration(decision.reset_after).encode())
+        )
+    return out
+
+
+@dataclass(slots=True, kw_only=True)
+class _Charged:
+    """What one exchange was charged: for the correction at its end (once)."""
+
+    headers: list[tuple[bytes, bytes]]
+    at: float
+    tokens: int
+    token_limits: tuple[tuple[str, Limit], ...]
+    spend_key: tuple[str, float | None] | None
+    settled: bool = False
+
+
+class RateLimitMiddleware:
+    """The ``rate_limit`` built-in (no options of its own: limits live on keys and models)."""
+
+    name = "rate_limit"
+
+    def __init__(
+        self,
+        *,
+        model_limits: dict[str, tuple[int | None, int | None]] | None = None,
+        timeout: float = 0.25,
+        on_backend_error: Literal["open", "closed"] = "open",
+    ) -> None:
+        self._models: dict[str, list[tuple[str, str, Limit]]] = {}
+        for model, (rpm, tpm) in (model_limits or {}).items():
+            limits = []
+            if rpm is not None:
+                limits.append(("requests", f"sansproxy:rl:model:{model}:rpm", Limit(limit=rpm)))
+            if tpm is not None:
+                limits.append(("tokens", f"sansproxy:rl:model:{model}:tpm", Limit(limit=tpm)))
+            if limits:
+                self._models[model] = limits
+        self._timeout = timeout
+        self._fail_open = on_backend_error == "open"
+
+    @classmethod
+    def from_config(cls, config: ProxyConfig) -> RateLimitMiddleware:
+        """Per-model limits from ``models``; the store's timeout and fail mode from ``limits``."""
+        return cls(
+            model_limits={
+                name: (model.limits.rpm, model.limits.tpm)
+                for name, model in config.models.items()
+                if model.limits is not None
+            },
+            timeout=config.limits.redis_timeout * 2 if config.limits.backend == "redis" else 1.0,
+            on_backend_error=config.limits.on_backend_error,
+        )
+
+    def on_request(self, exchange: Exchange) -> AcquireQuota | None:
+        key: ClientKey | None = exchange.key if isinstance(exchange.key, ClientKey) else None
+        body = exchange.request_json()
+        model = body.get("model") if body is not None else None
+        limits: list[tuple[str, str, Limit]] = []
+        if key is not None:
+            limits.extend(key_limits(key))
+        if isinstance(model, str):
+            limits.extend(self._models.get(model, ()))
+        at = exchange.wall_now
+        spend: tuple[str, float | None] | None = None
+        budgets: tuple[BudgetCheck, ...] = ()
+        if key is not None and key.budget is not None:
+            store_key, _, ttl = budget_key(key, at)
+            spend = (store_key, ttl)
+            budgets = (BudgetCheck(key=store_key, usd=key.budget.usd),)
+        if not limits and not budgets:
+            return None
+        tokens = 0
+        if any(kind == "tokens" for kind, _, _ in limits):
+            tokens = estimate_tokens(len(exchange.request_body), body)
+        charges = tuple(
+            QuotaCharge(key=store_key, limit=limit, amount=1 if kind == "requests" else tokens)
+            for kind, store_key, limit in limits
+        )
+        exchange.scratch[_PENDING, self] = (limits, spend, tokens, at)
+        return AcquireQuota(
+            query_id=exchange.new_query_id(),
+            at=at,
+            charges=charges,
+            budgets=budgets,
+            timeout=self._timeout,
+        )
+
+    def on_answer(self, exchange: Exchange, answer: QuotaAnswered | QuotaFailed) -> None:
+        limits, spend, tokens, at = exchange.scratch.pop((_PENDING, self))
+        if isinstance(answer, QuotaFailed):
+            if not self._fail_open:
+                raise ServiceUnavailableError(
+                    "rate limits cannot be checked now (the quota store is unavailable)",
+                    headers=((b"retry-after", b"1"),),
+                )
+            exchange.emit(
+                Log(
+                    level="warning",
+                    message="quota store unavailable: request admitted unmetered (fail open)",
+                    fields={"exchange": exchange.exchange_id, "error": answer.message},
+                )
+            )
+            return
+        standing: dict[str, Decision] = {}
+        for (kind, _, _), decision in zip(limits, answer.decisions, strict=True):
+            held = standing.get(kind)
+            if held is None or decision.remaining < held.remaining:
+                standing[kind] = decision
+        headers = ratelimit_headers(standing)
+        if not answer.admitted:
+            key = exchange.key
+            if spend is not None and answer.spent and answer.spent[0] >= key.budget.usd:
+                raise BudgetExceededError(
+                    f"the key '{key.name}' has spent its budget of ${key.budget.usd:g} "
+                    f"for this {key.budget.period}",
+                    headers=((b"x-should-retry", b"false"),),
+                )
+            self._refuse(limits, answer.decisions, headers)
+        exchange.scratch[self] = _Charged(
+            headers=headers,
+            at=at,
+            tokens=tokens,
+            token_limits=tuple(
+                (store_key, limit) for kind, store_key, limit in limits if kind == "tokens"
+            ),
+            spend_key=spend,
+        )
+
+    def _refuse(
+        self,
+        limits: list[tuple[str, str, Limit]],
+        decisions: tuple[Decision, ...],
+        headers: list[tuple[bytes, bytes]],
+    ) -> None:
+        wait = 0.0
+        which = []
+        for (kind, store_key, _), decision in zip(limits, decisions, strict=True):
+            if decision.retry_after > 0:
+                wait = max(wait, decision.retry_after)
+                owner = "key" if ":key:" in store_key else "model"
+                which.append(f"{owner} {kind} per minute ({decision.limit})")
+        described = ", ".join(which) or "a limit"
+        if math.isinf(wait):
+            raise ClientRateLimitError(
+                f"the request is larger than the limit itself: {described}",
+                code="request_too_large_for_limit",
+                headers=(*headers, (b"x-should-retry", b"false")),
+            )
+        retry_after = str(max(1, math.ceil(wait))).encode()
+        raise ClientRateLimitError(
+            f"rate limit reached: {described}; retry after {retry_after.decode()} s",
+            headers=((b"retry-after", retry_after), *headers),
+        )
+
+    def on_response_head(self, exchange: Exchange) -> None:
+        charged = exchange.scratch.get(self)
+        if charged is not None:
+            exchange.response_headers.extend(charged.headers)
+
+    def on_complete(self, exchange: Exchange) -> None:
+        charged: _Charged | None = exchange.scratch.get(self)
+        if charged is None or charged.settled:
+            return
+        charged.settled = True
+        adjustments: tuple[QuotaAdjustment, ...] = ()
+        if charged.token_limits:
+            usage = exchange.usage
+            if usage is not None:
+                used = (
+                    usage.input_tokens
+                    + usage.cached_input_tokens
+                    + usage.cache_creation_tokens
+                    + usage.output_tokens
+                )
+            elif exchange.first_upstream_byte_at is None:
+                used = 0  # no upstream answered: nothing was used
+            else:
+                used = charged.tokens
+            delta = used - charged.tokens
+            if delta:
+                adjustments = tuple(
+                    QuotaAdjustment(key=store_key, limit=limit, delta=delta, charged_at=charged.at)
+                    for store_key, limit in charged.token_limits
+                )
+        spends: tuple[SpendRecord, ...] = ()
+        cost = exchange.cost_usd
+        if charged.spend_key is not None and cost:
+            store_key, ttl = charged.spend_key
+            spends = (SpendRecord(key=store_key, usd=cost, ttl=ttl),)
+        if adjustments or spends:
+            exchange.emit(SettleQuota(at=exchange.wall_now, adjustments=adjustments, spends=spends))
