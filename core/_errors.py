@@ -57,6 +57,7 @@ __all__ = [
     "ServiceUnavailableError",
     "UpstreamTimeoutError",
     "ValidationError",
+    "anthropic_type",
 ]
 
 
@@ -92,7 +93,7 @@ class ProtocolError(Exception):
         self.code = code
         self.param = param
         self.headers = headers
-        self.anthropic_type = _anthropic_type(error_status_hint)
+        self.anthropic_type = anthropic_type(error_status_hint)
         self.retryable = error_status_hint in (408, 429) or error_status_hint >= 500
 
 
@@ -104,7 +105,8 @@ class RemoteProtocolError(ProtocolError):
     """A peer (client or upstream) sent data the core cannot accept."""
 
 
-def _anthropic_type(status: int) -> str:
+def anthropic_type(status: int) -> str:
+    """The Anthropic ``error.type`` for an HTTP status."""
     known = _ANTHROPIC_TYPES.get(status)
     if known is not None:
         return known

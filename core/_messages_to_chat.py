@@ -50,7 +50,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final, Literal, NoReturn
 
-from core._errors import LocalProtocolError, NetworkError, ValidationError
+from core._errors import LocalProtocolError, NetworkError, ValidationError, anthropic_type
 from core._sse import parse_block
 
 __all__ = [
@@ -85,33 +85,10 @@ def _bad_upstream(why: str) -> NoReturn:
 
 # Anthropic's error types by HTTP status (docs: "HTTP errors"); other 4xx are
 # invalid_request_error, other 5xx api_error. OpenAI answers 503 when overloaded.
-_ERROR_TYPES: Final[dict[int, str]] = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    503: "overloaded_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
-
-
-def _error_type(status: int) -> str:
-    known = _ERROR_TYPES.get(status)
-    if known is not None:
-        return known
-    return "invalid_request_error" if 400 <= status < 500 else "api_error"
-
-
-def anthropic_error_body(status: int, message: str) -> bytes:
-    """An error in Anthropic's shape, its ``type`` chosen by ``status``."""
-    return _dumps(
-        {"type": "error", "error": {"type": _error_type(status), "message": message}}
-    ).encode()
+def anthropic_error_body(status: int, message: str, *, error_type: str | None = None) -> bytes:
+    """An error in Anthropic's shape, its ``type`` chosen by ``status`` unless given."""
+    kind = anthropic_type(status) if error_type is None else error_type
+    return _dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
 
 
 def openai_error_to_anthropic(status: int, body: bytes) -> bytes:

@@ -15,7 +15,8 @@ Scenarios (the default is ``ok``):
 
 - ``ok``: answer normally (stream if the body says ``"stream": true``).
 - ``status-<code>``: that status with an error JSON (OpenAI shape; Anthropic shape on
-  ``/messages``); 429 also carries ``Retry-After: 7``.
+  ``/messages``); 429 also carries ``Retry-After: 7``. ``status-<code>:<seconds>``: with
+  ``Retry-After: <seconds>`` (any status).
 - ``reset-before-head``: read the request, then close with an RST (SO_LINGER 0).
 - ``reset-mid-body``: send the head and half the JSON body (a stream: 2 events), then RST.
 - ``stall-head``: never answer; ends only when the peer closes.
@@ -121,7 +122,7 @@ _STREAM_KINDS: Final = frozenset(
     }
 )
 _KNOWN: Final = (
-    "ok, status-<code>, reset-before-head, reset-mid-body, stall-head, stall-mid-stream, "
+    "ok, status-<code>[:<retry-after>], reset-before-head, reset-mid-body, stall-head, stall-mid-stream, "
     "slow-stream:<n>:<ms>, sse-crlf, sse-cr, sse-split-bytes, sse-huge-event:<bytes>, "
     "sse-no-final-blank-line, sse-no-final-newline, sse-extras, malformed-head, "
     "connection-close, close-after-response"
@@ -156,9 +157,12 @@ def parse_scenario(text: str) -> Scenario:
         if name in _PLAIN_KINDS:
             return Scenario(kind=name)
         if name.startswith("status-"):
-            status = int(name.removeprefix("status-"))
-            if 200 <= status <= 599:
-                return Scenario(kind="status", status=status)
+            code, _, retry_after = name.removeprefix("status-").partition(":")
+            status = int(code)
+            if 200 <= status <= 599 and not retry_after:
+                return Scenario(kind="status", status=status, interval=7.0)
+            if 200 <= status <= 599 and float(retry_after) >= 0:
+                return Scenario(kind="status", status=status, interval=float(retry_after))
         elif name.startswith("slow-stream:"):
             count, ms = name.removeprefix("slow-stream:").split(":")
             if int(count) >= 0 and float(ms) >= 0:
@@ -537,7 +541,11 @@ class _Connection:
         if kind == "stall-head":
             await self._stall()
         if kind == "status":
-            extra = [("retry-after", "7")] if scenario.status == 429 else []
+            extra = (
+                [("retry-after", f"{scenario.interval:g}")]
+                if scenario.status == 429 or ":" in request.scenario
+                else []
+            )
             await self._send_json(
                 request, scenario.status, _error_body(scenario.status, anthropic), extra
             )
