@@ -252,6 +252,9 @@ def setup_logging(level: str) -> None:
 
 def describe_upstream(config: ProxyConfig) -> str:
     """What the start-up line says about where requests go."""
+    if config.providers:
+        models = ", ".join(sorted(config.models)) or "none (use provider/model)"
+        return f"providers={', '.join(sorted(config.providers))} models={models}"
     if config.upstream is None:
         return "upstream=mock (built-in mock provider; pass --base-url to proxy a real API)"
     return f"upstream={config.upstream.type} {config.upstream.base_url}"

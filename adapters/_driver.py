@@ -173,7 +173,11 @@ class Driver:
                     return
                 ex.handle_timer(now=now())
                 response = state.response
-                if response is not None and state.reading and not ex.finished:
+                if (
+                    response is not None
+                    and state.reading
+                    and ex.upstream_attempt == state.attempt
+                ):
                     # The read was cut off though the exchange still waits on it.
                     response.abort()
                     state.response = None

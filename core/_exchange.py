@@ -318,6 +318,11 @@ class Exchange:
         return self._deadline
 
     @property
+    def upstream_attempt(self) -> int | None:
+        """The upstream attempt the exchange is waiting on, ``None`` if none runs."""
+        return self._attempt if self._upstream_active else None
+
+    @property
     def finished(self) -> bool:
         """True once the response is over (or the exchange broke)."""
         return self.state is State.DONE or self.state is State.ERROR

@@ -8,6 +8,7 @@ import pathlib
 import pytest
 
 from adapters._cli import ConfigError, build_parser, describe_upstream, load, resolve
+from core import ProxyConfig
 
 
 def args(*argv: str, workers: bool = False) -> argparse.Namespace:
@@ -24,6 +25,17 @@ def test_defaults_serve_the_mock() -> None:
     cfg = resolve(args(), {})
     assert cfg.upstream is None and cfg.server.port == 3000 and cfg.server.host == "127.0.0.1"
     assert "mock" in describe_upstream(cfg)
+
+
+def test_start_line_names_the_gateway_providers_and_models() -> None:
+    cfg = ProxyConfig.model_validate(
+        {
+            "providers": {"oai": {"base_url": "http://x.test"}},
+            "models": {"fast": [{"provider": "oai", "model": "m"}]},
+        }
+    )
+    line = describe_upstream(cfg)
+    assert "providers=oai" in line and "models=fast" in line and "mock" not in line
 
 
 def test_cli_beats_yaml_beats_env_beats_defaults(tmp_path: pathlib.Path) -> None:
