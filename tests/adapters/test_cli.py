@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 from adapters._cli import ConfigError, build_parser, describe_upstream, load, resolve
-from core import ProxyConfig
+from core import AuthMiddleware, ProxyConfig
 
 
 def args(*argv: str, workers: bool = False) -> argparse.Namespace:
@@ -126,6 +126,18 @@ def test_the_example_config_loads() -> None:
     assert loaded.config.middleware == ({"trace": {"dir": "./traces"}},)
 
 
+def _policy(line: str) -> str:
+    """Uncomment the example's commented middleware entries (with a real key hash)."""
+    if line.startswith("  # - mypackage"):
+        return line
+    if line.startswith(("  # - ", "  #     ", "  #       ")):
+        line = "  " + line[4:]
+        return line.replace("<64 hex digits>", "ab" * 32, 1).replace(
+            "batch, key_sha256: \"abab", "batch, key_sha256: \"cdab"
+        )
+    return line
+
+
 def test_the_example_gateway_block_loads(tmp_path: pathlib.Path) -> None:
     # Swap the shorthand for the commented gateway example, as a user would.
     lines = EXAMPLE.read_text().splitlines()
@@ -135,13 +147,26 @@ def test_the_example_gateway_block_loads(tmp_path: pathlib.Path) -> None:
     text = "\n".join(
         line[2:]
         if line.startswith(("# providers:", "# models:", "# translation:", "#   "))
-        else line
+        else _policy(line)
         for line in out
     )
     env = {"OPENAI_API_KEY": "sk-o", "ANTHROPIC_API_KEY": "sk-a"}
     loaded = load(args("--config", write(tmp_path, text)), env)
     router = loaded.proxy.router
-    assert set(router.models) == {"fast", "smart", "mixed", "tuned"}
+    assert set(router.models) == {"fast", "smart", "mixed", "tuned", "best"}
+    assert router.fallbacks["best"] == ("smart", "fast")
+    names = [type(mw).__name__ for mw in loaded.proxy.pipeline.middleware]
+    assert names == [
+        "TraceMiddleware",
+        "AuthMiddleware",
+        "ValidateMiddleware",
+        "GuardrailsMiddleware",
+        "RateLimitMiddleware",
+        "RetryMiddleware",
+    ]
+    (auth,) = (mw for mw in loaded.proxy.pipeline.middleware if isinstance(mw, AuthMiddleware))
+    assert [key.name for key in auth.keys] == ["team-a", "batch"]
+    assert auth.keys[0].budget is not None and auth.keys[0].budget.period == "day"
     assert router.providers["claude"].type == "anthropic"
     tuned = router.models["tuned"][0]
     assert tuned.price is not None and tuned.price.cached_input == 0.15
