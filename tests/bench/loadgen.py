@@ -16,6 +16,12 @@ Subcommands (each prints one JSON object on stdout):
   median of the per-round differences.
 - ``check``: one plain and one streamed request; says whether both look right.
 
+Every request carries ``BENCH_KEY`` (``Authorization: Bearer``, or ``x-api-key``
+on ``/v1/messages``), as ``post.lua`` does for wrk: a gateway with the ``auth``
+middleware knows it as a virtual key. :func:`check_policies` checks such a
+gateway admits it (and says so in ``x-ratelimit-*`` headers) and refuses a
+request without it.
+
 ``--model`` names the model the requests ask for (a gateway's public model);
 ``--expect-events`` the ``data:`` events a stream must bring (not counting
 ``data: [DONE]``) when it is not ``--events`` -- a stream translated from
@@ -40,10 +46,12 @@ from typing import Any, cast
 from tests.bench.upstream import COMPLETION_BODY, MESSAGE_BODY, delta_text
 
 __all__ = [
+    "BENCH_KEY",
     "DEFAULT_MODEL",
     "Response",
     "check",
     "check_anthropic_upstream",
+    "check_policies",
     "check_translated",
     "check_unknown_model",
     "main",
@@ -55,21 +63,32 @@ __all__ = [
 PATH = "/v1/chat/completions"
 MESSAGES_PATH = "/v1/messages"
 DEFAULT_MODEL = "gpt-4o-mini"
+#: the client's credential in every request (post.lua sends the same to wrk)
+BENCH_KEY = "sk-bench-not-a-secret"
 MAX_RESPONSE = 64 * 1024 * 1024
 REQUEST_TIMEOUT = 30.0
 _DONE = re.compile(rb"(?m)^data: ?\[DONE\]")
 
 
 def build_request(
-    host: str, port: int, target: str, *, stream: bool, model: str = DEFAULT_MODEL
+    host: str,
+    port: int,
+    target: str,
+    *,
+    stream: bool,
+    model: str = DEFAULT_MODEL,
+    key: str | None = BENCH_KEY,
 ) -> bytes:
-    """A keep-alive POST with a small OpenAI-style chat body (or Anthropic's, to /v1/messages)."""
+    """A keep-alive POST with a small OpenAI-style chat body (or Anthropic's, to /v1/messages),
+    sending ``key`` (None: no credential)."""
     if target.partition("?")[0] == MESSAGES_PATH:
         extra = b',"max_tokens":64'
-        auth = "x-api-key: sk-bench-not-a-secret\r\nanthropic-version: 2023-06-01"
+        auth = "anthropic-version: 2023-06-01\r\n" + (
+            "" if key is None else f"x-api-key: {key}\r\n"
+        )
     else:
         extra = b""
-        auth = "Authorization: Bearer sk-bench-not-a-secret"
+        auth = "" if key is None else f"Authorization: Bearer {key}\r\n"
     body = (
         b'{"model":'
         + json.dumps(model).encode()
@@ -79,7 +98,7 @@ def build_request(
     )
     return (
         f"POST {target} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-        f"Content-Type: application/json\r\n{auth}\r\n"
+        f"Content-Type: application/json\r\n{auth}"
         f"Accept: {'text/event-stream' if stream else 'application/json'}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
@@ -557,6 +576,45 @@ async def check_unknown_model(host: str, port: int, timeout: float = 10.0) -> st
             return (
                 "an unknown model should be a 404 model_not_found (is the proxy routing?), "
                 f"got {answer.status}: {answer.body[:200]!r}"
+            )
+    except (OSError, ProtocolError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        if conn is not None:
+            conn.close()
+    return None
+
+
+async def check_policies(
+    host: str, port: int, timeout: float = 10.0, *, model: str = DEFAULT_MODEL
+) -> str | None:
+    """A gateway with ``auth`` and ``rate_limit``: with ``BENCH_KEY``, a 200 carrying
+    ``x-ratelimit-remaining-requests`` (so the rate limiter ran); without a key, a 401."""
+    conn: _Connection | None = None
+    try:
+        conn = await _connect(host, port)
+        admitted = await conn.request(
+            build_request(host, port, PATH, stream=False, model=model), timeout
+        )
+        if admitted.status != 200:
+            return (
+                f"with the bench key: status {admitted.status} (is it a configured key?): "
+                f"{admitted.body[:200]!r}"
+            )
+        if b"x-ratelimit-remaining-requests" not in admitted.headers:
+            return (
+                "with the bench key: no x-ratelimit-remaining-requests header (did rate_limit "
+                f"run?); headers {sorted(h.decode() for h in admitted.headers)}"
+            )
+        if conn.closed:
+            conn = await _connect(host, port)
+        refused = await conn.request(
+            build_request(host, port, PATH, stream=False, model=model, key=None), timeout
+        )
+        if refused.status != 401:
+            return (
+                f"without a key: expected 401 (did auth run?), got {refused.status}: "
+                f"{refused.body[:200]!r}"
             )
     except (OSError, ProtocolError) as exc:
         return f"{type(exc).__name__}: {exc}"

@@ -21,13 +21,26 @@ upstream in the same run, next to its plain pass-through:
   request loses the query string, so the provider's extra ``x-bench-*``
   headers tell the upstream the stream's shape (``smart-slow``: the slow one).
 
+- ``<adapter> policies``: the routed config plus the ``auth`` and ``rate_limit``
+  middleware: one virtual key (``BENCH_KEY``, which wrk and the load client
+  send) with ``rpm``/``tpm`` limits, and the same limits on model ``fast`` (so
+  a request checks and charges both), all far above what the bench can reach;
+  ``limits.backend: memory``. The wrk phases.
+- ``<adapter> policies-redis``: the same with ``limits.backend: redis``, on a
+  ``redis-server`` the bench starts for the run (no persistence, a free port);
+  skipped, saying why, when ``redis-server`` is not on PATH. Its CPU per
+  request is reported too (the proxy's own figure leaves it out).
+
 Two more tables put routed and translated next to the same adapter's
 pass-through: the added latency and CPU per request, CPU per event and per
 stream, and the time to first event translation adds (target: at most
-``TTFE_TARGET_MS``).
+``TTFE_TARGET_MS``). A third puts policies next to the same adapter's routed
+target: what ``auth`` + ``rate_limit`` add per request, and that CPU as a
+share of the pass-through's CPU per request at the high concurrency (target
+for the memory backend: at most ``POLICIES_TARGET``).
 
     python -m tests.bench.run [--duration 5] [--adapters h11,asgi,trio] [--json PATH]
-    python -m tests.bench.run --gateway-adapters h11   # routed/translated for h11 only
+    python -m tests.bench.run --gateway-adapters h11   # routed/translated/policies: h11 only
     python -m tests.bench.run --adapters '' --target 'mine=python /tmp/proxy.py'
 
 A benchmark, not a test: it asserts nothing about time.
@@ -39,6 +52,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -52,14 +66,17 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
 from tests.bench.loadgen import (
+    BENCH_KEY,
     DEFAULT_MODEL,
     check,
     check_anthropic_upstream,
+    check_policies,
     check_translated,
     check_unknown_model,
 )
@@ -80,8 +97,16 @@ TRANSLATED_MODEL = "smart"
 SLOW_TRANSLATED_MODEL = "smart-slow"
 TTFE_EVENTS = 3  # events of the slow stream (its first goes out with the head)
 TTFE_TARGET_MS = 0.2  # what translation may add to the time to first event
+#: what auth + rate_limit (memory backend) may add, as a share of the pass-through's
+#: CPU per request
+POLICIES_TARGET = 0.10
+#: per-key and per-model limits no bench run comes near
+POLICY_LIMITS = {"rpm": 10**9, "tpm": 10**12}
 
-Mode = Literal["direct", "passthrough", "routed", "translated"]
+Mode = Literal["direct", "passthrough", "routed", "policies", "policies-redis", "translated"]
+#: the modes measured by wrk only (the non-streaming phases), through the gateway
+WRK_ONLY: tuple[Mode, ...] = ("routed", "policies", "policies-redis")
+POLICIES: tuple[Mode, ...] = ("policies", "policies-redis")
 
 #: adapter name -> (module, extra flags)
 ADAPTERS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -100,7 +125,8 @@ class Target:
     """Something to measure: ``argv`` is None for the upstream itself (direct).
 
     ``mode`` says how it is pointed at the upstream and which phases it runs;
-    ``base`` is the pass-through target a routed or translated one is compared with.
+    ``base`` is the target a gateway one is compared with: the pass-through for
+    routed and translated, the routed one for policies.
     """
 
     name: str
@@ -185,6 +211,26 @@ def start_server(name: str, argv: list[str], *, port: int | None) -> Server:
     raise BenchError(f"{name} did not start listening within {START_TIMEOUT:.0f} s")
 
 
+def start_redis(workdir: Path) -> Server:
+    """A throw-away ``redis-server`` for the policies-redis targets: a free port on
+    ``HOST``, no persistence (``workdir`` only in case it writes anyway)."""
+    port = _free_port()
+    argv = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        HOST,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+    ]
+    return start_server("redis-server", argv, port=port)
+
+
 # -- /proc accounting -------------------------------------------------------------
 
 
@@ -256,9 +302,16 @@ class CpuMeter:
 
 
 def wrk(
-    port: int, *, connections: int, threads: int, duration: int, model: str = DEFAULT_MODEL
+    port: int,
+    *,
+    connections: int,
+    threads: int,
+    duration: int,
+    model: str = DEFAULT_MODEL,
+    headers: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """One wrk run (asking for ``model``); the summary its Lua ``done()`` prints."""
+    """One wrk run (asking for ``model``, with extra ``headers``); the summary its Lua
+    ``done()`` prints."""
     argv = [
         "wrk",
         f"-t{min(threads, connections)}",
@@ -267,6 +320,7 @@ def wrk(
         "--timeout",
         "10s",
         "--latency",
+        *(arg for header in headers for arg in ("-H", header)),
         "-s",
         str(LUA_SCRIPT),
         f"http://{HOST}:{port}{PATH}",
@@ -337,9 +391,11 @@ def sanity(target: Target, port: int, opts: argparse.Namespace) -> dict[str, int
             problem, count = asyncio.run(check_translated(HOST, port, model=model, events=events))
             problems.append(problem)
             expect[key] = count
-    elif target.mode == "routed":
+    elif target.mode in WRK_ONLY:
         problems.append(asyncio.run(check(HOST, port, model=ROUTED_MODEL)))
         problems.append(asyncio.run(check_unknown_model(HOST, port)))
+        if target.mode in POLICIES:
+            problems.append(asyncio.run(check_policies(HOST, port, model=ROUTED_MODEL)))
     else:
         problems.append(asyncio.run(check(HOST, port)))
         if target.mode == "direct":
@@ -350,6 +406,15 @@ def sanity(target: Target, port: int, opts: argparse.Namespace) -> dict[str, int
     return expect
 
 
+def _refused(target: Target, run: dict[str, Any]) -> None:
+    """A policies target that refused wrk's requests (401, 429) measured refusals: fail."""
+    if target.mode in POLICIES and run["status_errors"]:
+        raise BenchError(
+            f"{run['status_errors']} of {run['requests']} wrk requests were not 2xx "
+            "(refused by auth or rate_limit? post.lua must send the bench key)"
+        )
+
+
 def measure(
     target: Target,
     port: int,
@@ -358,12 +423,14 @@ def measure(
     opts: argparse.Namespace,
     *,
     base_port: int | None = None,
+    redis_pid: int | None = None,
 ) -> dict[str, Any]:
     """The target's phases; ``pid`` is the process to account.
 
-    direct and pass-through: all; routed: the wrk phases; translated: the streams,
-    and the time to first event in rounds alternating with the pass-through
-    server still listening on ``base_port``, if given.
+    direct and pass-through: all; routed and policies: the wrk phases (policies:
+    sending the bench key, and accounting ``redis_pid`` too, if given);
+    translated: the streams, and the time to first event in rounds alternating
+    with the pass-through server still listening on ``base_port``, if given.
     """
     name = target.name
     expect = sanity(target, port, opts)
@@ -371,42 +438,60 @@ def measure(
     c = f"c{opts.connections}"
     phases: list[str] = []
     if target.mode != "translated":
-        model = ROUTED_MODEL if target.mode == "routed" else DEFAULT_MODEL
+        model = ROUTED_MODEL if target.mode in WRK_ONLY else DEFAULT_MODEL
         out["model"] = model
+        # post.lua sends the same key; -H says so here, for the targets that need it
+        headers = [f"Authorization: Bearer {BENCH_KEY}"] if target.mode in POLICIES else []
         if opts.warmup > 0:
-            wrk(
+            warm = wrk(
                 port,
                 connections=opts.connections,
                 threads=opts.wrk_threads,
                 duration=opts.warmup,
                 model=model,
+                headers=headers,
             )
+            _refused(target, warm)
         for label, conns, threads in (("c1", 1, 1), (c, opts.connections, opts.wrk_threads)):
             runs = []
             for _ in range(opts.repeat):
-                with CpuMeter(pid) as cpu, CpuMeter(upstream_pid) as up_cpu:
+                with (
+                    CpuMeter(pid) as cpu,
+                    CpuMeter(upstream_pid) as up_cpu,
+                    CpuMeter(redis_pid or pid) as redis_cpu,  # read if redis_pid only
+                ):
                     run = wrk(
                         port,
                         connections=conns,
                         threads=threads,
                         duration=opts.duration,
                         model=model,
+                        headers=headers,
                     )
+                _refused(target, run)
                 run["cpu_us_per_req"] = cpu.seconds / max(run["requests"], 1) * 1e6
                 run["cpu_util"] = cpu.seconds / cpu.wall
                 run["upstream_cpu_util"] = up_cpu.seconds / up_cpu.wall
+                if redis_pid is not None:
+                    run["redis_cpu_us_per_req"] = redis_cpu.seconds / max(run["requests"], 1) * 1e6
+                    run["redis_cpu_util"] = redis_cpu.seconds / redis_cpu.wall
                 runs.append(run)
             result = max(runs, key=lambda r: float(r["rps"]))  # best of --repeat: least disturbed
             if len(runs) > 1:
                 result["all_rps"] = [r["rps"] for r in runs]
             out[label] = result
             phases.append(label)
+            redis = (
+                f", redis {result['redis_cpu_us_per_req']:.1f} µs CPU/req"
+                if "redis_cpu_us_per_req" in result
+                else ""
+            )
             _log(
                 f"  {name} {label}: {result['rps']:,.0f} req/s, "
                 f"p50 {result['p50_us'] / 1000:.3f} ms, p99 {result['p99_us'] / 1000:.3f} ms, "
-                f"{result['cpu_us_per_req']:.1f} µs CPU/req, {result['errors']} errors"
+                f"{result['cpu_us_per_req']:.1f} µs CPU/req{redis}, {result['errors']} errors"
             )
-    if target.mode != "routed":
+    if target.mode not in WRK_ONLY:
         translated = target.mode == "translated"
         stream_model = TRANSLATED_MODEL if translated else DEFAULT_MODEL
         stream_expect = expect.get("streams", opts.stream_events)
@@ -541,8 +626,9 @@ def table(rows: list[dict[str, Any]], connections: int, stream_c: int) -> str:
     ]
     body: list[list[str]] = []
     for row in rows:
-        if "error" in row:
-            body.append([row["target"], "FAILED", *["-"] * (len(header) - 2)])
+        if "error" in row or "skipped" in row:
+            status = "FAILED" if "error" in row else "skipped"
+            body.append([row["target"], status, *["-"] * (len(header) - 2)])
             continue
         is_direct = row is direct
         added = {
@@ -607,20 +693,64 @@ def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _policies_entry(
+    row: dict[str, Any], routed: dict[str, Any], passthrough: dict[str, Any] | None, c: str
+) -> dict[str, Any]:
+    """A policies row against its adapter's routed row (and pass-through, for the share)."""
+    entry: dict[str, Any] = {
+        "target": row["target"],
+        "base": routed["target"],
+        "passthrough": None if passthrough is None else passthrough["target"],
+        "backend": "redis" if row.get("mode") == "policies-redis" else "memory",
+    }
+    for phase in ("c1", c):
+        rps = _float(_get(row, phase, "rps"))
+        routed_rps = _float(_get(routed, phase, "rps"))
+        added_cpu = _diff(
+            _float(_get(row, phase, "cpu_us_per_req")),
+            _float(_get(routed, phase, "cpu_us_per_req")),
+        )
+        pass_cpu = _float(_get(passthrough or {}, phase, "cpu_us_per_req"))
+        added_p50 = _diff(_float(_get(row, phase, "p50_us")), _float(_get(routed, phase, "p50_us")))
+        entry[phase] = {
+            "rps": rps,
+            "routed_rps": routed_rps,
+            "rps_ratio": _ratio(rps, routed_rps),
+            "cpu_us_per_req": _float(_get(row, phase, "cpu_us_per_req")),
+            "routed_cpu_us_per_req": _float(_get(routed, phase, "cpu_us_per_req")),
+            "added_cpu_us_per_req": added_cpu,
+            "redis_cpu_us_per_req": _float(_get(row, phase, "redis_cpu_us_per_req")),
+            "passthrough_cpu_us_per_req": pass_cpu,
+            "added_cpu_share_of_passthrough": _ratio(added_cpu, pass_cpu),
+            "added_p50_ms": None if added_p50 is None else added_p50 / 1000,
+        }
+    share = entry[c]["added_cpu_share_of_passthrough"]
+    entry["target_share"] = POLICIES_TARGET
+    entry["within_target"] = (
+        None if share is None or entry["backend"] != "memory" else share <= POLICIES_TARGET
+    )
+    return entry
+
+
 def gateway_comparison(rows: list[dict[str, Any]], connections: int) -> dict[str, Any]:
-    """Routed and translated rows against their adapter's pass-through row, same run.
+    """Routed and translated rows against their adapter's pass-through row, policies rows
+    against their adapter's routed row, same run.
 
     Costs are the differences: ``+`` means the gateway path costs that much more.
     """
-    by_name = {r["target"]: r for r in rows if "error" not in r}
+    by_name = {r["target"]: r for r in rows if "error" not in r and "skipped" not in r}
     c = f"c{connections}"
     routed: list[dict[str, Any]] = []
     translated: list[dict[str, Any]] = []
+    policies: list[dict[str, Any]] = []
     for row in rows:
         base = by_name.get(row.get("base") or "")
-        if "error" in row or base is None:
+        if "error" in row or "skipped" in row or base is None:
             continue
-        if row.get("mode") == "routed":
+        if row.get("mode") in POLICIES:
+            passthrough = by_name.get(base.get("base") or "")
+            policies.append(_policies_entry(row, base, passthrough, c))
+        elif row.get("mode") == "routed":
             entry: dict[str, Any] = {"target": row["target"], "base": base["target"]}
             for phase in ("c1", c):
                 rps = _float(_get(row, phase, "rps"))
@@ -691,11 +821,11 @@ def gateway_comparison(rows: list[dict[str, Any]], connections: int) -> dict[str
                     else added_ttfe <= TTFE_TARGET_MS,
                 }
             )
-    return {"routed": routed, "translated": translated}
+    return {"routed": routed, "translated": translated, "policies": policies}
 
 
 def gateway_tables(comparison: dict[str, Any], connections: int, stream_c: int) -> str:
-    """The two comparison tables (empty when nothing was routed or translated)."""
+    """The comparison tables (empty when nothing was routed, translated or policed)."""
     c = f"c{connections}"
     parts: list[str] = []
     if comparison["routed"]:
@@ -766,6 +896,44 @@ def gateway_tables(comparison: dict[str, Any], connections: int, stream_c: int) 
             for e in comparison["translated"]
         ]
         parts.append(_render(header, body))
+    if comparison["policies"]:
+        header = [
+            "policies vs routed",
+            "backend",
+            "c1 +p50",
+            "c1 +cpu/req",
+            f"{c} req/s",
+            "x routed",
+            f"{c} +p50",
+            f"{c} +cpu/req",
+            "redis cpu/req",
+            "pass cpu/req",
+            "+cpu % pass",
+            f"<= {POLICIES_TARGET:.0%}",
+        ]
+        body = [
+            [
+                e["target"],
+                e["backend"],
+                _num(e["c1"]["added_p50_ms"], "+.3f"),
+                _num(e["c1"]["added_cpu_us_per_req"], "+.1f"),
+                _num(e[c]["rps"], ",.0f"),
+                _num(e[c]["rps_ratio"], ".2f"),
+                _num(e[c]["added_p50_ms"], "+.3f"),
+                _num(e[c]["added_cpu_us_per_req"], "+.1f"),
+                _num(e[c]["redis_cpu_us_per_req"], ".1f"),
+                _num(e[c]["passthrough_cpu_us_per_req"], ".1f"),
+                _num(
+                    None
+                    if e[c]["added_cpu_share_of_passthrough"] is None
+                    else e[c]["added_cpu_share_of_passthrough"] * 100,
+                    "+.1f",
+                ),
+                {True: "yes", False: "NO", None: "-"}[e["within_target"]],
+            ]
+            for e in comparison["policies"]
+        ]
+        parts.append(_render(header, body))
     return "\n\n".join(parts)
 
 
@@ -791,8 +959,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--gateway-adapters",
         metavar="ADAPTERS",
-        help="adapters also measured routed and translated (--config), next to their "
-        "pass-through; default: all of --adapters; '' for none",
+        help="adapters also measured routed, translated and with policies (--config), next "
+        "to their pass-through; default: all of --adapters; '' for none",
     )
     parser.add_argument(
         "--target",
@@ -839,8 +1007,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def targets(opts: argparse.Namespace) -> list[Target]:
-    """direct, the chosen adapters (each followed by its routed and translated runs), then
-    any ``--target``."""
+    """direct, the chosen adapters (each followed by its routed, policies and translated
+    runs), then any ``--target``."""
     found = [Target("direct", None, "direct")]
     gateway = {a for a in opts.gateway_adapters.split(",") if a}
     for name in (a for a in opts.adapters.split(",") if a):
@@ -849,6 +1017,8 @@ def targets(opts: argparse.Namespace) -> list[Target]:
         found.append(Target(name, argv))
         if name in gateway:
             found.append(Target(f"{name} routed", argv, "routed", name))
+            for mode in POLICIES:  # right after routed, their base
+                found.append(Target(f"{name} {mode}", argv, mode, f"{name} routed"))
             found.append(Target(f"{name} translated", argv, "translated", name))
     for spec in opts.target:
         name, sep, command = spec.partition("=")
@@ -858,12 +1028,30 @@ def targets(opts: argparse.Namespace) -> list[Target]:
     return found
 
 
-def gateway_config(mode: Mode, base_url: str, opts: argparse.Namespace) -> dict[str, Any]:
-    """The ``--config`` of a routed or translated target (JSON is YAML)."""
+def gateway_config(
+    mode: Mode, base_url: str, opts: argparse.Namespace, *, redis_url: str | None = None
+) -> dict[str, Any]:
+    """The ``--config`` of a routed, policies or translated target (JSON is YAML)."""
+    deployments = [{"provider": "up", "model": "gpt-4o-mini"}]
+    providers = {"up": {"type": "openai", "base_url": base_url}}
     if mode == "routed":
+        return {"providers": providers, "models": {ROUTED_MODEL: deployments}}
+    if mode in POLICIES:
+        key = {
+            "name": "bench",
+            "key_sha256": hashlib.sha256(BENCH_KEY.encode()).hexdigest(),
+            **POLICY_LIMITS,
+        }
+        limits: dict[str, Any] = {"backend": "memory"}
+        if mode == "policies-redis":
+            if redis_url is None:
+                raise BenchError("policies-redis needs a redis_url")
+            limits = {"backend": "redis", "redis_url": redis_url}
         return {
-            "providers": {"up": {"type": "openai", "base_url": base_url}},
-            "models": {ROUTED_MODEL: [{"provider": "up", "model": "gpt-4o-mini"}]},
+            "providers": providers,
+            "models": {ROUTED_MODEL: {"deployments": deployments, "limits": POLICY_LIMITS}},
+            "middleware": [{"auth": {"keys": [key]}}, "rate_limit"],
+            "limits": limits,
         }
     # The translated request loses the query string: the stream's shape goes in headers.
     fast = {"x-bench-events": str(opts.stream_events), "x-bench-delay-ms": "0"}
@@ -885,14 +1073,21 @@ def gateway_config(mode: Mode, base_url: str, opts: argparse.Namespace) -> dict[
 
 
 def server_argv(
-    target: Target, port: int, base_url: str, config_dir: Path, opts: argparse.Namespace
+    target: Target,
+    port: int,
+    base_url: str,
+    config_dir: Path,
+    opts: argparse.Namespace,
+    *,
+    redis_url: str | None = None,
 ) -> list[str]:
     """How to start ``target``: the pass-through shorthand, or a gateway ``--config``."""
     assert target.argv is not None
     argv = [*target.argv, "--host", HOST, "--port", str(port), "--log-level", "warning"]
-    if target.mode in ("routed", "translated"):
+    if target.mode in (*WRK_ONLY, "translated"):
         config = config_dir / f"{target.name.replace(' ', '-')}.yaml"
-        config.write_text(json.dumps(gateway_config(target.mode, base_url, opts), indent=2))
+        settings = gateway_config(target.mode, base_url, opts, redis_url=redis_url)
+        config.write_text(json.dumps(settings, indent=2))
         return [*argv, "--config", str(config)]
     return [*argv, "--base-url", base_url, "--type", "openai"]
 
@@ -912,28 +1107,63 @@ def main(argv: list[str] | None = None) -> int:
     )
     config_dir = tempfile.TemporaryDirectory(prefix="sansproxy-bench-")
     kept: dict[str, Server] = {}
+    redis: Server | None = None
     try:
         base_url = f"http://{HOST}:{upstream.port}"
         _log(f"upstream at {base_url} (pid {upstream.proc.pid})")
         all_targets = targets(opts)
+        # The policies-redis targets share one redis-server, started for this run.
+        redis_url: str | None = None
+        no_redis: dict[str, str] = {}  # "skipped" or "error" -> why
+        if any(t.mode == "policies-redis" for t in all_targets):
+            if shutil.which("redis-server") is None:
+                no_redis["skipped"] = "redis-server is not on PATH (apt-get install redis-server)"
+            else:
+                try:
+                    redis = start_redis(Path(config_dir.name))
+                except BenchError as exc:
+                    no_redis["error"] = f"redis-server did not start: {exc}"
+                else:
+                    redis_url = f"redis://{HOST}:{redis.port}/0"
+                    _log(f"redis-server at {HOST}:{redis.port} (pid {redis.proc.pid})")
         # A pass-through server stays up (idle) until its translated target is done:
         # the time to first event is measured on both, alternating.
         compared = {t.base for t in all_targets if t.mode == "translated"}
         for target in all_targets:
             _log(f"{target.name}:")
+            if target.mode == "policies-redis" and no_redis:
+                (kind, why), *_ = no_redis.items()
+                _log(f"  {target.name} {kind.upper()}: {why}")
+                rows.append({"target": target.name, "mode": target.mode, kind: why})
+                continue
             server: Server | None = None
             try:
                 if target.argv is None:
                     port, pid = upstream.port, upstream.proc.pid
                 else:
                     port = _free_port()
-                    argv = server_argv(target, port, base_url, Path(config_dir.name), opts)
+                    argv = server_argv(
+                        target, port, base_url, Path(config_dir.name), opts, redis_url=redis_url
+                    )
                     server = start_server(target.name, argv, port=port)
                     port, pid = server.port, server.proc.pid
                 base = kept.get(target.base or "") if target.mode == "translated" else None
                 base_port = base.port if base is not None and base.proc.poll() is None else None
+                redis_pid = (
+                    redis.proc.pid
+                    if redis is not None and target.mode == "policies-redis"
+                    else None
+                )
                 rows.append(
-                    measure(target, port, pid, upstream.proc.pid, opts, base_port=base_port)
+                    measure(
+                        target,
+                        port,
+                        pid,
+                        upstream.proc.pid,
+                        opts,
+                        base_port=base_port,
+                        redis_pid=redis_pid,
+                    )
                 )
             except (BenchError, subprocess.TimeoutExpired, OSError) as exc:
                 _log(f"  {target.name} FAILED: {exc}")
@@ -951,6 +1181,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for server in kept.values():
             server.stop()
+        if redis is not None:
+            redis.stop()
         upstream.stop()
         config_dir.cleanup()
     elapsed = time.monotonic() - started
@@ -990,10 +1222,22 @@ def main(argv: list[str] | None = None) -> int:
         "a translated row's ttfe is from those rounds (where both servers idle in turn, "
         "which slows both): compare it with 'ttfe pass', not the pass-through row."
     )
+    if comparison["policies"]:
+        print(
+            "policies: the routed config + middleware [auth, rate_limit], one key (rpm/tpm) "
+            f"and limits on model {ROUTED_MODEL!r}, limits.backend memory or redis;\n"
+            "+x, x routed: vs the same adapter's routed row, same run; redis cpu/req: the "
+            "redis-server's CPU per request (not in the proxy's);\n"
+            f"+cpu % pass: c{opts.connections} +cpu/req as a share of the same adapter's "
+            f"pass-through cpu/req at c{opts.connections} "
+            f"(target for memory: <= {POLICIES_TARGET:.0%})."
+        )
     c = f"c{opts.connections}"
     for row in rows:
         if "error" in row:
             print(f"{row['target']}: FAILED: {row['error']}")
+        elif "skipped" in row:
+            print(f"{row['target']}: skipped: {row['skipped']}")
         elif row["target"] != "direct" and _get(row, c, "upstream_cpu_util") is not None:
             print(
                 f"{row['target']}: upstream CPU at {c} {row[c]['upstream_cpu_util']:.0%} of one "
