@@ -161,3 +161,362 @@ def test_upstream_splits_never_give_the_client_a_malformed_stream(
     assert b"".join(body) == b"".join(c.data for c in whole if isinstance(c, SendBody))
     assert b"".join(body) == b"".join(e.encode() for e in evs)
     assert split[-1] == EndResponse(complete=True)
+
+
+# -- quotas, backoffs and the client leaving: the states the policies added ---------------------
+
+import hashlib  # noqa: E402
+import json  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+from core import (  # noqa: E402
+    TRANSITIONS,
+    AcquireQuota,
+    CancelUpstream,
+    Decision,
+    Proxy,
+    QuotaAnswered,
+    QuotaFailed,
+    SendUpstreamRequest,
+    SettleQuota,
+)
+
+_KEY = b"sk-sp-fuzz"
+_AUTH = [(b"authorization", b"Bearer " + _KEY), (b"content-type", b"application/json")]
+_CHAT = json.dumps(
+    {"model": "fast", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+).encode()
+
+
+def _policy_proxy(on_backend_error: str) -> Proxy:
+    key = {
+        "name": "fuzz",
+        "key_sha256": hashlib.sha256(_KEY).hexdigest(),
+        "rpm": 100,
+        "tpm": 100_000,
+        "budget": {"usd": 5, "period": "day"},
+    }
+    return Proxy(
+        config(
+            providers={
+                "p": {"base_url": "http://p.test", "read_timeout": 5},
+                "q": {"base_url": "http://q.test", "read_timeout": 5, "type": "anthropic"},
+            },
+            models={
+                "fast": {
+                    "deployments": [
+                        {"provider": "p", "model": "m1"},
+                        {"provider": "q", "model": "claude-x"},  # translated, held whole
+                    ],
+                    "limits": {"rpm": 50},
+                }
+            },
+            middleware=[
+                {"auth": {"keys": [key]}},
+                "rate_limit",
+                {"retry": {"attempts": 2, "backoff": 0.2, "max_backoff": 1, "timeout": 30}},
+            ],
+            limits={"on_backend_error": on_backend_error, "max_sse_event_size": 256},
+        )
+    )
+
+
+_POLICY_PROXIES = {mode: _policy_proxy(mode) for mode in ("open", "closed")}
+
+# What a well-behaved driver does next: ``choice`` picks one of the events that apply
+# in the exchange's current state (see ``_Driver.step``); the rest are its details.
+actions = st.fixed_dictionaries(
+    {
+        "choice": st.integers(0, 11),
+        "quota": st.sampled_from(["admit", "admit", "admit", "refuse", "fail"]),
+        "dt": st.floats(0, 1.5),  # time passes: a timer early, on time, or stale
+        "status": st.sampled_from([200, 200, 400, 429, 500, 503]),
+        "sse": st.booleans(),
+        "retry_after": st.sampled_from([[], [(b"retry-after", b"0.5")], [(b"retry-after", b"99")]]),
+        "data": st.sampled_from(
+            [
+                b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n',
+                b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}\n\n',
+                b"data: [DONE]\n\n",
+                b'data: {"cho',
+                b"x" * 300,
+                b"{}",
+                b'event: message_start\ndata: {"type":"message_start","message":{"id":"m",'
+                b'"usage":{"input_tokens":2,"output_tokens":0}}}\n\n',
+                b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+                b'"delta":{"type":"text_delta","text":"hi"}}\n\n',
+                b'{"id":"m","type":"message","content":[{"type":"text","text":"hi"}],'
+                b'"usage":{"input_tokens":2,"output_tokens":1}}',
+            ]
+        ),
+        "fail": st.sampled_from(["connect", "timeout", "reset", "protocol"]),
+    }
+)
+
+
+class _Driver:
+    """Feeds an exchange only what a correct driver could: answers to the pending
+    query, events of the running attempt, timers (early, late, stale), the client
+    leaving. Keeps every command."""
+
+    def __init__(self, proxy: Proxy, seed: float) -> None:
+        self.ex = proxy.exchange(exchange_id="fz", now=0.0, wall_time=1_700_000_000.0, rand=seed)
+        self.now = 0.0
+        self.commands: list[Command] = []
+        self.query: AcquireQuota | None = None
+        self.running: int | None = None
+        self.head = False
+        self.attempts_sent: list[int] = []
+
+    def feed(self, event: Event) -> None:
+        self.ex.handle(event, now=self.now)
+        while (cmd := self.ex.next_command()) is not None:
+            self.commands.append(cmd)
+            if isinstance(cmd, AcquireQuota):
+                self.query = cmd
+            elif isinstance(cmd, SendUpstreamRequest):
+                self.attempts_sent.append(cmd.attempt)
+                self.running, self.head = cmd.attempt, False
+            elif isinstance(cmd, CancelUpstream):
+                assert cmd.attempt == self.running, "cancelled an attempt that is not running"
+                self.running = None
+        if self.ex.state is not State.AWAIT_QUOTA:
+            self.query = None  # no longer waited for: a correct driver drops a late answer
+
+    def step(self, action: dict[str, Any]) -> None:
+        """Do one of the things a driver could do now (``action["choice"]`` says which)."""
+        if self.query is not None:
+            options = ["quota", "quota", "quota", "timer"]
+        elif self.running is not None and not self.head:
+            options = ["head", "head", "fail", "timer"]
+        elif self.running is not None:
+            options = ["data", "data", "data", "end", "fail", "timer"]
+        else:
+            options = ["timer"]
+        self.do(options[action["choice"] % len(options)], action)
+
+    def do(self, kind: str, action: dict[str, Any]) -> None:
+        query, running = self.query, self.running
+        if kind == "quota":
+            assert query is not None
+            if action["quota"] == "fail":
+                self.feed(QuotaFailed(query_id=query.query_id, message="down"))
+                return
+            admit = action["quota"] == "admit"
+            decisions = tuple(
+                Decision(
+                    allowed=admit,
+                    limit=c.limit.limit,
+                    remaining=c.limit.limit - 1 if admit else 0,
+                    reset_after=60.0,
+                    retry_after=0.0 if admit else 12.5,
+                )
+                for c in query.charges
+            )
+            spent = tuple(0.0 for _ in query.budgets)
+            self.feed(
+                QuotaAnswered(
+                    query_id=query.query_id, admitted=admit, decisions=decisions, spent=spent
+                )
+            )
+        elif kind == "timer":  # early, on time or stale: all harmless
+            self.now += action["dt"]
+            self.feed(TimerFired())
+        elif kind == "head":
+            assert running is not None
+            self.head = True
+            content = SSE if action["sse"] else JSON
+            headers = [*content, *action["retry_after"]]
+            self.feed(UpstreamResponse(attempt=running, status=action["status"], headers=headers))
+        elif kind == "data":
+            assert running is not None
+            self.feed(UpstreamData(attempt=running, data=action["data"]))
+        elif kind == "end":
+            assert running is not None
+            self.running = None
+            self.feed(UpstreamEnded(attempt=running))
+        elif kind == "fail":
+            assert running is not None
+            self.running = None
+            self.feed(UpstreamFailed(attempt=running, kind=action["fail"]))
+        else:
+            assert kind == "gone"
+            self.feed(ClientGone())
+            self.running = None
+
+    def finish(self) -> None:
+        """Let the exchange run to its end: answer, complete, fire timers."""
+        plain = {"quota": "admit", "status": 200, "sse": False, "retry_after": []}
+        for _ in range(60):
+            if self.ex.finished:
+                return
+            if self.query is not None:
+                self.do("quota", plain)
+            elif self.running is not None:
+                if not self.head:
+                    self.do("head", plain)
+                self.do("end", plain)
+            else:
+                timer = self.ex.get_timer()
+                wait = 0.0 if timer is None else max(0.0, timer - self.now)
+                self.do("timer", {"dt": wait})
+        raise AssertionError(f"the exchange never finished (state {self.ex.state.name})")
+
+
+@settings(max_examples=250, deadline=None)
+@given(
+    st.lists(actions, max_size=20),
+    st.one_of(st.none(), st.integers(0, 20)),
+    st.sampled_from(["open", "closed"]),
+    st.floats(0, 0.999),
+)
+def test_quota_answers_timers_failures_and_leaving_never_break_the_client_stream(
+    sequence: list[dict[str, Any]], leaves_at: int | None, mode: str, seed: float
+) -> None:
+    driver = _Driver(_POLICY_PROXIES[mode], seed)
+    driver.feed(RequestReceived(method=b"POST", target=b"/v1/chat/completions", headers=_AUTH))
+    driver.feed(RequestData(data=_CHAT))
+    driver.feed(RequestEnded())
+    for i, action in enumerate(sequence):
+        if i == leaves_at:
+            driver.do("gone", action)
+        driver.step(action)  # a correct driver never gets LocalProtocolError
+        check_client_sequence(driver.commands)
+        if driver.ex.finished:
+            assert driver.ex.get_timer() is None
+    driver.finish()
+    ex, commands = driver.ex, driver.commands
+    assert ex.state is State.DONE
+    check_client_sequence(commands)
+    client = [c for c in commands if isinstance(c, StartResponse | SendBody | EndResponse)]
+    ends = [c for c in client if isinstance(c, EndResponse)]
+    if ex.outcome == "client_gone":
+        assert len(ends) <= 1
+    else:
+        assert len(ends) == 1 and client[-1] is ends[0], "exactly one end, and last"
+        assert isinstance(client[0], StartResponse)
+    # Attempts are numbered 1, 2, ...; the quota is settled at most once.
+    assert driver.attempts_sent == list(range(1, len(driver.attempts_sent) + 1))
+    assert len([c for c in commands if isinstance(c, SettleQuota)]) <= 1
+    # Nothing more happens once it is over.
+    before = len(commands)
+    driver.now += 100
+    driver.feed(TimerFired())
+    driver.feed(ClientGone())
+    assert len(driver.commands) == before
+
+
+quota_events = st.one_of(
+    events,
+    st.builds(
+        QuotaAnswered,
+        query_id=st.integers(1, 2),
+        admitted=st.booleans(),
+        decisions=st.sampled_from(
+            [
+                (),
+                (Decision(allowed=True, limit=100, remaining=99, reset_after=60, retry_after=0),)
+                * 4,
+            ]
+        ),
+        spent=st.sampled_from([(), (0.0,), (9.0,)]),
+    ),
+    st.builds(QuotaFailed, query_id=st.integers(1, 2), message=st.just("down")),
+    st.just(RequestReceived(method=b"POST", target=b"/v1/chat/completions", headers=_AUTH)),
+    st.just(RequestData(data=_CHAT)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(quota_events, max_size=14),
+    st.sampled_from(["open", "closed"]),
+    st.lists(st.floats(0, 3), min_size=14, max_size=14),
+)
+def test_every_state_and_input_with_quotas_either_advances_or_raises_the_local_error(
+    sequence: list[Event], mode: str, times: list[float]
+) -> None:
+    pb = Playbook(_POLICY_PROXIES[mode])
+    commands: list[Command] = []
+    now = 0.0
+    for event, dt in zip(sequence, times, strict=False):
+        now += dt
+        before = pb.ex.state
+        try:
+            commands.extend(pb.feed(event, now=now))
+        except LocalProtocolError:
+            assert pb.ex.state is State.ERROR
+            for later in (ClientGone(), TimerFired(), QuotaFailed(query_id=1, message="x")):
+                with pytest.raises(LocalProtocolError):
+                    pb.ex.handle(later, now=now)
+            break
+        else:
+            assert before is State.ERROR or pb.ex.state is not State.ERROR
+        if pb.ex.finished:
+            assert pb.ex.get_timer() is None
+    check_client_sequence(commands)
+
+
+def _reach(state: State) -> Playbook:
+    """An exchange in ``state`` (attempt 1 and query 1 where they apply)."""
+    if state is State.LOCAL_STREAM:
+        pb = Playbook(config(mock={"stream_delay": 1}))
+        pb.request(body=_CHAT, headers=list(JSON))
+        assert pb.ex.state is state
+        return pb
+    pb = Playbook(_POLICY_PROXIES["open"])
+    if state is State.RECV_HEAD:
+        return pb
+    pb.feed(RequestReceived(method=b"POST", target=b"/v1/chat/completions", headers=_AUTH))
+    if state is State.RECV_BODY:
+        return pb
+    if state is State.DONE:
+        pb.feed(ClientGone())
+        return pb
+    if state is State.ERROR:
+        with pytest.raises(LocalProtocolError):
+            pb.feed(UpstreamEnded(attempt=1))
+        return pb
+    pb.feed(RequestData(data=_CHAT), RequestEnded())
+    if state is State.AWAIT_QUOTA:
+        return pb
+    pb.feed(QuotaFailed(query_id=1, message="down"))  # fails open: no decisions needed
+    if state is State.AWAIT_UPSTREAM:
+        return pb
+    if state is State.BACKOFF:
+        pb.feed(UpstreamFailed(attempt=1, kind="connect"))
+    else:
+        pb.feed(UpstreamResponse(attempt=1, status=200, headers=SSE))
+    assert pb.ex.state is state
+    return pb
+
+
+_ONE_OF_EACH: list[Event] = [
+    RequestReceived(method=b"GET", target=b"/health", headers=[]),
+    RequestData(data=b"x"),
+    RequestEnded(),
+    UpstreamResponse(attempt=1, status=200, headers=JSON),
+    UpstreamData(attempt=1, data=b"x"),
+    UpstreamEnded(attempt=1),
+    UpstreamFailed(attempt=1, kind="connect"),
+    TimerFired(),
+    ClientGone(),
+    QuotaAnswered(query_id=1, admitted=True, decisions=()),
+    QuotaFailed(query_id=1, message="x"),
+]
+
+
+@pytest.mark.parametrize("state", list(State), ids=[s.name for s in State])
+def test_every_pair_outside_the_table_is_the_local_error(state: State) -> None:
+    assert _reach(state).ex.state is state
+    allowed = TRANSITIONS[state]
+    for event in _ONE_OF_EACH:
+        pb = _reach(state)
+        if type(event) in allowed:
+            continue
+        with pytest.raises(LocalProtocolError, match=f"in state {state.name}"):
+            pb.ex.handle(event, now=1.0)
+        assert pb.ex.state is State.ERROR
+        assert pb.ex.next_command() is None
