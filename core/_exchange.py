@@ -21,8 +21,10 @@ from ._commands import (
     Command,
     EndResponse,
     Log,
+    QuotaAdjustment,
     SendBody,
     SendUpstreamRequest,
+    SettleQuota,
     StartResponse,
 )
 from ._config import DEFAULT_ORDER, ProxyConfig
@@ -185,6 +187,7 @@ class Exchange:
         "_local_blocks",
         "_plan",
         "_proxy",
+        "_query",
         "_query_id",
         "_rand",
         "_read_timeout",
@@ -238,6 +241,7 @@ class Exchange:
         self._upstream_status = 0
         self._hook_index = 0
         self._query_id = 0
+        self._query: AcquireQuota | None = None
         self._retry: Retry | None = None
         self._route_key: tuple[ApiType, str] | None = None
         self._json: dict[str, Any] | None = None
@@ -463,13 +467,40 @@ class Exchange:
         if isinstance(result, AcquireQuota):
             self._hook_index = index
             self._query_id = result.query_id
+            self._query = result
             self._commands.append(result)
             self._deadline = now + result.timeout
             self._set_state(State.AWAIT_QUOTA)
             return True
         raise TypeError(f"an on_request hook returned {result!r}: expected None, Reply or a query")
 
+    def _on_stale_answer(self, event: QuotaAnswered | QuotaFailed, now: float) -> None:
+        """An answer the exchange stopped waiting for (it timed out, the client left).
+
+        If it admitted the request, the charges it made are given back.
+        """
+        query = self._query
+        if (
+            isinstance(event, QuotaAnswered)
+            and event.admitted
+            and query is not None
+            and event.query_id == query.query_id
+        ):
+            self._query = None
+            refunds = tuple(
+                QuotaAdjustment(
+                    key=charge.key, limit=charge.limit, delta=-charge.amount, charged_at=query.at
+                )
+                for charge in query.charges
+                if charge.amount > 0
+            )
+            if refunds:
+                self._commands.append(SettleQuota(at=self.wall_now, adjustments=refunds))
+
     def _on_quota_answer(self, event: QuotaAnswered | QuotaFailed, now: float) -> None:
+        if event.query_id < self._query_id:
+            self._on_stale_answer(event, now)
+            return
         if event.query_id != self._query_id:
             raise LocalProtocolError(
                 f"answer to query {event.query_id}, but query {self._query_id} is pending",
@@ -477,6 +508,7 @@ class Exchange:
                 error_type="server_error",
             )
         self._deadline = None
+        self._query = None  # answered in time: nothing to give back later
         self._answered(event, now)
 
     def _on_quota_timer(self, event: TimerFired, now: float) -> None:
@@ -599,8 +631,8 @@ class Exchange:
         method = self.request_method
         body = upstream.body
         headers = upstream.headers
-        if body or method in _BODY_METHODS:
-            headers.append((b"content-length", str(len(body)).encode()))
+        if body or method in _BODY_METHODS:  # a new list: a retry sends the plan again
+            headers = [*headers, (b"content-length", str(len(body)).encode())]
         self._attempt += 1
         deployment = self.deployment
         self.attempts.append(

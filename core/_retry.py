@@ -35,6 +35,8 @@ __all__ = ["Attempt", "Retry", "RetryMiddleware", "parse_retry_after"]
 
 Outcome = Literal["ok", "status", "connect", "timeout", "reset", "protocol"]
 _KINDS = frozenset({"connect", "timeout", "reset", "protocol"})
+# The endpoints translated between the two APIs (any provider can serve them).
+_TRANSLATED = frozenset({b"/v1/chat/completions", b"/v1/messages"})
 
 
 @dataclass(slots=True, kw_only=True)
@@ -211,7 +213,7 @@ class RetryMiddleware:
                     for a in attempts
                 ):
                     return Retry(delay=0.0, deployment=candidate, model=model)
-        if attempt.outcome == "status" and attempt.status == 429 and len(attempts) > 1:
+        if len(attempts) > 1 and all(a.status == 429 for a in attempts):
             headers: tuple[tuple[bytes, bytes], ...] = ()
             if attempt.retry_after is not None:
                 headers = ((b"retry-after", str(math.ceil(attempt.retry_after)).encode()),)
@@ -247,4 +249,7 @@ class RetryMiddleware:
         out = [(asked, d) for d in router.models[asked]]
         for fallback in router.fallbacks.get(asked, ()):
             out.extend((fallback, d) for d in router.models[fallback])
-        return out
+        if exchange.request_path in _TRANSLATED:
+            return out
+        # Elsewhere only a provider of the client's own API can serve the request.
+        return [(m, d) for m, d in out if d.provider.type == exchange.client_api]

@@ -68,16 +68,22 @@ TRANSITIONS: dict[State, dict[type[Event], str]] = {
         ClientGone: "_on_client_gone",
     },
     State.BACKOFF: {
+        QuotaAnswered: "_on_stale_answer",
+        QuotaFailed: "_on_stale_answer",
         TimerFired: "_on_backoff_timer",
         ClientGone: "_on_client_gone",
     },
     State.AWAIT_UPSTREAM: {
+        QuotaAnswered: "_on_stale_answer",
+        QuotaFailed: "_on_stale_answer",
         UpstreamResponse: "_on_upstream_head",
         UpstreamFailed: "_on_upstream_failed",
         TimerFired: "_on_upstream_timer",
         ClientGone: "_on_client_gone",
     },
     State.RELAY: {
+        QuotaAnswered: "_on_stale_answer",
+        QuotaFailed: "_on_stale_answer",
         UpstreamData: "_on_upstream_data",
         UpstreamEnded: "_on_upstream_end",
         UpstreamFailed: "_on_upstream_failed",
@@ -85,12 +91,17 @@ TRANSITIONS: dict[State, dict[type[Event], str]] = {
         ClientGone: "_on_client_gone",
     },
     State.LOCAL_STREAM: {
+        QuotaAnswered: "_on_stale_answer",
+        QuotaFailed: "_on_stale_answer",
         TimerFired: "_on_local_timer",
         ClientGone: "_on_client_gone",
     },
     # A finished exchange tolerates what a driver may still see: the rest of a
-    # request body it answered early, a client leaving, a stale timer.
+    # request body it answered early, a client leaving, a stale timer, a store's
+    # answer it stopped waiting for (whose charges it gives back).
     State.DONE: {
+        QuotaAnswered: "_on_stale_answer",
+        QuotaFailed: "_on_stale_answer",
         RequestData: "_ignore",
         RequestEnded: "_ignore",
         ClientGone: "_ignore",

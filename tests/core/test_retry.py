@@ -311,11 +311,6 @@ def test_every_attempt_rate_limited_is_a_provider_rate_limit_error() -> None:
     assert out[0] == CancelUpstream(attempt=2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): RetryMiddleware answers ProviderRateLimitError 'every attempt (N) "
-    "was rate limited' when only the last attempt was a 429",
-)
 def test_a_rate_limit_after_other_failures_is_not_called_every_attempt() -> None:
     pb = start(retry_config(attempts=2), body=CHAT.replace(b'"a"', b'"solo"'))
     pb.feed(UpstreamFailed(attempt=1, kind="connect"))
@@ -341,12 +336,6 @@ def test_a_single_rate_limited_attempt_without_retries_left_is_relayed() -> None
     assert client_view(out)[:3:2] == (429, b'{"error":{"message":"slow down"}}')
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a fallback model whose provider cannot serve the endpoint (an Anthropic "
-    "provider for /v1/embeddings) turns upstream failures into a 400 unsupported_endpoint "
-    "naming a model the client never asked for",
-)
 def test_a_fallback_that_cannot_serve_the_endpoint_is_skipped() -> None:
     pb = Playbook(retry_config(attempts=1))
     pb.request(b"POST", b"/v1/embeddings", b'{"model":"a","input":"x"}', list(JSON))
@@ -492,11 +481,6 @@ def test_the_shorthand_retries_the_same_request(target: bytes, body: bytes) -> N
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Exchange._send_upstream appends Content-Length to the plan's own header "
-    "list, so a shorthand pass-through retry sends it twice",
-)
 def test_the_shorthand_retries_a_passthrough_post_with_one_content_length() -> None:
     cfg = upstream_config(middleware=[{"retry": {"attempts": 3, "backoff": 0.1}}])
     pb = Playbook(cfg)
