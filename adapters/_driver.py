@@ -1,8 +1,9 @@
 """The driver: feeds an exchange its events and carries out its commands.
 
-Shared by every adapter. It owns the process's upstream connection pool and
-the trace writer. An adapter hands it an exchange whose request has been fed,
-and a ``ClientSink`` that writes to the client; the driver does the rest.
+Shared by every adapter. It owns the process's upstream connection pool, the
+trace writer and the quota store (memory or Redis). An adapter hands it an
+exchange whose request has been fed, and a ``ClientSink`` that writes to the
+client; the driver does the rest.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from core import (
     UpstreamResponse,
     WriteTrace,
 )
+from core._commands import AcquireQuota, SettleQuota
 
+from ._store import QuotaStore, make_store
 from ._streams import Clock, using_asyncio
 from ._streams import clock as loop_clock
 from ._trace_writer import TraceWriter
@@ -67,12 +70,15 @@ class ClientSink(Protocol):
 
 
 class Driver:
-    """Runs exchanges for one process: one upstream pool, one trace writer."""
+    """Runs exchanges for one process: one upstream pool, one trace writer, one store."""
 
-    def __init__(self, proxy: Proxy, *, pool: UpstreamPool | None = None) -> None:
+    def __init__(
+        self, proxy: Proxy, *, pool: UpstreamPool | None = None, store: QuotaStore | None = None
+    ) -> None:
         self.proxy = proxy
         self.pool = pool if pool is not None else UpstreamPool()
         self.traces = TraceWriter()
+        self.store = store if store is not None else make_store(proxy.config.limits)
         self._prefix = secrets.token_hex(4)
         # Weighted routing draws here; the core stays deterministic.
         self._random = random.Random().random
@@ -103,8 +109,9 @@ class Driver:
         )
 
     async def aclose(self) -> None:
-        """Close idle upstream connections and write every queued trace."""
+        """Close idle upstream connections, write every queued trace, close the store."""
         await self.pool.aclose()
+        await self.store.aclose()
         await anyio.to_thread.run_sync(self.traces.close)
         stats = self.traces.statistics()
         if stats.written or stats.failed or stats.dropped:
@@ -188,10 +195,10 @@ class Driver:
                         now=now(),
                     )
         except ClientDisconnected:
-            self._client_gone(ex, state.response)
+            self._client_gone(ex, state)
         except BaseException:
             # Cancelled (the adapter saw the client leave) or a bug: no await here.
-            self._client_gone(ex, state.response)
+            self._client_gone(ex, state)
             raise
 
     async def _step(
@@ -203,8 +210,9 @@ class Driver:
         now: Clock,
     ) -> None:
         """Carry out commands and feed upstream events until the exchange ends."""
+        settles = state.settles
         while True:
-            # No await in this loop but the upstream send.
+            # No await in this loop but the upstream send and the quota query.
             while (cmd := ex.next_command()) is not None:
                 match cmd:
                     case SendBody():
@@ -215,6 +223,13 @@ class Driver:
                         client.end(cmd.complete)
                     case SendUpstreamRequest():
                         await self._send_upstream(ex, cmd, state, timer, now)
+                    case AcquireQuota():
+                        deadline = ex.get_timer()
+                        timer.deadline = math.inf if deadline is None else deadline
+                        answer = await self.store.acquire(cmd)
+                        ex.handle(answer, now=now())
+                    case SettleQuota():
+                        settles.append(cmd)  # once the client has its response
                     case WriteTrace():
                         self.traces.submit(cmd)
                     case Log():
@@ -227,7 +242,11 @@ class Driver:
                         raise RuntimeError(f"unexpected command {cmd!r}")
             if self._guard_flush:
                 timer.deadline = math.inf
-            await client.flush()
+            try:
+                await client.flush()
+            finally:
+                if settles:
+                    self._settle(settles)
             if ex.finished:
                 return
             deadline = ex.get_timer()
@@ -259,30 +278,42 @@ class Driver:
             state.reading = False
             ex.handle(event, now=now())
 
-    def _client_gone(self, ex: Exchange, response: PoolResponse | None) -> None:
-        if response is not None:
-            response.abort()
+    def _settle(self, settles: list[SettleQuota]) -> None:
+        """Hand the exchange's settles to the store (it never blocks nor raises)."""
+        for cmd in settles:
+            self.store.settle(cmd)
+        settles.clear()
+
+    def _client_gone(self, ex: Exchange, state: _Upstream) -> None:
+        if state.response is not None:
+            state.response.abort()
         if not ex.finished:
             ex.handle(ClientGone(), now=self.now())
+        settles = state.settles
         while (cmd := ex.next_command()) is not None:
             match cmd:
                 case WriteTrace():
                     self.traces.submit(cmd)
                 case Log():
                     self._log(cmd)
+                case SettleQuota():
+                    settles.append(cmd)
                 case CancelUpstream() | StartResponse() | SendBody() | EndResponse():
                     pass  # the upstream is closed above; the client is gone
                 case _:
                     raise RuntimeError(f"unexpected command {cmd!r}")
+        self._settle(settles)
 
 
 class _Upstream:
-    """The upstream side of one running exchange (the driver itself is shared)."""
+    """The upstream side of one running exchange (the driver itself is shared), and
+    the settles it has yet to hand to the store."""
 
-    __slots__ = ("attempt", "head_pending", "reading", "response")
+    __slots__ = ("attempt", "head_pending", "reading", "response", "settles")
 
     def __init__(self) -> None:
         self.response: PoolResponse | None = None
         self.attempt = 0
         self.head_pending = False
         self.reading = False
+        self.settles: list[SettleQuota] = []

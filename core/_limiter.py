@@ -40,9 +40,20 @@ entries -- never from newer ones, which would let usage leave the books early --
 and never below zero. Once those entries have left the window there is nothing
 left to refund, and the refund does nothing.
 
+Budgets (:meth:`MemoryLimiter.quota`): a key also may hold money spent, in USD,
+a float sum. A request is admitted when every budget's spend is still below
+its amount AND every charge fits; a refusal, for either reason, charges
+nothing. Spend is added once the cost is known (:meth:`MemoryLimiter.settle`).
+A spend may carry a time to live: each addition with a ``ttl`` sets the key's
+expiry to ``now + ttl``, one without keeps it; once ``now`` reaches it, the
+spend counts as 0 (and the next addition starts from 0). The expiry is judged
+with the callers' ``now``, like the limiter's windows, not with Redis's clock.
+
 The Redis scripts below are a line-by-line transcription of the Python, run
-atomically; times travel as ``%.17g`` text, so both sides do the same
-double-precision arithmetic and decide identically.
+atomically; times and spend travel as ``%.17g`` text, so both sides do the same
+double-precision arithmetic and decide identically. (Not INCRBYFLOAT: it adds
+in long double and prints 17 fixed decimals, so its sums differ from Python's
+in the last places and amounts under 1e-17 vanish.)
 """
 
 from __future__ import annotations
@@ -55,6 +66,8 @@ from itertools import pairwise
 __all__ = [
     "REDIS_ACQUIRE_SCRIPT",
     "REDIS_ADJUST_SCRIPT",
+    "REDIS_QUOTA_SCRIPT",
+    "REDIS_SETTLE_SCRIPT",
     "SLOTS",
     "Decision",
     "Limit",
@@ -65,9 +78,13 @@ __all__ = [
     "redis_acquire_args",
     "redis_adjust_args",
     "redis_decisions",
+    "redis_quota_answer",
+    "redis_quota_args",
+    "redis_settle_args",
 ]
 
 SLOTS = 60  # entries per window at most (+1): the log's resolution is window / SLOTS
+_MAX_TTL = 1e10  # seconds: a spend's time to live at most (Redis's PX must be an integer)
 
 _Entries = tuple[tuple[float, ...], tuple[int, ...]]
 
@@ -316,16 +333,70 @@ def adjust(
     return LimiterState(times=times, amounts=amounts)
 
 
+# --- spend: a float sum per key, with an optional expiry --------------------------
+
+_Spend = tuple[float, float]  # (USD, expires at; inf: never)
+_NO_SPEND: _Spend = (0.0, math.inf)
+
+
+def _budget(usd: float) -> float:
+    """A budget's amount: a number, ``inf`` included (it only reports the spend)."""
+    if isinstance(usd, bool) or not isinstance(usd, (int, float)) or math.isnan(usd):
+        raise ValueError(f"a budget's usd must be a number, not {usd!r}")
+    return float(usd)
+
+
+def _ttl(ttl: float | None) -> float | None:
+    if ttl is None:
+        return None
+    ttl = _finite("ttl", ttl)
+    if not 0 < ttl <= _MAX_TTL:
+        raise ValueError(f"ttl must be in (0, {_MAX_TTL:g}] seconds or None, not {ttl!r}")
+    return ttl
+
+
+def _live_spend(entry: _Spend | None, now: float) -> _Spend:
+    """The key's spend and expiry, or nothing once it has expired (Lua: load_spend)."""
+    if entry is None or entry[1] <= now:
+        return _NO_SPEND
+    return entry
+
+
+def _add_spend(entry: _Spend | None, usd: float, now: float, ttl: float | None) -> _Spend:
+    """Add ``usd``; a ``ttl`` sets the expiry to ``now + ttl`` (Lua: add_spend)."""
+    total, expires = _live_spend(entry, now)
+    return total + usd, expires if ttl is None else now + ttl
+
+
+def _distinct(charges: Iterable[tuple[str, Limit, int]]) -> list[tuple[str, Limit, int]]:
+    charges = list(charges)
+    keys = [key for key, _, _ in charges]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"the charges of one request need distinct keys, not {keys!r}")
+    return charges
+
+
 class MemoryLimiter:
-    """Limiter states in a dict keyed by string: the ``memory`` backend, one per process.
+    """Limiter states and spends in dicts keyed by string: the ``memory`` backend, one
+    per process.
 
     Pure data manipulation, no locks: the driver calls it from one event loop.
+    Charges are ``(key, Limit, amount)`` triples, budgets ``(key, usd)`` pairs,
+    adjustments ``(key, Limit, delta, charged_at)`` and spends ``(key, usd, ttl)``:
+    plain tuples, as the store unpacks ``core``'s quota commands into them.
+    Limiter keys and spend keys are separate here; in Redis they share one
+    namespace, so use distinct names.
     """
 
-    __slots__ = ("_states",)
+    __slots__ = ("_spends", "_states")
 
     def __init__(self) -> None:
         self._states: dict[str, tuple[LimiterState, float]] = {}  # key -> (state, expires at)
+        self._spends: dict[str, _Spend] = {}
+
+    def __len__(self) -> int:
+        """Keys held, limiter states and spends (expired ones until :meth:`sweep`)."""
+        return len(self._states) + len(self._spends)
 
     def _store(self, key: str, state: LimiterState, window: float) -> None:
         if state.times:
@@ -353,57 +424,124 @@ class MemoryLimiter:
     ) -> list[Decision]:
         """Several limits for one request (rpm and tpm, per key and per model), all or
         nothing: each is charged only if all have room. Keys must be distinct."""
-        requests = list(requests)
-        keys = [key for key, _, _ in requests]
-        if len(set(keys)) != len(keys):
-            raise ValueError(f"acquire_all needs distinct keys, not {keys!r}")
+        return self.quota(requests, (), now=now)[1]
+
+    def quota(
+        self,
+        charges: Iterable[tuple[str, Limit, int]],
+        budgets: Iterable[tuple[str, float]] = (),
+        *,
+        now: float,
+    ) -> tuple[bool, list[Decision], list[float]]:
+        """:meth:`acquire_all` that also refuses unless each budget's spend is below its
+        ``usd``: (admitted, a decision per charge, the spend per budget). A budget of
+        ``inf`` never refuses: it only reads the spend (with zero amounts, a look).
+
+        A refusal charges nothing; a charge that had room then has ``retry_after``
+        0 (budget refusals say nothing about when money comes back).
+        """
+        charges = _distinct(charges)
         now = _finite("now", now)
-        checks = [_check(self.get(key), limit, now, amount) for key, limit, amount in requests]
-        allowed = all(checked[3] is None for checked in checks)
+        budgets = [(key, _budget(usd)) for key, usd in budgets]
+        amounts = [usd for _, usd in budgets]
+        spent = [self.spent(key, now=now) for key, _ in budgets]
+        checks = [_check(self.get(key), limit, now, amount) for key, limit, amount in charges]
+        allowed = all(s < usd for s, usd in zip(spent, amounts, strict=True)) and all(
+            checked[3] is None for checked in checks
+        )
         decisions = []
-        for (key, limit, amount), checked in zip(requests, checks, strict=True):
+        for (key, limit, amount), checked in zip(charges, checks, strict=True):
             state, decision = _finish(checked, limit, amount, now, allowed=allowed)
             if allowed and amount:
                 self._store(key, state, limit.window)
             decisions.append(decision)
-        return decisions
+        return allowed, decisions, spent
 
     def adjust(self, key: str, limit: Limit, *, now: float, delta: int, charged_at: float) -> None:
         """:func:`adjust` on the key's state, kept."""
         state = adjust(self.get(key), limit, now=now, delta=delta, charged_at=charged_at)
         self._store(key, state, limit.window)
 
+    def spent(self, key: str, *, now: float) -> float:
+        """USD spent under ``key``: 0 if none, or once its expiry has come."""
+        return _live_spend(self._spends.get(key), _finite("now", now))[0]
+
+    def add_spend(self, key: str, usd: float, *, now: float, ttl: float | None) -> float:
+        """Add ``usd`` to the key's spend; with a ``ttl``, it expires at ``now + ttl``
+        (else its expiry, if any, stays). The new total."""
+        entry = _add_spend(
+            self._spends.get(key), _finite("usd", usd), _finite("now", now), _ttl(ttl)
+        )
+        self._spends[key] = entry
+        return entry[0]
+
+    def settle(
+        self,
+        adjustments: Iterable[tuple[str, Limit, int, float]],
+        spends: Iterable[tuple[str, float, float | None]],
+        *,
+        now: float,
+    ) -> None:
+        """What an exchange really used: each adjustment (:meth:`adjust`) then each spend
+        (:meth:`add_spend`). Every call applies, once. All arguments are checked
+        first: on ``ValueError`` nothing is applied."""
+        now = _finite("now", now)
+        todo = [
+            (key, limit, _integer("delta", delta, minimum=None), _finite("charged_at", at))
+            for key, limit, delta, at in adjustments
+        ]
+        money = [(key, _finite("usd", usd), _ttl(ttl)) for key, usd, ttl in spends]
+        for key, limit, delta, at in todo:
+            self.adjust(key, limit, now=now, delta=delta, charged_at=at)
+        for key, usd, ttl in money:
+            self._spends[key] = _add_spend(self._spends.get(key), usd, now, ttl)
+
     def snapshot(self, key: str, limit: Limit, *, now: float) -> Decision:
         """The key's current standing (a zero-amount look), for the admin view."""
         return acquire(self.get(key), limit, now=now, amount=0)[1]
 
     def sweep(self, *, now: float) -> int:
-        """Forget keys whose usage has all left its window (Redis's PEXPIRE); how many."""
+        """Forget keys whose usage has all left its window, and expired spends (Redis's
+        PEXPIRE); how many."""
         gone = [key for key, (_, expires) in self._states.items() if expires <= now]
         for key in gone:
             del self._states[key]
-        return len(gone)
+        spent = [key for key, (_, expires) in self._spends.items() if expires <= now]
+        for key in spent:
+            del self._spends[key]
+        return len(gone) + len(spent)
 
 
 # --- Redis: the same algorithm as atomic Lua scripts --------------------------------
 
 _LUA_COMMON = """
 -- sansproxy limiter (core/_limiter.py): a transcription of its Python helpers.
--- A key holds LimiterState.encode(): "t0 a0 t1 a1 ..." (%.17g times, whole amounts).
+-- A limiter key holds LimiterState.encode(): "t0 a0 t1 a1 ..." (%.17g times, whole
+-- amounts); a spend key "usd" or "usd expires_at" (%.17g). Anything else there
+-- is an error (the caller sees a failed call), never silently read.
+local function finite(x) return x ~= nil and x == x and x ~= 1 / 0 and x ~= -1 / 0 end
+
 local function load(key)
   local ts, as = {}, {}
   local raw = redis.call('GET', key)
   if raw then
     local t = nil
     for word in string.gmatch(raw, '%S+') do
+      local x = tonumber(word)
+      if not finite(x) then error('sansproxy: not a limiter state under ' .. key) end
       if t == nil then
-        t = tonumber(word)
+        if #ts > 0 and x < ts[#ts] then error('sansproxy: not a limiter state under ' .. key) end
+        t = x
       else
+        if x < 1 or x ~= math.floor(x) then
+          error('sansproxy: not a limiter state under ' .. key)
+        end
         ts[#ts + 1] = t
-        as[#as + 1] = tonumber(word)
+        as[#as + 1] = x
         t = nil
       end
     end
+    if t ~= nil then error('sansproxy: not a limiter state under ' .. key) end
   end
   return ts, as
 end
@@ -436,94 +574,10 @@ local function record(ts, as, eff, amount, window, slots)
   end
 end
 
--- SET ... PX (= PEXPIRE) window + 1 s from each write: garbage collection only,
--- as the scripts prune by time themselves; the extra second absorbs clock skew.
-local function store(key, ts, as, window)
-  local m = #ts
-  if m == 0 then
-    redis.call('DEL', key)
-    return
-  end
-  local parts = {}
-  for j = 1, m do parts[j] = string.format('%.17g %d', ts[j], as[j]) end
-  local ttl = math.ceil((window + 1) * 1000)
-  redis.call('SET', key, table.concat(parts, ' '), 'PX', string.format('%d', ttl))
-end
-
-local function num(x) return string.format('%.17g', x) end
-"""
-
-REDIS_ACQUIRE_SCRIPT = (
-    _LUA_COMMON
-    + """
--- acquire, all or nothing over every key (rpm and tpm of one request, say).
--- KEYS[i]: one limiter state each, distinct (Redis Cluster: one {hash tag}).
--- ARGV[1] now (seconds), ARGV[2] SLOTS; then for key i, ARGV[3i], ARGV[3i+1],
--- ARGV[3i+2]: limit, window, amount. See redis_acquire_args().
--- Reply: {admitted 1|0, then per key: used (integer), reset_at, retry_at (%.17g)}.
--- Writes each charged key (SET ... PX); a refusal writes nothing.
-local now = tonumber(ARGV[1])
-local slots = tonumber(ARGV[2])
-local checked = {}
-local allowed = true
-for i = 1, #KEYS do  -- _check, each key
-  local c = {limit = tonumber(ARGV[3 * i]), window = tonumber(ARGV[3 * i + 1]),
-             amount = tonumber(ARGV[3 * i + 2])}
-  local ts, as = load(KEYS[i])
-  c.eff, c.ts, c.as = prune(ts, as, c.window, now)
-  c.used = 0
-  for j = 1, #c.as do c.used = c.used + c.as[j] end
-  -- _verdict: retry_at nil when the amount fits now
-  if c.amount > c.limit then
-    c.retry_at = 1 / 0
-  elseif c.used + c.amount > c.limit then
-    local j, freed = 0, 0
-    while c.used - freed + c.amount > c.limit do
-      j = j + 1
-      freed = freed + c.as[j]
-    end
-    c.retry_at = c.ts[j] + c.window
-  end
-  if c.retry_at ~= nil then allowed = false end
-  checked[i] = c
-end
-local reply = {allowed and 1 or 0}
-for i = 1, #KEYS do  -- _finish, each key (the Decision is made in Python: redis_decisions)
-  local c = checked[i]
-  if allowed and c.amount > 0 then
-    record(c.ts, c.as, c.eff, c.amount, c.window, slots)
-    c.used = c.used + c.amount
-    store(KEYS[i], c.ts, c.as, c.window)
-  end
-  local reset_at = now
-  if #c.ts > 0 then reset_at = c.ts[#c.ts] + c.window end
-  reply[#reply + 1] = c.used
-  reply[#reply + 1] = num(reset_at)
-  reply[#reply + 1] = num(c.retry_at or now)
-end
-return reply
-"""
-)
-
-REDIS_ADJUST_SCRIPT = (
-    _LUA_COMMON
-    + """
--- adjust one key. KEYS[1]: the state. ARGV: now, SLOTS, window, delta, charged_at
--- (see redis_adjust_args()). Reply: the usage left in the window (integer).
-local now = tonumber(ARGV[1])
-local slots = tonumber(ARGV[2])
-local window = tonumber(ARGV[3])
-local delta = tonumber(ARGV[4])
-local charged_at = tonumber(ARGV[5])
-local ts0, as0 = load(KEYS[1])
-local eff, ts, as = prune(ts0, as0, window, now)
-if delta > 0 then
-  record(ts, as, eff, delta, window, slots)
-elseif delta < 0 then
-  -- _refund: from the charge's slot, then older entries; drop empties
+-- _refund: from the charge's slot, then older entries; drop empties
+local function refund(ts, as, amount, charged_at, window, slots)
   local slot = window / slots
   local cap = math.floor(charged_at / slot)
-  local amount = -delta
   for i = #ts, 1, -1 do
     if amount == 0 then break end
     if math.floor(ts[i] / slot) <= cap then
@@ -539,12 +593,190 @@ elseif delta < 0 then
       ka[#ka + 1] = as[i]
     end
   end
-  ts, as = kt, ka
+  return kt, ka
 end
-store(KEYS[1], ts, as, window)
-local used = 0
-for i = 1, #as do used = used + as[i] end
-return used
+
+-- SET ... PX (= PEXPIRE) window + 1 s from each write: garbage collection only,
+-- as the scripts prune by time themselves; the extra second absorbs clock skew.
+local function store(key, ts, as, window)
+  local m = #ts
+  if m == 0 then
+    redis.call('DEL', key)
+    return
+  end
+  local parts = {}
+  for j = 1, m do parts[j] = string.format('%.17g %d', ts[j], as[j]) end
+  local ttl = math.ceil((window + 1) * 1000)
+  redis.call('SET', key, table.concat(parts, ' '), 'PX', string.format('%d', ttl))
+end
+
+local function num(x) return string.format('%.17g', x) end
+
+-- _check: whether amount fits; retry_at nil when it does (_verdict). Writes nothing.
+local function check(key, limit, window, amount, now)
+  local c = {limit = limit, window = window, amount = amount}
+  local ts, as = load(key)
+  c.eff, c.ts, c.as = prune(ts, as, window, now)
+  c.used = 0
+  for j = 1, #c.as do c.used = c.used + c.as[j] end
+  if amount > limit then
+    c.retry_at = 1 / 0
+  elseif c.used + amount > limit then
+    local j, freed = 0, 0
+    while c.used - freed + amount > limit do
+      j = j + 1
+      freed = freed + c.as[j]
+    end
+    c.retry_at = c.ts[j] + window
+  end
+  return c
+end
+
+-- _finish: charge if the request is allowed; append used, reset_at, retry_at to
+-- the reply (the Decision is made in Python).
+local function finish(key, c, allowed, now, slots, reply)
+  if allowed and c.amount > 0 then
+    record(c.ts, c.as, c.eff, c.amount, c.window, slots)
+    c.used = c.used + c.amount
+    store(key, c.ts, c.as, c.window)
+  end
+  local reset_at = now
+  if #c.ts > 0 then reset_at = c.ts[#c.ts] + c.window end
+  reply[#reply + 1] = c.used
+  reply[#reply + 1] = num(reset_at)
+  reply[#reply + 1] = num(c.retry_at or now)
+end
+
+-- adjust: correct one key's charge; the usage left in its window
+local function adjust(key, window, delta, charged_at, now, slots)
+  local ts0, as0 = load(key)
+  local eff, ts, as = prune(ts0, as0, window, now)
+  if delta > 0 then
+    record(ts, as, eff, delta, window, slots)
+  elseif delta < 0 then
+    ts, as = refund(ts, as, -delta, charged_at, window, slots)
+  end
+  store(key, ts, as, window)
+  local used = 0
+  for i = 1, #as do used = used + as[i] end
+  return used
+end
+
+-- _live_spend: the key's spend and expiry (nil: never), nothing once expired
+local function load_spend(key, now)
+  local raw = redis.call('GET', key)
+  if not raw then return 0, nil end
+  local words = {}
+  for word in string.gmatch(raw, '%S+') do
+    local x = tonumber(word)
+    if not finite(x) then error('sansproxy: not a spend under ' .. key) end
+    words[#words + 1] = x
+  end
+  if #words < 1 or #words > 2 then error('sansproxy: not a spend under ' .. key) end
+  local expires = words[2]
+  if expires ~= nil and expires <= now then return 0, nil end
+  return words[1], expires
+end
+
+-- _add_spend: a ttl sets the expiry to now + ttl; PX a second later (GC only)
+local function add_spend(key, usd, ttl, now)
+  local total, expires = load_spend(key, now)
+  total = total + usd
+  if ttl ~= nil then expires = now + ttl end
+  if expires ~= nil then
+    local px = math.ceil((expires - now + 1) * 1000)
+    redis.call('SET', key, num(total) .. ' ' .. num(expires), 'PX', string.format('%d', px))
+  else
+    redis.call('SET', key, num(total))
+  end
+end
+"""
+
+REDIS_ACQUIRE_SCRIPT = (
+    _LUA_COMMON
+    + """
+-- acquire, all or nothing over every key (rpm and tpm of one request, say).
+-- KEYS[i]: one limiter state each, distinct (Redis Cluster: one {hash tag}).
+-- ARGV[1] now (seconds), ARGV[2] SLOTS; then for key i, ARGV[3i], ARGV[3i+1],
+-- ARGV[3i+2]: limit, window, amount. See redis_acquire_args().
+-- Reply: {admitted 1|0, then per key: used (integer), reset_at, retry_at (%.17g)}.
+-- Writes each charged key (SET ... PX); a refusal writes nothing.
+local now = tonumber(ARGV[1])
+local slots = tonumber(ARGV[2])
+local checked = {}
+local allowed = true
+for i = 1, #KEYS do
+  checked[i] = check(KEYS[i], tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1]),
+                     tonumber(ARGV[3 * i + 2]), now)
+  if checked[i].retry_at ~= nil then allowed = false end
+end
+local reply = {allowed and 1 or 0}
+for i = 1, #KEYS do finish(KEYS[i], checked[i], allowed, now, slots, reply) end
+return reply
+"""
+)
+
+REDIS_ADJUST_SCRIPT = (
+    _LUA_COMMON
+    + """
+-- adjust one key. KEYS[1]: the state. ARGV: now, SLOTS, window, delta, charged_at
+-- (see redis_adjust_args()). Reply: the usage left in the window (integer).
+return adjust(KEYS[1], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
+              tonumber(ARGV[1]), tonumber(ARGV[2]))
+"""
+)
+
+REDIS_QUOTA_SCRIPT = (
+    _LUA_COMMON
+    + """
+-- quota: acquire over the limiter keys, all or nothing, and only if every budget
+-- has money left (MemoryLimiter.quota). KEYS: n limiter keys (distinct), then one
+-- spend key per budget (Redis Cluster: all under one {hash tag}).
+-- ARGV[1] now, ARGV[2] SLOTS, ARGV[3] n; for charge i, ARGV[3i+1], ARGV[3i+2],
+-- ARGV[3i+3]: limit, window, amount; then for budget j, ARGV[3n+3+j]: its usd.
+-- See redis_quota_args(). Reply: {admitted 1|0, per charge: used, reset_at,
+-- retry_at, then per budget: its spend (%.17g)}. A refusal writes nothing.
+local now = tonumber(ARGV[1])
+local slots = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local checked = {}
+local allowed = true
+local spent = {}
+for j = 1, #KEYS - n do
+  spent[j] = load_spend(KEYS[n + j], now)
+  if not (spent[j] < tonumber(ARGV[3 * n + 3 + j])) then allowed = false end
+end
+for i = 1, n do
+  checked[i] = check(KEYS[i], tonumber(ARGV[3 * i + 1]), tonumber(ARGV[3 * i + 2]),
+                     tonumber(ARGV[3 * i + 3]), now)
+  if checked[i].retry_at ~= nil then allowed = false end
+end
+local reply = {allowed and 1 or 0}
+for i = 1, n do finish(KEYS[i], checked[i], allowed, now, slots, reply) end
+for j = 1, #KEYS - n do reply[#reply + 1] = num(spent[j]) end
+return reply
+"""
+)
+
+REDIS_SETTLE_SCRIPT = (
+    _LUA_COMMON
+    + """
+-- settle: what an exchange really used (MemoryLimiter.settle). KEYS: n limiter
+-- keys to adjust, then one spend key per spend. ARGV[1] now, ARGV[2] SLOTS,
+-- ARGV[3] n; for adjustment i, ARGV[3i+1], ARGV[3i+2], ARGV[3i+3]: window,
+-- delta, charged_at; for spend j, ARGV[3n+2+2j], ARGV[3n+3+2j]: usd and ttl
+-- ('' for none). See redis_settle_args(). Reply: nil.
+local now = tonumber(ARGV[1])
+local slots = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+for i = 1, n do
+  adjust(KEYS[i], tonumber(ARGV[3 * i + 1]), tonumber(ARGV[3 * i + 2]),
+         tonumber(ARGV[3 * i + 3]), now, slots)
+end
+for j = 1, #KEYS - n do
+  add_spend(KEYS[n + j], tonumber(ARGV[3 * n + 2 + 2 * j]), tonumber(ARGV[3 * n + 3 + 2 * j]), now)
+end
+return nil
 """
 )
 
@@ -586,3 +818,85 @@ def redis_decisions(
         )
         for i, (limit, _) in enumerate(requests)
     ]
+
+
+def redis_quota_args(
+    charges: Iterable[tuple[str, Limit, int]],
+    budgets: Iterable[tuple[str, float]],
+    *,
+    now: float,
+) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV for :data:`REDIS_QUOTA_SCRIPT`, from :meth:`MemoryLimiter.quota`'s
+    arguments (checked as it checks them)."""
+    charges = _distinct(charges)
+    keys = [key for key, _, _ in charges]
+    args = [repr(_finite("now", now)), str(SLOTS), str(len(charges))]
+    for _, limit, amount in charges:
+        args += (str(limit.limit), repr(limit.window), str(_integer("amount", amount, minimum=0)))
+    for key, usd in budgets:
+        keys.append(key)
+        args.append(repr(_budget(usd)))
+    return keys, args
+
+
+def _not_nan(x: float) -> float:
+    if math.isnan(x):
+        raise ValueError("nan")
+    return x
+
+
+def redis_quota_answer(
+    reply: object,
+    charges: Sequence[tuple[str, Limit, int]],
+    budgets: Sequence[tuple[str, float]],
+    *,
+    now: float,
+) -> tuple[bool, list[Decision], list[float]]:
+    """:data:`REDIS_QUOTA_SCRIPT`'s reply as :meth:`MemoryLimiter.quota` answers;
+    ``ValueError`` on anything the script would not return."""
+    size = 1 + 3 * len(charges) + len(budgets)
+    if not isinstance(reply, list) or len(reply) != size:
+        raise ValueError(f"not a quota reply for {len(charges)} charges: {reply!r}")
+    if any(isinstance(x, list) for x in reply) or reply[0] not in (0, 1):
+        raise ValueError(f"not a quota reply: {reply!r}")
+    allowed = reply[0] == 1
+    try:
+        decisions = [
+            _decision(
+                limit,
+                now,
+                allowed=allowed,
+                used=int(reply[1 + 3 * i]),
+                reset_at=_finite("reset_at", float(reply[2 + 3 * i])),
+                retry_at=_not_nan(float(reply[3 + 3 * i])),
+            )
+            for i, (_, limit, _) in enumerate(charges)
+        ]
+        spent = [_finite("spend", float(x)) for x in reply[1 + 3 * len(charges) :]]
+    except (TypeError, ValueError):
+        raise ValueError(f"not a quota reply: {reply!r}") from None
+    return allowed, decisions, spent
+
+
+def redis_settle_args(
+    adjustments: Iterable[tuple[str, Limit, int, float]],
+    spends: Iterable[tuple[str, float, float | None]],
+    *,
+    now: float,
+) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV for :data:`REDIS_SETTLE_SCRIPT`, from :meth:`MemoryLimiter.settle`'s
+    arguments (checked as it checks them)."""
+    adjustments = list(adjustments)
+    keys = [key for key, _, _, _ in adjustments]
+    args = [repr(_finite("now", now)), str(SLOTS), str(len(adjustments))]
+    for _, limit, delta, charged_at in adjustments:
+        args += (
+            repr(limit.window),
+            str(_integer("delta", delta, minimum=None)),
+            repr(_finite("charged_at", charged_at)),
+        )
+    for key, usd, ttl in spends:
+        keys.append(key)
+        life = _ttl(ttl)
+        args += (repr(_finite("usd", usd)), "" if life is None else repr(life))
+    return keys, args

@@ -5,6 +5,9 @@ random arrival times (bursts at one instant included) and amounts; never
 stricter than an exact sliding log whose entries are held one slot longer;
 the full limit back after ``window`` seconds of idleness; corrections applied
 exactly once and never below zero; Decision numbers that mean what they say.
+Budgets and spend: a refusal (by a budget or a limit) charges nothing; spend is
+a float sum that expires with its ttl; a settle applies each correction and each
+spend exactly once; ``MemoryLimiter`` keeps what the pure functions compute.
 The Redis scripts are checked against a real server in tests/adapters.
 """
 
@@ -28,6 +31,9 @@ from core._limiter import (
     redis_acquire_args,
     redis_adjust_args,
     redis_decisions,
+    redis_quota_answer,
+    redis_quota_args,
+    redis_settle_args,
 )
 
 RPM = Limit(limit=60)
@@ -479,3 +485,271 @@ def test_several_limits_decide_as_each_alone(
         else:
             assert [m.get("rpm"), m.get("tpm")] == previous
             assert [d.retry_after for d in both] == [d.retry_after for _, d in alone]
+
+
+# --- budgets and spend --------------------------------------------------------------
+
+
+def test_a_budget_refusal_charges_nothing() -> None:
+    m = MemoryLimiter()
+    rpm = Limit(limit=2)
+    assert m.add_spend("usd", 0.75, now=0.0, ttl=None) == 0.75
+    assert m.quota([("rpm", rpm, 1)], [("usd", 1.0)], now=1.0) == (
+        True,
+        [allowed(2, 1, 60.0)],
+        [0.75],
+    )
+    m.add_spend("usd", 0.25, now=2.0, ttl=None)
+    # 1.0 spent is not below 1.0: refused; rpm had room, so its own wait is 0.
+    assert m.quota([("rpm", rpm, 1)], [("usd", 1.0), ("other", 5.0)], now=3.0) == (
+        False,
+        [denied(2, 1, 58.0, 0.0)],
+        [1.0, 0.0],
+    )
+    assert m.get("rpm") == LimiterState(times=(1.0,), amounts=(1,))
+    assert m.quota([("rpm", rpm, 1)], [("usd", 1.5)], now=3.0) == (
+        True,
+        [allowed(2, 0, 60.0)],
+        [1.0],
+    )
+    # A limit refuses: nothing charged, the spend reported all the same.
+    assert m.quota([("rpm", rpm, 1)], [("usd", 1.5)], now=4.0) == (
+        False,
+        [denied(2, 0, 59.0, 57.0)],
+        [1.0],
+    )
+    assert m.quota([], [("usd", 1.0)], now=5.0) == (False, [], [1.0])
+    assert m.quota([], [], now=5.0) == (True, [], [])
+    assert m.quota([("rpm", rpm, 0)], [("usd", 0.0)], now=5.0)[0] is False  # a zero budget
+    assert m.quota([("rpm", rpm, 0)], [("usd", INF)], now=5.0) == (  # a look
+        True,
+        [allowed(2, 0, 58.0)],
+        [1.0],
+    )
+    with pytest.raises(ValueError, match="distinct keys"):
+        m.quota([("k", rpm, 1), ("k", rpm, 1)], [], now=5.0)
+    with pytest.raises(ValueError, match="budget"):
+        m.quota([("rpm", rpm, 1)], [("usd", math.nan)], now=5.0)
+    assert m.get("rpm") == LimiterState(times=(1.0, 3.0), amounts=(1, 1))
+
+
+def test_spend_sums_and_expires_with_its_ttl() -> None:
+    m = MemoryLimiter()
+    assert m.spent("day", now=0.0) == 0.0
+    assert m.add_spend("day", 0.1, now=0.0, ttl=10.0) == 0.1
+    assert m.add_spend("day", 0.2, now=5.0, ttl=None) == 0.1 + 0.2  # keeps the expiry: 10
+    assert m.spent("day", now=9.5) == 0.30000000000000004
+    assert m.spent("day", now=10.0) == 0.0
+    assert m.add_spend("day", 0.5, now=11.0, ttl=None) == 0.5  # starts over, never expires
+    assert m.spent("day", now=1e9) == 0.5
+    assert m.add_spend("day", 1.0, now=12.0, ttl=3.0) == 1.5  # a ttl sets the expiry: 15
+    assert m.spent("day", now=14.5) == 1.5
+    assert m.spent("day", now=15.0) == 0.0
+    m.add_spend("month", 2.0, now=12.0, ttl=None)
+    m.acquire("rpm", RPM, now=12.0)
+    assert len(m) == 3
+    assert m.sweep(now=15.0) == 1
+    assert m.spent("month", now=15.0) == 2.0
+    assert m.sweep(now=72.0) == 1
+    assert len(m) == 1
+    for bad in ({"usd": math.inf}, {"ttl": 0.0}, {"ttl": -1.0}, {"ttl": math.nan}, {"ttl": 1e11}):
+        with pytest.raises(ValueError, match=r"usd|ttl"):
+            m.add_spend("month", **{"usd": 1.0, "now": 0.0, "ttl": None, **bad})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="now"):
+        m.spent("month", now=math.nan)
+
+
+def test_settle_applies_each_correction_and_spend_once_per_call() -> None:
+    m = MemoryLimiter()
+    tpm = Limit(limit=100)
+    m.quota([("tpm", tpm, 60)], [("usd", 1.0)], now=0.0)
+    m.settle([("tpm", tpm, -40, 0.0)], [("usd", 0.02, 60.0), ("usd", 0.03, None)], now=1.0)
+    assert m.get("tpm") == LimiterState(times=(0.0,), amounts=(20,))
+    assert m.spent("usd", now=60.5) == 0.02 + 0.03
+    assert m.spent("usd", now=61.0) == 0.0
+    # Every call applies: the same settle again refunds and spends again.
+    m.settle([("tpm", tpm, -40, 0.0)], [("usd", 0.02, None)], now=2.0)
+    assert m.get("tpm") is None
+    assert m.spent("usd", now=2.0) == 0.02 + 0.03 + 0.02
+    m.settle([], [], now=3.0)
+    # Arguments are all checked before anything applies.
+    for adjustments, spends in [
+        ([("tpm", tpm, 5, 0.0)], [("usd", 1.0, 0.0)]),
+        ([("tpm", tpm, 5, 0.0), ("tpm", tpm, 1.5, 0.0)], []),
+        ([("tpm", tpm, 5, math.nan)], []),
+        ([], [("usd", 1.0, None), ("usd", math.nan, None)]),
+    ]:
+        with pytest.raises(ValueError, match=r"ttl|delta|charged_at|usd"):
+            m.settle(adjustments, spends, now=4.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="now"):
+        m.settle([], [], now=math.inf)
+    assert m.get("tpm") is None
+    assert m.spent("usd", now=4.0) == 0.02 + 0.03 + 0.02
+
+
+def test_redis_quota_and_settle_arguments() -> None:
+    tpm = Limit(limit=100_000, window=60)
+    keys, args = redis_quota_args(
+        [("{a}:rpm", RPM, 1), ("{a}:tpm", tpm, 4_000)], [("{a}:day", 2.5)], now=12.5
+    )
+    assert keys == ["{a}:rpm", "{a}:tpm", "{a}:day"]
+    assert args == ["12.5", str(SLOTS), "2", "60", "60.0", "1", "100000", "60.0", "4000", "2.5"]
+    assert redis_quota_args([], [], now=1) == ([], ["1.0", str(SLOTS), "0"])
+    with pytest.raises(ValueError, match="distinct keys"):
+        redis_quota_args([("k", RPM, 1), ("k", tpm, 1)], [], now=0.0)
+    with pytest.raises(ValueError, match="budget"):
+        redis_quota_args([], [("k", math.nan)], now=0.0)
+    with pytest.raises(ValueError, match="budget"):
+        redis_quota_args([], [("k", True)], now=0.0)
+    assert redis_quota_args([], [("k", INF)], now=0.0)[1][-1] == "inf"
+    keys, args = redis_settle_args(
+        [("{a}:tpm", tpm, -3_000, 12.5)], [("{a}:day", 0.1, 86_400), ("{a}:all", 0.1, None)], now=13
+    )
+    assert keys == ["{a}:tpm", "{a}:day", "{a}:all"]
+    assert args == [
+        "13.0", str(SLOTS), "1", "60.0", "-3000", "12.5", "0.1", "86400.0", "0.1", "",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="ttl"):
+        redis_settle_args([], [("k", 1.0, -1.0)], now=0.0)
+    charges = [("{a}:rpm", RPM, 1), ("{a}:tpm", tpm, 200_000)]
+    budgets = [("{a}:day", 2.5)]
+    reply = [0, 60, b"72.5", b"72.5", 4000, b"72.5", b"inf", b"0.30000000000000004"]
+    assert redis_quota_answer(reply, charges, budgets, now=12.5) == (
+        False,
+        [denied(60, 0, 60.0, 60.0), denied(100_000, 96_000, 60.0, INF)],
+        [0.30000000000000004],
+    )
+    assert redis_quota_answer([1], [], [], now=0.0) == (True, [], [])
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        None,
+        b"OK",
+        [],
+        [1, 0, b"1", b"1"],  # too short
+        [2, 0, b"1", b"1", b"0"],
+        [b"1", 0, b"1", b"1", b"0"],
+        [1, b"x", b"1", b"1", b"0"],
+        [1, 0, b"nan", b"1", b"0"],
+        [1, 0, b"1", b"nan", b"0"],
+        [1, 0, b"1", b"1", b"inf"],
+        [1, 0, b"1", [b"1"], b"0"],
+        [1, 0, None, b"1", b"0"],
+    ],
+)
+def test_a_redis_quota_reply_from_outside_is_checked(reply: object) -> None:
+    with pytest.raises(ValueError, match="not a quota reply"):
+        redis_quota_answer(reply, [("k", RPM, 1)], [("d", 1.0)], now=0.0)
+
+
+# The spend a model keeps: every addition since the key last started, its expiry.
+SpendModel = dict[str, tuple[list[float], float]]
+
+
+def model_spent(spends: SpendModel, key: str, now: float) -> float:
+    adds, expires = spends.get(key, ([], INF))
+    total = 0.0
+    if expires > now:
+        for usd in adds:
+            total += usd
+    return total
+
+
+def model_add(spends: SpendModel, key: str, usd: float, now: float, ttl: float | None) -> None:
+    adds, expires = spends.get(key, ([], INF))
+    if expires <= now:
+        adds, expires = [], INF
+    spends[key] = ([*adds, usd], expires if ttl is None else now + ttl)
+
+
+def expected_quota(
+    states: dict[str, LimiterState | None],
+    charges: list[tuple[str, Limit, int]],
+    fits: bool,
+    now: float,
+) -> tuple[bool, list[Decision]]:
+    """What quota() must answer, from the pure acquire() of each limit alone; the
+    states become the charged ones when it admits."""
+    alone = [acquire(states[key], limit, now=now, amount=n) for key, limit, n in charges]
+    ok = fits and all(d.allowed for _, d in alone)
+    if ok:
+        for (key, _, _), (state, _) in zip(charges, alone, strict=True):
+            states[key] = state
+        return True, [d for _, d in alone]
+    decisions = []
+    for (key, limit, _), (_, d) in zip(charges, alone, strict=True):
+        look = acquire(states[key], limit, now=now, amount=0)[1]
+        refused = d if not d.allowed else look
+        decisions.append(dataclasses.replace(refused, allowed=False, retry_after=d.retry_after))
+    return False, decisions
+
+
+USD = st.sampled_from([0.0, 0.1, 0.25, 1 / 3, 0.7, 1.0])
+TTLS = st.sampled_from([None, 0.5, 30.0, 90.0])
+QUOTA_STEPS = st.lists(
+    st.tuples(
+        FRACTIONS,
+        st.integers(0, 2),  # 0: a request; 1: settle one (tokens and money); 2: money only
+        AMOUNTS,
+        USD,
+        TTLS,
+        PICKS,
+        DELTAS,
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=250)
+@given(
+    rpm=st.integers(1, 5).map(lambda n: Limit(limit=n)),
+    tpm=LIMITS,
+    budget=st.sampled_from([0.0, 0.5, 1.0, 2.5, INF]),
+    now=STARTS,
+    steps=QUOTA_STEPS,
+)
+def test_memory_keeps_what_the_pure_functions_compute(
+    rpm: Limit,
+    tpm: Limit,
+    budget: float,
+    now: float,
+    steps: list[tuple[float, int, int, float, float | None, int, int]],
+) -> None:
+    m = MemoryLimiter()
+    states: dict[str, LimiterState | None] = {"rpm": None, "tpm": None}
+    spends: SpendModel = {}
+    pending: list[tuple[float, int]] = []
+    for fraction, kind, raw, usd, ttl, pick, delta_raw in steps:
+        now += fraction * tpm.window
+        if kind == 0:
+            tokens = amount(tpm, raw)
+            charges = [("rpm", rpm, 1), ("tpm", tpm, tokens)]
+            budgets = [("day", budget), ("month", budget * 2)]
+            spent = [model_spent(spends, key, now) for key, _ in budgets]
+            fits = all(s < b for s, (_, b) in zip(spent, budgets, strict=True))
+            stored = [m.get("rpm"), m.get("tpm")]
+            ok, decisions = expected_quota(states, charges, fits, now)
+            assert m.quota(charges, budgets, now=now) == (ok, decisions, spent)
+            if ok:
+                pending.append((now, tokens))
+            else:  # nothing charged
+                assert [m.get("rpm"), m.get("tpm")] == stored
+        else:
+            adjustments: list[tuple[str, Limit, int, float]] = []
+            if kind == 1 and pending:
+                at, charged = pending.pop(pick % len(pending))
+                d = delta(tpm, charged, delta_raw)
+                adjustments.append(("tpm", tpm, d, at))
+                states["tpm"] = adjust(states["tpm"], tpm, now=now, delta=d, charged_at=at)
+            money = [("day", usd, ttl), ("month", usd, None)]
+            for key, x, life in money:
+                model_add(spends, key, x, now, life)
+            m.settle(adjustments, money, now=now)
+        for key, limit in (("rpm", rpm), ("tpm", tpm)):
+            look = acquire(states[key], limit, now=now, amount=0)[1]
+            assert m.snapshot(key, limit, now=now) == look
+        for key in ("day", "month"):
+            assert m.spent(key, now=now) == model_spent(spends, key, now)

@@ -1,0 +1,576 @@
+"""Quota stores: where rate limits and budgets live, this process or a shared Redis.
+
+The core decides; a store only keeps the books. ``acquire`` answers an
+``AcquireQuota`` with ``QuotaAnswered`` or, when the backend cannot answer,
+``QuotaFailed`` (the core then applies ``on_backend_error``): it never raises
+for backend trouble. ``settle`` records a ``SettleQuota`` without blocking and
+without raising; its failures are logged and counted. Both backends run
+``core``'s limiter: ``MemoryLimiter`` here, its Lua transcription in Redis, so
+they answer alike.
+
+Redis: on asyncio, ``redis.asyncio``; elsewhere (trio) the sync client in a
+worker thread. Every call is bounded by ``timeout``. A call that gets no reply
+(refused, reset, timed out) opens a circuit breaker: for ``retry_interval``
+seconds calls fail at once, then one call tries Redis again and, if it
+answers, the store is back. A reply that says no (a malformed key, a script
+error) fails that call only. Settles go to a bounded queue drained by one
+daemon thread with the sync client; an acquire that checks a budget this
+process has just spent on waits (at most ``timeout``) for that settle, so a
+client's next request sees its own spend. Logs name Redis by host and port,
+never by its URL (which may hold a password).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import anyio
+import anyio.to_thread
+import redis
+import redis.asyncio
+import redis.asyncio.retry
+import redis.retry
+import trio
+from redis.backoff import NoBackoff
+from redis.exceptions import ResponseError
+
+from core import LimitsConfig
+from core._commands import AcquireQuota, SettleQuota
+from core._events import QuotaAnswered, QuotaFailed
+from core._limiter import (
+    REDIS_QUOTA_SCRIPT,
+    REDIS_SETTLE_SCRIPT,
+    Limit,
+    MemoryLimiter,
+    redis_quota_answer,
+    redis_quota_args,
+    redis_settle_args,
+)
+
+from ._streams import using_asyncio
+
+__all__ = [
+    "MemoryStore",
+    "QuotaStore",
+    "RedisStore",
+    "StoreStatistics",
+    "make_store",
+]
+
+logger = logging.getLogger("sansproxy.store")
+
+_SWEEP_EVERY = 1024  # memory: calls between sweeps, at least (then as many as keys held)
+_SPEND_KEYS = 1024  # redis: spend keys remembered before forgetting settled ones
+_LOG_EVERY = 10.0  # seconds between two log lines about the same kind of trouble
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreStatistics:
+    """A snapshot of a store's counters.
+
+    ``answered``/``failed``: acquires answered and failed (failing fast while
+    Redis is down included). ``settled``/``settles_failed``: settles recorded
+    and lost to an error; ``settles_dropped``: lost to a full queue or a closed
+    store. ``queued``: settles waiting.
+    """
+
+    answered: int
+    failed: int
+    settled: int
+    settles_failed: int
+    settles_dropped: int
+    queued: int
+
+
+class QuotaStore(Protocol):
+    """What the driver needs from a store of rate limits and budgets."""
+
+    async def acquire(self, cmd: AcquireQuota) -> QuotaAnswered | QuotaFailed:
+        """Decide and charge; ``QuotaFailed`` when the backend cannot answer."""
+
+    def settle(self, cmd: SettleQuota) -> None:
+        """Record what an exchange used; never blocks, never raises."""
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Block until every settle submitted so far is done; False after ``timeout``."""
+
+    async def aclose(self) -> None:
+        """Finish the queued settles (bounded) and close connections."""
+
+    def statistics(self) -> StoreStatistics:
+        """The store's counters."""
+
+
+def _charges(cmd: AcquireQuota) -> list[tuple[str, Limit, int]]:
+    return [(c.key, c.limit, c.amount) for c in cmd.charges]
+
+
+def _budgets(cmd: AcquireQuota) -> list[tuple[str, float]]:
+    return [(b.key, b.usd) for b in cmd.budgets]
+
+
+def _adjustments(cmd: SettleQuota) -> list[tuple[str, Limit, int, float]]:
+    return [(a.key, a.limit, a.delta, a.charged_at) for a in cmd.adjustments]
+
+
+def _spends(cmd: SettleQuota) -> list[tuple[str, float, float | None]]:
+    return [(s.key, s.usd, s.ttl) for s in cmd.spends]
+
+
+def _answer(cmd: AcquireQuota, answer: tuple[bool, list[Any], list[float]]) -> QuotaAnswered:
+    admitted, decisions, spent = answer
+    return QuotaAnswered(
+        query_id=cmd.query_id, admitted=admitted, decisions=tuple(decisions), spent=tuple(spent)
+    )
+
+
+class _LogGate:
+    """One log line per ``every`` seconds for one kind of trouble; the rest counted."""
+
+    __slots__ = ("_clock", "_every", "_next", "_quiet")
+
+    def __init__(self, clock: Callable[[], float], every: float = _LOG_EVERY) -> None:
+        self._clock = clock
+        self._every = every
+        self._next = -float("inf")
+        self._quiet = 0
+
+    def log(self, level: int, message: str, *args: object) -> None:
+        now = self._clock()
+        if now < self._next:
+            self._quiet += 1
+            return
+        self._next = now + self._every
+        if self._quiet:
+            message += " (%d similar lines suppressed)"
+            args = (*args, self._quiet)
+            self._quiet = 0
+        logger.log(level, message, *args)
+
+
+class MemoryStore:
+    """Limits and budgets in this process (``limits.backend: memory``)."""
+
+    def __init__(self) -> None:
+        self.limiter = MemoryLimiter()
+        self._until_sweep = _SWEEP_EVERY
+        self._answered = 0
+        self._settled = 0
+        self._settles_failed = 0
+
+    def _tick(self, now: float) -> None:
+        # A sweep costs one look at every key; at most one per as many calls as
+        # there are keys, so O(1) a call, and expired keys never pile up.
+        self._until_sweep -= 1
+        if self._until_sweep <= 0:
+            self.limiter.sweep(now=now)
+            self._until_sweep = max(_SWEEP_EVERY, len(self.limiter))
+
+    async def acquire(self, cmd: AcquireQuota) -> QuotaAnswered | QuotaFailed:
+        """:meth:`core.MemoryLimiter.quota`; ``ValueError`` on a malformed command."""
+        answer = self.limiter.quota(_charges(cmd), _budgets(cmd), now=cmd.at)
+        self._answered += 1
+        self._tick(cmd.at)
+        return _answer(cmd, answer)
+
+    def settle(self, cmd: SettleQuota) -> None:
+        """:meth:`core.MemoryLimiter.settle`, at once; a bad command is logged."""
+        try:
+            self.limiter.settle(_adjustments(cmd), _spends(cmd), now=cmd.at)
+        except ValueError as exc:
+            self._settles_failed += 1
+            logger.error("quota settle failed: %s", exc)
+            return
+        self._settled += 1
+        self._tick(cmd.at)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Nothing waits: settles are applied when submitted."""
+        return True
+
+    async def aclose(self) -> None:
+        """Nothing to close."""
+
+    def statistics(self) -> StoreStatistics:
+        """The store's counters (it never fails for lack of a backend)."""
+        return StoreStatistics(
+            answered=self._answered,
+            failed=0,
+            settled=self._settled,
+            settles_failed=self._settles_failed,
+            settles_dropped=0,
+            queued=0,
+        )
+
+
+def _notifier() -> Callable[[Callable[[], None]], object]:
+    """How another thread gets a callback run in this event loop."""
+    if using_asyncio():
+        return asyncio.get_running_loop().call_soon_threadsafe
+    return trio.lowlevel.current_trio_token().run_sync_soon
+
+
+def _where_and_secrets(url: str, options: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """Redis's host:port (or socket path) for logs, and what must never be logged."""
+    parts = urlsplit(url)
+    secrets = {options.get("password"), parts.password}
+    if parts.password:
+        secrets.add(unquote(parts.password))
+    secrets.update(parse_qs(parts.query).get("password", ()))
+    if "path" in options:
+        where = str(options["path"])
+    else:
+        where = f"{options.get('host', 'localhost')}:{options.get('port', 6379)}"
+    return where, tuple(s for s in secrets if isinstance(s, str) and s)
+
+
+# A settle (with its number), a flush marker, the end.
+_Item = tuple[int, SettleQuota] | threading.Event | None
+
+
+class RedisStore:
+    """Limits and budgets in a Redis shared by every worker (``limits.backend: redis``).
+
+    One store per event loop (the asyncio client binds to it). ``clock`` times
+    the circuit breaker (tests advance their own).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float,
+        retry_interval: float,
+        max_queue: int = 10_000,
+        close_timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._url = url
+        self._timeout = timeout
+        # For the settle thread, and for acquire off asyncio (thread-safe); a URL
+        # redis-py refuses is a ValueError here.
+        self._sync_client = self._new_sync_client()
+        options = self._sync_client.connection_pool.connection_kwargs
+        self.where, self._secrets = _where_and_secrets(url, options)
+        self._retry_interval = retry_interval
+        self._close_timeout = close_timeout
+        self._clock = clock
+        self._call: Callable[[list[str], list[str]], Any] | None = None
+        self._async_client: redis.asyncio.Redis | None = None
+        # The breaker: while _clock() < _down_until, calls fail at once; after
+        # it, one call (_probing) tries Redis.
+        self._down_until: float | None = None
+        self._probing = False
+        self._down_reason = ""
+        self._answered = 0
+        self._failed = 0
+        self._acquire_log = _LogGate(clock)
+        self._reply_log = _LogGate(clock)
+        # Settles: a queue and one thread, started at the first. Only settle()
+        # (the loop's thread) adds settles, so it alone keeps the bound; flush
+        # markers and the final None never wait for room.
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._max_queue = max_queue
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._abandoned = False  # closing gave up waiting: the thread drops the rest
+        self._settled = 0
+        self._settles_failed = 0
+        self._settles_dropped = 0  # by settle()
+        self._settles_abandoned = 0  # by the thread
+        self._settle_down_until: float | None = None
+        self._settle_log = _LogGate(clock)
+        self._drop_log = _LogGate(clock)
+        # Read your own spends: an acquire whose budget this process has spent
+        # on waits (at most ``timeout``) until that settle is done. Settles are
+        # numbered; _last_spend[key] is the last one adding to key; the thread
+        # sets _done and wakes the waiters through the event loop (_notify).
+        self._submitted = 0
+        self._done = 0
+        self._last_spend: dict[str, int] = {}
+        self._tidy_at = _SPEND_KEYS
+        self._wake_event: anyio.Event | None = None
+        self._notify: Callable[[Callable[[], None]], object] | None = None
+
+    # --- clients ------------------------------------------------------------------
+
+    def _client_options(self) -> dict[str, Any]:
+        return {
+            "socket_timeout": self._timeout,
+            "socket_connect_timeout": self._timeout,
+            "health_check_interval": 0,
+        }
+
+    def _new_sync_client(self) -> redis.Redis:
+        # No retries: a retried script could charge twice; the breaker retries later.
+        return redis.Redis.from_url(
+            self._url, retry=redis.retry.Retry(NoBackoff(), 0), **self._client_options()
+        )
+
+    def _bind(self) -> Callable[[list[str], list[str]], Any]:
+        """Choose the client for the running event loop, once."""
+        if using_asyncio():
+            self._async_client = redis.asyncio.Redis.from_url(
+                self._url,
+                retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
+                **self._client_options(),
+            )
+            script = self._async_client.register_script(REDIS_QUOTA_SCRIPT)
+
+            async def call(keys: list[str], args: list[str]) -> Any:
+                with anyio.fail_after(self._timeout):
+                    return await script(keys=keys, args=args)
+
+        else:
+            sync_script = self._sync_client.register_script(REDIS_QUOTA_SCRIPT)
+
+            async def call(keys: list[str], args: list[str]) -> Any:
+                # The worker thread is abandoned at the deadline; its socket
+                # timeout (the same) ends it soon after.
+                with anyio.fail_after(self._timeout):
+                    return await anyio.to_thread.run_sync(
+                        functools.partial(sync_script, keys=keys, args=args),
+                        abandon_on_cancel=True,
+                    )
+
+        self._notify = _notifier()
+        self._call = call
+        return call
+
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, TimeoutError) and not str(exc):
+            text = f"no reply within {self._timeout:g} s"
+        else:
+            text = f"{type(exc).__name__}: {exc}"
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    # --- acquire --------------------------------------------------------------------
+
+    async def acquire(self, cmd: AcquireQuota) -> QuotaAnswered | QuotaFailed:
+        """The quota script, bounded by ``timeout``. ``ValueError`` on a malformed
+        command; every trouble with Redis or its reply is a ``QuotaFailed``."""
+        charges, budgets = _charges(cmd), _budgets(cmd)
+        keys, args = redis_quota_args(charges, budgets, now=cmd.at)
+        probe = False
+        if self._down_until is not None:
+            if self._probing or self._clock() < self._down_until:
+                self._failed += 1
+                return QuotaFailed(query_id=cmd.query_id, message=self._down_reason)
+            self._probing = probe = True
+        call = self._call or self._bind()
+        if self._last_spend and budgets:
+            target = max(self._last_spend.get(key, 0) for key, _ in budgets)
+            if target > self._done:
+                await self._wait_settled(target)
+        try:
+            reply = await call(keys, args)
+            answer = redis_quota_answer(reply, charges, budgets, now=cmd.at)
+        except (ResponseError, ValueError) as exc:
+            # Redis answered, with an error or nonsense: this call fails, Redis is up.
+            self._failed += 1
+            detail = self._describe(exc)
+            self._reply_log.log(logging.ERROR, "redis %s: bad quota reply: %s", self.where, detail)
+            self._recovered()
+            return QuotaFailed(query_id=cmd.query_id, message=f"redis {self.where}: {detail}")
+        except Exception as exc:
+            return self._trip(cmd, exc)
+        finally:
+            if probe:
+                self._probing = False
+        self._recovered()
+        self._answered += 1
+        return _answer(cmd, answer)
+
+    async def _wait_settled(self, target: int) -> None:
+        """Until settle number ``target`` is done, or ``timeout`` has passed."""
+        with anyio.move_on_after(self._timeout):
+            while True:
+                event = self._wake_event
+                if event is None:
+                    event = self._wake_event = anyio.Event()
+                if self._done >= target:  # looked at once the event is there: no wake-up lost
+                    return
+                await event.wait()
+
+    def _wake(self) -> None:
+        # In the event loop, at the settle thread's request.
+        event, self._wake_event = self._wake_event, None
+        if event is not None:
+            event.set()
+
+    def _trip(self, cmd: AcquireQuota, exc: Exception) -> QuotaFailed:
+        self._failed += 1
+        detail = self._describe(exc)
+        self._down_until = self._clock() + self._retry_interval
+        self._down_reason = (
+            f"redis unavailable ({self.where}): {detail}; calls fail at once for "
+            f"{self._retry_interval:g} s after each failure"
+        )
+        self._acquire_log.log(logging.ERROR, "%s", self._down_reason)
+        return QuotaFailed(query_id=cmd.query_id, message=self._down_reason)
+
+    def _recovered(self) -> None:
+        if self._down_until is not None:
+            self._down_until = None
+            logger.warning("redis %s answers again", self.where)
+
+    # --- settle ---------------------------------------------------------------------
+
+    def settle(self, cmd: SettleQuota) -> None:
+        """Queue the settle for the settle thread; never blocks. Call it from the
+        event loop's thread."""
+        if not (cmd.adjustments or cmd.spends):
+            return
+        if self._closed:
+            self._drop("the store is closed")
+            return
+        if self._queue.qsize() >= self._max_queue:
+            self._drop("the queue is full")
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="sansproxy-quota", daemon=True)
+            self._thread.start()
+        self._submitted += 1
+        number = self._submitted
+        last = self._last_spend
+        for spend in cmd.spends:
+            last[spend.key] = number
+        if len(last) >= self._tidy_at:  # forget the keys whose spends are all done
+            done = self._done
+            self._last_spend = {key: n for key, n in last.items() if n > done}
+            self._tidy_at = max(_SPEND_KEYS, 2 * len(self._last_spend))
+        self._queue.put((number, cmd))
+
+    def _drop(self, why: str) -> None:
+        self._settles_dropped += 1
+        self._drop_log.log(logging.ERROR, "quota settle dropped: %s", why)
+
+    def _run(self) -> None:
+        script = self._sync_client.register_script(REDIS_SETTLE_SCRIPT)
+        while (item := self._queue.get()) is not None:
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            number, cmd = item
+            if self._abandoned:
+                self._settles_abandoned += 1
+            else:
+                self._settle_one(script, cmd)
+            self._done = number  # before looking for waiters: none is missed
+            if self._wake_event is not None and self._notify is not None:
+                with contextlib.suppress(RuntimeError):  # the event loop is gone
+                    self._notify(self._wake)
+
+    def _settle_one(self, script: Callable[..., Any], cmd: SettleQuota) -> None:
+        # The same breaker as acquire's, for this thread: while Redis is down,
+        # settles fail at once instead of each waiting for the timeout.
+        down = self._settle_down_until
+        if down is not None and self._clock() < down:
+            self._settles_failed += 1
+            return
+        try:
+            keys, args = redis_settle_args(_adjustments(cmd), _spends(cmd), now=cmd.at)
+            script(keys=keys, args=args)
+        except (ResponseError, ValueError) as exc:
+            self._settles_failed += 1
+            self._settle_log.log(
+                logging.ERROR, "redis %s: quota settle failed: %s", self.where, self._describe(exc)
+            )
+            return
+        except Exception as exc:
+            self._settles_failed += 1
+            self._settle_down_until = self._clock() + self._retry_interval
+            self._settle_log.log(
+                logging.ERROR,
+                "redis unavailable (%s): quota settles fail for %g s: %s",
+                self.where,
+                self._retry_interval,
+                self._describe(exc),
+            )
+            return
+        self._settle_down_until = None
+        self._settled += 1
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Block until the settles queued so far are done (applied or failed); False
+        if that takes more than ``timeout`` seconds."""
+        thread = self._thread
+        if thread is None:
+            return True
+        if self._closed:  # the thread ends after the last settle
+            thread.join(timeout)
+            return not thread.is_alive()
+        marker = threading.Event()
+        self._queue.put(marker)
+        return marker.wait(timeout)
+
+    # --- closing --------------------------------------------------------------------
+
+    def _stop_thread(self) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        self._queue.put(None)
+        thread.join(self._close_timeout)
+        if thread.is_alive():
+            self._abandoned = True
+            logger.error(
+                "redis %s: quota settles still queued after %g s are dropped",
+                self.where,
+                self._close_timeout,
+            )
+
+    async def aclose(self) -> None:
+        """Finish the queued settles (at most ``close_timeout`` s), close the clients."""
+        self._closed = True
+        await anyio.to_thread.run_sync(self._stop_thread)
+        with anyio.move_on_after(self._close_timeout):
+            if self._async_client is not None:
+                await self._async_client.aclose()
+        self._sync_client.close()
+        stats = self.statistics()
+        if stats.failed or stats.settles_failed or stats.settles_dropped:
+            logger.warning(
+                "redis %s: %d quota calls failed; settles: %d done, %d failed, %d dropped",
+                self.where,
+                stats.failed,
+                stats.settled,
+                stats.settles_failed,
+                stats.settles_dropped,
+            )
+
+    def statistics(self) -> StoreStatistics:
+        """The store's counters."""
+        return StoreStatistics(
+            answered=self._answered,
+            failed=self._failed,
+            settled=self._settled,
+            settles_failed=self._settles_failed,
+            settles_dropped=self._settles_dropped + self._settles_abandoned,
+            queued=self._queue.qsize(),
+        )
+
+
+def make_store(limits: LimitsConfig) -> QuotaStore:
+    """The store ``limits.backend`` names."""
+    if limits.backend == "redis":
+        if limits.redis_url is None:
+            raise ValueError("backend 'redis' needs redis_url")
+        return RedisStore(
+            limits.redis_url.get_secret_value(),
+            timeout=limits.redis_timeout,
+            retry_interval=limits.redis_retry_interval,
+        )
+    return MemoryStore()
