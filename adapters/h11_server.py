@@ -147,6 +147,8 @@ class H11Server:
                         tg.start_soon(pumped.pump)
                         await self._serve_until_closed(pumped)
                         tg.cancel_scope.cancel()
+        except Exception:  # a bug: this connection closes, the server and the others live on
+            logger.exception("internal error on a client connection; closing it")
         finally:
             self._connections -= 1
             if self.shutting_down and self._connections == 0:

@@ -319,3 +319,23 @@ def test_retries_exhausted_answer_in_the_taxonomy(
     assert_error_shape(limited.json(), code="upstream_rate_limited")
     assert limited.headers["retry-after"] == "1"
     assert len(mock_upstream.requests) == 2
+
+
+def test_a_driver_error_closes_one_connection_not_the_server(
+    start_proxy: StartProxy, mock_upstream: MockUpstream
+) -> None:
+    """A custom middleware's bug that the driver trips on (a command it cannot carry
+    out): that request fails, logged with its traceback; the server serves the next."""
+    config = gateway(mock_upstream.base_url, "tests.support.faulty_middleware:Faulty")
+    proxy = start_proxy(config=config)
+    with httpx.Client(base_url=proxy.base_url, timeout=READ_TIMEOUT) as http:
+        try:
+            broken = http.post(CHAT, json=chat_body("fast"), headers={"x-fault": "command"})
+        except httpx.TransportError:
+            pass  # the raw servers close that connection
+        else:
+            assert broken.status_code == 500
+            assert "Traceback" not in broken.text
+    proxy.wait_for_log("unexpected command")
+    with httpx.Client(base_url=proxy.base_url, timeout=READ_TIMEOUT) as http:
+        assert http.post(CHAT, json=chat_body("fast")).status_code == 200

@@ -122,8 +122,9 @@ _STREAM_KINDS: Final = frozenset(
     }
 )
 _KNOWN: Final = (
-    "ok, status-<code>[:<retry-after>], reset-before-head, reset-mid-body, stall-head, stall-mid-stream, "
-    "slow-stream:<n>:<ms>, sse-crlf, sse-cr, sse-split-bytes, sse-huge-event:<bytes>, "
+    "ok, status-<code>[:<retry-after>], reset-before-head, reset-mid-body, stall-head, "
+    "stall-mid-stream, slow-stream:<n>:<ms>, sse-crlf, sse-cr, sse-split-bytes, "
+    "sse-huge-event:<bytes>, "
     "sse-no-final-blank-line, sse-no-final-newline, sse-extras, malformed-head, "
     "connection-close, close-after-response"
 )
