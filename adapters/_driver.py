@@ -19,6 +19,7 @@ from typing import Protocol
 import anyio
 
 from core import (
+    AcquireQuota,
     CancelUpstream,
     ClientGone,
     EndResponse,
@@ -27,6 +28,7 @@ from core import (
     Proxy,
     SendBody,
     SendUpstreamRequest,
+    SettleQuota,
     StartResponse,
     UpstreamData,
     UpstreamEnded,
@@ -34,7 +36,6 @@ from core import (
     UpstreamResponse,
     WriteTrace,
 )
-from core._commands import AcquireQuota, SettleQuota
 
 from ._store import QuotaStore, make_store
 from ._streams import Clock, using_asyncio

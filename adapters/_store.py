@@ -44,14 +44,16 @@ import trio
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
-from core import LimitsConfig
-from core._commands import AcquireQuota, SettleQuota
-from core._events import QuotaAnswered, QuotaFailed
-from core._limiter import (
+from core import (
     REDIS_QUOTA_SCRIPT,
     REDIS_SETTLE_SCRIPT,
+    AcquireQuota,
     Limit,
+    LimitsConfig,
     MemoryLimiter,
+    QuotaAnswered,
+    QuotaFailed,
+    SettleQuota,
     redis_quota_answer,
     redis_quota_args,
     redis_settle_args,

@@ -82,7 +82,17 @@ from ._events import (
 from ._exchange import BUILTIN_MIDDLEWARE, Exchange, Pipeline, Proxy
 from ._guardrails import GuardrailsMiddleware
 from ._http import error_body
-from ._limiter import Decision, Limit, LimiterState, MemoryLimiter
+from ._limiter import (
+    REDIS_QUOTA_SCRIPT,
+    REDIS_SETTLE_SCRIPT,
+    Decision,
+    Limit,
+    LimiterState,
+    MemoryLimiter,
+    redis_quota_answer,
+    redis_quota_args,
+    redis_settle_args,
+)
 from ._middleware import Context, Middleware, Reply
 from ._prices import AS_OF as PRICES_AS_OF
 from ._prices import PRICES, Price, price_for
@@ -96,6 +106,11 @@ from ._trace import TraceMiddleware
 from ._usage import StreamUsage, Usage, cost_usd, usage_from_anthropic, usage_from_openai
 
 __all__ = [
+    "REDIS_QUOTA_SCRIPT",
+    "REDIS_SETTLE_SCRIPT",
+    "redis_quota_answer",
+    "redis_quota_args",
+    "redis_settle_args",
     "AcquireQuota",
     "Attempt",
     "AuthMiddleware",

@@ -162,6 +162,12 @@ def test_rate_limit_429_and_the_sdk_honours_retry_after(
     assert slept[0] == pytest.approx(retry_after, abs=1.0)
     assert len(mock_upstream.requests) == 2
 
+    # The same key through the anthropic SDK: the refusal in Anthropic's shape.
+    with claude(proxy, KEY_A) as client, pytest.raises(anthropic.RateLimitError) as limited:
+        client.messages.create(model="fast", max_tokens=64, messages=HI)
+    assert limited.value.response.json()["error"]["type"] == "rate_limit_error"
+    assert int(limited.value.response.headers["retry-after"]) >= 1
+
 
 def test_budget_exceeded_is_insufficient_quota(
     start_proxy: StartProxy, mock_upstream: MockUpstream
