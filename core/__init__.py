@@ -104,8 +104,10 @@ from ._sse import SSEDecoder, SSEEvent, format_error_event, parse_block
 from ._state import TRANSITIONS, State
 from ._trace import TraceMiddleware
 from ._usage import StreamUsage, Usage, cost_usd, usage_from_anthropic, usage_from_openai
+from ._validate import ValidateMiddleware
 
 __all__ = [
+    "ValidateMiddleware",
     "REDIS_QUOTA_SCRIPT",
     "REDIS_SETTLE_SCRIPT",
     "redis_quota_answer",

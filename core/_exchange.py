@@ -81,6 +81,7 @@ from ._usage import (
     usage_from_anthropic,
     usage_from_openai,
 )
+from ._validate import ValidateMiddleware
 
 __all__ = ["BUILTIN_MIDDLEWARE", "Exchange", "Pipeline", "Proxy"]
 
@@ -1131,15 +1132,10 @@ def _builtin_middleware(config: ProxyConfig) -> dict[str, Callable[..., object]]
             )
         return RateLimitMiddleware.from_config(config)
 
-    def validate(**options: Any) -> object:
-        from ._validate import ValidateMiddleware  # noqa: PLC0415
-
-        return ValidateMiddleware(**options)
-
     return {
         "trace": trace,
         "auth": auth,
-        "validate": validate,
+        "validate": ValidateMiddleware,
         "guardrails": GuardrailsMiddleware,
         "rate_limit": rate_limit,
         "retry": RetryMiddleware,
