@@ -376,6 +376,98 @@ def _distinct(charges: Iterable[tuple[str, Limit, int]]) -> list[tuple[str, Limi
     return charges
 
 
+class _Log:
+    """One key's log in memory: the entries of a ``LimiterState`` in lists, and their sum.
+
+    Mutable, so that a request costs O(1) amortised instead of rebuilding tuples of
+    up to ``SLOTS`` entries; the arithmetic is the pure functions', step for step
+    (the tests hold ``MemoryLimiter`` to them and to the Redis scripts).
+    """
+
+    __slots__ = ("amounts", "times", "used", "window")
+
+    def __init__(self, window: float) -> None:
+        self.times: list[float] = []
+        self.amounts: list[int] = []
+        self.used = 0
+        self.window = window
+
+    def peek(self, window: float, now: float) -> tuple[float, int, int]:
+        """Like ``_prune``, without changing anything: (the key's time, the index of
+        the first live entry, the usage still in the window)."""
+        times = self.times
+        eff = now
+        first = 0
+        used = self.used
+        if times:
+            eff = max(eff, times[-1])
+            amounts = self.amounts
+            n = len(times)
+            while first < n and times[first] + window <= eff:
+                used -= amounts[first]
+                first += 1
+        return eff, first, used
+
+    def drop(self, first: int, used: int) -> None:
+        """Forget the entries before ``first`` (they left the window)."""
+        if first:
+            del self.times[:first]
+            del self.amounts[:first]
+        self.used = used
+
+    def record(self, eff: float, amount: int, window: float) -> None:
+        """``_record``: into the newest entry if it is in the same slot."""
+        times = self.times
+        slot = window / SLOTS
+        if times and math.floor(times[-1] / slot) == math.floor(eff / slot):
+            times[-1] = eff
+            self.amounts[-1] += amount
+        else:
+            times.append(eff)
+            self.amounts.append(amount)
+        self.used += amount
+        self.window = window
+
+    def refund(self, amount: int, charged_at: float, window: float) -> None:
+        """``_refund``: from the slot of ``charged_at``, then older entries; drop empties."""
+        times, amounts = self.times, self.amounts
+        slot = window / SLOTS
+        cap = math.floor(charged_at / slot)
+        emptied = False
+        for i in range(len(times) - 1, -1, -1):
+            if amount == 0:
+                break
+            if math.floor(times[i] / slot) <= cap:
+                take = min(amount, amounts[i])
+                amounts[i] -= take
+                amount -= take
+                self.used -= take
+                emptied = emptied or amounts[i] == 0
+        if emptied:
+            keep = [i for i, a in enumerate(amounts) if a > 0]
+            self.times = [times[i] for i in keep]
+            self.amounts = [amounts[i] for i in keep]
+        self.window = window
+
+    def retry_at(self, first: int, used: int, limit: Limit, amount: int) -> float:
+        """``_verdict`` for a request that does not fit now."""
+        if amount > limit.limit:
+            return math.inf
+        i = first
+        freed = 0
+        amounts = self.amounts
+        while used - freed + amount > limit.limit:
+            freed += amounts[i]
+            i += 1
+        return self.times[i - 1] + limit.window
+
+
+def _amount(value: int) -> int:
+    if value.__class__ is int and value >= 0:
+        return value
+    return _integer("amount", value, minimum=0)
+
+
 class MemoryLimiter:
     """Limiter states and spends in dicts keyed by string: the ``memory`` backend, one
     per process.
@@ -391,33 +483,23 @@ class MemoryLimiter:
     __slots__ = ("_spends", "_states")
 
     def __init__(self) -> None:
-        self._states: dict[str, tuple[LimiterState, float]] = {}  # key -> (state, expires at)
+        self._states: dict[str, _Log] = {}
         self._spends: dict[str, _Spend] = {}
 
     def __len__(self) -> int:
         """Keys held, limiter states and spends (expired ones until :meth:`sweep`)."""
         return len(self._states) + len(self._spends)
 
-    def _store(self, key: str, state: LimiterState, window: float) -> None:
-        if state.times:
-            self._states[key] = (state, state.times[-1] + window)
-        else:
-            self._states.pop(key, None)
-
     def get(self, key: str) -> LimiterState | None:
         """The key's state as stored (not pruned), ``None`` if it has none."""
-        entry = self._states.get(key)
-        return None if entry is None else entry[0]
+        log = self._states.get(key)
+        if log is None:
+            return None
+        return LimiterState(times=tuple(log.times), amounts=tuple(log.amounts))
 
     def acquire(self, key: str, limit: Limit, *, now: float, amount: int = 1) -> Decision:
         """:func:`acquire` on the key's state, kept."""
-        now = _finite("now", now)
-        checked = _check(self.get(key), limit, now, amount)
-        allowed = checked[3] is None
-        state, decision = _finish(checked, limit, amount, now, allowed=allowed)
-        if allowed and amount:
-            self._store(key, state, limit.window)
-        return decision
+        return self.quota(((key, limit, amount),), (), now=now)[1][0]
 
     def acquire_all(
         self, requests: Iterable[tuple[str, Limit, int]], *, now: float
@@ -442,25 +524,71 @@ class MemoryLimiter:
         """
         charges = _distinct(charges)
         now = _finite("now", now)
-        budgets = [(key, _budget(usd)) for key, usd in budgets]
-        amounts = [usd for _, usd in budgets]
-        spent = [self.spent(key, now=now) for key, _ in budgets]
-        checks = [_check(self.get(key), limit, now, amount) for key, limit, amount in charges]
-        allowed = all(s < usd for s, usd in zip(spent, amounts, strict=True)) and all(
-            checked[3] is None for checked in checks
-        )
+        allowed = True
+        spent = []
+        for key, usd in budgets:
+            total = _live_spend(self._spends.get(key), now)[0]
+            spent.append(total)
+            if not total < _budget(usd):
+                allowed = False
+        states = self._states
+        checks = []
+        for key, limit, asked in charges:
+            amount = _amount(asked)
+            log = states.get(key)
+            if log is None:
+                log = _Log(limit.window)
+                checks.append((log, now, 0, 0, amount))
+                if amount > limit.limit:
+                    allowed = False
+                continue
+            eff, first, used = log.peek(limit.window, now)
+            checks.append((log, eff, first, used, amount))
+            if used + amount > limit.limit:
+                allowed = False
         decisions = []
-        for (key, limit, amount), checked in zip(charges, checks, strict=True):
-            state, decision = _finish(checked, limit, amount, now, allowed=allowed)
+        for (key, limit, _), (log, eff, first, live, amount) in zip(charges, checks, strict=True):
+            window = limit.window
+            used, start, retry_at = live, first, now
             if allowed and amount:
-                self._store(key, state, limit.window)
-            decisions.append(decision)
+                log.drop(first, live)
+                log.record(eff, amount, window)
+                states[key] = log
+                used, start = log.used, 0
+            elif live + amount > limit.limit:
+                retry_at = log.retry_at(first, live, limit, amount)
+            times = log.times
+            reset_at = times[-1] + window if len(times) > start else now
+            decisions.append(
+                _decision(
+                    limit, now, allowed=allowed, used=used, reset_at=reset_at, retry_at=retry_at
+                )
+            )
         return allowed, decisions, spent
 
     def adjust(self, key: str, limit: Limit, *, now: float, delta: int, charged_at: float) -> None:
         """:func:`adjust` on the key's state, kept."""
-        state = adjust(self.get(key), limit, now=now, delta=delta, charged_at=charged_at)
-        self._store(key, state, limit.window)
+        now = _finite("now", now)
+        charged_at = _finite("charged_at", charged_at)
+        _integer("delta", delta, minimum=None)
+        self._adjust(key, limit, now, delta, charged_at)
+
+    def _adjust(self, key: str, limit: Limit, now: float, delta: int, charged_at: float) -> None:
+        window = limit.window
+        log = self._states.get(key)
+        if log is None:
+            if delta <= 0:
+                return
+            log = _Log(window)
+            self._states[key] = log
+        eff, first, used = log.peek(window, now)
+        log.drop(first, used)
+        if delta > 0:
+            log.record(eff, delta, window)
+        elif delta < 0:
+            log.refund(-delta, charged_at, window)
+        if not log.times:
+            del self._states[key]
 
     def spent(self, key: str, *, now: float) -> float:
         """USD spent under ``key``: 0 if none, or once its expiry has come."""
@@ -492,7 +620,7 @@ class MemoryLimiter:
         ]
         money = [(key, _finite("usd", usd), _ttl(ttl)) for key, usd, ttl in spends]
         for key, limit, delta, at in todo:
-            self.adjust(key, limit, now=now, delta=delta, charged_at=at)
+            self._adjust(key, limit, now, delta, at)
         for key, usd, ttl in money:
             self._spends[key] = _add_spend(self._spends.get(key), usd, now, ttl)
 
@@ -503,7 +631,7 @@ class MemoryLimiter:
     def sweep(self, *, now: float) -> int:
         """Forget keys whose usage has all left its window, and expired spends (Redis's
         PEXPIRE); how many."""
-        gone = [key for key, (_, expires) in self._states.items() if expires <= now]
+        gone = [key for key, log in self._states.items() if log.times[-1] + log.window <= now]
         for key in gone:
             del self._states[key]
         spent = [key for key, (_, expires) in self._spends.items() if expires <= now]
