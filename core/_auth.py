@@ -15,6 +15,7 @@ for the middleware after ``auth`` (``rate_limit``) and for the trace.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import math
@@ -109,14 +110,18 @@ class ClientKey:
 # --- names in the store, shared by auth (admin view) and rate_limit -----------
 
 
-def key_limits(key: ClientKey) -> list[tuple[str, str, Limit]]:
-    """The key's limits: (kind, store key, limit); kind is ``requests`` or ``tokens``."""
+@functools.cache
+def key_limits(key: ClientKey) -> tuple[tuple[str, str, Limit], ...]:
+    """The key's limits: (kind, store key, limit); kind is ``requests`` or ``tokens``.
+
+    Built once per key (keys live as long as the configuration).
+    """
     out = []
     if key.rpm is not None:
         out.append(("requests", f"sansproxy:rl:key:{key.name}:rpm", Limit(limit=key.rpm)))
     if key.tpm is not None:
         out.append(("tokens", f"sansproxy:rl:key:{key.name}:tpm", Limit(limit=key.tpm)))
-    return out
+    return tuple(out)
 
 
 def period_of(period: Period, wall_time: float) -> tuple[str, float | None, float | None]:

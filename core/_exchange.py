@@ -578,6 +578,7 @@ class Exchange:
             default_max_tokens=self._proxy.config.translation.default_max_tokens,
             deployment=deployment,
             public_model=model,
+            parsed=self.request_json(),
         )
 
     def _answer(
