@@ -7,13 +7,7 @@ server is a failure.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
-import os
-import shutil
-import socket
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,6 +36,7 @@ from tests.core.test_limiter import (
     amount,
     delta,
 )
+from tests.support.redis_server import RedisServer, require_redis
 
 RPM = Limit(limit=60)
 INF = math.inf
@@ -50,48 +45,16 @@ INF = math.inf
 # --- the Redis scripts against a real redis-server ----------------------------------
 
 
-def redis_missing() -> str | None:
-    if shutil.which("redis-server") is None:
-        return "redis-server is not on PATH (Debian: apt-get install redis-server)"
-    if importlib.util.find_spec("redis") is None:
-        return "the redis package is not installed (pip install redis)"
-    return None
-
-
 @pytest.fixture(scope="module")
 def redis_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A redis-server of our own on a free port, and a client of it."""
-    reason = redis_missing()
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI needs a real Redis: {reason}")
-        pytest.skip(reason)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    command += ["--appendonly", "no", "--dir", str(tmp_path_factory.mktemp("redis"))]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert server.stdout is not None
-    try:
-        log = []
-        for line in server.stdout:  # no polling: the server says when it is ready
-            log.append(line)
-            if "Ready to accept connections" in line:
-                break
-        else:
-            pytest.fail("redis-server did not start:\n" + "".join(log))
-        client = importlib.import_module("redis").Redis(
-            host="127.0.0.1", port=port, socket_timeout=10
-        )
+    require_redis()
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        client = server.client()
         try:
             yield client
         finally:
             client.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        server.stdout.close()
 
 
 REDIS_STEPS = st.lists(

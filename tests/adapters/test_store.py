@@ -17,10 +17,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import signal
-import socket
-import subprocess
-import threading
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -63,6 +59,7 @@ from core._limiter import (
     redis_settle_args,
 )
 from tests.core.test_limiter import LIMITS, QUOTA_STEPS, STARTS, amount, delta
+from tests.support.redis_server import RedisServer as Server
 from tests.support.redis_server import require_redis
 
 RPM = Limit(limit=5)
@@ -87,60 +84,6 @@ class Clock:
 
 
 # --- a redis-server of our own --------------------------------------------------------
-
-
-class Server:
-    """``redis-server`` on 127.0.0.1: stop/start keep the port, pause/resume (SIGSTOP)
-    make it hang without closing anything."""
-
-    def __init__(self, directory: Path, *args: str) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port: int = s.getsockname()[1]
-        self.directory = directory
-        self.args = args
-        self.process: subprocess.Popen[str] | None = None
-        self.log: list[str] = []
-
-    def url(self, password: str | None = None) -> str:
-        auth = f":{password}@" if password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--save", "", "--appendonly", "no", "--dir", str(self.directory), *self.args]
-        process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        assert process.stdout is not None
-        for line in process.stdout:  # no polling: the server says when it is ready
-            self.log.append(line)
-            if "Ready to accept connections" in line:
-                break
-        else:
-            process.wait(timeout=10)
-            pytest.fail("redis-server did not start:\n" + "".join(self.log))
-        # Keep reading its output, so that a full pipe never blocks it.
-        threading.Thread(target=self.log.extend, args=(process.stdout,), daemon=True).start()
-        self.process = process
-
-    def pause(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None:
-            process.send_signal(signal.SIGCONT)
-            process.terminate()
-            process.wait(timeout=10)
-
-    def client(self, password: str | None = None) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, password=password, socket_timeout=10)
 
 
 @pytest.fixture(scope="module")

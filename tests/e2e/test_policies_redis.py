@@ -30,7 +30,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     require_redis()
     directory = tmp_path / "redis"
     directory.mkdir()
-    with RedisServer(directory) as server:
+    with RedisServer(directory, persist=True) as server:
         yield server
 
 
@@ -44,7 +44,7 @@ def redis_config(
         "rate_limit",
         fast=[{"provider": "oai", "model": "gpt-upstream", "price": price}],
     )
-    config["limits"] = {"backend": "redis", "redis_url": redis.url, **limits}
+    config["limits"] = {"backend": "redis", "redis_url": redis.url(), **limits}
     return config
 
 

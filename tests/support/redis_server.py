@@ -1,5 +1,6 @@
 """A real redis-server of the test's own, on a free loopback port, that can be stopped
-and started again on the same port (Redis going away mid-test, and coming back).
+and started again on the same port (Redis going away mid-test, and coming back), or
+paused (SIGSTOP: it hangs without closing anything).
 
 `redis_missing()` says why one cannot be started here; `require_redis()` turns that
 into a skip locally and a failure under CI (``CI`` set), as the README promises.
@@ -10,12 +11,15 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import threading
 from pathlib import Path
 from types import TracebackType
 
 import pytest
+import redis
 
 __all__ = ["RedisServer", "redis_missing", "require_redis"]
 
@@ -40,60 +44,67 @@ def require_redis() -> None:
         pytest.skip(reason)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 class RedisServer:
-    """``redis-server`` on 127.0.0.1; ``stop()`` and ``start()`` keep its port and data dir.
+    """``redis-server`` on 127.0.0.1; ``stop()``/``start()`` keep its port and data dir.
 
-    With ``persist=True`` it saves on stop (``--save`` after each write is not needed:
-    a clean SHUTDOWN saves), so data survives a restart like a production Redis's.
+    ``persist=True``: it saves on a clean stop (SIGTERM), so data survives a restart
+    like a production Redis's; else nothing is ever written to disk. ``args`` are
+    more ``redis-server`` options (``--requirepass``, say).
     """
 
-    def __init__(self, directory: Path, *, port: int | None = None, persist: bool = True) -> None:
-        self.port = port or _free_port()
+    def __init__(self, directory: Path, *args: str, persist: bool = False) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port: int = sock.getsockname()[1]
         self.directory = directory
+        self.args = args
         self.persist = persist
-        self._process: subprocess.Popen[str] | None = None
+        self.process: subprocess.Popen[str] | None = None
+        self.log: list[str] = []
 
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+    def url(self, password: str | None = None) -> str:
+        auth = f":{password}@" if password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def client(self, password: str | None = None) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, password=password, socket_timeout=10)
 
     def start(self) -> None:
-        """Start it and return once it accepts connections (it says so: no polling)."""
-        assert self._process is None, "already running"
+        """Start it; return once it accepts connections (it says so: no polling)."""
+        assert self.process is None, "already running"
         command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        command += ["--dir", str(self.directory), "--appendonly", "no"]
-        command += ["--save", "3600 1" if self.persist else ""]
+        command += ["--save", "3600 1" if self.persist else "", "--appendonly", "no"]
+        command += ["--dir", str(self.directory), *self.args]
         process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
         assert process.stdout is not None
-        log = []
         for line in process.stdout:
-            log.append(line)
+            self.log.append(line)
             if _READY in line:
                 break
         else:
             process.wait(timeout=10)
-            raise RuntimeError("redis-server did not start:\n" + "".join(log))
-        self._process = process
+            pytest.fail("redis-server did not start:\n" + "".join(self.log))
+        # Keep reading its output, so that a full pipe never blocks it.
+        threading.Thread(target=self.log.extend, args=(process.stdout,), daemon=True).start()
+        self.process = process
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
-        """SIGTERM: Redis saves its data (when persisting) and exits."""
-        process = self._process
-        if process is None:
-            return
-        self._process = None
-        process.terminate()
-        process.wait(timeout=10)
-        assert process.stdout is not None
-        process.stdout.close()
+        """SIGTERM (after SIGCONT, in case it is paused): it saves if persisting, exits."""
+        process, self.process = self.process, None
+        if process is not None:
+            process.send_signal(signal.SIGCONT)
+            process.terminate()
+            process.wait(timeout=10)
 
     def __enter__(self) -> RedisServer:
         self.start()
