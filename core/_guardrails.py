@@ -49,6 +49,7 @@ from itertools import accumulate
 from typing import Any
 
 from ._errors import ContentPolicyError
+from ._http import param_path
 from ._middleware import Context
 
 __all__ = ["GuardrailsMiddleware", "luhn_valid"]
@@ -239,16 +240,6 @@ def _may_hold_builtins(raw: bytes) -> bool:
         or b"\\u" in raw
         or _RUN_SHAPE.search(raw.translate(_SHAPE)) is not None
     )
-
-
-def _param(where: _Where) -> str:
-    out = ""
-    for part in where:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
-    return out
 
 
 def _dumps(value: Any) -> bytes:
@@ -475,7 +466,7 @@ class GuardrailsMiddleware:
             if deny:
                 index = self.denied(text)
                 if index is not None:
-                    param = _param(where)
+                    param = param_path(where)
                     raise ContentPolicyError(
                         f"the request was refused by the content policy: deny pattern {index} "
                         f"matched the text at {param}",

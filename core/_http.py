@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from ._errors import ValidationError
 from ._events import Headers
 
 __all__ = [
+    "param_path",
     "HOP_BY_HOP",
     "connection_tokens",
     "dumps",
@@ -123,3 +125,14 @@ def error_headers(body: bytes, extra: Headers = ()) -> list[tuple[bytes, bytes]]
     ]
     headers.extend(extra)
     return headers
+
+
+def param_path(path: Sequence[int | str]) -> str:
+    """A place in a JSON body as OpenAI's errors name it: ``messages[2].content``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out

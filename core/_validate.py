@@ -97,7 +97,7 @@ from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict, is_typeddict
 
 from ._errors import ValidationError
-from ._http import parse_json_object
+from ._http import param_path, parse_json_object
 from ._middleware import Context
 
 __all__ = ["ValidateMiddleware"]
@@ -857,16 +857,6 @@ def _locate(root: Any, loc: tuple[int | str, ...]) -> tuple[list[int | str], Any
     return path, tp
 
 
-def _param(path: list[int | str]) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
-    return out
-
-
 def _a(value: Any) -> str:
     """What a JSON value is, as OpenAI's errors say it."""
     if value is None:
@@ -911,7 +901,7 @@ _EXPECTED = {
 
 
 def _missing(path: list[int | str]) -> ValidationError:
-    param = _param(path)
+    param = param_path(path)
     return ValidationError(
         f"Missing required parameter: '{param}'.",
         param=param,
@@ -920,7 +910,7 @@ def _missing(path: list[int | str]) -> ValidationError:
 
 
 def _invalid_value(path: list[int | str], value: Any, choices: Any) -> ValidationError:
-    param = _param(path)
+    param = param_path(path)
     return ValidationError(
         f"Invalid value for '{param}': {_shown(value)}. Supported values are: {_choices(choices)}.",
         param=param,
@@ -934,7 +924,7 @@ def _refusal(error: pydantic_core.ErrorDetails, root: Any) -> ValidationError:
     kind = error["type"]
     value = error["input"]
     ctx = error.get("ctx", {})
-    param = _param(path)
+    param = param_path(path)
     if kind == "missing":
         return _missing(path)
     if kind in ("union_tag_invalid", "union_tag_not_found"):
