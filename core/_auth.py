@@ -265,10 +265,19 @@ class AuthMiddleware:
         if key is None:
             raise AuthenticationError("invalid API key")
         exchange.key = key
-        if key.models is not None:
+        if key.models is not None and exchange.request_method != b"GET":
             body = exchange.request_json()
             model = body.get("model") if body is not None else None
-            if isinstance(model, str) and model not in key.models:
+            if not isinstance(model, str):
+                # Not JSON, or no model (a multipart upload, say): the proxy cannot
+                # tell which model it is for, so a key limited to models may not send it.
+                raise PermissionDeniedError(
+                    f"the key '{key.name}' may only use the models "
+                    f"{', '.join(sorted(key.models))}, and this request names none in a JSON "
+                    "body",
+                    param="model",
+                )
+            if model not in key.models:
                 raise PermissionDeniedError(
                     f"the key '{key.name}' may not use the model '{model}'", param="model"
                 )

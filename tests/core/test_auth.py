@@ -223,6 +223,39 @@ def test_a_model_inside_the_keys_models_goes_through() -> None:
     assert json.loads(cmd.body)["model"] == "m1"
 
 
+@pytest.mark.parametrize(
+    ("target", "body"),
+    [
+        (b"/v1/audio/transcriptions", b"--b\r\nContent-Disposition: form-data; name=model\r\n"),
+        (b"/v1/chat/completions", b'{"messages": []}'),
+    ],
+    ids=["multipart-upload", "json-without-model"],
+)
+def test_a_key_limited_to_models_may_not_send_a_request_naming_none(
+    target: bytes, body: bytes
+) -> None:
+    """In the one-provider shorthand an unreadable body is forwarded as it is: for a key
+    limited to models, that would be a way around its list, so it is refused."""
+    cfg = upstream_config(middleware=[{"auth": {"keys": keys()}}])
+    out = Playbook(cfg).request(b"POST", target, body, bearer(KEY_B))
+    status, error = error_of(out)
+    assert (status, error["error"]["code"], error["error"]["param"]) == (
+        403,
+        "model_not_allowed",
+        "model",
+    )
+    assert not any(isinstance(c, SendUpstreamRequest) for c in out)
+    # A key without a list is not concerned, and a GET names no model.
+    assert any(
+        isinstance(c, SendUpstreamRequest)
+        for c in Playbook(cfg).request(b"POST", target, body, bearer(KEY_A))
+    )
+    assert any(
+        isinstance(c, SendUpstreamRequest)
+        for c in Playbook(cfg).request(b"GET", b"/v1/models", b"", bearer(KEY_B))
+    )
+
+
 def test_a_model_refusal_is_in_anthropic_shape_for_anthropic_clients() -> None:
     pb = Playbook(routed())
     out = pb.request(b"POST", b"/v1/messages", message("claude"), bearer(KEY_B))
