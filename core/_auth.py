@@ -29,7 +29,7 @@ from pydantic import ValidationError as PydanticError
 from ._commands import AcquireQuota, BudgetCheck, QuotaCharge
 from ._errors import AuthenticationError, PermissionDeniedError, ServiceUnavailableError
 from ._events import Headers, QuotaAnswered, QuotaFailed
-from ._http import dumps
+from ._http import dumps, param_path
 from ._limiter import Decision, Limit
 from ._middleware import Reply
 
@@ -183,8 +183,8 @@ def presented_key(headers: Headers) -> bytes | None:
 
 def _error_path(exc: PydanticError) -> str:
     first = exc.errors()[0]
-    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"])
-    return f"auth{where}: {first['msg']}"
+    where = param_path(first["loc"])
+    return f"auth.{where}: {first['msg']}" if where else f"auth: {first['msg']}"
 
 
 class AuthMiddleware:

@@ -170,6 +170,13 @@ class LimitsConfig(_Frozen):
         "'closed' answers 503.",
     )
 
+    @property
+    def store_timeout(self) -> float:
+        """How long an exchange waits for the quota store's answer before it acts on
+        ``on_backend_error``: twice the Redis timeout (the store gives up first), or
+        1 s in memory (a bound that is never reached)."""
+        return self.redis_timeout * 2 if self.backend == "redis" else 1.0
+
     @model_validator(mode="after")
     def _check_backend(self) -> LimitsConfig:
         if self.backend == "redis" and self.redis_url is None:

@@ -1119,10 +1119,8 @@ def _builtin_middleware(config: ProxyConfig) -> dict[str, Callable[..., object]]
         options.setdefault("max_events", limits.max_trace_events)
         return TraceMiddleware(**options)
 
-    store_timeout = limits.redis_timeout * 2 if limits.backend == "redis" else 1.0
-
     def auth(**options: Any) -> AuthMiddleware:
-        options.setdefault("store_timeout", store_timeout)
+        options.setdefault("store_timeout", limits.store_timeout)
         return AuthMiddleware(**options)
 
     def rate_limit(**options: Any) -> RateLimitMiddleware:

@@ -136,7 +136,7 @@ class RateLimitMiddleware:
                 for name, model in config.models.items()
                 if model.limits is not None
             },
-            timeout=config.limits.redis_timeout * 2 if config.limits.backend == "redis" else 1.0,
+            timeout=config.limits.store_timeout,
             on_backend_error=config.limits.on_backend_error,
         )
 
