@@ -207,25 +207,23 @@ def _native(  # noqa: PLR0917 -- private, called once
 ) -> Plan:
     """Same API on both sides: forward, renaming the model and asking for usage."""
     provider = deployment.provider
-    changed = False
-    body = dict(body)  # the caller's dict stays as it was (a shallow copy: 0.1 us)
+    changes: dict[str, Any] = {}  # the caller's dict is never changed
     if deployment.model != body["model"]:
-        body["model"] = deployment.model
-        changed = True
+        changes["model"] = deployment.model
     strip_usage = False
     if api == "openai" and kind in ("chat", "completions") and body.get("stream") is True:
         options = body.get("stream_options")
         if not (isinstance(options, dict) and options.get("include_usage") is True):
-            body["stream_options"] = {
+            changes["stream_options"] = {
                 **(options if isinstance(options, dict) else {}),
                 "include_usage": True,
             }
-            changed = strip_usage = True
+            strip_usage = True
     return Plan(
         provider=provider,
         target=provider.target(target),
         headers=provider.request_headers(headers),
-        body=dumps(body) if changed else raw,
+        body=dumps({**body, **changes}) if changes else raw,
         usage_api=api,
         strip_usage=strip_usage,
     )
