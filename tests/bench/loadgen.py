@@ -39,9 +39,9 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from tests.bench.upstream import COMPLETION_BODY, MESSAGE_BODY, delta_text
 
@@ -341,15 +341,16 @@ async def _connect(host: str, port: int) -> _Connection:
 class _Session:
     """A connection that reconnects when the server closed it."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, timeout: float = REQUEST_TIMEOUT) -> None:
         self.host = host
         self.port = port
+        self.timeout = timeout
         self.conn: _Connection | None = None
 
     async def request(self, raw: bytes) -> Response:
         if self.conn is None or self.conn.closed:
             self.conn = await _connect(self.host, self.port)
-        return await self.conn.request(raw)
+        return await self.conn.request(raw, self.timeout)
 
     def close(self) -> None:
         if self.conn is not None:
@@ -533,56 +534,68 @@ async def run_ttfe(
     return result
 
 
+_R = TypeVar("_R")
+
+
+async def _check(
+    host: str,
+    port: int,
+    timeout: float,
+    steps: Callable[[_Session], Awaitable[_R]],
+    broken: Callable[[str], _R],
+) -> _R:
+    """Run a sanity check's ``steps`` on one reconnecting session; a socket or
+    protocol error becomes ``broken(what happened)``."""
+    session = _Session(host, port, timeout)
+    try:
+        return await steps(session)
+    except (OSError, ProtocolError) as exc:
+        return broken(f"{type(exc).__name__}: {exc}")
+    finally:
+        session.close()
+
+
+def _same(problem: str) -> str:
+    return problem
+
+
 async def check(
     host: str, port: int, timeout: float = 10.0, *, model: str = DEFAULT_MODEL
 ) -> str | None:
     """One plain and one streamed request; None if both are right, else what is wrong."""
-    conn: _Connection | None = None
-    try:
-        conn = await _connect(host, port)
-        plain = await conn.request(
-            build_request(host, port, PATH, stream=False, model=model), timeout
-        )
+
+    async def steps(session: _Session) -> str | None:
+        plain = await session.request(build_request(host, port, PATH, stream=False, model=model))
         if plain.status != 200:
             return f"plain request: status {plain.status}: {plain.body[:200]!r}"
         if plain.body != COMPLETION_BODY:
             return f"plain request: body differs from the upstream's: {plain.body[:200]!r}"
-        if conn.closed:
-            conn = await _connect(host, port)
-        streamed = await conn.request(
-            build_request(host, port, f"{PATH}?events=5&delay_ms=0", stream=True, model=model),
-            timeout,
+        streamed = await session.request(
+            build_request(host, port, f"{PATH}?events=5&delay_ms=0", stream=True, model=model)
         )
         if streamed.status != 200:
             return f"streamed request: status {streamed.status}: {streamed.body[:200]!r}"
         if streamed.events() != 5 or not _DONE.search(streamed.body):
             return f"streamed request: expected 5 events and [DONE], got {streamed.body[:300]!r}"
-    except (OSError, ProtocolError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    finally:
-        if conn is not None:
-            conn.close()
-    return None
+        return None
+
+    return await _check(host, port, timeout, steps, _same)
 
 
 async def check_unknown_model(host: str, port: int, timeout: float = 10.0) -> str | None:
     """A gateway routes by model: an unknown one is a 404 ``model_not_found``."""
-    conn: _Connection | None = None
-    try:
-        conn = await _connect(host, port)
+
+    async def steps(session: _Session) -> str | None:
         raw = build_request(host, port, PATH, stream=False, model="bench-no-such-model")
-        answer = await conn.request(raw, timeout)
+        answer = await session.request(raw)
         if answer.status != 404 or b"model_not_found" not in answer.body:
             return (
                 "an unknown model should be a 404 model_not_found (is the proxy routing?), "
                 f"got {answer.status}: {answer.body[:200]!r}"
             )
-    except (OSError, ProtocolError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    finally:
-        if conn is not None:
-            conn.close()
-    return None
+        return None
+
+    return await _check(host, port, timeout, steps, _same)
 
 
 async def check_policies(
@@ -590,12 +603,9 @@ async def check_policies(
 ) -> str | None:
     """A gateway with ``auth`` and ``rate_limit``: with ``BENCH_KEY``, a 200 carrying
     ``x-ratelimit-remaining-requests`` (so the rate limiter ran); without a key, a 401."""
-    conn: _Connection | None = None
-    try:
-        conn = await _connect(host, port)
-        admitted = await conn.request(
-            build_request(host, port, PATH, stream=False, model=model), timeout
-        )
+
+    async def steps(session: _Session) -> str | None:
+        admitted = await session.request(build_request(host, port, PATH, stream=False, model=model))
         if admitted.status != 200:
             return (
                 f"with the bench key: status {admitted.status} (is it a configured key?): "
@@ -606,42 +616,32 @@ async def check_policies(
                 "with the bench key: no x-ratelimit-remaining-requests header (did rate_limit "
                 f"run?); headers {sorted(h.decode() for h in admitted.headers)}"
             )
-        if conn.closed:
-            conn = await _connect(host, port)
-        refused = await conn.request(
-            build_request(host, port, PATH, stream=False, model=model, key=None), timeout
+        refused = await session.request(
+            build_request(host, port, PATH, stream=False, model=model, key=None)
         )
         if refused.status != 401:
             return (
                 f"without a key: expected 401 (did auth run?), got {refused.status}: "
                 f"{refused.body[:200]!r}"
             )
-    except (OSError, ProtocolError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    finally:
-        if conn is not None:
-            conn.close()
-    return None
+        return None
+
+    return await _check(host, port, timeout, steps, _same)
 
 
 async def check_anthropic_upstream(host: str, port: int, timeout: float = 10.0) -> str | None:
     """The upstream's ``/v1/messages``: its fixed message, and a 5-delta stream."""
-    conn: _Connection | None = None
-    try:
-        conn = await _connect(host, port)
-        plain = await conn.request(
-            build_request(host, port, MESSAGES_PATH, stream=False, model="claude-sonnet-4-5"),
-            timeout,
+
+    async def steps(session: _Session) -> str | None:
+        plain = await session.request(
+            build_request(host, port, MESSAGES_PATH, stream=False, model="claude-sonnet-4-5")
         )
         if plain.status != 200 or plain.body != MESSAGE_BODY:
             return f"POST {MESSAGES_PATH}: status {plain.status}: {plain.body[:200]!r}"
-        if conn.closed:
-            conn = await _connect(host, port)
-        streamed = await conn.request(
+        streamed = await session.request(
             build_request(
                 host, port, f"{MESSAGES_PATH}?events=5", stream=True, model="claude-sonnet-4-5"
-            ),
-            timeout,
+            )
         )
         kinds = re.findall(rb"(?m)^event: (\w+)$", streamed.body)
         expected = [
@@ -655,12 +655,9 @@ async def check_anthropic_upstream(host: str, port: int, timeout: float = 10.0) 
         ]
         if streamed.status != 200 or kinds != expected or streamed.events() != len(expected):
             return f"{MESSAGES_PATH} stream: got {streamed.status}: {streamed.body[:300]!r}"
-    except (OSError, ProtocolError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    finally:
-        if conn is not None:
-            conn.close()
-    return None
+        return None
+
+    return await _check(host, port, timeout, steps, _same)
 
 
 def _translated_stream_problem(body: bytes, events: int) -> tuple[str | None, int]:
@@ -703,12 +700,9 @@ async def check_translated(
     """A chat request and stream for ``model``, served by an Anthropic upstream with
     ``events`` text deltas through the proxy's translation: (problem or None, the
     number of ``data:`` events the stream brought, ``[DONE]`` not counted)."""
-    conn: _Connection | None = None
-    try:
-        conn = await _connect(host, port)
-        plain = await conn.request(
-            build_request(host, port, PATH, stream=False, model=model), timeout
-        )
+
+    async def steps(session: _Session) -> tuple[str | None, int]:
+        plain = await session.request(build_request(host, port, PATH, stream=False, model=model))
         try:
             answer = json.loads(plain.body)
             message = answer["choices"][0]["message"]
@@ -723,22 +717,15 @@ async def check_translated(
             ok = False
         if plain.status != 200 or not ok:
             return f"translated request: {plain.status}: {plain.body[:300]!r}", 0
-        if conn.closed:
-            conn = await _connect(host, port)
-        streamed = await conn.request(
-            build_request(host, port, PATH, stream=True, model=model), timeout
-        )
+        streamed = await session.request(build_request(host, port, PATH, stream=True, model=model))
         if streamed.status != 200:
             return f"translated stream: status {streamed.status}: {streamed.body[:200]!r}", 0
         problem, count = _translated_stream_problem(streamed.body, events)
         if problem is not None:
             return f"translated stream: {problem}", 0
         return None, count
-    except (OSError, ProtocolError) as exc:
-        return f"{type(exc).__name__}: {exc}", 0
-    finally:
-        if conn is not None:
-            conn.close()
+
+    return await _check(host, port, timeout, steps, lambda problem: (problem, 0))
 
 
 def _run(coro: Coroutine[Any, Any, Any], *, use_uvloop: bool) -> Any:
