@@ -29,7 +29,7 @@ __all__ = [
     "UpstreamResponse",
 ]
 
-#: Raw header pairs as they travel on the wire: lower-case names, raw values.
+#: Header pairs: names lower-cased (by the events that carry them), raw values.
 Headers = Sequence[tuple[bytes, bytes]]
 
 #: Why an upstream attempt failed, as the driver saw it.
@@ -42,13 +42,26 @@ class Event:
     __slots__ = ()
 
 
+def _lower_names(headers: Headers) -> list[tuple[bytes, bytes]]:
+    """Header pairs with their names lower-cased, as h11's events keep them.
+
+    HTTP header names are case-insensitive (RFC 9110 5.1): nginx, Node and Go
+    send ``Content-Type``. Normalised once, here, so that every decision the
+    core makes from a header holds whatever the peer's spelling.
+    """
+    return [(name.lower(), value) for name, value in headers]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestReceived(Event):
-    """The client's request head. Header names must be lower-case."""
+    """The client's request head. Header names are lower-cased on construction."""
 
     method: bytes
     target: bytes
     headers: Headers
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "headers", _lower_names(self.headers))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,11 +78,17 @@ class RequestEnded(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpstreamResponse(Event):
-    """The upstream's response head for attempt ``attempt``."""
+    """The upstream's response head for attempt ``attempt``.
+
+    Header names are lower-cased on construction, whatever the upstream sent.
+    """
 
     attempt: int
     status: int
     headers: Headers
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "headers", _lower_names(self.headers))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -70,7 +70,7 @@ from ._mock import MockAnswer, mock_answer
 from ._ratelimit import RateLimitMiddleware
 from ._retry import Attempt, Retry, RetryMiddleware, parse_retry_after
 from ._routing import ApiType, Deployment, Router
-from ._sse import SSEDecoder, format_error_event, parse_block
+from ._sse import SSEDecoder, format_error_event, is_final_event, parse_block
 from ._state import TRANSITIONS, State
 from ._trace import TraceMiddleware
 from ._usage import (
@@ -182,6 +182,7 @@ class Exchange:
         "_deadline",
         "_decoder",
         "_dispatch",
+        "_final_sent",
         "_hook_index",
         "_json",
         "_json_for",
@@ -224,6 +225,7 @@ class Exchange:
         "state",
         "upstream_url",
         "usage",
+        "usage_estimated",
         "wall_time",
     )
 
@@ -254,6 +256,8 @@ class Exchange:
         self.model: str | None = None
         self.deployment: Deployment | None = None
         self.usage: Usage | None = None
+        self.usage_estimated = False
+        self._final_sent = False
         self.cost_usd: float | None = None
         self.exchange_id = exchange_id
         self.started_at = now
@@ -675,7 +679,8 @@ class Exchange:
             attempt.outcome = "ok"
         else:
             attempt.outcome = "status"
-            if (status == 429 or status >= 500 or status == 408) and self._retry_hooks():
+            # Which statuses are retried is the policy's decision alone.
+            if self._retry_hooks():
                 attempt.retry_after = parse_retry_after(event.headers, wall_now=self.wall_now)
                 if self._attempt_failed(attempt, None, now):
                     return
@@ -827,8 +832,12 @@ class Exchange:
         upstream = self._plan
         if upstream is None or upstream.usage_api is None:
             return
-        if self._stream_usage is not None:
-            usage = self._stream_usage.usage
+        stream = self._stream_usage
+        usage: Usage | None
+        if stream is not None:
+            self._stream_usage = None  # settled once, however the stream ended
+            input_estimate = -(-len(self.request_body) // 4)
+            usage, self.usage_estimated = stream.settle(input_estimate)
         elif isinstance(answer, dict):
             if upstream.usage_api == "openai":
                 usage = usage_from_openai(answer)
@@ -943,6 +952,11 @@ class Exchange:
 
     def _on_client_gone(self, event: ClientGone, now: float) -> None:
         self._cancel_upstream()
+        if self._final_sent:
+            # The client had the stream's last event ([DONE], message_stop)
+            # and hung up before the upstream's end of body: it is complete.
+            self._complete("completed", now)
+            return
         self._commands.append(
             Log(level="info", message="client went away", fields={"exchange": self.exchange_id})
         )
@@ -982,6 +996,8 @@ class Exchange:
         if blocks:
             data = blocks[0] if len(blocks) == 1 else b"".join(blocks)
             self._commands.append(SendBody(data=data))
+            if is_final_event(blocks[-1]):
+                self._final_sent = True
 
     def _stream_hooks(
         self, hooks: tuple[Callable[[Exchange, bytes], bytes | None], ...], block: bytes
@@ -1041,6 +1057,9 @@ class Exchange:
         )
 
     def _complete(self, outcome: str, now: float, *, hooks: bool = True) -> None:
+        if self._stream_usage is not None:
+            # A relayed stream cut short still used tokens: count them.
+            self._settle_usage(None)
         self.outcome = outcome
         self.ended_at = now
         self._deadline = None

@@ -98,6 +98,8 @@ class Context(Protocol):
     client_api: str
     model: str | None
     usage: Any
+    #: True when ``usage`` is an estimate (a stream that ended without its usage).
+    usage_estimated: bool
     cost_usd: float | None
     attempts: list[Any]
     key: Any

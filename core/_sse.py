@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ._errors import LocalProtocolError, NetworkError, RemoteProtocolError
 
-__all__ = ["SSEDecoder", "SSEEvent", "format_error_event", "parse_block"]
+__all__ = ["SSEDecoder", "SSEEvent", "format_error_event", "is_final_event", "parse_block"]
 
 _BOM = b"\xef\xbb\xbf"
 _LF = 10  # ord("\n")
@@ -281,3 +281,20 @@ class SSEDecoder:
         return NetworkError(
             f"SSEDecoder.{method}() called after an error: {error}", code=error.code
         )
+
+
+_FINAL_EVENTS = frozenset({"message_stop", "response.completed"})
+
+
+def is_final_event(block: bytes) -> bool:
+    """Whether a block is the last event of a successful LLM stream.
+
+    OpenAI's ``data: [DONE]``, Anthropic's ``message_stop``, the Responses
+    API's ``response.completed``. Cheap on every other block: it parses only a
+    block that names one of them.
+    """
+    if b"[DONE]" in block:
+        return parse_block(block).data.strip() == "[DONE]"
+    if b"message_stop" in block or b"response.completed" in block:
+        return parse_block(block).event in _FINAL_EVENTS
+    return False

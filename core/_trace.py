@@ -192,6 +192,7 @@ class TraceMiddleware:
                 "output_tokens": usage.output_tokens,
                 "cached_input_tokens": usage.cached_input_tokens,
                 "cache_creation_tokens": usage.cache_creation_tokens,
+                "estimated": exchange.usage_estimated,
             },
             "cost_usd": exchange.cost_usd,
             "response": response,

@@ -9,6 +9,7 @@ so that :func:`cost_usd` can price each at its own rate.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,6 +21,7 @@ __all__ = [
     "StreamUsage",
     "Usage",
     "cost_usd",
+    "delta_tokens",
     "has_usage_value",
     "merge_usage",
     "usage_from_anthropic",
@@ -232,23 +234,76 @@ class StreamUsage:
     (:func:`merge_usage`). Only blocks that can carry usage are parsed: OpenAI
     blocks with a non-null ``"usage"`` value, Anthropic ``message_start`` and
     ``message_delta`` events. Never raises on bad data.
+
+    ``final`` tells whether the stream's closing usage arrived (OpenAI's
+    usage chunk or ``response.completed``, Anthropic's ``message_delta``);
+    ``delta_tokens`` estimates the output tokens of the content deltas fed so
+    far, for a stream that ends without it (see :meth:`settle`).
     """
 
-    __slots__ = ("_anthropic", "usage")
+    __slots__ = ("_anthropic", "delta_tokens", "final", "usage")
 
     def __init__(self, api: Literal["openai", "anthropic"]) -> None:
         if api not in ("openai", "anthropic"):
             raise ValueError(f"api must be 'openai' or 'anthropic', not {api!r}")
         self._anthropic = api == "anthropic"
         self.usage: Usage | None = None
+        self.final = False
+        self.delta_tokens = 0
 
     def feed(self, block: bytes) -> None:
         """Take the next block of the stream."""
+        if _DELTA in block:
+            self.delta_tokens += delta_tokens(block)
         if self._anthropic:
             if _may_carry_anthropic_usage(block):
-                usage = usage_from_anthropic(_json_object(block))
+                event = _json_object(block)
+                usage = usage_from_anthropic(event)
                 self.usage = merge_usage(self.usage, usage)
+                if usage is not None and event.get("type") == "message_delta":
+                    self.final = True
         elif has_usage_value(block):
             usage = usage_from_openai(_json_object(block))
             if usage is not None:
                 self.usage = usage
+                self.final = True
+
+    def settle(self, input_estimate: int) -> tuple[Usage, bool]:
+        """The stream's usage when it is over, and whether it is an estimate.
+
+        The closing usage the upstream reported is exact. Without it (the
+        client left, the upstream failed, or it reports none), the usage is
+        estimated: the input counts the stream reported, else
+        ``input_estimate``; as output, the larger of the count it reported and
+        :attr:`delta_tokens`.
+        """
+        usage = self.usage
+        if usage is not None and self.final:
+            return usage, False
+        if usage is None:
+            usage = Usage(input_tokens=0, output_tokens=0)
+        estimate = Usage(
+            input_tokens=usage.input_tokens if usage.prompt_tokens else input_estimate,
+            output_tokens=max(usage.output_tokens, self.delta_tokens),
+            cached_input_tokens=usage.cached_input_tokens,
+            cache_creation_tokens=usage.cache_creation_tokens,
+        )
+        return estimate, True
+
+
+_DELTA = b'"delta"'
+# The string fields of a stream delta that carry generated text or arguments.
+_DELTA_TEXT = re.compile(
+    rb'"(?:content|text|arguments|partial_json|thinking|refusal)"\s*:\s*"((?:[^"\\]|\\.)*)"'
+)
+
+
+def delta_tokens(block: bytes) -> int:
+    """An estimate of the output tokens one stream delta event carries.
+
+    About four characters a token, at least one for a delta with any text
+    (providers stream a token or a few per event); 0 for a delta without text
+    (a role, a finish reason). Reads the bytes; never parses the JSON.
+    """
+    chars = sum(len(text) for text in _DELTA_TEXT.findall(block))
+    return (chars + 2) // 4 or 1 if chars else 0

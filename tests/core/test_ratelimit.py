@@ -420,8 +420,8 @@ outcomes: st.SearchStrategy[Outcome] = st.tuples(
             "stream_usage",  # a stream whose last chunk carries usage
             "no_usage",  # a JSON answer without usage
             "error_status",  # the upstream answers 400 (usage unknown)
-            "cut_stream",  # the stream breaks mid-way (usage unknown)
-            "gone_relaying",  # the client leaves mid-answer (usage unknown)
+            "cut_stream",  # the stream breaks mid-way (usage estimated)
+            "gone_relaying",  # the client leaves mid-answer (usage estimated)
             "connect",  # the upstream is never reached
             "gone_waiting",  # the client leaves before the upstream answers
             "refused",  # over the limit: charged nothing
@@ -479,14 +479,18 @@ def run_outcome(
     elif kind == "cut_stream":
         out += pb.feed(
             UpstreamResponse(attempt=1, status=200, headers=SSE),
-            UpstreamData(attempt=1, data=b'data: {"choices":[]}\n\n'),
+            UpstreamData(
+                attempt=1, data=b'data: {"choices":[{"delta":{"content":"Hello world"}}]}\n\n'
+            ),
             UpstreamFailed(attempt=1, kind="reset"),
             now=0.1,
         )
-        used = guess
+        # What was consumed, estimated: the prompt's bytes / 4, and the 11
+        # characters relayed at about four a token (3).
+        used = math.ceil(len(body) / 4) + 3
     elif kind == "gone_relaying":
         out += pb.feed(UpstreamResponse(attempt=1, status=200, headers=SSE), ClientGone(), now=0.1)
-        used = guess
+        used = math.ceil(len(body) / 4)  # the prompt was read; nothing was generated yet
     elif kind == "connect":
         out += pb.feed(UpstreamFailed(attempt=1, kind="connect"), now=0.1)
         used = 0
