@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import traceback
+import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -184,6 +185,7 @@ class Exchange:
         "_dispatch",
         "_final_sent",
         "_hook_index",
+        "_inflater",
         "_json",
         "_json_for",
         "_local_blocks",
@@ -269,6 +271,7 @@ class Exchange:
         self._attempt = 0
         self._upstream_active = False
         self._decoder: SSEDecoder | None = None
+        self._inflater: Any = None  # a zlib decompressobj while a body is decoded
         self._local_blocks: deque[bytes] = deque()
         self._body_chunks: list[bytes] = []
         self._body_size = 0
@@ -699,7 +702,14 @@ class Exchange:
             elif name == b"content-type":
                 sse = value[:17].lower() == b"text/event-stream"
             elif name == b"content-encoding":
-                encoded = value.strip().lower() != b"identity"
+                coding = value.strip().lower()
+                if coding in _INFLATABLE:
+                    # Asked for identity, sent gzip anyway: decoded here, so
+                    # that streams, usage and translation still work.
+                    self._inflater = zlib.decompressobj(_GZIP_OR_ZLIB)
+                    dropped = dropped | _ENCODING_HEADERS
+                else:
+                    encoded = coding != b"identity"
         translating = upstream.body_translator is not None
         if sse and not encoded:
             self.is_stream = True
@@ -726,9 +736,36 @@ class Exchange:
     def _on_upstream_data(self, event: UpstreamData, now: float) -> None:
         self._check_attempt(event.attempt)
         self._deadline = now + self._read_timeout
+        if self._inflater is None:
+            self._take(event.data, now)
+        else:
+            self._inflate(event.data, now)
+
+    def _inflate(self, data: bytes, now: float) -> None:
+        """Decode a gzip or deflate body in bounded pieces (no bomb fills memory)."""
+        inflater = self._inflater
+        assert inflater is not None
+        while data and self.state is State.RELAY:
+            try:
+                piece = inflater.decompress(data, _INFLATE_PIECE)
+            except zlib.error:
+                self._cancel_upstream()
+                self._fail(
+                    NetworkError(
+                        "the upstream's compressed body is corrupt",
+                        code="upstream_protocol_error",
+                    ),
+                    now,
+                )
+                return
+            data = inflater.unconsumed_tail
+            if piece:
+                self._take(piece, now)
+
+    def _take(self, data: bytes, now: float) -> None:
+        """A piece of the (decoded) upstream body: relay, reframe or hold it."""
         decoder = self._decoder
         if decoder is None:
-            data = event.data
             buffering = self._buffering
             if buffering:
                 size = self._buffer_size + len(data)
@@ -752,7 +789,7 @@ class Exchange:
             self._send_body(data)
             return
         try:
-            blocks = decoder.feed(event.data)
+            blocks = decoder.feed(data)
         except RemoteProtocolError as exc:
             self._cancel_upstream()
             self._fail(exc, now)
@@ -779,6 +816,14 @@ class Exchange:
 
     def _on_upstream_end(self, event: UpstreamEnded, now: float) -> None:
         self._check_attempt(event.attempt)
+        inflater = self._inflater
+        if inflater is not None:
+            self._inflater = None
+            tail = inflater.flush()
+            if tail:
+                self._take(tail, now)
+            if self.state is not State.RELAY:
+                return
         self._upstream_active = False
         self.attempts[-1].ended_at = now
         decoder = self._decoder
@@ -919,6 +964,7 @@ class Exchange:
         self._buffer_size = 0
         self._buffering = 0
         self._decoder = None
+        self._inflater = None
         self._translator = None
         self._stream_usage = None
         self._upstream_status = 0
@@ -1100,6 +1146,11 @@ class Exchange:
 
 
 _TIMER_FIRED = TimerFired()
+# Content codings the exchange decodes (it asks for identity; some send these anyway).
+_INFLATABLE = frozenset({b"gzip", b"x-gzip", b"deflate"})
+_GZIP_OR_ZLIB = 32 + 15  # zlib's wbits: detect a gzip or zlib header
+_ENCODING_HEADERS = frozenset({b"content-encoding", b"content-length"})
+_INFLATE_PIECE = 1 << 16
 # How an upstream body is held: not at all, a copy to read usage, or whole to translate.
 _COPY = 1
 _HOLD = 2

@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import zlib
 from typing import Any
 
 from hypothesis import given, settings
@@ -501,3 +503,80 @@ def test_a_status_the_policy_does_not_list_is_relayed_even_a_500() -> None:
     pb.request(body=chat())
     out = pb.feed(UpstreamResponse(attempt=1, status=500, headers=JSON_HEAD[1:2]), now=0.1)
     assert [c.status for c in out if isinstance(c, StartResponse)] == [500]
+
+
+# -- an upstream that compresses though asked for identity -----------------------
+
+
+@settings(max_examples=30, deadline=None)
+@given(split=st.integers(1, 200), coding=st.sampled_from([b"gzip", b"GZIP", b"x-gzip", b"deflate"]))
+def test_a_compressed_stream_is_decoded_reframed_and_read(split: int, coding: bytes) -> None:
+    plain = b"".join(OPENAI_STREAM)
+    packed = zlib.compress(plain) if coding == b"deflate" else gzip.compress(plain)
+    head = [*STREAM_HEAD, (b"Content-Encoding", coding)]
+    chunks = [packed[i : i + split] for i in range(0, len(packed), split)]
+    body = chat(stream=True, stream_options={"include_usage": True})
+    pb, out = exchange(gateway(), body, head=head, chunks=chunks)
+    (start,) = [c for c in out if isinstance(c, StartResponse)]
+    assert not any(name in (b"content-encoding", b"content-length") for name, _ in start.headers)
+    assert client_bytes(out) == plain
+    assert trace(out)["usage"]["output_tokens"] == 5
+
+
+def test_a_compressed_json_answer_is_decoded_and_its_usage_read() -> None:
+    head = [(b"Content-Type", b"application/json"), (b"Content-Encoding", b"gzip")]
+    _, out = exchange(gateway(), chat(), head=head, chunks=[gzip.compress(OPENAI_JSON)])
+    assert client_bytes(out) == OPENAI_JSON
+    assert trace(out)["usage"]["input_tokens"] == 9
+
+
+def test_a_compressed_answer_is_translated() -> None:
+    answer = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-5",
+        "content": [{"type": "text", "text": "Hi there"}],
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 9, "output_tokens": 3},
+    }
+    head = [(b"Content-Type", b"application/json"), (b"Content-Encoding", b"gzip")]
+    packed = gzip.compress(json.dumps(answer).encode())
+    _, out = exchange(gateway(), chat("smart"), head=head, chunks=[packed[:10], packed[10:]])
+    reply = json.loads(client_bytes(out))
+    assert reply["choices"][0]["message"]["content"] == "Hi there"
+
+
+def test_a_corrupt_compressed_stream_is_an_error_event() -> None:
+    head = [*STREAM_HEAD, (b"Content-Encoding", b"gzip")]
+    packed = gzip.compress(b"".join(OPENAI_STREAM))
+    corrupt = packed[:40] + b"\xff" * 40 + packed[80:]
+    pb, out = exchange(gateway(), chat(stream=True), head=head, chunks=[corrupt], end=False)
+    assert b"event: error" in client_bytes(out)
+    assert pb.ex.error is not None and pb.ex.error.code == "upstream_protocol_error"
+
+
+def test_a_decompression_bomb_is_bounded_by_the_event_size_limit() -> None:
+    proxy = Proxy(
+        ProxyConfig.model_validate(
+            {
+                "providers": {"oai": OAI},
+                "models": {"fast": [{"provider": "oai", "model": "m"}]},
+                "limits": {"max_sse_event_size": 1 << 16},
+            }
+        )
+    )
+    bomb = gzip.compress(b"data: " + b"x" * (64 << 20))  # 64 MiB in ~64 KiB
+    head = [*STREAM_HEAD, (b"Content-Encoding", b"gzip")]
+    pb, out = exchange(proxy, chat(stream=True), head=head, chunks=[bomb], end=False)
+    assert b"event: error" in client_bytes(out)
+    assert pb.ex.finished
+    assert sum(len(c.data) for c in out if isinstance(c, SendBody)) < 4096
+
+
+def test_an_encoding_the_proxy_cannot_decode_is_relayed_untouched() -> None:
+    head = [(b"Content-Type", b"text/event-stream"), (b"Content-Encoding", b"br")]
+    _, out = exchange(gateway(), chat(stream=True), head=head, chunks=[b"\x0b\x02\x80"])
+    (start,) = [c for c in out if isinstance(c, StartResponse)]
+    assert (b"content-encoding", b"br") in start.headers
+    assert client_bytes(out) == b"\x0b\x02\x80"
