@@ -1,0 +1,1 @@
+"""Interop tests: the proxy against servers and clients the project did not write."""
