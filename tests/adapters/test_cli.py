@@ -133,7 +133,7 @@ def _policy(line: str) -> str:
     if line.startswith(("  # - ", "  #     ", "  #       ")):
         line = "  " + line[4:]
         return line.replace("<64 hex digits>", "ab" * 32, 1).replace(
-            "batch, key_sha256: \"abab", "batch, key_sha256: \"cdab"
+            'batch, key_sha256: "abab', 'batch, key_sha256: "cdab'
         )
     return line
 

@@ -356,6 +356,7 @@ def test_trace_records_usage_and_cost(
             "output_tokens": COMPLETION_TOKENS,
             "cached_input_tokens": 0,
             "cache_creation_tokens": 0,
+            "estimated": False,
         }, record
         if model == "unpriced":
             assert record["cost_usd"] is None, "an unknown price is no cost, not zero"

@@ -34,6 +34,35 @@ Scenarios (the default is ``ok``):
 
 Every stream scenario answers with SSE whatever the request asked for, in the OpenAI
 chunk format, or the Anthropic event format on a path ending in ``/messages``.
+
+Wire style. Our own code must not be the only spelling of HTTP it ever meets, so every
+response head is written by the mock itself in a *wire style* (`WireStyle`), chosen per
+request by the ``x-mock-wire`` header (any subset of ``key=value`` items separated by
+``;``, e.g. ``x-mock-wire: casing=upper;order=reversed;framing=close;seed=3``) over the
+``MockUpstream(wire=...)`` default; an unknown key or value is a 400 from the mock that
+names the known ones:
+
+- ``casing``: the header names' spelling. ``title`` (the default: ``Content-Type``,
+  ``Content-Length``, ``Retry-After``, ``X-Mock-Connection-Id``, as nginx, Node and Go
+  send them), ``lower`` (``content-type``: h11, the old behaviour), ``upper``
+  (``CONTENT-TYPE``), ``mixed`` (each letter's case drawn from a generator seeded by
+  ``seed`` and the name, e.g. ``cOnTEnt-tYpE``; never all-lower, all-upper or title).
+- ``order``: the header fields' order. ``natural`` (the default: ``Content-Type``, the
+  framing header, the others, ``Connection`` last), ``reversed``, or ``shuffled`` by ``seed``.
+- ``framing``: how the body is delimited. ``auto`` (the default: ``Content-Length`` for
+  JSON, ``Transfer-Encoding: chunked`` for SSE), ``length`` (a stream's whole body is
+  computed first), ``chunked``, or ``close``: neither header, ``Connection: close``, and
+  the mock closes the connection to end the body (a FIN; HTTP/1.0 style, which h11 never
+  produces for an HTTP/1.1 client, so those bytes are written by hand).
+- ``seed``: an integer (default 0) for ``mixed`` and ``shuffled``.
+
+Every scenario honours the style (error statuses and their ``Retry-After``, streams, JSON,
+``connection-close``, ...). The stream's writes are unchanged by it: whole events, one
+byte per write for ``sse-split-bytes`` (one byte per chunk when chunked). ``reset-*``,
+``stall-*`` and ``malformed-head`` keep their meaning: a ``reset-mid-body`` stream framed
+by ``length`` announces the whole body's length, then resets after two events.
+`answer_body(request)` gives the exact bytes of the mock's JSON answer to a recorded
+request, to compare with what a client received through the proxy.
 """
 
 from __future__ import annotations
@@ -44,35 +73,43 @@ import contextlib
 import http
 import itertools
 import json
+import random
 import socket
 import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, get_args
 
 import h11
 
 __all__ = [
+    "CASINGS",
     "COMPLETION_TOKENS",
     "CREATED",
     "DEFAULT_PIECES",
     "DEFAULT_TEXT",
     "EMBEDDING_SIZE",
+    "FRAMINGS",
     "MODEL_PREFIX",
     "MODELS",
+    "ORDERS",
     "PROMPT_TOKENS",
     "SCENARIO_HEADER",
+    "WIRE_HEADER",
     "ConnectionInfo",
     "MockUpstream",
     "RecordedRequest",
     "Scenario",
+    "WireStyle",
+    "answer_body",
     "parse_scenario",
     "slow_stream_pieces",
 ]
 
 SCENARIO_HEADER: Final = "x-mock-scenario"
+WIRE_HEADER: Final = "x-mock-wire"
 MODEL_PREFIX: Final = "scenario:"
 DEFAULT_PIECES: Final = ("Hello", " from", " the", " mock", " upstream.")
 DEFAULT_TEXT: Final = "".join(DEFAULT_PIECES)
@@ -88,6 +125,17 @@ _RESET_GRACE: Final = 0.05
 _READ_SIZE: Final = 65536
 
 CloseReason = Literal["eof", "reset", "server"]
+Casing = Literal["lower", "title", "upper", "mixed"]
+Order = Literal["natural", "reversed", "shuffled"]
+Framing = Literal["auto", "length", "chunked", "close"]
+BodyFraming = Literal["length", "chunked", "close"]
+CASINGS: Final[tuple[Casing, ...]] = get_args(Casing)
+ORDERS: Final[tuple[Order, ...]] = get_args(Order)
+FRAMINGS: Final[tuple[Framing, ...]] = get_args(Framing)
+_WIRE_KNOWN: Final = (
+    f"casing={'|'.join(CASINGS)}; order={'|'.join(ORDERS)}; "
+    f"framing={'|'.join(FRAMINGS)}; seed=<int>"
+)
 
 _PLAIN_KINDS: Final = frozenset(
     {
@@ -180,6 +228,95 @@ def parse_scenario(text: str) -> Scenario:
 def slow_stream_pieces(count: int) -> list[str]:
     """The content deltas of `slow-stream:<count>:<ms>`: 'tok0 ', 'tok1 ', ..."""
     return [f"tok{i} " for i in range(count)]
+
+
+def _title(name: str) -> str:
+    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+
+
+def _mixed(name: str, seed: int) -> str:
+    rng = random.Random(f"{seed}:{name.lower()}")
+    spelled = "".join(c.upper() if rng.random() < 0.5 else c.lower() for c in name)
+    if spelled in (name.lower(), name.upper(), _title(name)):
+        # Too few letters for chance to mix them: alternate (cOnTeNt-TyPe).
+        spelled = "".join(c.upper() if i % 2 else c.lower() for i, c in enumerate(name))
+    return spelled
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WireStyle:
+    """How the mock spells its responses on the wire (see the module docstring)."""
+
+    casing: Casing = "title"
+    order: Order = "natural"
+    framing: Framing = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key, value, known in (
+            ("casing", self.casing, CASINGS),
+            ("order", self.order, ORDERS),
+            ("framing", self.framing, FRAMINGS),
+        ):
+            if value not in known:
+                raise ValueError(f"unknown mock wire {key} {value!r}; known: {_WIRE_KNOWN}")
+
+    @classmethod
+    def parse(cls, text: str, base: WireStyle | None = None) -> WireStyle:
+        """The style `text` (``casing=title;order=reversed;...``, any subset) makes of `base`.
+
+        Raises ValueError naming the known keys and values on anything else.
+        """
+        style = base or cls()
+        values: dict[str, Any] = {
+            "casing": style.casing,
+            "order": style.order,
+            "framing": style.framing,
+            "seed": style.seed,
+        }
+        for item in text.split(";"):
+            if not item.strip():
+                continue
+            key, equals, value = (part.strip() for part in item.partition("="))
+            if not equals or key not in values:
+                raise ValueError(f"unknown mock wire item {item.strip()!r}; known: {_WIRE_KNOWN}")
+            if key == "seed":
+                try:
+                    values[key] = int(value)
+                except ValueError:
+                    raise ValueError(
+                        f"unknown mock wire seed {value!r}; known: {_WIRE_KNOWN}"
+                    ) from None
+            else:
+                values[key] = value
+        return cls(**values)
+
+    def __str__(self) -> str:
+        """The header value that selects this style."""
+        return f"casing={self.casing};order={self.order};framing={self.framing};seed={self.seed}"
+
+    def spell(self, name: str) -> str:
+        """A header name in this style's casing."""
+        if self.casing == "lower":
+            return name.lower()
+        if self.casing == "upper":
+            return name.upper()
+        if self.casing == "title":
+            return _title(name)
+        return _mixed(name, self.seed)
+
+    def arrange(self, headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The header fields in this style's order and casing."""
+        fields = [(self.spell(name), value) for name, value in headers]
+        if self.order == "reversed":
+            fields.reverse()
+        elif self.order == "shuffled":
+            random.Random(self.seed).shuffle(fields)
+        return fields
+
+    def body_framing(self, default: Literal["length", "chunked"]) -> BodyFraming:
+        """The framing of a body whose natural framing is `default`."""
+        return default if self.framing == "auto" else self.framing
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -404,6 +541,8 @@ class _Connection:
         self._data_ready = asyncio.Event()
         self._peer_gone = asyncio.Event()
         self._server_closing = False
+        self._style = mock.wire
+        self._framing: BodyFraming = "length"
 
     async def run(self) -> None:
         read_task = asyncio.create_task(self._read_loop())
@@ -524,7 +663,11 @@ class _Connection:
         )
 
     async def _respond(self, request: RecordedRequest) -> None:
+        self._style = self._mock.wire
         try:
+            self._style = WireStyle.parse(
+                ";".join(request.header_values(WIRE_HEADER)), self._mock.wire
+            )
             scenario = parse_scenario(request.scenario)
         except ValueError as exc:
             await self._send_json(request, 400, _dumps({"error": {"message": str(exc)}}))
@@ -561,6 +704,59 @@ class _Connection:
         if kind == "close-after-response":
             raise _Done
 
+    # -- responses, spelled in self._style ------------------------------------------
+
+    async def _send_head(
+        self,
+        status: int,
+        headers: Sequence[tuple[str, str]],
+        *,
+        framing: BodyFraming,
+        length: int = 0,
+        close: bool = False,
+    ) -> None:
+        """Write a response head in the request's wire style; the body is framed by `framing`.
+
+        `headers` have lower-case names and no framing or Connection field: those are
+        added here (the framing header second, after Content-Type; Connection last).
+        h11 would re-spell and move Transfer-Encoding and Connection, and never frames
+        by close for an HTTP/1.1 client, so the head is rendered here; h11 is still told
+        of the response (and its bytes discarded) so that it frames the body and keeps
+        the connection's state.
+        """
+        version = self._h11.their_http_version
+        if framing == "chunked" and (version is None or version < b"1.1"):
+            framing = "close"  # an HTTP/1.0 client knows no chunked encoding
+        fields = list(headers)
+        if framing == "length":
+            fields.insert(1, ("content-length", str(length)))
+        elif framing == "chunked":
+            fields.insert(1, ("transfer-encoding", "chunked"))
+        if close or framing == "close":
+            fields.append(("connection", "close"))
+        wire = self._style.arrange(fields)
+        reason = _reason(status)
+        if framing != "close":
+            self._h11.send(h11.Response(status_code=status, headers=wire, reason=reason))
+        self._framing = framing
+        lines = [b"HTTP/1.1 %d %s" % (status, reason)]
+        lines += [f"{name}: {value}".encode("latin-1") for name, value in wire]
+        await self._write(b"\r\n".join(lines) + b"\r\n\r\n")
+
+    async def _send_body(self, data: bytes) -> None:
+        """Part of the body, framed as the head said."""
+        if self._framing == "close":
+            await self._write(data)
+        else:
+            await self._send(h11.Data(data=data))
+
+    async def _end_body(self) -> None:
+        """End the body: h11's end of message, or, framed by close, closing the connection."""
+        if self._framing == "close":
+            self._server_closing = True
+            raise _Done
+        await self._send(h11.EndOfMessage())
+
     async def _send_json(
         self,
         request: RecordedRequest,
@@ -570,18 +766,17 @@ class _Connection:
         *,
         connection_close: bool = False,
     ) -> None:
-        headers = [
-            ("content-type", "application/json"),
-            ("content-length", str(len(payload))),
-            *self._mock_headers(request),
-            *extra,
-        ]
-        if connection_close:
-            headers.append(("connection", "close"))
-        await self._send(h11.Response(status_code=status, headers=headers, reason=_reason(status)))
+        headers = [("content-type", "application/json"), *self._mock_headers(request), *extra]
+        await self._send_head(
+            status,
+            headers,
+            framing=self._style.body_framing("length"),
+            length=len(payload),
+            close=connection_close,
+        )
         if request.method != "HEAD" and status not in (204, 304):
-            await self._send(h11.Data(data=payload))
-        await self._send(h11.EndOfMessage())
+            await self._send_body(payload)
+        await self._end_body()
 
     def _mock_headers(self, request: RecordedRequest) -> list[tuple[str, str]]:
         return [
@@ -594,17 +789,13 @@ class _Connection:
     ) -> None:
         payload = _answer_payload(request, body)
         if scenario.kind == "reset-mid-body":
-            head = h11.Response(
-                status_code=200,
-                headers=[
-                    ("content-type", "application/json"),
-                    ("content-length", str(len(payload))),
-                    *self._mock_headers(request),
-                ],
-                reason=b"OK",
+            await self._send_head(
+                200,
+                [("content-type", "application/json"), *self._mock_headers(request)],
+                framing=self._style.body_framing("length"),
+                length=len(payload),
             )
-            await self._send(head)
-            await self._send(h11.Data(data=payload[: len(payload) // 2]))
+            await self._send_body(payload[: len(payload) // 2])
             await self._pause(_RESET_GRACE)
             self._reset()
             raise _Done
@@ -644,16 +835,15 @@ class _Connection:
             encoded[-1] = encoded[-1][: -len(eol)]
         elif kind == "sse-no-final-newline":
             encoded[-1] = encoded[-1][: -2 * len(eol)]
-        await self._send(
-            h11.Response(
-                status_code=200,
-                headers=[
-                    ("content-type", "text/event-stream; charset=utf-8"),
-                    ("cache-control", "no-cache"),
-                    *self._mock_headers(request),
-                ],
-                reason=b"OK",
-            )
+        await self._send_head(
+            200,
+            [
+                ("content-type", "text/event-stream; charset=utf-8"),
+                ("cache-control", "no-cache"),
+                *self._mock_headers(request),
+            ],
+            framing=self._style.body_framing("chunked"),
+            length=sum(map(len, encoded)),
         )
         for seq, event_bytes in enumerate(encoded):
             if seq == 2 and kind == "stall-mid-stream":
@@ -666,11 +856,11 @@ class _Connection:
                 await self._pause(scenario.interval)
             if kind == "sse-split-bytes":
                 for byte in event_bytes:
-                    await self._send(h11.Data(data=bytes((byte,))))
+                    await self._send_body(bytes((byte,)))
                     await asyncio.sleep(0)
             else:
-                await self._send(h11.Data(data=event_bytes))
-        await self._send(h11.EndOfMessage())
+                await self._send_body(event_bytes)
+        await self._end_body()
 
 
 def _reason(status: int) -> bytes:
@@ -678,6 +868,18 @@ def _reason(status: int) -> bytes:
         return http.HTTPStatus(status).phrase.encode("ascii")
     except ValueError:
         return b""
+
+
+def answer_body(request: RecordedRequest) -> bytes:
+    """The body of the mock's JSON answer to `request`, as it went on the wire.
+
+    The error JSON for ``status-<code>``, else the endpoint's answer or the echo.
+    (Meaningless for scenarios that stream, reset or never answer.)
+    """
+    scenario = parse_scenario(request.scenario)
+    if scenario.kind == "status":
+        return _error_body(scenario.status, request.path.endswith("/messages"))
+    return _answer_payload(request, _json_object(request.body))
 
 
 def _answer_payload(request: RecordedRequest, body: dict[str, Any]) -> bytes:
@@ -776,8 +978,12 @@ def _embeddings_payload(body: dict[str, Any], model: str) -> bytes:
 class MockUpstream:
     """The mock upstream server. Use as a context manager, or `start()` / `stop()`."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", *, wire: WireStyle | str | None = None) -> None:
         self.host = host
+        #: The default wire style; a request's ``x-mock-wire`` header overrides parts of it.
+        self.wire: WireStyle = (
+            WireStyle.parse(wire) if isinstance(wire, str) else wire or WireStyle()
+        )
         self._port = 0
         self._cond = threading.Condition()
         self._requests: list[RecordedRequest] = []

@@ -26,7 +26,9 @@ a JSON body (a proxy's ``base_url`` ends in ``/{framing}/{casing}/{delivery}``):
   request's ``model`` replaces the recorded one (so a test can see routing).
 - ``model`` ``status-429`` / ``status-409``: that status, the API's error JSON
   (``errors.json``) and ``Retry-After: 0``; ``reset-mid-stream``: the SSE head and the
-  first two events, then an RST (``can_reset``; nginx answers 501 instead). An unparsable
+  first two events, then an RST (``can_reset``; nginx answers 501 instead);
+  ``hold-after-last`` (node only): the whole stream, then the end of body 1.5 s later (a
+  client that stops at ``[DONE]`` hangs up first). An unparsable
   body is a 400, a path or variant the server does not offer a 404, both in the API's
   error shape.
 - ``GET /health`` -> 200 ``ok``; ``GET /_stats`` -> ``{"requests": N, "paths": {path: n},

@@ -28,6 +28,7 @@ const FRAMINGS = ['length', 'chunked', 'close', 'gzip'];
 const CASINGS = ['lower', 'title', 'upper'];
 const DELIVERIES = ['whole', 'event', 'byte'];
 const EVENT_GAP_MS = 2;
+const HOLD_MS = 1500; // model `hold-after-last`: the end of body comes this much later
 const PATH_RE = /^\/([a-z]+)\/([a-z]+)\/([a-z]+)(\/v1\/chat\/completions|\/v1\/messages)$/;
 
 function parseArgs(argv) {
@@ -126,7 +127,9 @@ function later(ms, fn) {
 
 // Send one answer: `pieces` are the body's natural units (SSE events, JSON halves).
 // `resetAfter`: send that many of them (the head framing the whole body), then an RST.
-async function send(req, res, variant, status, headers, pieces, resetAfter = null) {
+// `holdMs`: after the last piece, keep the body open that long before ending it (a
+// server slow to finish: a client that stops at [DONE] hangs up before the end).
+async function send(req, res, variant, status, headers, pieces, resetAfter = null, holdMs = 0) {
   const {framing, casing, delivery} = variant;
   const reset = resetAfter !== null;
   let units;
@@ -167,7 +170,7 @@ async function send(req, res, variant, status, headers, pieces, resetAfter = nul
   for (const [name, value] of out) flat.push(spell(name, casing), value);
   res.writeHead(status, flat);
 
-  if (delivery === 'whole' && !reset) {
+  if (delivery === 'whole' && !reset && !holdMs) {
     res.end(body[0]);
     return;
   }
@@ -181,6 +184,10 @@ async function send(req, res, variant, status, headers, pieces, resetAfter = nul
     } else if (reset) {
       // Abruptly: an RST, not a FIN (with `close` framing a FIN is a clean end).
       res.socket.resetAndDestroy();
+    } else if (holdMs) {
+      const hold = holdMs;
+      holdMs = 0;
+      later(hold, next);
     } else {
       res.end();
     }
@@ -242,6 +249,7 @@ async function handle(req, res, rawBody) {
   if (model === 'status-429') return sendError(req, res, variant, route, 429, true);
   if (model === 'status-409') return sendError(req, res, variant, route, 409, true);
   const reset = model === 'reset-mid-stream';
+  const holdMs = model === 'hold-after-last' ? HOLD_MS : 0;
   const stream = body.stream === true || reset;
   const includeUsage = Boolean(body.stream_options && body.stream_options.include_usage === true);
 
@@ -259,7 +267,7 @@ async function handle(req, res, rawBody) {
     ['Content-Type', 'text/event-stream; charset=utf-8'],
     ['Cache-Control', 'no-cache'],
   ];
-  return send(req, res, variant, 200, headers, sseEvents(text), reset ? 2 : null);
+  return send(req, res, variant, 200, headers, sseEvents(text), reset ? 2 : null, holdMs);
 }
 
 const server = http.createServer((req, res) => {
