@@ -203,6 +203,45 @@ def test_budget_exceeded_is_insufficient_quota(
         assert http.get("/admin/keys").status_code == 401
 
 
+def test_a_client_leaving_mid_stream_is_charged_what_it_consumed(
+    start_proxy: StartProxy, mock_upstream: MockUpstream, tmp_path: Path
+) -> None:
+    """Leaving mid-stream is no way around a budget: the key pays an estimate of what was
+    consumed (the prompt's bytes / 4, a token a short delta relayed), said so in the trace."""
+    trace_dir = tmp_path / "traces"
+    price = {"input": 1_000_000.0, "output": 1_000_000.0}  # $1 a token
+    key = {"name": "team-a", "key_sha256": sha(KEY_A), "budget": {"usd": 10**6, "period": "day"}}
+    config = gateway(
+        mock_upstream.base_url,
+        {"trace": {"dir": str(trace_dir)}},
+        auth(key),
+        "rate_limit",
+        fast=[{"provider": "oai", "model": "scenario:slow-stream:40:50", "price": price}],
+    )
+    proxy = start_proxy(config=config)
+    with oai(proxy, KEY_A) as client:
+        stream = client.chat.completions.create(model="fast", messages=HI, stream=True)
+        pieces = []
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                pieces.append(chunk.choices[0].delta.content)
+            if len(pieces) == 3:
+                break
+        stream.close()  # gone, 37 deltas before the end
+    (path,) = wait_for_files(trace_dir, 1)
+    record = load_json(path)
+    assert record["outcome"] == "client_gone"
+    usage = record["usage"]
+    assert usage["estimated"] is True
+    assert usage["input_tokens"] > 0
+    assert 3 <= usage["output_tokens"] < 40
+    assert record["cost_usd"] == pytest.approx(usage["input_tokens"] + usage["output_tokens"])
+    with httpx.Client(base_url=proxy.base_url, timeout=READ_TIMEOUT) as http:
+        view = http.get("/admin/keys", headers={"authorization": f"Bearer {ADMIN}"})
+    (entry,) = view.json()["data"]
+    assert entry["budget"]["spent_usd"] == pytest.approx(record["cost_usd"])
+
+
 # -- retries and fallbacks ------------------------------------------------------------
 
 
