@@ -84,11 +84,12 @@ class PoolStatistics:
 class _Connection:
     """One upstream connection and its h11 state."""
 
-    __slots__ = ("h11", "origin", "stream")
+    __slots__ = ("h11", "origin", "received", "stream")
 
     def __init__(self, origin: Origin, stream: anyio.abc.ByteStream, max_head_size: int) -> None:
         self.origin = origin
         self.stream = stream
+        self.received = False  # any byte of the current response yet
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head_size)
 
     def is_stale(self) -> bool:
@@ -163,11 +164,18 @@ class UpstreamPool:
                 self._retried += 1
                 break
             self._in_use += 1
-            return UpstreamResponse(self, conn)
+            # Kept to send once more if the server closed this idle connection
+            # as the request went out (see UpstreamResponse.receive_head).
+            return UpstreamResponse(self, conn, resend=(request, body, connect_timeout))
+        return UpstreamResponse(self, await self._send_new(origin, request, body, connect_timeout))
+
+    async def _send_new(
+        self, origin: Origin, request: h11.Request, body: bytes, connect_timeout: float
+    ) -> _Connection:
         conn = await self._connect(origin, connect_timeout)
         await _send_request(conn, request, body)
         self._in_use += 1
-        return UpstreamResponse(self, conn)
+        return conn
 
     async def aclose(self) -> None:
         """Close every idle connection (and those left by :meth:`UpstreamResponse.abort`)."""
@@ -229,6 +237,7 @@ class UpstreamPool:
         if len(idle) >= self._max_idle:
             return False
         h.start_next_cycle()
+        conn.received = False
         idle.append(conn)
         return True
 
@@ -245,14 +254,21 @@ class UpstreamPool:
 class UpstreamResponse:
     """The response to one request: read the head, then the body, chunk by chunk."""
 
-    __slots__ = ("_conn", "_eof", "_finished", "_head_received", "_pool")
+    __slots__ = ("_conn", "_eof", "_finished", "_head_received", "_pool", "_resend")
 
-    def __init__(self, pool: UpstreamPool, conn: _Connection) -> None:
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        conn: _Connection,
+        *,
+        resend: tuple[h11.Request, bytes, float] | None = None,
+    ) -> None:
         self._pool = pool
         self._conn: _Connection | None = conn  # None once pooled again or closed
         self._head_received = False
         self._eof = False
         self._finished = False
+        self._resend = resend
 
     async def receive_head(self) -> tuple[int, list[tuple[bytes, bytes]]]:
         """Wait for the response head; return the status and headers (1xx are skipped).
@@ -263,7 +279,23 @@ class UpstreamResponse:
             raise RuntimeError("receive_head() was already called")
         conn = self._usable()
         while True:
-            event = await self._next_event(conn)
+            try:
+                event = await self._next_event(conn)
+            except UpstreamError as exc:
+                resend = self._resend
+                if resend is None or exc.kind != "reset" or conn.received:
+                    raise
+                # A reused keep-alive connection closed by the server before a
+                # byte of the answer: it never read the request (RFC 9112 9.3.1
+                # lets a client retry then). Once, on a new connection.
+                self._resend = None
+                self._eof = False
+                pool = self._pool
+                pool._retried += 1
+                request, body, connect_timeout = resend
+                conn = await pool._send_new(conn.origin, request, body, connect_timeout)
+                self._conn = conn
+                continue
             if type(event) is _RESPONSE:
                 self._head_received = True
                 return event.status_code, event.headers.raw_items()
@@ -367,6 +399,8 @@ class UpstreamResponse:
             if self._conn is not conn:
                 # abort() or aclose() ran while this task was reading.
                 raise UpstreamError("reset", "the response was closed while being read")
+            if data:
+                conn.received = True
             h.receive_data(data)
 
     async def _fail(self, conn: _Connection) -> None:

@@ -236,6 +236,46 @@ async def test_failed_write_on_a_reused_connection_is_retried_once(pool: Upstrea
 
 
 @pytest.mark.anyio
+async def test_reused_connection_closed_before_any_answer_is_sent_once_more(
+    pool: UpstreamPool,
+) -> None:
+    # The keep-alive race: the server closes an idle connection just as the next
+    # request goes out on it. It never answered, so the request is sent again.
+    async def handler(peer: Peer) -> None:
+        if peer.index == 1:
+            assert await peer.read_request()
+            await peer.send(ok())
+            assert await peer.read_request()
+            return  # closed without a byte of an answer
+        await keep_alive(peer)
+
+    async with serve(handler) as server:
+        await get(pool, server.origin)
+        assert await get(pool, server.origin) == (200, [(b"content-length", b"1")], b"2")
+    assert server.connections == 2
+    stats = pool.statistics()
+    assert (stats.opened, stats.reused, stats.retried) == (2, 1, 1)
+
+
+@pytest.mark.anyio
+async def test_no_second_send_once_the_answer_has_begun(pool: UpstreamPool) -> None:
+    async def handler(peer: Peer) -> None:
+        assert await peer.read_request()
+        await peer.send(ok())
+        assert await peer.read_request()
+        await peer.send(b"HTTP/1.1 200 OK\r\ncontent-le")  # then gone
+
+    async with serve(handler) as server:
+        await get(pool, server.origin)
+        response = await start(pool, server.origin)
+        with pytest.raises(UpstreamError) as caught:
+            await response.receive_head()
+    assert caught.value.kind == "reset"
+    assert server.connections == 1
+    assert pool.statistics().retried == 0
+
+
+@pytest.mark.anyio
 async def test_idle_connections_are_capped_per_origin() -> None:
     both_in = anyio.Event()
     arrived = 0
@@ -682,6 +722,7 @@ async def test_closed_before_the_response(pool: UpstreamPool) -> None:
         with pytest.raises(UpstreamError) as caught:
             await response.receive_head()
     assert caught.value.kind == "reset"
+    assert server.connections == 1, "a new connection's request is never sent twice"
 
 
 @pytest.mark.anyio
