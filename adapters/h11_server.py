@@ -314,9 +314,13 @@ class H11Server:
     async def _bad_request(
         self, conn: h11.Connection, stream: anyio.abc.ByteStream, exc: h11.RemoteProtocolError
     ) -> None:
-        logger.warning("malformed HTTP from a client: %s", exc)
+        # h11's message may quote the offending line, an Authorization header
+        # with its key say: only the words before it are logged or sent back.
+        reason = str(exc).split(":", 1)[0].strip() or type(exc).__name__
+        logger.warning("malformed HTTP from a client: %s (values not shown)", reason)
         status = exc.error_status_hint
-        await self._send_error(conn, stream, status, f"malformed HTTP request: {exc}")
+        message = f"malformed HTTP request: {reason} (values not shown)"
+        await self._send_error(conn, stream, status, message)
 
     async def _send_error(
         self, conn: h11.Connection, stream: anyio.abc.ByteStream, status: int, message: str

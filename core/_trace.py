@@ -18,7 +18,7 @@ from ._http import header
 from ._middleware import Context
 from ._sse import parse_block
 
-__all__ = ["REDACTED", "TraceMiddleware", "redact_headers"]
+__all__ = ["REDACTED", "TraceMiddleware", "redact_headers", "redact_target"]
 
 REDACTED = "[redacted]"
 _SECRET_HEADERS = frozenset(
@@ -31,9 +31,41 @@ def redact_headers(headers: Headers) -> list[list[str]]:
     """Headers as ``[name, value]`` pairs, with every credential-like value replaced."""
     out = []
     for name, value in headers:
-        secret = name in _SECRET_HEADERS or any(word in name for word in _SECRET_WORDS)
+        lowered = name.lower()  # the events lower-case names; a hook's may not be
+        secret = lowered in _SECRET_HEADERS or any(word in lowered for word in _SECRET_WORDS)
         out.append([name.decode("latin-1"), REDACTED if secret else value.decode("latin-1")])
     return out
+
+
+_SECRET_PARAMS = (
+    "key",
+    "token",
+    "secret",
+    "auth",
+    "password",
+    "session",
+    "signature",
+    "sig",
+    "credential",
+)
+
+
+def redact_target(target: str) -> str:
+    """A request target with every credential-like query parameter's value replaced.
+
+    ``?key=…``, ``?api_key=…``, ``?access_token=…``: some APIs take keys in the
+    URL, and a trace must not keep them.
+    """
+    path, mark, query = target.partition("?")
+    if not mark:
+        return target
+    params = []
+    for param in query.split("&"):
+        name, equals, _ = param.partition("=")
+        lowered = name.lower()
+        secret = equals and any(word in lowered for word in _SECRET_PARAMS)
+        params.append(f"{name}={REDACTED}" if secret else param)
+    return f"{path}?{'&'.join(params)}"
 
 
 def _body(data: bytes, headers: Headers, limit: int, truncated: bool) -> dict[str, Any]:
@@ -146,7 +178,7 @@ class TraceMiddleware:
         request_body = exchange.request_body
         request = {
             "method": exchange.request_method.decode("latin-1"),
-            "target": exchange.request_target.decode("latin-1"),
+            "target": redact_target(exchange.request_target.decode("latin-1")),
             "headers": redact_headers(exchange.request_headers),
             "body": _body(
                 request_body[: self.max_body],
@@ -177,13 +209,14 @@ class TraceMiddleware:
         ended = exchange.ended_at
         error = exchange.error
         usage = exchange.usage
+        upstream = exchange.upstream_url
         record = {
             "id": exchange.exchange_id,
             "outcome": exchange.outcome,
             "model": exchange.model,
             "key": getattr(exchange.key, "name", None),
             "request": request,
-            "upstream": exchange.upstream_url,
+            "upstream": None if upstream is None else redact_target(upstream),
             "attempts": [attempt.record() for attempt in exchange.attempts],
             "usage": None
             if usage is None

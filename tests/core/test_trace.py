@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -16,7 +17,7 @@ from core import (
     UpstreamResponse,
     WriteTrace,
 )
-from core._trace import REDACTED, redact_headers
+from core._trace import REDACTED, redact_headers, redact_target
 
 from .playbook import Playbook, config, upstream_config
 
@@ -193,3 +194,73 @@ def test_credential_headers_never_survive_redaction(headers: list[tuple[bytes, b
             assert shown == REDACTED
         else:
             assert shown == value.decode("latin-1")
+
+
+SECRET_NAMES = [
+    b"Authorization",
+    b"Proxy-Authorization",
+    b"X-Api-Key",
+    b"Api-Key",
+    b"X-Goog-Api-Key",
+    b"Cookie",
+    b"Set-Cookie",
+    b"X-Session-Token",
+]
+
+
+@given(
+    name=st.sampled_from(SECRET_NAMES),
+    flips=st.lists(st.booleans(), min_size=24, max_size=24),
+)
+def test_credential_headers_are_redacted_in_any_casing(name: bytes, flips: list[bool]) -> None:
+    spelled = bytes(
+        c ^ 0x20 if f and chr(c).isalpha() else c for c, f in zip(name, flips, strict=False)
+    )
+    assert redact_headers([(spelled, b"sk-secret")]) == [[spelled.decode(), REDACTED]]
+
+
+def test_an_upstreams_capitalised_set_cookie_never_reaches_the_trace() -> None:
+    pb = Playbook(upstream_config(middleware=[{"trace": {"dir": "t"}}]))
+    pb.request(b"GET", b"/v1/models")
+    out = pb.feed(
+        UpstreamResponse(
+            attempt=1,
+            status=200,
+            headers=[(b"Content-Type", b"application/json"), (b"Set-Cookie", b"sid=secret")],
+        ),
+        UpstreamData(attempt=1, data=b"{}"),
+        UpstreamEnded(attempt=1),
+    )
+    (record,) = [c.record for c in traces(out)]
+    assert "secret" not in json.dumps(record)
+
+
+@pytest.mark.parametrize(
+    ("target", "shown"),
+    [
+        ("/v1/models?key=AIzaSecret", "/v1/models?key=[redacted]"),
+        ("/v1/x?api_key=sk-1&limit=5", "/v1/x?api_key=[redacted]&limit=5"),
+        (
+            "/v1/x?access_token=t&x=1&Signature=s",
+            "/v1/x?access_token=[redacted]&x=1&Signature=[redacted]",
+        ),
+        ("/v1/x?limit=5&order=desc", "/v1/x?limit=5&order=desc"),
+        ("/v1/x", "/v1/x"),
+        ("/v1/x?flag&key", "/v1/x?flag&key"),
+    ],
+)
+def test_credential_query_parameters_are_redacted(target: str, shown: str) -> None:
+    assert redact_target(target) == shown
+
+
+def test_a_key_in_the_query_reaches_neither_the_trace_target_nor_the_upstream_url() -> None:
+    pb = Playbook(upstream_config(middleware=[{"trace": {"dir": "t"}}]))
+    pb.request(b"GET", b"/v1beta/models?key=AIzaSecret123")
+    out = pb.feed(
+        UpstreamResponse(attempt=1, status=200, headers=[(b"content-type", b"text/plain")]),
+        UpstreamEnded(attempt=1),
+    )
+    (record,) = [c.record for c in traces(out)]
+    assert "AIzaSecret123" not in json.dumps(record)
+    assert record["request"]["target"] == "/v1beta/models?key=[redacted]"
+    assert record["upstream"].endswith("/v1beta/models?key=[redacted]")
