@@ -75,7 +75,7 @@ def build_parser(prog: str, description: str, *, workers: bool = False) -> argpa
     add("--base-url", metavar="URL", help="upstream base URL, e.g. https://api.openai.com")
     add("--type", choices=["openai", "anthropic"], help="the upstream's API (default openai)")
     add("--api-key", metavar="KEY", help="upstream API key (prefer ${ENV} in YAML or the env)")
-    add("--trace-dir", metavar="DIR", help="write one JSON trace per request into DIR")
+    add("--trace-dir", metavar="DIR", help="trace each request: JSON lines, hourly files in DIR")
     add("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
     return parser
 

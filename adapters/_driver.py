@@ -37,6 +37,7 @@ from core import (
     WriteTrace,
 )
 
+from ._logs import LogCollapser
 from ._store import QuotaStore, make_store
 from ._streams import Clock, using_asyncio
 from ._streams import clock as loop_clock
@@ -51,7 +52,22 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 
 class ClientDisconnected(Exception):
-    """Raised by a ``ClientSink`` when the client is gone."""
+    """Raised by a ``ClientSink`` when the client is gone.
+
+    ``reason`` is empty when the client left, and says why when the adapter
+    dropped it (it stopped reading, say); the exchange logs it.
+    """
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def stopped_reading(write_timeout: float) -> ClientDisconnected:
+    """What a sink raises when a write waited ``write_timeout`` seconds for the client."""
+    return ClientDisconnected(
+        f"it stopped reading: a write waited {write_timeout:g} s (server.write_timeout)"
+    )
 
 
 class ClientSink(Protocol):
@@ -67,7 +83,12 @@ class ClientSink(Protocol):
         """Buffer the end of the response; ``complete=False``: cut the connection."""
 
     async def flush(self) -> None:
-        """Write what is buffered; raise ``ClientDisconnected`` if the client is gone."""
+        """Write what is buffered; raise ``ClientDisconnected`` if the client is gone.
+
+        On asyncio a sink bounds a write that waits for the client to read by
+        ``server.write_timeout`` itself (``stopped_reading``); elsewhere the
+        driver does.
+        """
 
 
 class Driver:
@@ -86,12 +107,18 @@ class Driver:
         self._counter = itertools.count(1)
         self._clock: Clock | None = None
         self._guard_flush = False
+        self._write_timeout = proxy.config.server.write_timeout
+        # Repeats of one failure (every request refused while Redis is down):
+        # the first line, then a count.
+        self.logs = LogCollapser(logger)
 
     def _bind_clock(self) -> Clock:
-        # One driver serves one event loop: look its clock up once. On asyncio a
-        # cancelled write loses nothing (the transport has the bytes); elsewhere
-        # a write the timer interrupts could leave half an event: lift the
-        # deadline while writing (the timer is about the upstream anyway).
+        # One driver serves one event loop: look its clock up once. While the
+        # driver writes to the client, the exchange's timer waits: a client
+        # slow to read is not the upstream's fault (see _step). The write is
+        # bounded by server.write_timeout: on asyncio by the sinks themselves,
+        # and only when a write must wait (the transport knows; a deadline per
+        # write would cost ~4 µs), elsewhere by the timer (`_guard_flush`).
         self._guard_flush = not using_asyncio()
         self._clock = loop_clock()
         return self._clock
@@ -114,6 +141,7 @@ class Driver:
         await self.pool.aclose()
         await self.store.aclose()
         await anyio.to_thread.run_sync(self.traces.close)
+        self.logs.flush()
         stats = self.traces.statistics()
         if stats.written or stats.failed or stats.dropped:
             level = logging.WARNING if stats.failed or stats.dropped else logging.INFO
@@ -147,11 +175,13 @@ class Driver:
                 connect_timeout=cmd.connect_timeout,
             )
         except UpstreamError as exc:
+            state.resumed = now()
             ex.handle(
                 UpstreamFailed(attempt=cmd.attempt, kind=exc.kind, message=str(exc)),
-                now=now(),
+                now=state.resumed,
             )
         else:
+            state.resumed = now()
             state.head_pending = True
 
     def _log(self, cmd: Log) -> None:
@@ -159,10 +189,13 @@ class Driver:
         trace = fields.get("traceback")
         text = " ".join(f"{k}={v}" for k, v in fields.items() if k != "traceback")
         level = _LEVELS.get(cmd.level, logging.ERROR)
+        # Its kind: the line without the exchange's id (nor the traceback).
+        same = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("traceback", "exchange"))
+        kind = f"{cmd.message} [{same}]"
         if trace:
-            logger.log(level, "%s [%s]\n%s", cmd.message, text, trace)
+            self.logs.log(level, "%s [%s]\n%s", cmd.message, text, trace, key=kind, text=kind)
         else:
-            logger.log(level, "%s [%s]", cmd.message, text)
+            self.logs.log(level, "%s [%s]", cmd.message, text, key=kind, text=kind)
 
     async def run(self, ex: Exchange, client: ClientSink) -> None:
         """Carry the exchange to its end. Its request must have been fed already.
@@ -172,6 +205,7 @@ class Driver:
         """
         now = self._clock or self._bind_clock()
         state = _Upstream()
+        state.resumed = now()
         try:
             while True:
                 # One cancel scope per exchange: its deadline follows the
@@ -179,7 +213,10 @@ class Driver:
                 with anyio.CancelScope() as timer:
                     await self._step(ex, client, state, timer, now)
                     return
-                ex.handle_timer(now=now())
+                if state.flushing:  # the timer bounded a write (see _step)
+                    raise stopped_reading(self._write_timeout)
+                state.resumed = now()
+                ex.handle_timer(now=state.resumed)
                 response = state.response
                 if (
                     response is not None
@@ -195,8 +232,8 @@ class Driver:
                         ),
                         now=now(),
                     )
-        except ClientDisconnected:
-            self._client_gone(ex, state)
+        except ClientDisconnected as exc:
+            self._client_gone(ex, state, exc.reason)
         except BaseException:
             # Cancelled (the adapter saw the client leave) or a bug: no await here.
             self._client_gone(ex, state)
@@ -228,7 +265,8 @@ class Driver:
                         deadline = ex.get_timer()
                         timer.deadline = math.inf if deadline is None else deadline
                         answer = await self.store.acquire(cmd)
-                        ex.handle(answer, now=now())
+                        state.resumed = now()
+                        ex.handle(answer, now=state.resumed)
                     case SettleQuota():
                         settles.append(cmd)  # once the client has its response
                     case WriteTrace():
@@ -241,17 +279,30 @@ class Driver:
                             state.response = None
                     case _:
                         raise RuntimeError(f"unexpected command {cmd!r}")
-            if self._guard_flush:
-                timer.deadline = math.inf
+            # While writing, the exchange's timer waits; on trio it bounds the write.
+            state.flushing = True
+            timer.deadline = now() + self._write_timeout if self._guard_flush else math.inf
             try:
                 await client.flush()
             finally:
                 if settles:
                     self._settle(settles)
+            state.flushing = False
             if ex.finished:
                 return
+            # The exchange's timer measures waiting, not the proxy's own work:
+            # the time since the driver stopped waiting (handling what came,
+            # writing to a client slow to read) is added to its deadline. The
+            # exchange ignores a timer before its time; a late one only gives
+            # the upstream back the time the proxy took: no false 504.
             deadline = ex.get_timer()
-            timer.deadline = math.inf if deadline is None else deadline
+            waiting = now()
+            if deadline != state.deadline:  # set anew by what was fed at `resumed`
+                state.deadline = deadline
+                state.stalled = waiting - state.resumed
+            else:
+                state.stalled += waiting - state.resumed
+            timer.deadline = math.inf if deadline is None else deadline + state.stalled
             response = state.response
             if response is None:
                 if deadline is None:
@@ -277,7 +328,8 @@ class Driver:
                 state.response = None
                 event = UpstreamFailed(attempt=attempt, kind=exc.kind, message=str(exc))
             state.reading = False
-            ex.handle(event, now=now())
+            state.resumed = now()
+            ex.handle(event, now=state.resumed)
 
     def _settle(self, settles: list[SettleQuota]) -> None:
         """Hand the exchange's settles to the store (it never blocks nor raises)."""
@@ -285,11 +337,11 @@ class Driver:
             self.store.settle(cmd)
         settles.clear()
 
-    def _client_gone(self, ex: Exchange, state: _Upstream) -> None:
+    def _client_gone(self, ex: Exchange, state: _Upstream, reason: str = "") -> None:
         if state.response is not None:
             state.response.abort()
         if not ex.finished:
-            ex.handle(ClientGone(), now=self.now())
+            ex.handle(ClientGone(reason=reason), now=self.now())
         settles = state.settles
         while (cmd := ex.next_command()) is not None:
             match cmd:
@@ -307,10 +359,23 @@ class Driver:
 
 
 class _Upstream:
-    """The upstream side of one running exchange (the driver itself is shared), and
-    the settles it has yet to hand to the store."""
+    """The upstream side of one running exchange (the driver itself is shared), the
+    settles it has yet to hand to the store, whether a write to the client is under
+    way, and the timer's account: when the driver last stopped waiting
+    (``resumed``), and the time it has not waited since the exchange set its
+    current ``deadline`` (``stalled``)."""
 
-    __slots__ = ("attempt", "head_pending", "reading", "response", "settles")
+    __slots__ = (
+        "attempt",
+        "deadline",
+        "flushing",
+        "head_pending",
+        "reading",
+        "response",
+        "resumed",
+        "settles",
+        "stalled",
+    )
 
     def __init__(self) -> None:
         self.response: PoolResponse | None = None
@@ -318,3 +383,7 @@ class _Upstream:
         self.head_pending = False
         self.reading = False
         self.settles: list[SettleQuota] = []
+        self.flushing = False
+        self.deadline: float | None = None
+        self.resumed = 0.0
+        self.stalled = 0.0

@@ -59,6 +59,7 @@ from core import (
     redis_settle_args,
 )
 
+from ._logs import LogCollapser
 from ._streams import using_asyncio
 
 __all__ = [
@@ -134,30 +135,6 @@ def _answer(cmd: AcquireQuota, answer: tuple[bool, list[Any], list[float]]) -> Q
     return QuotaAnswered(
         query_id=cmd.query_id, admitted=admitted, decisions=tuple(decisions), spent=tuple(spent)
     )
-
-
-class _LogGate:
-    """One log line per ``every`` seconds for one kind of trouble; the rest counted."""
-
-    __slots__ = ("_clock", "_every", "_next", "_quiet")
-
-    def __init__(self, clock: Callable[[], float], every: float = _LOG_EVERY) -> None:
-        self._clock = clock
-        self._every = every
-        self._next = -float("inf")
-        self._quiet = 0
-
-    def log(self, level: int, message: str, *args: object) -> None:
-        now = self._clock()
-        if now < self._next:
-            self._quiet += 1
-            return
-        self._next = now + self._every
-        if self._quiet:
-            message += " (%d similar lines suppressed)"
-            args = (*args, self._quiet)
-            self._quiet = 0
-        logger.log(level, message, *args)
 
 
 class MemoryStore:
@@ -276,8 +253,8 @@ class RedisStore:
         self._down_reason = ""
         self._answered = 0
         self._failed = 0
-        self._acquire_log = _LogGate(clock)
-        self._reply_log = _LogGate(clock)
+        # Repeated failures (each call while Redis is down): one line and a count.
+        self._logs = LogCollapser(logger, interval=_LOG_EVERY, clock=clock)
         # Settles: a queue and one thread, started at the first. Only settle()
         # (the loop's thread) adds settles, so it alone keeps the bound; flush
         # markers and the final None never wait for room.
@@ -291,8 +268,6 @@ class RedisStore:
         self._settles_dropped = 0  # by settle()
         self._settles_abandoned = 0  # by the thread
         self._settle_down_until: float | None = None
-        self._settle_log = _LogGate(clock)
-        self._drop_log = _LogGate(clock)
         # Read your own spends: an acquire whose budget this process has spent
         # on waits (at most ``timeout``) until that settle is done. Settles are
         # numbered; _last_spend[key] is the last one adding to key; the thread
@@ -383,7 +358,7 @@ class RedisStore:
             # Redis answered, with an error or nonsense: this call fails, Redis is up.
             self._failed += 1
             detail = self._describe(exc)
-            self._reply_log.log(logging.ERROR, "redis %s: bad quota reply: %s", self.where, detail)
+            self._logs.log(logging.ERROR, "redis %s: bad quota reply: %s", self.where, detail)
             self._recovered()
             return QuotaFailed(query_id=cmd.query_id, message=f"redis {self.where}: {detail}")
         except Exception as exc:
@@ -420,7 +395,7 @@ class RedisStore:
             f"redis unavailable ({self.where}): {detail}; calls fail at once for "
             f"{self._retry_interval:g} s after each failure"
         )
-        self._acquire_log.log(logging.ERROR, "%s", self._down_reason)
+        self._logs.log(logging.ERROR, "%s", self._down_reason)
         return QuotaFailed(query_id=cmd.query_id, message=self._down_reason)
 
     def _recovered(self) -> None:
@@ -457,7 +432,7 @@ class RedisStore:
 
     def _drop(self, why: str) -> None:
         self._settles_dropped += 1
-        self._drop_log.log(logging.ERROR, "quota settle dropped: %s", why)
+        self._logs.log(logging.ERROR, "quota settle dropped: %s", why)
 
     def _run(self) -> None:
         script = self._sync_client.register_script(REDIS_SETTLE_SCRIPT)
@@ -487,14 +462,14 @@ class RedisStore:
             script(keys=keys, args=args)
         except (ResponseError, ValueError) as exc:
             self._settles_failed += 1
-            self._settle_log.log(
+            self._logs.log(
                 logging.ERROR, "redis %s: quota settle failed: %s", self.where, self._describe(exc)
             )
             return
         except Exception as exc:
             self._settles_failed += 1
             self._settle_down_until = self._clock() + self._retry_interval
-            self._settle_log.log(
+            self._logs.log(
                 logging.ERROR,
                 "redis unavailable (%s): quota settles fail for %g s: %s",
                 self.where,
@@ -542,6 +517,7 @@ class RedisStore:
             if self._async_client is not None:
                 await self._async_client.aclose()
         self._sync_client.close()
+        self._logs.flush()
         stats = self.statistics()
         if stats.failed or stats.settles_failed or stats.settles_dropped:
             logger.warning(

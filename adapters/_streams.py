@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import logging
+import math
 import select
 import socket
 import ssl
@@ -40,6 +43,34 @@ __all__ = [
 
 _HIGH_WATER = 1 << 20  # buffered bytes before we stop reading from the socket
 _LOW_WATER = 1 << 18
+# accept() failing for want of descriptors, buffers or memory is load, not a
+# fault: the server waits (0.1 s, doubling to 1 s) and tries again, serving the
+# connections it has meanwhile; new ones wait in the listen backlog.
+_ACCEPT_CAPACITY = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+# A connection that failed before it was accepted: try the next one at once.
+_ACCEPT_SKIP = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
+_ACCEPT_BACKOFF = (0.1, 1.0)
+_ACCEPT_EPISODE_GAP = 10.0
+
+logger = logging.getLogger("sansproxy")
+
+# anyio imports its parts lazily, on first use, and importing opens files: the
+# first request a server serves once it is out of descriptors would fail (a 500).
+# What the adapters use while serving is loaded now.
+_SERVING = (
+    anyio.BrokenResourceError,
+    anyio.CancelScope,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
+    anyio.Event,
+    anyio.aclose_forcefully,
+    anyio.create_task_group,
+    anyio.current_time,
+    anyio.fail_after,
+    anyio.move_on_after,
+    anyio.sleep,
+    anyio.sleep_forever,
+)
 
 
 Clock = Callable[[], float]
@@ -132,30 +163,25 @@ class _StreamProtocol(asyncio.Protocol):
             waiter.set_result(None)
 
 
-class _ServerProtocol(_StreamProtocol):
-    """Hands each accepted connection, as a stream, to the accept loop."""
-
-    __slots__ = ("_accepted",)
-
-    def __init__(self, accepted: asyncio.Queue[AsyncioStream]) -> None:
-        super().__init__()
-        self._accepted = accepted
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        _nodelay(transport)
-        self._accepted.put_nowait(AsyncioStream(transport, self))  # type: ignore[arg-type]
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class AsyncioStream(anyio.abc.ByteStream):
-    """A TCP (or TLS) connection as an anyio ``ByteStream``, on asyncio callbacks."""
+    """A TCP (or TLS) connection as an anyio ``ByteStream``, on asyncio callbacks.
 
-    __slots__ = ("_loop", "_protocol", "_transport")
+    ``write_timeout`` bounds how long ``send`` waits for the peer to read
+    (infinite unless set).
+    """
+
+    __slots__ = ("_loop", "_protocol", "_transport", "write_timeout")
 
     def __init__(self, transport: asyncio.Transport, protocol: _StreamProtocol) -> None:
         self._transport = transport
         self._protocol = protocol
         self._loop = asyncio.get_running_loop()
+        self.write_timeout = math.inf
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         protocol = self._protocol
@@ -185,22 +211,40 @@ class AsyncioStream(anyio.abc.ByteStream):
         return chunk
 
     async def send(self, item: bytes) -> None:
+        """Write ``item``; wait while the peer does not read what is buffered.
+
+        Raises ``TimeoutError`` (and aborts the connection) if that wait
+        reaches ``write_timeout``. Only this slow path arms a timer.
+        """
         protocol = self._protocol
         if protocol.closed or self._transport.is_closing():
             raise anyio.BrokenResourceError from protocol.exception
         self._transport.write(item)
         if protocol.paused_writing:
             waiter = protocol.drain_waiter = self._loop.create_future()
+            timeout = self.write_timeout
+            expiry = None
+            if timeout != math.inf:
+                expiry = self._loop.call_later(timeout, _expire, waiter)
             try:
                 await waiter
+            except TimeoutError:
+                self._transport.abort()  # a close would wait for the peer to read
+                raise
             finally:
                 protocol.drain_waiter = None
+                if expiry is not None:
+                    expiry.cancel()
             if protocol.closed:
                 raise anyio.BrokenResourceError from protocol.exception
 
     async def send_eof(self) -> None:
-        if self._transport.can_write_eof():
-            self._transport.write_eof()
+        transport = self._transport
+        if self._protocol.closed or transport.is_closing():
+            # uvloop raises on a closed transport: the peer has gone already.
+            raise anyio.BrokenResourceError from self._protocol.exception
+        if transport.can_write_eof():
+            transport.write_eof()
 
     async def aclose(self) -> None:
         self._transport.close()
@@ -408,25 +452,121 @@ async def serve_tcp(
     """Accept connections until cancelled, running ``handler`` for each in ``task_group``.
 
     ``started(port)`` is called once listening (the actual port when 0 was asked).
+    Running out of descriptors (or buffers, or memory) never ends it: see
+    ``_AcceptBackoff``.
     """
     if not using_asyncio():
-        listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+        listener = await anyio.create_tcp_listener(local_host=host, local_port=port, backlog=2048)
         started(listener.extra(SocketAttribute.local_port))
-        async with listener:
-            await listener.serve(handler, task_group=task_group)
+        async with listener, anyio.create_task_group() as accepting:
+            for one in listener.listeners:
+                assert isinstance(one, anyio.abc.SocketListener)
+                accepting.start_soon(_accept_anyio, one, handler, task_group)
         return
+    # Our own accept loop, not loop.create_server(): at EMFILE/ENFILE libuv
+    # resets the connections it cannot accept (with a descriptor it keeps in
+    # reserve), and on any other accept() error uvloop closes its listener for
+    # good (uvloop/handles/streamserver.pyx: _fatal_error). Here they wait in
+    # the backlog, and the listener lives.
     loop = asyncio.get_running_loop()
-    accepted: asyncio.Queue[AsyncioStream] = asyncio.Queue()
-
-    server = await loop.create_server(
-        lambda: _ServerProtocol(accepted), host, port, backlog=2048, reuse_address=True
-    )
-    started(server.sockets[0].getsockname()[1])
-    try:
+    family, _, _, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    listening = socket.create_server(address, family=family, backlog=2048)
+    listening.setblocking(False)
+    started(listening.getsockname()[1])
+    backoff = _AcceptBackoff()
+    with listening:
         while True:
-            stream: anyio.abc.ByteStream = await accepted.get()
-            task_group.start_soon(handler, stream)
-    finally:
-        server.close()
-        while not accepted.empty():
-            accepted.get_nowait().abort()
+            try:
+                try:
+                    # What is already queued, without a future per connection.
+                    sock, _ = listening.accept()
+                except BlockingIOError:
+                    sock, _ = await loop.sock_accept(listening)
+            except OSError as exc:
+                await backoff.wait(exc)
+                continue
+            backoff.accepted()
+            task_group.start_soon(_serve_socket, sock, handler)
+
+
+async def _serve_socket(sock: socket.socket, handler: Handler) -> None:
+    """Run ``handler`` on an accepted connection, as an ``AsyncioStream``."""
+    try:
+        transport, protocol = await asyncio.get_running_loop().connect_accepted_socket(
+            _StreamProtocol, sock
+        )
+    except OSError:  # gone already
+        sock.close()
+        return
+    _nodelay(transport)
+    await handler(AsyncioStream(transport, protocol))
+
+
+async def _accept_anyio(
+    listener: anyio.abc.SocketListener, handler: Handler, task_group: anyio.abc.TaskGroup
+) -> None:
+    backoff = _AcceptBackoff()
+    while True:
+        try:
+            stream = await listener.accept()
+        except anyio.BrokenResourceError as exc:  # anyio's wrapper of accept()'s OSError
+            if not isinstance(exc.__cause__, OSError):
+                raise
+            await backoff.wait(exc.__cause__)
+            continue
+        backoff.accepted()
+        task_group.start_soon(handler, stream)
+
+
+class _AcceptBackoff:
+    """An accept loop's answer to accept() failing for lack of resources.
+
+    It waits before the next try (0.1 s, doubling to 1 s) and logs one warning
+    per episode. At the limit, accepts fail and succeed by turns (each
+    connection that closes lets one more in), so an episode ends only once
+    accept() has not failed for ``_ACCEPT_EPISODE_GAP`` seconds; the next
+    connection accepted then says how long it lasted.
+    """
+
+    __slots__ = ("delay", "failures", "last", "since")
+
+    def __init__(self) -> None:
+        self.delay = 0.0
+        self.failures = 0
+        self.since = 0.0
+        self.last = 0.0
+
+    async def wait(self, exc: OSError) -> None:
+        """Wait before the next try; re-raise ``exc`` unless it is a lack of resources
+        (or one connection's own failure: no wait then)."""
+        if exc.errno in _ACCEPT_SKIP:
+            return
+        if exc.errno not in _ACCEPT_CAPACITY:
+            raise exc
+        now = anyio.current_time()
+        if not self.failures:
+            self.since = now
+            logger.warning(
+                "cannot accept new connections: %s (%s); retrying every %g s at most, "
+                "still serving the open ones",
+                exc.strerror,
+                errno.errorcode.get(exc.errno or 0, exc.errno),
+                _ACCEPT_BACKOFF[1],
+            )
+        self.failures += 1
+        self.last = now
+        self.delay = min(self.delay * 2 or _ACCEPT_BACKOFF[0], _ACCEPT_BACKOFF[1])
+        await anyio.sleep(self.delay)
+
+    def accepted(self) -> None:
+        """A connection was accepted: ends an episode of failures long enough ago."""
+        if self.failures and anyio.current_time() - self.last >= _ACCEPT_EPISODE_GAP:
+            logger.info(
+                "accepting connections again (%d tries failed over %.1f s)",
+                self.failures,
+                self.last - self.since,
+            )
+            self.failures = 0
+            self.delay = 0.0

@@ -13,18 +13,23 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
 
 import anyio
+import anyio.lowlevel
 import uvicorn
 from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.types import Message, Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.server import ServerState
 from uvicorn.supervisors import Multiprocess
 
 from core import (
@@ -35,12 +40,22 @@ from core import (
     RequestData,
     RequestEnded,
     RequestReceived,
+    ServerConfig,
+    error_body,
 )
 
 from ._cli import ConfigError, describe_upstream, fail, parse_args, setup_logging
-from ._driver import ClientDisconnected, Driver
+from ._driver import ClientDisconnected, Driver, stopped_reading
 
-__all__ = ["RAW_TARGET", "ProxyEndpoint", "RawTargetProtocol", "app_factory", "create_app", "main"]
+__all__ = [
+    "RAW_TARGET",
+    "ProxyEndpoint",
+    "RawTargetProtocol",
+    "UvicornConfig",
+    "app_factory",
+    "create_app",
+    "main",
+]
 
 logger = logging.getLogger("sansproxy")
 startup_logger = logging.getLogger("sansproxy.startup")
@@ -48,19 +63,156 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _CONFIG_ENV = "SANSPROXY_CONFIG_JSON"
 #: ASGI scope extension ``{"target": bytes}``: the request target exactly as received.
 RAW_TARGET = "sansproxy.raw_target"
+# Private scope extension ``{"wire": _Wire}``, from RawTargetProtocol to ProxyEndpoint.
+_WIRE = "sansproxy.wire"
+_REQUEST_TIMEOUT = "timed out reading the request"
+
+
+class UvicornConfig(uvicorn.Config):
+    """uvicorn's config, carrying the proxy's ``server`` section to ``RawTargetProtocol``."""
+
+    def __init__(self, app: Any, *, server: ServerConfig, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.proxy_server = server
+
+
+class _Wire:
+    """What the protocol tells the app about one request: its uvicorn cycle (how
+    much of the body is in, the transport and its write flow control; ``None``
+    until the app may run) and the deadline of the whole request."""
+
+    __slots__ = ("cycle", "deadline")
+
+    def __init__(self, deadline: float) -> None:
+        self.cycle: RequestResponseCycle | None = None
+        self.deadline = deadline
 
 
 class RawTargetProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, also handing the app the raw request target.
+    """uvicorn's httptools protocol, also handing the app the raw request target,
+    and bounding what uvicorn leaves unbounded.
 
     uvicorn reduces an absolute-form target (``http://host/path``) to its path
     and drops an empty ``?``; the core must see the target as sent to judge it.
+    uvicorn has no deadline for a request: a head that takes longer than
+    ``server.header_timeout`` (from its first byte) is answered 408 and the
+    connection closed; the app is told the deadline of the whole request
+    (``server.request_timeout``) and what it needs to bound its writes.
     """
 
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        server = config.proxy_server if isinstance(config, UvicornConfig) else _DEFAULT_SERVER
+        self._head_timeout = min(server.header_timeout, server.request_timeout)
+        self._request_timeout = server.request_timeout
+        self._begun = 0.0
+        self._in_head = False
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            _DESCRIPTORS.accepted(sock.fileno())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # Only a head split across reads needs a timer (most arrive whole).
+        if self._in_head and self._head_timer is None and not self.transport.is_closing():
+            self._head_timer = self.loop.call_at(
+                self._begun + self._head_timeout, self._head_timed_out
+            )
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._begun = self.loop.time()
+        self._in_head = True
+
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._cancel_head_timer()
+        wire = _Wire(self._begun + self._request_timeout)
         extensions = self.scope.get("extensions") or {}
-        self.scope["extensions"] = {**extensions, RAW_TARGET: {"target": bytes(self.url)}}
+        self.scope["extensions"] = {
+            **extensions,
+            RAW_TARGET: {"target": bytes(self.url)},
+            _WIRE: {"wire": wire},
+        }
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:
+            wire.cycle = cycle
+
+    def _cancel_head_timer(self) -> None:
+        timer = self._head_timer
+        if timer is not None:
+            self._head_timer = None
+            timer.cancel()
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.keep_alive = False  # a response is under way: close once it is sent
+            return
+        body = error_body(
+            _REQUEST_TIMEOUT, error_type="invalid_request_error", code="request_timeout"
+        )
+        self.transport.write(
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self.transport.close()
+
+
+_DEFAULT_SERVER = ServerConfig()
+
+
+class _Descriptors:
+    """One warning when the process runs out of file descriptors.
+
+    uvloop (libuv) does not report it, nor die of it: it keeps one descriptor
+    in reserve and, at the limit, accepts and closes (resets) the connections
+    it cannot serve. The sign is a connection given the last descriptor the
+    limit allows (the kernel hands out the lowest free one): one warning then,
+    one line when a connection gets a descriptor well below it again.
+    """
+
+    __slots__ = ("exhausted",)
+
+    def __init__(self) -> None:
+        self.exhausted = False
+
+    def accepted(self, fd: int) -> None:
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if limit == resource.RLIM_INFINITY:
+            return
+        if fd >= limit - 1:
+            if not self.exhausted:
+                self.exhausted = True
+                logger.warning(
+                    "out of file descriptors (limit %d): new connections are reset until "
+                    "some close; still serving the open ones",
+                    limit,
+                )
+        elif self.exhausted and fd < limit * 0.9:
+            self.exhausted = False
+            logger.info("file descriptors available again (limit %d)", limit)
+
+
+_DESCRIPTORS = _Descriptors()
 
 
 class _Server(uvicorn.Server):
@@ -84,12 +236,25 @@ class _Server(uvicorn.Server):
 
 
 class _ASGISink:
-    """Buffers ASGI messages and sends them on flush."""
+    """Buffers ASGI messages and sends them on flush.
 
-    __slots__ = ("_out", "_send", "cut", "started")
+    A send that leaves uvicorn's transport paused (the client is not reading)
+    is followed by a wait for it to drain, bounded by ``write_timeout``; under
+    another ASGI server (no ``cycle``), each flush is bounded as a whole.
+    """
 
-    def __init__(self, send: Send) -> None:
+    __slots__ = ("_flow", "_out", "_send", "_transport", "_write_timeout", "cut", "started")
+
+    def __init__(
+        self, send: Send, cycle: RequestResponseCycle | None, write_timeout: float
+    ) -> None:
         self._send = send
+        self._flow: FlowControl | None = None
+        self._transport: asyncio.Transport | None = None
+        if cycle is not None:
+            self._flow = cycle.flow
+            self._transport = cycle.transport
+        self._write_timeout = write_timeout
         self._out: list[Message] = []
         self.started = False
         self.cut = False
@@ -112,9 +277,26 @@ class _ASGISink:
         if not out:
             return
         self._out = []
+        if self._flow is not None:
+            await self._send_all(out)
+            return
+        with anyio.move_on_after(self._write_timeout) as scope:
+            await self._send_all(out)
+        if scope.cancelled_caught:
+            raise stopped_reading(self._write_timeout)
+
+    async def _send_all(self, out: list[Message]) -> None:
+        flow = self._flow
         try:
             for message in out:
                 await self._send(message)
+                if flow is not None and flow.write_paused:
+                    with anyio.move_on_after(self._write_timeout):  # the slow path only
+                        await flow.drain()
+                        continue
+                    assert self._transport is not None
+                    self._transport.abort()  # a close would wait for the client to read
+                    raise stopped_reading(self._write_timeout)
         except OSError as exc:  # uvicorn raises ClientDisconnect (an OSError) on a gone client
             raise ClientDisconnected from exc
 
@@ -124,6 +306,7 @@ class ProxyEndpoint:
 
     def __init__(self, driver: Driver) -> None:
         self.driver = driver
+        self.server = driver.proxy.config.server
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # pragma: no cover - Starlette routes only http here
@@ -132,6 +315,9 @@ class ProxyEndpoint:
         ex = driver.new_exchange()
         extensions = scope.get("extensions")
         raw = extensions.get(RAW_TARGET) if extensions else None
+        held = extensions.get(_WIRE) if extensions else None
+        wire: _Wire | None = held["wire"] if held else None
+        cycle = wire.cycle if wire is not None else None
         target: bytes | None = raw["target"] if raw else None
         if target is None:  # another ASGI server: rebuild what we can
             target = scope.get("raw_path") or scope["path"].encode()
@@ -144,21 +330,44 @@ class ProxyEndpoint:
             ),
             now=self.driver.now(),
         )
-        sink = _ASGISink(send)
+        sink = _ASGISink(send, cycle, self.server.write_timeout)
+        if cycle is not None and not cycle.more_body:
+            await self._read_body(ex, receive)  # all in already: nothing to wait for
+        elif not ex.finished:
+            deadline = wire.deadline if wire is not None else driver.now()
+            if wire is None:  # another ASGI server: from now on
+                deadline += self.server.request_timeout
+            with anyio.CancelScope(deadline=deadline) as reading:
+                await self._read_body(ex, receive)
+            if reading.cancelled_caught:
+                # Too slow to send its request: the client is dropped, with a 408.
+                ex.handle(ClientGone(reason=self._too_slow()), now=driver.now())
+                await driver.run(ex, sink)
+                await _send_408(send)
+                return
+        # A cut response (complete=False) simply never ends: the server then
+        # closes the connection, so the client sees the body is short.
+        await self._run(ex, receive, sink)
+
+    async def _read_body(self, ex: Exchange, receive: Receive) -> None:
+        now = self.driver.now
         while not ex.finished:
             message = await receive()
             if message["type"] == "http.request":
                 body = message.get("body", b"")
                 if body:
-                    ex.handle(RequestData(data=body), now=self.driver.now())
+                    ex.handle(RequestData(data=body), now=now())
                 if not message.get("more_body", False):
-                    ex.handle(RequestEnded(), now=self.driver.now())
-                    break
+                    ex.handle(RequestEnded(), now=now())
+                    return
             else:  # http.disconnect
-                ex.handle(ClientGone(), now=self.driver.now())
-        # A cut response (complete=False) simply never ends: the server then
-        # closes the connection, so the client sees the body is short.
-        await self._run(ex, receive, sink)
+                ex.handle(ClientGone(), now=now())
+
+    def _too_slow(self) -> str:
+        return (
+            f"it sent its request too slowly: over {self.server.request_timeout:g} s "
+            "(server.request_timeout)"
+        )
 
     async def _run(self, ex: Exchange, receive: Receive, sink: _ASGISink) -> None:
         if ex.finished:
@@ -181,6 +390,17 @@ class ProxyEndpoint:
                 watcher.cancel()
 
 
+async def _send_408(send: Send) -> None:
+    body = error_body(_REQUEST_TIMEOUT, error_type="invalid_request_error", code="request_timeout")
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 408, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
 async def _wait_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
@@ -192,6 +412,10 @@ def create_app(config: ProxyConfig, proxy: Proxy | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # anyio loads its event loop backend on first use, and loading opens
+        # files: done now, not by a first request that finds the process out
+        # of descriptors.
+        await anyio.lowlevel.checkpoint()
         yield
         await driver.aclose()
 
@@ -241,8 +465,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     sock.set_inheritable(True)
     port = sock.getsockname()[1]
     os.environ[_CONFIG_ENV] = _config_json(config)
-    uv_config = uvicorn.Config(
+    uv_config = UvicornConfig(
         "adapters.asgi:app_factory",
+        server=server,
         factory=True,
         workers=server.workers,
         log_level=config.log_level,

@@ -3,9 +3,11 @@
     python -m adapters.h11_server --port 3000
 
 Keep-alive and pipelining (requests answered in order), a deadline for each
-request head (slowloris) and for idle keep-alive connections, and a graceful
-stop on SIGINT/SIGTERM: stop accepting, let in-flight responses finish within
-the grace period, exit 0. The same code runs on trio (``adapters.trio_runner``).
+request head (slowloris), for each whole request (a trickled body) and for idle
+keep-alive connections, a bound on how long a write waits for the client to
+read, and a graceful stop on SIGINT/SIGTERM: stop accepting, let in-flight
+responses finish within the grace period, exit 0. The same code runs on trio
+(``adapters.trio_runner``).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from core import (
 )
 
 from ._cli import describe_upstream, parse_args, setup_logging
-from ._driver import ClientDisconnected, Driver
+from ._driver import ClientDisconnected, Driver, stopped_reading
 from ._streams import AsyncioStream, PumpedStream, serve_tcp
 
 __all__ = ["H11Server", "main", "serve"]
@@ -55,11 +57,14 @@ _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 class _H11Sink:
     """Buffers what the driver sends and writes it to the socket on flush."""
 
-    __slots__ = ("_conn", "_out", "_stream", "cut", "started")
+    __slots__ = ("_conn", "_out", "_stream", "_write_timeout", "cut", "started")
 
-    def __init__(self, conn: h11.Connection, stream: anyio.abc.ByteStream) -> None:
+    def __init__(
+        self, conn: h11.Connection, stream: anyio.abc.ByteStream, write_timeout: float
+    ) -> None:
         self._conn = conn
         self._stream = stream
+        self._write_timeout = write_timeout
         self._out: list[bytes] = []
         self.started = False
         self.cut = False
@@ -97,6 +102,8 @@ class _H11Sink:
         self._out.clear()
         try:
             await self._stream.send(data)
+        except TimeoutError as exc:  # an AsyncioStream's write_timeout (it aborted)
+            raise stopped_reading(self._write_timeout) from exc
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             raise ClientDisconnected from exc
 
@@ -139,6 +146,8 @@ class H11Server:
         try:
             async with stream:
                 if isinstance(stream, AsyncioStream):
+                    # The stream bounds its own blocked writes (see Driver._bind_clock).
+                    stream.write_timeout = self.server.write_timeout
                     await self._serve_until_closed(stream)
                 else:
                     # One reader per connection tells us when the client leaves.
@@ -192,29 +201,34 @@ class H11Server:
 
     async def _wait_request(
         self, conn: h11.Connection, stream: anyio.abc.ByteStream, first: bool
-    ) -> Any:
-        """The next request head, honouring the idle and head deadlines."""
+    ) -> tuple[Any, float]:
+        """The next request head, honouring the idle and head deadlines, and the
+        deadline of the whole request (``server.request_timeout`` from its first
+        byte, or from the connection's start for its first request)."""
+        server = self.server
         event = conn.next_event()
         if event is not h11.NEED_DATA:
-            return event
-        server = self.server
+            return event, self.driver.now() + server.request_timeout
         if not first:
             # Idle keep-alive: wait for the first byte, cancellable by shutdown.
             with anyio.CancelScope() as scope:
                 self._idle.add(scope)
                 try:
                     if self.shutting_down:
-                        return None
+                        return None, math.inf
                     scope.deadline = self.driver.now() + server.keepalive_timeout
                     await self._receive(conn, stream, math.inf)
                 finally:
                     self._idle.discard(scope)
             if scope.cancelled_caught:
-                return None
+                return None, math.inf
             event = conn.next_event()
             if event is not h11.NEED_DATA:
-                return event
-        return await self._next_event(conn, stream, self.driver.now() + server.header_timeout)
+                return event, self.driver.now() + server.request_timeout
+        now = self.driver.now()
+        deadline = now + server.request_timeout
+        head = min(now + server.header_timeout, deadline)
+        return await self._next_event(conn, stream, head), deadline
 
     async def _serve(self, stream: anyio.abc.ByteStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_size)
@@ -222,7 +236,7 @@ class H11Server:
         driver = self.driver
         while True:
             try:
-                event = await self._wait_request(conn, stream, first)
+                event, deadline = await self._wait_request(conn, stream, first)
             except h11.RemoteProtocolError as exc:
                 await self._bad_request(conn, stream, exc)
                 return
@@ -241,30 +255,42 @@ class H11Server:
                 RequestReceived(method=event.method, target=event.target, headers=event.headers),
                 now=self.driver.now(),
             )
-            sink = _H11Sink(conn, stream)
+            sink = _H11Sink(conn, stream, self.server.write_timeout)
+            head = event.method == b"HEAD"
             try:
                 if not ex.finished:
                     if conn.they_are_waiting_for_100_continue:
                         continue_ = h11.InformationalResponse(status_code=100, headers=[])
                         await stream.send(conn.send(continue_) or b"")
-                    await self._read_body(ex, conn, stream)
+                    await self._read_body(ex, conn, stream, deadline)
             except h11.RemoteProtocolError as exc:
                 ex.handle(ClientGone(), now=self.driver.now())
                 await driver.run(ex, sink)
-                await self._bad_request(conn, stream, exc)
+                await self._bad_request(conn, stream, exc, head=head)
                 return
-            except (_Timeout, _ConnectionGone):
+            except _ConnectionGone:
                 ex.handle(ClientGone(), now=self.driver.now())
                 await driver.run(ex, sink)
+                return
+            except _Timeout:
+                # Too slow to send its request: the client is dropped, with a 408.
+                ex.handle(ClientGone(reason=self._too_slow(deadline)), now=self.driver.now())
+                await driver.run(ex, sink)
+                await self._send_error(
+                    conn, stream, 408, "timed out reading the request", head=head
+                )
+                await self._linger(stream)
                 return
             await self._run(ex, conn, stream, sink)
             if sink.cut or not sink.started:
                 return
-            if conn.their_state is not h11.DONE:
+            if conn.their_state is h11.SEND_BODY:
                 # Answered before the whole request body was read: stop
                 # writing, and read a little of what is still coming so that
                 # closing does not reset the connection under the answer.
                 await self._linger(stream)
+                return
+            if conn.their_state is not h11.DONE:  # the client said Connection: close
                 return
             if self.shutting_down or conn.our_state is not h11.DONE:
                 return
@@ -280,12 +306,27 @@ class H11Server:
             except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
                 pass
 
+    def _too_slow(self, deadline: float) -> str:
+        """Why a client that timed out sending its request body is dropped."""
+        server = self.server
+        if self.driver.now() >= deadline:
+            return (
+                f"it sent its request too slowly: over {server.request_timeout:g} s "
+                "(server.request_timeout)"
+            )
+        return (
+            f"it sent nothing of its request body for {server.header_timeout:g} s "
+            "(server.header_timeout)"
+        )
+
     async def _read_body(
-        self, ex: Exchange, conn: h11.Connection, stream: anyio.abc.ByteStream
+        self, ex: Exchange, conn: h11.Connection, stream: anyio.abc.ByteStream, deadline: float
     ) -> None:
+        """Feed the request body, each read bounded by ``header_timeout`` and all of
+        them by ``deadline`` (the whole request's)."""
         timeout = self.server.header_timeout
         while not ex.finished:
-            event = await self._next_event(conn, stream, self.driver.now() + timeout)
+            event = await self._next_event(conn, stream, min(self.driver.now() + timeout, deadline))
             kind = type(event)
             if kind is h11.Data:
                 ex.handle(RequestData(data=event.data), now=self.driver.now())
@@ -312,7 +353,12 @@ class H11Server:
                 stream.watch_close(None)
 
     async def _bad_request(
-        self, conn: h11.Connection, stream: anyio.abc.ByteStream, exc: h11.RemoteProtocolError
+        self,
+        conn: h11.Connection,
+        stream: anyio.abc.ByteStream,
+        exc: h11.RemoteProtocolError,
+        *,
+        head: bool = False,
     ) -> None:
         # h11's message may quote the offending line, an Authorization header
         # with its key say: only the words before it are logged or sent back.
@@ -320,11 +366,19 @@ class H11Server:
         logger.warning("malformed HTTP from a client: %s (values not shown)", reason)
         status = exc.error_status_hint
         message = f"malformed HTTP request: {reason} (values not shown)"
-        await self._send_error(conn, stream, status, message)
+        await self._send_error(conn, stream, status, message, head=head)
 
     async def _send_error(
-        self, conn: h11.Connection, stream: anyio.abc.ByteStream, status: int, message: str
+        self,
+        conn: h11.Connection,
+        stream: anyio.abc.ByteStream,
+        status: int,
+        message: str,
+        *,
+        head: bool = False,
     ) -> None:
+        """A connection-level error answer (no exchange made it), then the connection
+        closes. To a HEAD request, the head alone."""
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         code = {431: "request_header_fields_too_large", 408: "request_timeout"}.get(
@@ -341,8 +395,9 @@ class H11Server:
             data = conn.send(
                 h11.Response(status_code=status, headers=headers, reason=_REASONS.get(status, b""))
             )
-            data = (data or b"") + (conn.send(h11.Data(data=body)) or b"")
-            data += conn.send(h11.EndOfMessage()) or b""
+            if not head:
+                data = (data or b"") + (conn.send(h11.Data(data=body)) or b"")
+            data = (data or b"") + (conn.send(h11.EndOfMessage()) or b"")
             await stream.send(data)
         except (h11.LocalProtocolError, anyio.BrokenResourceError, OSError):
             pass

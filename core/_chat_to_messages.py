@@ -35,6 +35,7 @@ from typing import Any
 
 from ._errors import NetworkError, RemoteProtocolError, ValidationError
 from ._http import error_body
+from ._json import MAX_JSON_ITEMS, JSONError, loads
 from ._sse import format_error_event, parse_block
 
 __all__ = [
@@ -242,7 +243,7 @@ def _user_blocks(index: int, content: object) -> list[dict[str, Any]]:
     return blocks
 
 
-def _tool_use_block(index: int, call: object) -> dict[str, Any]:
+def _tool_use_block(index: int, call: object, max_items: int) -> dict[str, Any]:
     if not isinstance(call, Mapping):
         raise _bad_message(index, "tool_calls entries must be objects")
     kind = call.get("type")
@@ -265,10 +266,11 @@ def _tool_use_block(index: int, call: object) -> dict[str, Any]:
         raise _bad_message(index, "a tool call function needs string 'name' and 'arguments'")
     if arguments.strip():
         try:
-            tool_input = json.loads(arguments)
-        except (ValueError, RecursionError):
+            tool_input = loads(arguments, max_items=max_items)
+        except JSONError as exc:
+            why = "" if exc.limit is None else f": {exc}"
             raise _bad_message(
-                index, f"the arguments of tool call {call_id!r} are not valid JSON"
+                index, f"the arguments of tool call {call_id!r} are not valid JSON{why}"
             ) from None
     else:  # a streamed call to a tool without parameters may carry no arguments at all
         tool_input = {}
@@ -277,7 +279,9 @@ def _tool_use_block(index: int, call: object) -> dict[str, Any]:
     return {"type": "tool_use", "id": call_id, "name": name, "input": tool_input}
 
 
-def _assistant_blocks(index: int, message: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _assistant_blocks(
+    index: int, message: Mapping[str, Any], max_items: int
+) -> list[dict[str, Any]]:
     content = message.get("content")
     blocks: list[dict[str, Any]] = []
     if content is not None:
@@ -286,7 +290,7 @@ def _assistant_blocks(index: int, message: Mapping[str, Any]) -> list[dict[str, 
     if tool_calls is not None:
         if not isinstance(tool_calls, list):
             raise _bad_message(index, "tool_calls must be a list")
-        blocks.extend(_tool_use_block(index, call) for call in tool_calls)
+        blocks.extend(_tool_use_block(index, call, max_items) for call in tool_calls)
     return blocks
 
 
@@ -306,7 +310,7 @@ def _tool_result_block(index: int, message: Mapping[str, Any]) -> dict[str, Any]
     return block
 
 
-def _convert_messages(messages: object) -> tuple[list[str], list[dict[str, Any]]]:
+def _convert_messages(messages: object, max_items: int) -> tuple[list[str], list[dict[str, Any]]]:
     """System texts, and the user/assistant turns (same-role messages merged)."""
     if not isinstance(messages, list):
         raise _invalid("messages", "messages must be a list")
@@ -325,7 +329,7 @@ def _convert_messages(messages: object) -> tuple[list[str], list[dict[str, Any]]
             blocks = _user_blocks(index, message.get("content"))
         elif role == "assistant":
             _check_keys(index, message, _ASSISTANT_KEYS)
-            blocks = _assistant_blocks(index, message)
+            blocks = _assistant_blocks(index, message, max_items)
         elif role == "tool":
             _check_keys(index, message, _TOOL_KEYS)
             role = "user"
@@ -452,13 +456,18 @@ def _response_format(value: object) -> dict[str, Any] | None:
 
 
 def chat_request_to_messages(
-    body: Mapping[str, Any], *, model: str, default_max_tokens: int = 4096
+    body: Mapping[str, Any],
+    *,
+    model: str,
+    default_max_tokens: int = 4096,
+    max_json_items: int = MAX_JSON_ITEMS,
 ) -> dict[str, Any]:
     """Translate an OpenAI chat completion request into an Anthropic Messages request.
 
     ``model`` is the upstream model name; ``default_max_tokens`` is used when the
     client sets neither ``max_tokens`` nor ``max_completion_tokens`` (Anthropic
-    requires one). Raises ``RemoteProtocolError`` (400) naming the parameter
+    requires one); ``max_json_items`` bounds the tool calls' arguments (JSON
+    in a string). Raises ``RemoteProtocolError`` (400) naming the parameter
     that cannot be translated.
     """
     if not isinstance(body, Mapping):
@@ -472,7 +481,7 @@ def chat_request_to_messages(
         if not _is_default(value, defaults):
             raise _refuse(name, f"{name} cannot be carried to an Anthropic model")
 
-    system, turns = _convert_messages(body.get("messages"))
+    system, turns = _convert_messages(body.get("messages"), max_json_items)
     out: dict[str, Any] = {"model": model, "max_tokens": _max_tokens(body, default_max_tokens)}
     if system:
         out["system"] = (
@@ -735,11 +744,13 @@ def _error_fields(payload: object) -> tuple[str, str] | None:
     return (kind if isinstance(kind, str) else "", message)
 
 
-def anthropic_error_to_openai(status: int, body: bytes) -> bytes:
+def anthropic_error_to_openai(
+    status: int, body: bytes, *, max_json_items: int = MAX_JSON_ITEMS
+) -> bytes:
     """Translate an Anthropic error body into OpenAI's error shape; the status stays."""
     try:
-        fields = _error_fields(json.loads(body))
-    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        fields = _error_fields(loads(body, max_items=max_json_items))
+    except JSONError:
         fields = None
     if fields is None:
         return error_body(
@@ -762,10 +773,7 @@ _OPEN = 1
 _ENDED = 2  # message_stop, an error event, or a protocol error: nothing more to say
 
 
-_DECODER = json.JSONDecoder()
-
-
-def _event_data(block: bytes) -> Any:
+def _event_data(block: bytes, max_items: int) -> Any:
     """The JSON of a block's data, parsed once; None for a block without data."""
     # The usual Anthropic block, "event: <type>\ndata: <json>\n\n": no line loop.
     start = block.find(b"\n") + 1 if block.startswith(b"event: ") else 0
@@ -781,18 +789,9 @@ def _event_data(block: bytes) -> Any:
             return None
         data = event.data
     try:
-        # raw_decode takes a third of json.loads' time on a small event (no
-        # wrappers, no whitespace regexes); what it does not take whole goes
-        # through json.loads, which decides.
-        value, end = _DECODER.raw_decode(data)
-        if end == len(data):
-            return value
-    except (ValueError, RecursionError):
-        pass
-    try:
-        return json.loads(data)
-    except (ValueError, RecursionError):
-        raise _upstream("an event's data is not JSON") from None
+        return loads(data, max_items=max_items)
+    except JSONError as exc:
+        raise _upstream(f"an event's data is not JSON: {exc}") from None
 
 
 class MessagesStreamToChat:
@@ -814,6 +813,7 @@ class MessagesStreamToChat:
         "_finished",
         "_head",
         "_include_usage",
+        "_max_items",
         "_prefix",
         "_state",
         "_suffix",
@@ -823,7 +823,13 @@ class MessagesStreamToChat:
     )
 
     def __init__(
-        self, *, model: str, created: int, completion_id: str, include_usage: bool
+        self,
+        *,
+        model: str,
+        created: int,
+        completion_id: str,
+        include_usage: bool,
+        max_json_items: int = MAX_JSON_ITEMS,
     ) -> None:
         head = json.dumps(
             {
@@ -841,6 +847,7 @@ class MessagesStreamToChat:
         self._tail = b',"usage":null}\n\n' if include_usage else b"}\n\n"
         self._suffix = b',"logprobs":null,"finish_reason":null}]' + self._tail
         self._include_usage = include_usage
+        self._max_items = max_json_items
         self._state = _WAITING
         self._finished = False  # a finish_reason chunk was sent
         self._tool_calls: dict[int, int] = {}  # Anthropic block index -> tool call index
@@ -852,7 +859,7 @@ class MessagesStreamToChat:
         if self._state == _ENDED:
             return []  # the client already had [DONE] or an error: nothing can follow
         try:
-            data = _event_data(block)
+            data = _event_data(block, self._max_items)
             if data is None:
                 return []  # a comment or a field without data: nothing for the client
             return self._translate(data)

@@ -111,11 +111,19 @@ class EndResponse(Command):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WriteTrace(Command):
-    """Write one trace record as JSON to ``directory/name``. Fire and forget."""
+    """Append one trace record to the trace files in ``directory``. Fire and forget.
+
+    The files are the writer's business: JSON lines, one file per ``rotate``
+    period (UTC); whole files are deleted once their period ended ``max_age``
+    seconds ago, or oldest first while they hold more than ``max_bytes`` (None:
+    no such limit).
+    """
 
     directory: str
-    name: str
     record: Mapping[str, Any]
+    rotate: Literal["hour", "day"] = "hour"
+    max_age: float | None = 7 * 86400.0
+    max_bytes: int | None = 1 << 30
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from ._json import MAX_JSON_ITEMS
+
 __all__ = [
     "DEFAULT_ORDER",
     "DeploymentConfig",
@@ -147,6 +149,13 @@ class LimitsConfig(_Frozen):
         default=MiB, ge=0, description="Body bytes kept per trace record (the rest is cut)."
     )
     max_trace_events: int = Field(default=10_000, ge=0, description="Stream events per trace.")
+    max_json_items: int = Field(
+        default=MAX_JSON_ITEMS,
+        ge=1,
+        description="Values (array elements, object members, at any depth) in one JSON "
+        "document the proxy reads: a request body over it is refused (413) before it is "
+        "parsed; an upstream's answer or event over it is a 502.",
+    )
     backend: Literal["memory", "redis"] = Field(
         default="memory",
         description="Where rate-limit and budget state lives: this process, or a Redis "
@@ -192,6 +201,17 @@ class ServerConfig(_Frozen):
     workers: int = Field(default=1, ge=1, description="Worker processes (ASGI adapter).")
     header_timeout: float = Field(default=10.0, gt=0, description="Seconds to send a request head.")
     keepalive_timeout: float = Field(default=5.0, gt=0, description="Idle keep-alive seconds.")
+    request_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds to send a whole request, head and body (a trickled body is cut "
+        "with 408).",
+    )
+    write_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a write to the client may wait for it to read before it is dropped.",
+    )
     shutdown_grace: float = Field(default=10.0, ge=0, description="Seconds to finish on SIGTERM.")
 
 

@@ -28,9 +28,10 @@ class                        status  OpenAI type            default code        
 ``InternalError``            500     server_error           internal_error            yes
 ===========================  ======  =====================  ========================  =========
 
-\\* ``ValidationError`` also answers 413 (body too large) and 431 (head too
-large); ``ModelNotFoundError`` also answers 404 for an unknown URL. A status
-given to the constructor must stay in the class's family (4xx / 5xx).
+\\* ``ValidationError`` also answers 413 (body too large, or JSON of too many
+values) and 431 (head too large); ``ModelNotFoundError`` also answers 404 for an
+unknown URL. A status given to the constructor must stay in the class's family
+(4xx / 5xx).
 """
 
 from __future__ import annotations

@@ -125,7 +125,13 @@ class TimerFired(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClientGone(Event):
-    """The client closed its connection (or the driver gave up on it)."""
+    """The client closed its connection (or the driver gave up on it).
+
+    ``reason``, when the driver dropped the client (it read or sent too
+    slowly), says why; it is logged as the exchange's one warning.
+    """
+
+    reason: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -7,7 +7,6 @@ Drive it like aioquic's connection: ``handle(event, now=...)``, then drain
 
 from __future__ import annotations
 
-import json
 import traceback
 import zlib
 from collections import deque
@@ -63,8 +62,10 @@ from ._http import (
     error_body,
     error_headers,
     header,
+    parse_json_object,
     split_target,
 )
+from ._json import JSONError, loads
 from ._messages_to_chat import anthropic_error_body
 from ._middleware import HOOKS, Reply, load_middleware
 from ._mock import MockAnswer, mock_answer
@@ -184,6 +185,7 @@ class Exchange:
         "_decoder",
         "_dispatch",
         "_final_sent",
+        "_head",
         "_hook_index",
         "_inflater",
         "_json",
@@ -249,7 +251,8 @@ class Exchange:
         self._query: AcquireQuota | None = None
         self._retry: Retry | None = None
         self._route_key: tuple[ApiType, str] | None = None
-        self._json: dict[str, Any] | None = None
+        # The request body parsed (or the error parsing it gave), until it is sent.
+        self._json: dict[str, Any] | RemoteProtocolError | None = None
         self._json_for: bytes | None = None
         self.attempts: list[Attempt] = []
         self.key: Any = None
@@ -260,6 +263,7 @@ class Exchange:
         self.usage: Usage | None = None
         self.usage_estimated = False
         self._final_sent = False
+        self._head = False  # a HEAD request: every answer is sent without its body
         self.cost_usd: float | None = None
         self.exchange_id = exchange_id
         self.started_at = now
@@ -366,19 +370,28 @@ class Exchange:
         return self._query_id
 
     def request_json(self) -> dict[str, Any] | None:
-        """The request body as a JSON object, parsed once (``None`` if it is not one).
+        """The request body as a JSON object, parsed once (``None`` if it is not one,
+        or is over the JSON limits).
 
-        Parsed again only if a hook replaced ``request_body``. Treat it as read-only.
+        Parsed again only if a hook replaced ``request_body``, or after routing (the
+        parse is not kept while the response runs). Treat it as read-only.
         """
+        value = self._request_object()
+        return value if isinstance(value, dict) else None
+
+    def _request_object(self) -> dict[str, Any] | RemoteProtocolError | None:
+        """``request_json()``, or why the body is not a JSON object (None: no body)."""
         body = self.request_body
+        value = self._json
         if self._json_for is not body:
-            self._json_for = body
-            try:
-                value = json.loads(body) if body else None
-            except ValueError:
-                value = None
-            self._json = value if isinstance(value, dict) else None
-        return self._json
+            value = None
+            if body:
+                try:
+                    value = parse_json_object(body, max_items=self._proxy.limits.max_json_items)
+                except RemoteProtocolError as exc:
+                    value = exc
+            self._json, self._json_for = value, body
+        return value
 
     # -- internals -----------------------------------------------------------
 
@@ -402,6 +415,7 @@ class Exchange:
         self.request_method = event.method
         self.request_target = event.target
         self.request_headers = event.headers
+        self._head = event.method == b"HEAD"
         self._set_state(State.RECV_BODY)
         limits = self._proxy.limits
         size = len(event.method) + len(event.target)
@@ -444,7 +458,8 @@ class Exchange:
         self._body_chunks = []
         if self.request_path == b"/health":
             self._start_response(200, list(_HEALTH_HEADERS), hooks=False)
-            self._commands.append(SendBody(data=_HEALTH_BODY))
+            if not self._head:
+                self._commands.append(SendBody(data=_HEALTH_BODY))
             self._commands.append(_END_OK)
             self._complete("completed", now, hooks=False)
             return
@@ -549,7 +564,9 @@ class Exchange:
         if not router.active:
             self._answer_mock(now)
             return
-        method, path = self.request_method, self.request_path
+        # What the proxy answers itself, it answers to HEAD as to GET (without the body).
+        method = b"GET" if self._head else self.request_method
+        path = self.request_path
         if route is not None:
             self.model, self.deployment, upstream = self._plan_route(route, None, None)
         elif router.shorthand is not None:
@@ -585,7 +602,8 @@ class Exchange:
             default_max_tokens=self._proxy.config.translation.default_max_tokens,
             deployment=deployment,
             public_model=model,
-            parsed=self.request_json(),
+            parsed=self._request_object(),
+            max_json_items=self._proxy.limits.max_json_items,
         )
 
     def _answer(
@@ -600,11 +618,12 @@ class Exchange:
 
     def _answer_mock(self, now: float) -> None:
         answer: MockAnswer = mock_answer(
-            self.request_method,
+            b"GET" if self._head else self.request_method,
             self.request_path,
             self.request_body,
             exchange_id=self.exchange_id,
             created=int(self.wall_time),
+            max_json_items=self._proxy.limits.max_json_items,
         )
         if not answer.stream:
             self._answer(answer.status, list(answer.headers), answer.body, now)
@@ -672,6 +691,9 @@ class Exchange:
         self._upstream_active = True
         self._deadline = now + provider.read_timeout
         self._set_state(State.AWAIT_UPSTREAM)
+        # The parsed body is not kept while the response runs (a stream may last
+        # minutes): a retry, or a later hook, parses it again.
+        self._json = self._json_for = None
 
     def _on_upstream_head(self, event: UpstreamResponse, now: float) -> None:
         self._check_attempt(event.attempt)
@@ -715,7 +737,9 @@ class Exchange:
             self.is_stream = True
             self._decoder = SSEDecoder(max_event_size=self._proxy.limits.max_sse_event_size)
             if upstream.usage_api is not None:
-                self._stream_usage = StreamUsage(upstream.usage_api)
+                self._stream_usage = StreamUsage(
+                    upstream.usage_api, max_json_items=self._proxy.limits.max_json_items
+                )
             if upstream.stream_translator is not None:
                 self._translator = upstream.stream_translator()
                 self._start_response(status, list(_SSE_HEADERS))
@@ -806,11 +830,19 @@ class Exchange:
         translator = self._translator
         if translator is not None:
             out: list[bytes] = []
-            for block in blocks:
-                out.extend(translator.feed(block))
+            try:
+                for block in blocks:
+                    out.extend(translator.feed(block))
+            except RemoteProtocolError as exc:  # not the API: an error event, a clean end
+                if out:
+                    self._send_blocks(out)
+                self._cancel_upstream()
+                self._fail(exc, self.now)
+                return
             blocks = out
         elif self._plan is not None and self._plan.strip_usage:
-            blocks = [block for block in blocks if not _usage_only(block)]
+            max_items = self._proxy.limits.max_json_items
+            blocks = [block for block in blocks if not _usage_only(block, max_items)]
         if blocks:
             self._send_blocks(blocks)
 
@@ -833,6 +865,8 @@ class Exchange:
             blocks = decoder.close()
             if blocks:
                 self._relay_blocks(blocks)
+                if self.state is not State.RELAY:
+                    return
             if self._translator is not None:
                 tail = self._translator.close()
                 if tail:
@@ -843,9 +877,9 @@ class Exchange:
             status = self._upstream_status
             if status < 400:
                 try:
-                    answer = json.loads(body)
-                except ValueError:
-                    answer = None
+                    answer = loads(body, max_items=self._proxy.limits.max_json_items)
+                except JSONError as exc:
+                    answer = exc
             if self._buffering == _HOLD:
                 self._answer_translated(status, body, answer, now)
                 return
@@ -860,10 +894,11 @@ class Exchange:
         if status >= 400:
             out = upstream.error_translator(status, body)
         elif not isinstance(answer, dict):
+            why = "not a JSON object"
+            if isinstance(answer, JSONError):
+                why = f"not valid JSON ({answer})"
             self._fail(
-                NetworkError(
-                    "the upstream's answer is not a JSON object", code="upstream_protocol_error"
-                ),
+                NetworkError(f"the upstream's answer is {why}", code="upstream_protocol_error"),
                 now,
             )
             return
@@ -1003,9 +1038,12 @@ class Exchange:
             # and hung up before the upstream's end of body: it is complete.
             self._complete("completed", now)
             return
-        self._commands.append(
-            Log(level="info", message="client went away", fields={"exchange": self.exchange_id})
-        )
+        fields = {"exchange": self.exchange_id}
+        if event.reason:  # the driver dropped it: the client is the cause, say so once
+            log = Log(level="warning", message=f"dropped the client: {event.reason}", fields=fields)
+        else:
+            log = Log(level="info", message="client went away", fields=fields)
+        self._commands.append(log)
         self._complete("client_gone", now)
 
     def _cancel_upstream(self) -> None:
@@ -1025,12 +1063,16 @@ class Exchange:
         self._commands.append(StartResponse(status=status, headers=self.response_headers))
 
     def _send_body(self, data: bytes) -> None:
+        if self._head:  # the head says how long the body is; the body is not sent
+            return
         for hook in self._proxy.pipeline.on_response_data:
             data = hook(self, data)
         if data:
             self._commands.append(SendBody(data=data))
 
     def _send_blocks(self, blocks: Sequence[bytes]) -> None:
+        if self._head:
+            return
         hooks = self._proxy.pipeline.on_stream_event
         if hooks:
             out: list[bytes] = []
@@ -1134,7 +1176,8 @@ class Exchange:
         if self.response_status is None:
             body = self._error_body(error)
             self._commands.append(StartResponse(status=500, headers=error_headers(body)))
-            self._commands.append(SendBody(data=body))
+            if not self._head:
+                self._commands.append(SendBody(data=body))
             self._commands.append(_END_OK)
             self.response_status = 500
         else:
@@ -1157,7 +1200,7 @@ _HOLD = 2
 _USAGE_COPY_LIMIT = 1 << 20
 
 
-def _usage_only(block: bytes) -> bool:
+def _usage_only(block: bytes, max_items: int) -> bool:
     """Whether an OpenAI stream block is the usage-only chunk (``choices: []``)."""
     # Every chunk of an include_usage stream says "usage":null: look before parsing.
     if b'"choices"' not in block or not has_usage_value(block):
@@ -1166,8 +1209,8 @@ def _usage_only(block: bytes) -> bool:
     if not event.data.startswith("{"):
         return False
     try:
-        chunk = json.loads(event.data)
-    except ValueError:
+        chunk = loads(event.data, max_items=max_items)
+    except JSONError:
         return False
     return chunk.get("choices") == [] and bool(chunk.get("usage"))
 
@@ -1193,6 +1236,12 @@ def _builtin_middleware(config: ProxyConfig) -> dict[str, Callable[..., object]]
         options.setdefault("store_timeout", limits.store_timeout)
         return AuthMiddleware(**options)
 
+    def validate(**options: Any) -> ValidateMiddleware:
+        return ValidateMiddleware(**options, max_json_items=limits.max_json_items)
+
+    def guardrails(**options: Any) -> GuardrailsMiddleware:
+        return GuardrailsMiddleware(**options, max_json_items=limits.max_json_items)
+
     def rate_limit(**options: Any) -> RateLimitMiddleware:
         if options:
             raise TypeError(
@@ -1204,8 +1253,8 @@ def _builtin_middleware(config: ProxyConfig) -> dict[str, Callable[..., object]]
     return {
         "trace": trace,
         "auth": auth,
-        "validate": ValidateMiddleware,
-        "guardrails": GuardrailsMiddleware,
+        "validate": validate,
+        "guardrails": guardrails,
         "rate_limit": rate_limit,
         "retry": RetryMiddleware,
     }

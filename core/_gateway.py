@@ -20,7 +20,8 @@ from ._chat_to_messages import (
 )
 from ._errors import ModelNotFoundError, RemoteProtocolError, ValidationError
 from ._events import Headers
-from ._http import dumps, parse_json_object
+from ._http import dumps, over_json_limits, parse_json_object
+from ._json import MAX_JSON_ITEMS
 from ._messages_to_chat import (
     ChatStreamToMessages,
     chat_response_to_messages,
@@ -100,22 +101,30 @@ def plan(
     default_max_tokens: int,
     deployment: Deployment | None = None,
     public_model: str | None = None,
-    parsed: dict[str, Any] | None = None,
+    parsed: dict[str, Any] | RemoteProtocolError | None = None,
+    max_json_items: int = MAX_JSON_ITEMS,
 ) -> tuple[str | None, Deployment | None, Plan]:
     """Route a request for a model; returns the model asked for, the deployment, the plan.
 
     In the one-provider shorthand, a same-API request the proxy cannot read
-    (not JSON, no model) is forwarded untouched: the upstream judges it.
+    (not JSON, no model) is forwarded untouched: the upstream judges it; one
+    over the JSON limits is refused all the same (``max_json_items`` values,
+    which bounds every JSON document the plan reads, answers and events too).
     A retry names its ``deployment`` (and the ``public_model`` it serves, for
     a fallback) instead of resolving the body's model. ``parsed`` is ``raw``
-    already parsed (the exchange's ``request_json()``): it is never changed.
+    already parsed, or the error parsing it gave (the exchange parses it once):
+    it is never changed.
     """
     shorthand = router.shorthand
     lenient = shorthand is not None and shorthand.type == api
     try:
-        body = parsed if parsed is not None else parse_json_object(raw)
-    except RemoteProtocolError:
-        if lenient:
+        if parsed is None:
+            parsed = parse_json_object(raw, max_items=max_json_items)
+        elif isinstance(parsed, RemoteProtocolError):
+            raise parsed
+        body = parsed
+    except RemoteProtocolError as exc:
+        if lenient and not over_json_limits(exc):
             assert shorthand is not None
             return None, None, plan_passthrough(shorthand, path, query, headers, raw)
         raise
@@ -141,7 +150,10 @@ def plan(
         return model, deployment, _native(deployment, api, kind, path + query, headers, raw, body)
     if api == "openai" and kind == "chat":
         translated = chat_request_to_messages(
-            body, model=deployment.model, default_max_tokens=default_max_tokens
+            body,
+            model=deployment.model,
+            default_max_tokens=default_max_tokens,
+            max_json_items=max_json_items,
         )
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -160,11 +172,14 @@ def plan(
                     created=created,
                     completion_id=completion_id,
                     include_usage=include_usage,
+                    max_json_items=max_json_items,
                 ),
                 body_translator=lambda answer: messages_response_to_chat(
                     answer, model=model, created=created, completion_id=completion_id
                 ),
-                error_translator=anthropic_error_to_openai,
+                error_translator=lambda status, data: anthropic_error_to_openai(
+                    status, data, max_json_items=max_json_items
+                ),
             ),
         )
     if api == "anthropic":
@@ -181,11 +196,15 @@ def plan(
                 headers=provider.translated_headers(headers, stream=stream),
                 body=dumps(translated),
                 usage_api="openai",
-                stream_translator=lambda: ChatStreamToMessages(model=model, message_id=message_id),
-                body_translator=lambda answer: chat_response_to_messages(
-                    answer, model=model, message_id=message_id
+                stream_translator=lambda: ChatStreamToMessages(
+                    model=model, message_id=message_id, max_json_items=max_json_items
                 ),
-                error_translator=openai_error_to_anthropic,
+                body_translator=lambda answer: chat_response_to_messages(
+                    answer, model=model, message_id=message_id, max_json_items=max_json_items
+                ),
+                error_translator=lambda status, data: openai_error_to_anthropic(
+                    status, data, max_json_items=max_json_items
+                ),
             ),
         )
     raise _bad(

@@ -19,7 +19,8 @@ A text matching a ``deny`` pattern refuses the request: 400
 was (``param``), never the text. Otherwise e-mail addresses, card numbers and
 the ``redact`` patterns are replaced by ``replacement`` and the body is
 re-serialised; a body with nothing to replace stays the very same bytes
-object. Bodies that are not JSON objects, and other paths, pass untouched.
+object. Bodies that are not JSON objects, and other paths, pass untouched; a
+body it must read that is over the JSON limits is refused (413 or 400).
 
 What is redacted:
 
@@ -41,7 +42,6 @@ is checked again as a run of its own.
 
 from __future__ import annotations
 
-import json
 import re
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
@@ -49,7 +49,8 @@ from itertools import accumulate
 from typing import Any
 
 from ._errors import ContentPolicyError
-from ._http import param_path
+from ._http import dumps, json_error, param_path
+from ._json import MAX_JSON_ITEMS, JSONError, loads
 from ._middleware import Context
 
 __all__ = ["GuardrailsMiddleware", "luhn_valid"]
@@ -242,14 +243,6 @@ def _may_hold_builtins(raw: bytes) -> bool:
     )
 
 
-def _dumps(value: Any) -> bytes:
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    try:
-        return text.encode()
-    except UnicodeEncodeError:  # a lone surrogate from a "\ud800" escape: keep it escaped
-        return json.dumps(value, separators=(",", ":")).encode()
-
-
 # -- where the text is, per API -------------------------------------------------------
 
 
@@ -353,6 +346,9 @@ class GuardrailsMiddleware:
     ``deny`` and ``redact`` are regular expressions (Python ``re`` syntax),
     compiled once here; an invalid one, or one that matches empty text, is a
     ``ValueError`` naming it. ``replacement`` must not itself be redacted.
+    A body it must read that is over the JSON limits (``max_json_items``
+    values, 200 levels) is refused as the exchange would refuse it: it could
+    hide text, and in the shorthand nothing else reads it.
     """
 
     name = "guardrails"
@@ -362,6 +358,7 @@ class GuardrailsMiddleware:
         "_deny",
         "_deny_searchers",
         "_emails",
+        "_max_items",
         "_redact",
         "_redact_searchers",
         "replacement",
@@ -375,6 +372,7 @@ class GuardrailsMiddleware:
         redact_cards: bool = True,
         redact: Sequence[str] = (),
         replacement: str = "[REDACTED]",
+        max_json_items: int = MAX_JSON_ITEMS,
     ) -> None:
         if not isinstance(redact_emails, bool) or not isinstance(redact_cards, bool):
             raise ValueError("guardrails: 'redact_emails' and 'redact_cards' are true or false")
@@ -387,6 +385,7 @@ class GuardrailsMiddleware:
         self._emails = redact_emails
         self._cards = redact_cards
         self.replacement = replacement
+        self._max_items = max_json_items
         if self._spans(replacement):
             raise ValueError(
                 f"guardrails: the replacement {replacement!r} would itself be redacted"
@@ -454,9 +453,11 @@ class GuardrailsMiddleware:
         ):
             return
         try:
-            body = json.loads(raw)
-        except (ValueError, RecursionError):
-            return
+            body = loads(raw, max_items=self._max_items)
+        except JSONError as exc:
+            if exc.limit is None:
+                return  # not JSON: the upstream refuses it
+            raise json_error(exc) from exc
         if not isinstance(body, dict):
             return
         changed = False
@@ -477,4 +478,4 @@ class GuardrailsMiddleware:
                 container[key] = clean
                 changed = True
         if changed:
-            exchange.request_body = _dumps(body)
+            exchange.request_body = dumps(body)

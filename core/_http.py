@@ -8,6 +8,7 @@ from typing import Any
 
 from ._errors import ValidationError
 from ._events import Headers
+from ._json import MAX_JSON_ITEMS, JSONError, loads
 
 __all__ = [
     "param_path",
@@ -17,6 +18,8 @@ __all__ = [
     "error_body",
     "error_headers",
     "header",
+    "json_error",
+    "over_json_limits",
     "parse_json_object",
     "split_target",
 ]
@@ -92,15 +95,33 @@ def dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    """A request body as a JSON object, or a 400."""
+def parse_json_object(body: bytes, *, max_items: int = MAX_JSON_ITEMS) -> dict[str, Any]:
+    """A request body as a JSON object, or the ``ValidationError`` of :func:`json_error`."""
     try:
-        value = json.loads(body)
-    except ValueError:
-        raise ValidationError("the request body is not valid JSON", code="invalid_json") from None
+        value = loads(body, max_items=max_items)
+    except JSONError as exc:
+        raise json_error(exc) from exc
     if not isinstance(value, dict):
         raise ValidationError("the request body must be a JSON object", code="invalid_json")
     return value
+
+
+def json_error(exc: JSONError) -> ValidationError:
+    """A request body ``loads`` refused, as the client's error: 400 ``invalid_json``, or
+    413 ``request_too_large`` for too many values."""
+    if exc.limit == "max_json_items":
+        return ValidationError(
+            f"the request body holds {exc}", status=413, code="request_too_large"
+        )
+    if exc.limit == "max_json_depth":
+        return ValidationError(f"the request body is {exc}", code="invalid_json")
+    return ValidationError("the request body is not valid JSON", code="invalid_json")
+
+
+def over_json_limits(exc: BaseException) -> bool:
+    """Whether ``exc`` refuses a body for the JSON limits (not for being bad JSON)."""
+    cause = exc.__cause__
+    return isinstance(cause, JSONError) and cause.limit is not None
 
 
 def error_body(

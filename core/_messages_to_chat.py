@@ -51,6 +51,7 @@ from collections.abc import Mapping
 from typing import Any, Final, Literal, NoReturn
 
 from core._errors import LocalProtocolError, NetworkError, ValidationError, anthropic_type
+from core._json import MAX_JSON_ITEMS, JSONError, loads
 from core._sse import parse_block
 
 __all__ = [
@@ -63,7 +64,6 @@ __all__ = [
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode  # == json.dumps(o, separators=...)
 _args_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-_raw_decode = json.JSONDecoder().raw_decode
 
 
 # --- errors ------------------------------------------------------------------
@@ -91,7 +91,9 @@ def anthropic_error_body(status: int, message: str, *, error_type: str | None = 
     return _dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
 
 
-def openai_error_to_anthropic(status: int, body: bytes) -> bytes:
+def openai_error_to_anthropic(
+    status: int, body: bytes, *, max_json_items: int = MAX_JSON_ITEMS
+) -> bytes:
     """Turn an upstream OpenAI error body into Anthropic's error shape.
 
     The message is kept (``error.message``, or a bare ``error`` string as some
@@ -99,8 +101,8 @@ def openai_error_to_anthropic(status: int, body: bytes) -> bytes:
     """
     message: str | None = None
     try:
-        parsed: Any = json.loads(body)
-    except ValueError:
+        parsed: Any = loads(body, max_items=max_json_items)
+    except JSONError:
         parsed = None
     if isinstance(parsed, dict):
         error = parsed.get("error")
@@ -557,22 +559,26 @@ def _usage(raw: Any) -> dict[str, int]:
     }
 
 
-def _tool_input(arguments: Any) -> dict[str, Any]:
+def _tool_input(arguments: Any, max_items: int) -> dict[str, Any]:
     if not isinstance(arguments, str):
         _bad_upstream("tool call arguments must be a string")
     if not arguments.strip():
         return {}  # some compatible servers send "" for a call without arguments
     try:
-        parsed = json.loads(arguments)
-    except ValueError:
-        _bad_upstream(f"tool call arguments are not JSON: {arguments[:200]!r}")
+        parsed = loads(arguments, max_items=max_items)
+    except JSONError as exc:
+        _bad_upstream(f"tool call arguments are not JSON ({exc}): {arguments[:200]!r}")
     if not isinstance(parsed, dict):
         _bad_upstream("tool call arguments must be a JSON object")
     return parsed
 
 
 def chat_response_to_messages(
-    body: Mapping[str, Any], *, model: str, message_id: str | None = None
+    body: Mapping[str, Any],
+    *,
+    model: str,
+    message_id: str | None = None,
+    max_json_items: int = MAX_JSON_ITEMS,
 ) -> dict[str, Any]:
     """Translate an OpenAI ``chat.completion`` into an Anthropic message.
 
@@ -618,7 +624,7 @@ def chat_response_to_messages(
                     "type": "tool_use",
                     "id": call_id,
                     "name": name,
-                    "input": _tool_input(function.get("arguments")),
+                    "input": _tool_input(function.get("arguments"), max_json_items),
                 }
             )
     finish_reason = choice.get("finish_reason")
@@ -709,6 +715,7 @@ class ChatStreamToMessages:
         "_delta",
         "_finish",
         "_id",
+        "_max_items",
         "_model",
         "_open",
         "_refused",
@@ -718,8 +725,11 @@ class ChatStreamToMessages:
         "usage",
     )
 
-    def __init__(self, *, model: str, message_id: str) -> None:
+    def __init__(
+        self, *, model: str, message_id: str, max_json_items: int = MAX_JSON_ITEMS
+    ) -> None:
         self._model = model
+        self._max_items = max_json_items
         self._id = message_id
         self.usage: dict[str, int] | None = None
         self._state = _WAITING
@@ -758,14 +768,12 @@ class ChatStreamToMessages:
             return self._finish_message([])
         out: list[bytes] = []
         try:
-            try:  # raw_decode skips json.loads's whitespace regexes
-                chunk, end = _raw_decode(data)
-            except ValueError:
+            try:
+                chunk = loads(data, max_items=self._max_items)
+            except JSONError:
                 if not data.strip():
                     return []
-                chunk, end = json.loads(data), len(data)
-            if end != len(data) and data[end:].strip():
-                raise _Malformed("data after the JSON value")
+                raise
             if type(chunk) is not dict:
                 raise _Malformed("a chunk must be a JSON object")
             error = chunk.get("error")

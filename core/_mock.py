@@ -15,6 +15,7 @@ from typing import Any
 
 from ._errors import ModelNotFoundError, ValidationError
 from ._http import dumps, parse_json_object
+from ._json import MAX_JSON_ITEMS
 
 __all__ = ["MOCK_MODELS", "MockAnswer", "mock_answer"]
 
@@ -168,7 +169,13 @@ def _embeddings(request: dict[str, Any]) -> MockAnswer:
 
 
 def mock_answer(
-    method: bytes, path: bytes, body: bytes, *, exchange_id: str, created: int
+    method: bytes,
+    path: bytes,
+    body: bytes,
+    *,
+    exchange_id: str,
+    created: int,
+    max_json_items: int = MAX_JSON_ITEMS,
 ) -> MockAnswer:
     """Answer one request as the mock provider would; raises ``RemoteProtocolError``."""
     if path == b"/v1/models" and method == b"GET":
@@ -182,9 +189,9 @@ def mock_answer(
             }
         )
     if path == b"/v1/chat/completions" and method == b"POST":
-        return _chat(parse_json_object(body), exchange_id, created)
+        return _chat(parse_json_object(body, max_items=max_json_items), exchange_id, created)
     if path == b"/v1/embeddings" and method == b"POST":
-        return _embeddings(parse_json_object(body))
+        return _embeddings(parse_json_object(body, max_items=max_json_items))
     raise ModelNotFoundError(
         f"the mock provider does not serve {method.decode('latin-1')} "
         f"{path.decode('latin-1')}; it serves GET /v1/models, POST /v1/chat/completions "

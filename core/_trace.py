@@ -8,13 +8,13 @@ exists, so they can never reach the disk.
 from __future__ import annotations
 
 import base64
-import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from ._commands import WriteTrace
 from ._events import Headers
 from ._http import header
+from ._json import JSONError, loads
 from ._middleware import Context
 from ._sse import parse_block
 
@@ -75,8 +75,8 @@ def _body(data: bytes, headers: Headers, limit: int, truncated: bool) -> dict[st
         return {}
     if b"json" in (header(headers, b"content-type") or b""):
         try:
-            return {"json": json.loads(data)}
-        except ValueError:
+            return {"json": loads(data)}
+        except JSONError:  # bad JSON, or too deep or large: kept as it came
             pass
     try:
         return {"text": data.decode("utf-8")}
@@ -93,8 +93,8 @@ def _delta_text(data: str) -> str:
     if not data or data[0] != "{":
         return ""
     try:
-        value = json.loads(data)  # starts with "{": an object, or invalid
-    except ValueError:
+        value = loads(data)  # starts with "{": an object, or invalid
+    except JSONError:
         return ""
     choices = value.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
@@ -122,7 +122,11 @@ class _TraceState:
 
 
 class TraceMiddleware:
-    """Record each exchange as ``<dir>/<UTC timestamp>_<exchange id>.json``."""
+    """Record each exchange as one JSON line in ``<dir>/sansproxy-<UTC period>.jsonl``.
+
+    ``rotate`` (``hour`` or ``day``), ``max_age`` (seconds) and ``max_bytes``
+    (None: no limit) say how the writer rotates and deletes the files.
+    """
 
     name = "trace"
 
@@ -132,12 +136,25 @@ class TraceMiddleware:
         dir: str,
         max_body: int = 1 << 20,
         max_events: int = 10_000,
+        rotate: str = "hour",
+        max_age: float | None = 7 * 86400.0,
+        max_bytes: int | None = 1 << 30,
     ) -> None:
         if not dir:
             raise ValueError("trace: 'dir' must name a directory")
+        if rotate not in ("hour", "day"):
+            raise ValueError(f"trace: 'rotate' must be 'hour' or 'day', not {rotate!r}")
+        for option, value in (("max_age", max_age), ("max_bytes", max_bytes)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+            ):
+                raise ValueError(f"trace: {option!r} must be a positive number or null")
         self.dir = dir
         self.max_body = max_body
         self.max_events = max_events
+        self.rotate: Literal["hour", "day"] = "day" if rotate == "day" else "hour"
+        self.max_age = None if max_age is None else float(max_age)
+        self.max_bytes = None if max_bytes is None else int(max_bytes)
 
     def _state(self, exchange: Context) -> _TraceState:
         state: _TraceState | None = exchange.scratch.get(self)
@@ -243,9 +260,12 @@ class TraceMiddleware:
                 "end_ms": None if ended is None else (ended - started) * 1e3,
             },
         }
-        stamp = datetime.fromtimestamp(exchange.wall_time, tz=UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         exchange.emit(
             WriteTrace(
-                directory=self.dir, name=f"{stamp}_{exchange.exchange_id}.json", record=record
+                directory=self.dir,
+                record=record,
+                rotate=self.rotate,
+                max_age=self.max_age,
+                max_bytes=self.max_bytes,
             )
         )

@@ -8,12 +8,12 @@ so that :func:`cost_usd` can price each at its own rate.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ._json import MAX_JSON_ITEMS, JSONError, loads
 from ._prices import Price
 from ._sse import parse_block
 
@@ -215,11 +215,11 @@ def _may_carry_anthropic_usage(block: bytes) -> bool:
     return b"message_start" in block or b"message_delta" in block
 
 
-def _json_object(block: bytes) -> Any:
+def _json_object(block: bytes, max_items: int) -> Any:
     data = parse_block(block).data
     try:
-        return json.loads(data)
-    except (ValueError, RecursionError):  # not JSON: no usage to read
+        return loads(data, max_items=max_items)
+    except JSONError:  # not JSON (or too much of it): no usage to read
         return None
 
 
@@ -241,12 +241,15 @@ class StreamUsage:
     far, for a stream that ends without it (see :meth:`settle`).
     """
 
-    __slots__ = ("_anthropic", "delta_tokens", "final", "usage")
+    __slots__ = ("_anthropic", "_max_items", "delta_tokens", "final", "usage")
 
-    def __init__(self, api: Literal["openai", "anthropic"]) -> None:
+    def __init__(
+        self, api: Literal["openai", "anthropic"], *, max_json_items: int = MAX_JSON_ITEMS
+    ) -> None:
         if api not in ("openai", "anthropic"):
             raise ValueError(f"api must be 'openai' or 'anthropic', not {api!r}")
         self._anthropic = api == "anthropic"
+        self._max_items = max_json_items
         self.usage: Usage | None = None
         self.final = False
         self.delta_tokens = 0
@@ -257,13 +260,13 @@ class StreamUsage:
             self.delta_tokens += delta_tokens(block)
         if self._anthropic:
             if _may_carry_anthropic_usage(block):
-                event = _json_object(block)
+                event = _json_object(block, self._max_items)
                 usage = usage_from_anthropic(event)
                 self.usage = merge_usage(self.usage, usage)
                 if usage is not None and event.get("type") == "message_delta":
                     self.final = True
         elif has_usage_value(block):
-            usage = usage_from_openai(_json_object(block))
+            usage = usage_from_openai(_json_object(block, self._max_items))
             if usage is not None:
                 self.usage = usage
                 self.final = True
@@ -305,5 +308,11 @@ def delta_tokens(block: bytes) -> int:
     (providers stream a token or a few per event); 0 for a delta without text
     (a role, a finish reason). Reads the bytes; never parses the JSON.
     """
+    if len(block) > _SCANNED:
+        # A huge event is almost all text: no regex over megabytes on the loop.
+        return len(block) // 4
     chars = sum(len(text) for text in _DELTA_TEXT.findall(block))
     return (chars + 2) // 4 or 1 if chars else 0
+
+
+_SCANNED = 8192  # bytes of an event the estimate reads field by field

@@ -97,7 +97,8 @@ from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict, is_typeddict
 
 from ._errors import ValidationError
-from ._http import param_path, parse_json_object
+from ._http import json_error, param_path, parse_json_object
+from ._json import MAX_JSON_ITEMS, JSONError, check_items
 from ._middleware import Context
 
 __all__ = ["ValidateMiddleware"]
@@ -1001,12 +1002,16 @@ def _refusal(error: pydantic_core.ErrorDetails, root: Any) -> ValidationError:
 class ValidateMiddleware:
     """Refuse Chat Completions and Messages requests that break their API's rules.
 
-    No options. What is checked, and how fast, is in this module's docstring.
+    No options (``max_json_items`` comes from ``limits``). What is checked, and how
+    fast, is in this module's docstring.
     """
 
     name = "validate"
 
-    __slots__ = ()
+    __slots__ = ("_max_items",)
+
+    def __init__(self, *, max_json_items: int = MAX_JSON_ITEMS) -> None:
+        self._max_items = max_json_items
 
     def on_request(self, exchange: Context) -> None:
         """Raise ``ValidationError`` for a malformed request; never change it."""
@@ -1017,6 +1022,10 @@ class ValidateMiddleware:
             return
         adapter, root = check
         raw = exchange.request_body
+        try:  # before pydantic parses it all
+            check_items(raw, max_items=self._max_items)
+        except JSONError as exc:
+            raise json_error(exc) from exc
         try:
             adapter.validate_json(raw)
         except pydantic.ValidationError as exc:
@@ -1025,9 +1034,9 @@ class ValidateMiddleware:
                 raise _refusal(error, root) from None
         else:
             return
-        # Not a JSON object, or JSON only Python's parser reads (UTF-16, a lone
-        # surrogate): the same rules as the rest of the core.
-        body = parse_json_object(raw)
+        # Not a JSON object, too deep, or JSON only the core's parser reads (UTF-16,
+        # a lone surrogate): the same rules as the rest of the core.
+        body = parse_json_object(raw, max_items=self._max_items)
         try:
             adapter.validate_python(body)
         except pydantic.ValidationError as exc:

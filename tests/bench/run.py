@@ -184,11 +184,12 @@ def _connectable(port: int) -> bool:
         return False
 
 
-def start_server(name: str, argv: list[str], *, port: int | None) -> Server:
-    """Start ``argv``; wait for its ``listening on`` line (or, with ``port``, for the port)."""
+def start_server(name: str, argv: list[str], *, port: int | None, cwd: Path = REPO_ROOT) -> Server:
+    """Start ``argv`` in ``cwd``; wait for its ``listening on`` line (or, with ``port``,
+    for the port)."""
     proc = subprocess.Popen(
         argv,
-        cwd=REPO_ROOT,
+        cwd=cwd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

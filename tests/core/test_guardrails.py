@@ -12,7 +12,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core import Command, Proxy, ProxyConfig, RemoteProtocolError, SendUpstreamRequest
+from core import (
+    Command,
+    Proxy,
+    ProxyConfig,
+    RemoteProtocolError,
+    SendUpstreamRequest,
+    ValidationError,
+)
 from core._guardrails import GuardrailsMiddleware, luhn_valid
 
 from .playbook import WALL, Playbook, client_view, header
@@ -427,6 +434,20 @@ def test_other_paths_and_unreadable_bodies_pass_untouched(path: bytes, body: byt
     assert hook(GUARD, path, body) is body
 
 
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b'{"input": ["a@b.co", ' + b"[" * 300 + b"]" * 300 + b"]}", 400),
+        (b'{"input": ["a@b.co", ' + b"0," * 100_000 + b"0]}", 413),
+    ],
+)
+def test_a_body_over_the_json_limits_is_refused_not_passed(body: bytes, status: int) -> None:
+    """Valid JSON it cannot read could hide text; in the shorthand nothing else reads it."""
+    with pytest.raises(ValidationError) as caught:
+        hook(GUARD, b"/v1/embeddings", body)
+    assert caught.value.error_status_hint == status
+
+
 def test_a_clean_body_is_the_very_same_bytes_object() -> None:
     # Short-cut: the raw bytes cannot hold an address or a card.
     plain = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi 42"}]})
@@ -455,8 +476,9 @@ def test_a_redacted_body_is_compact_utf8_json_with_everything_else_kept() -> Non
         == '{"model":"m","z":1.5,"messages":[{"role":"user","content":"é [REDACTED]"}]}'.encode()
     )
     lone = b'{"messages": [{"role": "user", "content": "\\ud800 a@b.co"}]}'
+    # A lone surrogate is read as U+FFFD (core._json): the body stays UTF-8.
     assert json.loads(hook(GUARD, b"/v1/chat/completions", lone)) == {
-        "messages": [{"role": "user", "content": f"\ud800 {R}"}]
+        "messages": [{"role": "user", "content": f"\ufffd {R}"}]
     }
 
 

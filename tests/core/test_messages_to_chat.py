@@ -1362,7 +1362,7 @@ def test_finish_without_done_completes_at_close() -> None:
         (b'event: error\ndata: {"detail": "x"}\n\n', "upstream error"),
         (b'data: {"error": "overloaded"}\n\n', "overloaded"),
         (b"data: {not json\n\n", "upstream sent a malformed chunk: "),
-        (b'data: {"choices": []} []\n\n', "data after the JSON value"),
+        (b'data: {"choices": []} []\n\n', "trailing characters"),
         (b"data: \xff\n\n", "upstream sent a malformed chunk: "),
         (sse("[1]"), "upstream sent a malformed chunk: a chunk must be a JSON object"),
         (sse({"choices": {}}), "choices must be an array"),

@@ -39,6 +39,7 @@ from core import (
     UpstreamResponse,
     WriteTrace,
 )
+from core._usage import delta_tokens
 
 from .playbook import Playbook
 
@@ -580,3 +581,11 @@ def test_an_encoding_the_proxy_cannot_decode_is_relayed_untouched() -> None:
     (start,) = [c for c in out if isinstance(c, StartResponse)]
     assert (b"content-encoding", b"br") in start.headers
     assert client_bytes(out) == b"\x0b\x02\x80"
+
+
+def test_a_huge_delta_is_estimated_from_its_size_without_scanning_it() -> None:
+    text = b"x" * (1 << 20)
+    block = b'data: {"choices":[{"delta":{"content":"' + text + b'"}}]}\n\n'
+    assert delta_tokens(block) == len(block) // 4
+    small = b'data: {"choices":[{"delta":{"content":"' + b"x" * 400 + b'"}}]}\n\n'
+    assert delta_tokens(small) == 100

@@ -54,7 +54,8 @@ def test_a_streamed_exchange_is_one_record_with_events_text_and_timings() -> Non
     )
     (cmd,) = traces(out)
     assert cmd.directory == "/traces"
-    assert cmd.name == "20231114T221320.000000Z_ex1.json"
+    # The file it goes to is the writer's: the command says where and how long to keep it.
+    assert (cmd.rotate, cmd.max_age, cmd.max_bytes) == ("hour", 7 * 86400, 1 << 30)
     record = json.loads(json.dumps(cmd.record))  # it must be JSON-serialisable
     assert record["id"] == "ex1" and record["outcome"] == "completed"
     assert record["request"]["method"] == "POST"
@@ -159,6 +160,22 @@ def test_mock_exchanges_and_rejections_are_recorded() -> None:
     pb = Playbook(config(middleware=TRACE))
     (cmd,) = traces(pb.request(b"GET", b"/a/../b"))
     assert cmd.record["outcome"] == "rejected"
+
+
+def test_rotation_and_retention_options_reach_the_writer_checked() -> None:
+    options = {"dir": "/t", "rotate": "day", "max_age": 3600, "max_bytes": None}
+    pb = Playbook(config(middleware=[{"trace": options}]))
+    (cmd,) = traces(pb.request(b"GET", b"/v1/models"))
+    assert (cmd.directory, cmd.rotate, cmd.max_age, cmd.max_bytes) == ("/t", "day", 3600, None)
+    cases: list[tuple[dict[str, object], str]] = [
+        ({"rotate": "week"}, "'rotate' must be 'hour' or 'day'"),
+        ({"max_age": 0}, "'max_age' must be a positive number or null"),
+        ({"max_bytes": -1}, "'max_bytes' must be a positive number or null"),
+        ({"max_bytes": "1G"}, "'max_bytes' must be a positive number or null"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ValueError, match=message):
+            Playbook(config(middleware=[{"trace": {"dir": "/t", **bad}}]))
 
 
 def test_health_checks_are_not_traced() -> None:

@@ -20,6 +20,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+import core._json
+import core._usage
 from core._prices import AS_OF, PRICES, SOURCE, Price, price_for
 from core._sse import SSEDecoder
 from core._usage import (
@@ -545,13 +547,13 @@ def test_anthropic_stream_usage_merges_start_and_delta() -> None:
 
 def test_only_blocks_that_can_carry_usage_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
     parsed: list[str] = []
-    real_loads = json.loads
+    real_loads = core._json.loads
 
-    def loads(data: str) -> Any:
+    def loads(data: str, **limits: int) -> Any:
         parsed.append(data)
-        return real_loads(data)
+        return real_loads(data, **limits)
 
-    monkeypatch.setattr(json, "loads", loads)
+    monkeypatch.setattr(core._usage, "loads", loads)
     stream_usage("openai", OPENAI_STREAM)
     assert len(parsed) == 1 and '"usage":{' in parsed[0]
     parsed.clear()

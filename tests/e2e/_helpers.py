@@ -1,7 +1,7 @@
 """Helpers shared by the end-to-end tests: request bodies, strict SSE parsing, raw sockets.
 
-Nothing here waits by sleeping: every wait is a socket read with a deadline, or a
-bounded poll of the filesystem for trace files (written by a background thread).
+Nothing here waits by sleeping: every wait is a socket read with a deadline (trace
+files are read by tests/support/traces.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
 import h11
@@ -36,13 +35,11 @@ __all__ = [
     "closed_port",
     "http_client",
     "iter_events",
-    "load_json",
     "openai_client",
     "parse_response_bytes",
     "parse_sse_stream",
     "raw_request",
     "stop",
-    "wait_for_files",
 ]
 
 CHAT: Final = "/v1/chat/completions"
@@ -319,27 +316,6 @@ def parse_response_bytes(data: bytes) -> RawResponse:
             return RawResponse(status=status, headers=headers, body=body)
         else:
             raise AssertionError(f"not one whole response: {data!r}")
-
-
-# -- trace files -----------------------------------------------------------------------
-
-
-def wait_for_files(directory: Path, count: int, *, timeout: float = 5.0) -> list[Path]:
-    """Poll (bounded) until `directory` holds at least `count` *.json files; return them sorted.
-
-    Trace records are written by the proxy's background thread, so they appear a
-    little after the response; a short filesystem poll is the only way to see that.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        files = sorted(directory.glob("*.json")) if directory.is_dir() else []
-        if len(files) >= count or time.monotonic() > deadline:
-            return files
-        time.sleep(0.02)
-
-
-def load_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def stop(proxy: ProxyProcess, *, timeout: float = 15.0) -> int:

@@ -25,9 +25,7 @@ from tests.e2e._helpers import (
     chat_content,
     http_client,
     iter_events,
-    load_json,
     openai_client,
-    wait_for_files,
 )
 from tests.support.mock_upstream import (
     COMPLETION_TOKENS,
@@ -37,6 +35,7 @@ from tests.support.mock_upstream import (
     MockUpstream,
 )
 from tests.support.proxy_process import ProxyProcess, StartProxy
+from tests.support.traces import wait_for_traces
 
 PROVIDER_HEADER: Final = "x-test-provider"
 CLIENT_KEY: Final = "sk-client-MUST-NOT-LEAK"
@@ -341,11 +340,10 @@ def test_trace_records_usage_and_cost(
                 assert response.status_code == 200
                 response.read()
                 ids[response.headers["x-sansproxy-id"]] = model
-    files = wait_for_files(traces, len(exchanges))
-    assert len(files) == len(exchanges), files
+    records = wait_for_traces(traces, len(exchanges))
+    assert len(records) == len(exchanges), records
 
     cost_per_token = {"fast": (1.0, 2.0), "smart": (3.0, 15.0)}
-    records = [load_json(path) for path in files]
     assert sorted(record["id"] for record in records) == sorted(ids)
     for record in records:
         model = ids[record["id"]]

@@ -296,6 +296,22 @@ def test_huge_event(client: httpx.Client) -> None:
     assert data[-1] == "[DONE]"
 
 
+def test_deep_json_answer_and_event(client: httpx.Client) -> None:
+    deep = b'"x":' + b"[" * 300 + b"0" + b"]" * 300 + b"}"
+    answer = client.post(CHAT, json=chat_body("scenario:deep-json:300")).content
+    assert answer.endswith(b"," + deep)
+    assert json.loads(answer[: -len(deep) - 1] + b"}")["object"] == "chat.completion"
+    messages = client.post("/v1/messages", json=chat_body("scenario:deep-json:300")).content
+    assert messages.startswith(b'{"id":"msg_') and messages.endswith(b"," + deep)
+    data = sse_data(client.post(CHAT, json=chat_body("scenario:deep-json-event:300")).text)
+    assert data[1].endswith("," + deep.decode()) and data[-1] == "[DONE]"
+    assert json.loads(data[1][: -len(deep) - 1] + "}")["choices"][0]["delta"] == {
+        "content": "Hello"
+    }
+    with pytest.raises(ValueError, match="deep-json-event:<depth>"):
+        parse_scenario("deep-json:-1")
+
+
 def test_no_final_blank_line(client: httpx.Client) -> None:
     text = client.post(CHAT, json=chat_body("scenario:sse-no-final-blank-line")).text
     assert text.endswith("}\n\ndata: [DONE]\n")

@@ -24,11 +24,10 @@ from tests.e2e._helpers import (
     chat_body,
     closed_port,
     http_client,
-    load_json,
-    wait_for_files,
 )
 from tests.support.mock_upstream import DEFAULT_TEXT, MockUpstream
 from tests.support.proxy_process import ProxyProcess, StartProxy
+from tests.support.traces import wait_for_traces
 
 KEY_A: Final = "sk-sp-team-a-secret-0123456789"
 KEY_B: Final = "sk-sp-team-b-secret-9876543210"
@@ -228,8 +227,7 @@ def test_a_client_leaving_mid_stream_is_charged_what_it_consumed(
             if len(pieces) == 3:
                 break
         stream.close()  # gone, 37 deltas before the end
-    (path,) = wait_for_files(trace_dir, 1)
-    record = load_json(path)
+    (record,) = wait_for_traces(trace_dir, 1)
     assert record["outcome"] == "client_gone"
     usage = record["usage"]
     assert usage["estimated"] is True
@@ -246,8 +244,7 @@ def test_a_client_leaving_mid_stream_is_charged_what_it_consumed(
 
 
 def attempts_in_trace(trace_dir: Path) -> list[dict[str, Any]]:
-    (path,) = wait_for_files(trace_dir, 1)
-    record = load_json(path)
+    (record,) = wait_for_traces(trace_dir, 1)
     attempts: list[dict[str, Any]] = record["attempts"]
     return attempts
 

@@ -8,6 +8,8 @@ with the reason locally, and fail under CI.
 
 from __future__ import annotations
 
+import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -15,7 +17,7 @@ from typing import Any, Final
 import httpx
 import pytest
 
-from tests.e2e._helpers import CHAT, READ_TIMEOUT, assert_error_shape, chat_body
+from tests.e2e._helpers import CHAT, READ_TIMEOUT, assert_error_shape, chat_body, stop
 from tests.e2e.test_policies import KEY_A, auth, gateway, sha
 from tests.support.mock_upstream import MockUpstream
 from tests.support.proxy_process import ProxyProcess, StartProxy
@@ -115,6 +117,41 @@ def test_redis_down_then_back(
         response = post(proxy)
     assert response.status_code == 429
     assert_error_shape(response.json(), code="rate_limit_exceeded")
+
+
+def test_redis_down_floods_no_log(
+    start_proxy: StartProxy, mock_upstream: MockUpstream, redis_server: RedisServer
+) -> None:
+    """Redis stopped and on_backend_error: closed: 200 refused requests are a handful
+    of ERROR lines, the first of each kind and a count of its repeats (at shutdown at
+    the latest), not one line each."""
+    config = redis_config(
+        mock_upstream.base_url,
+        redis_server,
+        key={"rpm": 100_000},
+        redis_timeout=0.2,
+        redis_retry_interval=0.1,
+        on_backend_error="closed",
+    )
+    proxy = start_proxy(config=config)
+    assert post(proxy).status_code == 200
+    redis_server.stop()
+    with httpx.Client(base_url=proxy.base_url, timeout=READ_TIMEOUT) as http:
+        statuses = [
+            http.post(CHAT, json=chat_body("fast"), headers=BEARER).status_code
+            for _ in range(200)
+        ]
+    assert statuses == [503] * 200
+    assert stop(proxy) in (0, -signal.SIGTERM)
+    logs = proxy.logs()
+    errors = [line for line in logs.splitlines() if " ERROR " in line]
+    assert 1 <= len(errors) <= 8, "\n".join(errors)
+    # Every refusal is accounted for: logged once, or counted in a summary.
+    refused = [line for line in errors if "cannot be checked now" in line]
+    assert "exchange=" in refused[0] and "status=503" in refused[0]
+    counts = [int(n) for n in re.findall(r"\(repeated (\d+) times in \d+ s\)", "\n".join(refused))]
+    assert counts, refused
+    assert len(refused) - len(counts) + sum(counts) == 200, refused
 
 
 def test_spend_survives_a_proxy_restart(

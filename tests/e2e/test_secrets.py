@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
-from tests.e2e._helpers import RawClient, load_json, wait_for_files
+from tests.e2e._helpers import RawClient
 from tests.support.mock_upstream import MockUpstream
 from tests.support.proxy_process import StartProxy
+from tests.support.traces import trace_files, wait_for_traces
 
 KEY: Final = "sk-proj-SECRET-read-from-a-crlf-file-42"
 
@@ -38,7 +39,6 @@ def test_keys_in_the_query_are_redacted_in_traces(
         response = client.request("GET", f"/v1/models?key={KEY}&api_key={KEY}&limit=2")
     assert response.status == 200
     assert mock_upstream.requests[0].query == f"key={KEY}&api_key={KEY}&limit=2"
-    (path,) = wait_for_files(tmp_path, 1)
-    record = load_json(path)
-    assert KEY not in path.read_text("utf-8")
+    (record,) = wait_for_traces(tmp_path, 1)
+    assert all(KEY not in path.read_text("utf-8") for path in trace_files(tmp_path))
     assert record["request"]["target"] == "/v1/models?key=[redacted]&api_key=[redacted]&limit=2"

@@ -1,6 +1,7 @@
-"""The trace middleware through each adapter: one JSON file per exchange.
+"""The trace middleware through each adapter: one JSON line per exchange, in one
+file per hour (UTC).
 
-Records are written by a background thread, so a test either polls the directory
+Records are written by a background thread, so a test either polls the files
 (bounded) or stops the proxy first (records queued at shutdown must be written).
 """
 
@@ -20,10 +21,8 @@ from tests.e2e._helpers import (
     chat_body,
     http_client,
     iter_events,
-    load_json,
     stop,
     stream_chat,
-    wait_for_files,
 )
 from tests.support.mock_upstream import (
     DEFAULT_TEXT,
@@ -32,18 +31,18 @@ from tests.support.mock_upstream import (
     slow_stream_pieces,
 )
 from tests.support.proxy_process import StartProxy
+from tests.support.traces import read_traces, trace_files, wait_for_trace, wait_for_traces
 
 CLIENT_KEY = "sk-client-TRACE-SECRET-111"
 UPSTREAM_KEY = "sk-upstream-TRACE-SECRET-222"
-NAME = re.compile(r"^(?P<stamp>\d{8}T\d{6}\.\d+Z)_(?P<id>[^/]+)\.json$")
+NAME = re.compile(r"^sansproxy-\d{8}T\d{2}\.jsonl$")  # one file per hour, UTC
 
 
-def _by_id(directory: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
+def _by_id(directory: Path) -> dict[str, dict[str, Any]]:
     out = {}
-    for path in sorted(directory.glob("*.json")):
-        match = NAME.match(path.name)
-        assert match, path.name
-        out[match["id"]] = (path, load_json(path))
+    for record in read_traces(directory):
+        assert record["id"] not in out, f"two records of {record['id']}"
+        out[record["id"]] = record
     return out
 
 
@@ -58,7 +57,7 @@ def _check_timings(record: dict[str, Any], *, upstream: bool) -> None:
         assert first is None
 
 
-def test_one_file_per_exchange(
+def test_one_record_per_exchange(
     start_proxy: StartProxy, mock_upstream: MockUpstream, tmp_path: Path
 ) -> None:
     traces = tmp_path / "traces"
@@ -86,15 +85,14 @@ def test_one_file_per_exchange(
         )
     responses = [plain, streamed, limited, timed_out]
     assert [r.status_code for r in responses] == [200, 200, 429, 504]
-    files = wait_for_files(traces, 4)
-    assert len(files) == 4, files
+    assert len(wait_for_traces(traces, 4)) == 4
     records = _by_id(traces)
-    # The file name's suffix is the response's x-sansproxy-id.
+    # The record's id is the response's x-sansproxy-id.
     ids = [r.headers["x-sansproxy-id"] for r in responses]
     assert sorted(records) == sorted(ids)
     assert len(set(ids)) == 4
 
-    _, record = records[plain.headers["x-sansproxy-id"]]
+    record = records[plain.headers["x-sansproxy-id"]]
     assert record["id"] == plain.headers["x-sansproxy-id"]
     assert record["outcome"] == "completed"
     assert record["request"]["method"] == "POST"
@@ -107,7 +105,7 @@ def test_one_file_per_exchange(
     assert record["error"] is None
     _check_timings(record, upstream=True)
 
-    _, record = records[streamed.headers["x-sansproxy-id"]]
+    record = records[streamed.headers["x-sansproxy-id"]]
     assert record["outcome"] == "completed"
     assert record["response"]["status"] == 200
     assert record["response"]["text"] == DEFAULT_TEXT
@@ -116,24 +114,29 @@ def test_one_file_per_exchange(
     assert events[-1]["data"] == "[DONE]"
     _check_timings(record, upstream=True)
 
-    _, record = records[limited.headers["x-sansproxy-id"]]
+    record = records[limited.headers["x-sansproxy-id"]]
     assert record["response"]["status"] == 429
     assert record["response"]["body"]["json"]["error"]["message"] == "mock upstream error 429"
 
-    _, record = records[timed_out.headers["x-sansproxy-id"]]
+    record = records[timed_out.headers["x-sansproxy-id"]]
     assert record["outcome"] == "timeout"
     assert record["response"]["status"] == 504
     assert record["error"]["code"] == "upstream_timeout"
 
     # Secrets: redacted, never written.
-    for path, record in records.values():
-        text = path.read_text(encoding="utf-8")
-        assert CLIENT_KEY not in text, path.name
-        assert UPSTREAM_KEY not in text, path.name
+    for record in records.values():
         headers = dict(record["request"]["headers"])
         assert headers["authorization"] == "[redacted]"
         assert headers["x-api-key"] == "[redacted]"
-    assert not list(traces.glob("*.tmp"))
+    # The layout: JSON lines in the hour's file, whole lines only.
+    files = trace_files(traces)
+    assert [f.name for f in files if not NAME.match(f.name)] == []
+    for path in files:
+        data = path.read_bytes()
+        assert data.endswith(b"\n"), path.name
+        assert CLIENT_KEY.encode() not in data, path.name
+        assert UPSTREAM_KEY.encode() not in data, path.name
+    assert sorted(p.name for p in traces.iterdir()) == [f.name for f in files]
 
 
 def test_errors_and_local_answers_are_traced(
@@ -152,13 +155,13 @@ def test_errors_and_local_answers_are_traced(
     with http_client(proxy) as client:
         too_big = client.post("/v1/x", content=b"a" * 101)
     assert (reset.status_code, too_big.status_code) == (502, 413)
-    wait_for_files(traces, 2)
+    wait_for_traces(traces, 2)
     records = _by_id(traces)
-    _, record = records[reset.headers["x-sansproxy-id"]]
+    record = records[reset.headers["x-sansproxy-id"]]
     assert record["outcome"] == "upstream_error"
     assert record["error"]["code"] == "upstream_reset"
     assert record["response"]["status"] == 502
-    _, record = records[too_big.headers["x-sansproxy-id"]]
+    record = records[too_big.headers["x-sansproxy-id"]]
     assert record["outcome"] == "rejected"
     assert record["error"]["status"] == 413
     _check_timings(record, upstream=False)
@@ -173,9 +176,7 @@ def test_trace_of_a_client_that_left(
         next(events)
         next(events)
         exchange = response.headers["x-sansproxy-id"]
-    files = wait_for_files(traces, 1)
-    assert len(files) == 1
-    record = load_json(files[0])
+    (record,) = wait_for_traces(traces, 1)
     assert record["id"] == exchange
     assert record["outcome"] == "client_gone"
     assert record["response"]["text"].startswith("tok0 ")
@@ -210,8 +211,9 @@ def test_trace_dir_from_yaml_middleware(
     )
     with http_client(proxy) as client:
         response = client.get("/v1/models")
-    files = wait_for_files(traces, 1)
-    assert [f.name.endswith(f"_{response.headers['x-sansproxy-id']}.json") for f in files] == [True]
+    (record,) = wait_for_traces(traces, 1)
+    assert record["id"] == response.headers["x-sansproxy-id"]
+    assert wait_for_trace(traces, response.headers["x-sansproxy-id"]) == record
 
 
 @pytest.mark.parametrize("adapter", ["h11"])
@@ -224,7 +226,7 @@ def test_trace_dir_from_env(
     )
     with http_client(proxy) as client:
         client.get("/v1/models")
-    assert len(wait_for_files(traces, 1)) == 1
+    assert len(wait_for_traces(traces, 1)) == 1
 
 
 def test_records_in_flight_at_shutdown_are_written(
@@ -265,7 +267,7 @@ def test_records_in_flight_at_shutdown_are_written(
     # No polling: the process has exited, so everything must be on disk already.
     records = _by_id(traces)
     assert sorted(records) == sorted(ids)
-    _, last = records[ids[-1]]
+    last = records[ids[-1]]
     assert last["outcome"] == "completed"
     assert last["response"]["text"] == "".join(slow_stream_pieces(6))
 
@@ -282,3 +284,37 @@ def test_stop_right_after_requests_loses_no_record(
         ]
     assert stop(proxy) in (0, -signal.SIGTERM)
     assert sorted(_by_id(traces)) == sorted(ids)
+
+
+@pytest.mark.parametrize("adapter", ["h11"])
+def test_retention_keeps_the_directory_within_its_limits(
+    start_proxy: StartProxy, mock_upstream: MockUpstream, tmp_path: Path
+) -> None:
+    """An old file goes (max_age, 7 days by default); under max_bytes the hour's file
+    continues in parts and the oldest go; files not named as traces stay."""
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    (traces / "sansproxy-20000101T00.jsonl").write_text('{"id":"ancient"}\n')
+    (traces / "notes.txt").write_text("mine")
+    proxy = start_proxy(
+        "--base-url",
+        mock_upstream.base_url,
+        config={"middleware": [{"trace": {"dir": str(traces), "max_bytes": 20_000}}]},
+    )
+    with http_client(proxy) as client:
+        ids = [
+            client.post("/v1/echo", content=b"x" * 1000).headers["x-sansproxy-id"]
+            for _ in range(60)
+        ]
+    assert stop(proxy) in (0, -signal.SIGTERM)
+    files = trace_files(traces)
+    names = sorted(p.name for p in traces.iterdir())
+    assert names == sorted(["notes.txt", *(f.name for f in files)])
+    assert all(re.match(r"^sansproxy-\d{8}T\d{2}(\.\d+)?\.jsonl$", f.name) for f in files)
+    assert not any(f.name.startswith("sansproxy-2000") for f in files)
+    assert len(files) > 2, "the hour's file continued in parts"
+    assert sum(f.stat().st_size for f in files[:-1]) <= 20_000  # the file being written aside
+    kept = [record["id"] for record in read_traces(traces)]
+    assert 0 < len(kept) < len(ids)
+    assert kept == ids[-len(kept) :], "the oldest records went first"
+

@@ -24,9 +24,7 @@ from tests.e2e._helpers import (
     chat_body,
     chat_content,
     http_client,
-    load_json,
     parse_sse_stream,
-    wait_for_files,
 )
 from tests.support.mock_upstream import (
     CASINGS,
@@ -42,6 +40,7 @@ from tests.support.mock_upstream import (
     answer_body,
 )
 from tests.support.proxy_process import ProxyProcess, StartProxy
+from tests.support.traces import wait_for_traces
 
 Kind = Literal["stream", "json", "429"]
 STREAM_SCENARIOS: Final = ("ok", "sse-crlf", "sse-split-bytes")  # LF, CRLF, one byte a write
@@ -147,8 +146,7 @@ def test_title_case_stream_is_traced_with_usage_and_text(
     assert events[-2].json()["usage"]["completion_tokens"] == COMPLETION_TOKENS
     (request,) = mock_upstream.requests
     assert request.header(WIRE_HEADER) == "casing=title"
-    (path,) = wait_for_files(traces, 1)
-    record = load_json(path)
+    (record,) = wait_for_traces(traces, 1)
     assert record["id"] == response.headers["x-sansproxy-id"]
     assert record["outcome"] == "completed", record
     assert record["response"]["text"] == DEFAULT_TEXT, record["response"]

@@ -16,7 +16,6 @@ SSE events, and errors in the client API's shape.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.proxy_process import ADAPTER_MODULES, ProxyProcess, proxy_argv, proxy_env
+from tests.support.traces import wait_for_trace
 
 from .clients import CLIENTS, STREAM_ONLY, ClientResult, api_of, run_client
 from .payloads import COMPLETION_TOKENS, PROMPT_TOKENS, TEXT
@@ -65,19 +65,7 @@ class Gateway:
         """The trace of the exchange that gave `result` (it is written off the response path)."""
         exchange_id = result.headers.get("x-sansproxy-id")
         assert exchange_id, f"no x-sansproxy-id in {result.headers}"
-        deadline = time.monotonic() + timeout
-        while True:
-            found = list(self.traces.glob(f"*_{exchange_id}.json"))
-            if found:
-                try:
-                    record: dict[str, Any] = json.loads(found[0].read_text("utf-8"))
-                except ValueError:  # caught mid-write: read it again
-                    pass
-                else:
-                    return record
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no trace for {exchange_id} in {timeout} s")
-            time.sleep(0.02)
+        return wait_for_trace(self.traces, exchange_id, timeout=timeout)
 
 
 def gateway_config(upstream: Upstream, traces: Path) -> dict[str, Any]:

@@ -31,6 +31,9 @@ Scenarios (the default is ``ok``):
 - ``malformed-head``: garbage instead of an HTTP response, then close.
 - ``connection-close``: answer with ``Connection: close``, then close.
 - ``close-after-response``: answer normally (keep-alive), then close the connection.
+- ``deep-json:<depth>``: the JSON answer with one more member, ``"x"``: ``0`` in arrays
+  nested ``depth`` deep (valid JSON, deeper than a proxy should read).
+- ``deep-json-event:<depth>``: the stream, its first content event with that ``"x"``.
 
 Every stream scenario answers with SSE whatever the request asked for, in the OpenAI
 chunk format, or the Anthropic event format on a path ending in ``/messages``.
@@ -167,6 +170,7 @@ _STREAM_KINDS: Final = frozenset(
         "sse-no-final-blank-line",
         "sse-no-final-newline",
         "sse-extras",
+        "deep-json-event",
     }
 )
 _KNOWN: Final = (
@@ -174,7 +178,7 @@ _KNOWN: Final = (
     "stall-mid-stream, slow-stream:<n>:<ms>, sse-crlf, sse-cr, sse-split-bytes, "
     "sse-huge-event:<bytes>, "
     "sse-no-final-blank-line, sse-no-final-newline, sse-extras, malformed-head, "
-    "connection-close, close-after-response"
+    "connection-close, close-after-response, deep-json:<depth>, deep-json-event:<depth>"
 )
 _MALFORMED_HEAD: Final = b"THIS IS NOT HTTP \x00\xff\r\ngarbage without a colon\r\n\r\n"
 _ERROR_TYPES: Final = {
@@ -220,6 +224,10 @@ def parse_scenario(text: str) -> Scenario:
             size = int(name.removeprefix("sse-huge-event:"))
             if size >= 0:
                 return Scenario(kind="sse-huge-event", size=size)
+        elif name.startswith(("deep-json:", "deep-json-event:")):
+            kind, _, depth = name.partition(":")
+            if int(depth) >= 0:
+                return Scenario(kind=kind, size=int(depth))
     except ValueError:
         pass
     raise ValueError(f"unknown mock scenario {text!r}; known: {_KNOWN}")
@@ -382,7 +390,7 @@ def _dumps(value: Any) -> bytes:
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
 
@@ -788,6 +796,8 @@ class _Connection:
         self, request: RecordedRequest, scenario: Scenario, body: dict[str, Any]
     ) -> None:
         payload = _answer_payload(request, body)
+        if scenario.kind == "deep-json":
+            payload = _deepened(payload, scenario.size)
         if scenario.kind == "reset-mid-body":
             await self._send_head(
                 200,
@@ -826,6 +836,10 @@ class _Connection:
                 usage=usage,
                 huge=huge,
             )
+        if kind == "deep-json-event":
+            first = 3 if anthropic else 1  # after message_start, content_block_start, ping
+            name, data = events[first]
+            events[first] = (name, _deepened(data.encode(), scenario.size).decode())
         eol = {"sse-crlf": "\r\n", "sse-cr": "\r"}.get(kind, "\n")
         encoded = [
             _encode_event(name, data, eol=eol, extras=kind == "sse-extras", seq=seq)
@@ -879,7 +893,13 @@ def answer_body(request: RecordedRequest) -> bytes:
     scenario = parse_scenario(request.scenario)
     if scenario.kind == "status":
         return _error_body(scenario.status, request.path.endswith("/messages"))
-    return _answer_payload(request, _json_object(request.body))
+    payload = _answer_payload(request, _json_object(request.body))
+    return _deepened(payload, scenario.size) if scenario.kind == "deep-json" else payload
+
+
+def _deepened(data: bytes, depth: int) -> bytes:
+    """A JSON object with one more member: ``"x"``, ``0`` in arrays nested ``depth`` deep."""
+    return data[:-1] + b',"x":' + b"[" * depth + b"0" + b"]" * depth + b"}"
 
 
 def _answer_payload(request: RecordedRequest, body: dict[str, Any]) -> bytes:
