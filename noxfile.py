@@ -46,3 +46,26 @@ def bench(session: nox.Session) -> None:
         session.run("apt-get", "update", external=True)
         session.run("apt-get", "install", "-y", "wrk", external=True)
     session.run("python", "-m", "tests.bench.run", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def fuzz(session: nox.Session) -> None:
+    """The fuzz-style property tests, 25x longer than in CI (``SANSPROXY_FUZZ_SCALE``)."""
+    session.install("-e", ".[test]")
+    session.env.setdefault("SANSPROXY_FUZZ_SCALE", os.environ.get("SANSPROXY_FUZZ_SCALE", "25"))
+    session.run(
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "--no-cov",
+        "tests/core/test_json_limits.py",
+        "tests/core/test_exchange_properties.py",
+        *session.posargs,
+    )
+
+
+@nox.session(python=PYTHON)
+def soak(session: nox.Session) -> None:
+    """Good and hostile traffic, then RSS and descriptors: ``nox -s soak -- --adapter trio``."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "tests.bench.soak", *session.posargs)

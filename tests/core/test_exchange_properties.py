@@ -24,6 +24,7 @@ from core import (
     UpstreamFailed,
     UpstreamResponse,
 )
+from tests.support.fuzz import examples
 
 from .playbook import Playbook, config, upstream_config
 
@@ -72,7 +73,7 @@ def check_client_sequence(commands: list[Command]) -> None:
             ended = True
 
 
-@settings(max_examples=400)
+@settings(max_examples=examples(400))
 @given(
     st.lists(events, max_size=12),
     st.sampled_from(["mock", "upstream"]),
@@ -140,7 +141,7 @@ def relay(stream: bytes, cuts: list[int]) -> list[Command]:
     return out
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(
     sse_events,
     st.lists(st.integers(0, 10_000), max_size=20),
@@ -365,7 +366,7 @@ class _Driver:
         raise AssertionError(f"the exchange never finished (state {self.ex.state.name})")
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=examples(250), deadline=None)
 @given(
     st.lists(actions, max_size=20),
     st.one_of(st.none(), st.integers(0, 20)),
@@ -429,7 +430,7 @@ quota_events = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     st.lists(quota_events, max_size=14),
     st.sampled_from(["open", "closed"]),

@@ -33,6 +33,7 @@ from core import (
     WriteTrace,
 )
 from core._json import MAX_JSON_DEPTH, JSONError, check_items, loads
+from tests.support.fuzz import examples
 
 from .playbook import Playbook, client_view
 
@@ -95,7 +96,7 @@ documents = st.recursive(
 )
 
 
-@settings(max_examples=400)
+@settings(max_examples=examples(400))
 @given(documents, st.sampled_from([None, 1]), st.booleans())
 def test_the_value_bound_is_exact_but_for_empty_containers(
     document: Any, indent: int | None, ascii_only: bool
@@ -152,7 +153,7 @@ def test_a_bytearray_is_read_as_bytes() -> None:
         loads(bytearray(b'["a,b", 1, 2, 3]'), max_items=3)
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(st.text())
 def test_any_string_is_read_and_can_be_encoded_again(text: str) -> None:
     read = loads(json.dumps(text))
@@ -369,7 +370,7 @@ texts = st.text() | st.sampled_from(["\ud800", "a\udfffb", "\ud83d\ude00", "x\\u
 depths = st.integers(0, 300) | st.sampled_from([198, 199, 200, 1000, 10_000])
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(sorted(SETUPS)), texts, depths, st.booleans())
 def test_any_request_body_gets_an_answer_and_a_trace(
     setup: str, text: str, depth: int, ascii_only: bool
@@ -383,7 +384,7 @@ def test_any_request_body_gets_an_answer_and_a_trace(
         assert error_of(setup, data)[0] in ("invalid_json", "invalid_request_error")
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(sorted(s for s in SETUPS if SETUPS[s][3])), texts, depths, st.booleans())
 def test_any_upstream_answer_or_stream_reaches_the_client_sanely(
     setup: str, text: str, depth: int, stream: bool
