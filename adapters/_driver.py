@@ -218,11 +218,7 @@ class Driver:
                 state.resumed = now()
                 ex.handle_timer(now=state.resumed)
                 response = state.response
-                if (
-                    response is not None
-                    and state.reading
-                    and ex.upstream_attempt == state.attempt
-                ):
+                if response is not None and state.reading and ex.upstream_attempt == state.attempt:
                     # The read was cut off though the exchange still waits on it.
                     response.abort()
                     state.response = None

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ._events import Headers
-from ._limiter import Limit
+from ._quota import Limit
 
 __all__ = [
     "AcquireQuota",

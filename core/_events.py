@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from ._limiter import Decision
+from ._quota import Decision
 
 __all__ = [
     "ClientGone",

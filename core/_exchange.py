@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._auth import AuthMiddleware
+from .policies._auth import AuthMiddleware
 from ._commands import (
     AcquireQuota,
     CancelUpstream,
@@ -53,8 +53,8 @@ from ._events import (
     UpstreamFailed,
     UpstreamResponse,
 )
-from ._gateway import ROUTES, Plan, StreamTranslator, plan, plan_passthrough
-from ._guardrails import GuardrailsMiddleware
+from .gateway._plan import ROUTES, Plan, StreamTranslator, plan, plan_passthrough
+from .policies._guardrails import GuardrailsMiddleware
 from ._http import (
     HOP_BY_HOP,
     connection_tokens,
@@ -66,16 +66,16 @@ from ._http import (
     split_target,
 )
 from ._json import JSONError, loads
-from ._messages_to_chat import anthropic_error_body
+from .gateway._messages_to_chat import anthropic_error_body
 from ._middleware import HOOKS, Reply, load_middleware
-from ._mock import MockAnswer, mock_answer
-from ._ratelimit import RateLimitMiddleware
-from ._retry import Attempt, Retry, RetryMiddleware, parse_retry_after
-from ._routing import ApiType, Deployment, Router
+from .gateway._mock import MockAnswer, mock_answer
+from .policies._ratelimit import RateLimitMiddleware
+from .policies._retry import Attempt, Retry, RetryMiddleware, parse_retry_after
+from .gateway._routing import ApiType, Deployment, Router
 from ._sse import SSEDecoder, format_error_event, is_final_event, parse_block
 from ._state import TRANSITIONS, State
-from ._trace import TraceMiddleware
-from ._usage import (
+from .policies._trace import TraceMiddleware
+from .gateway._usage import (
     StreamUsage,
     Usage,
     cost_usd,
@@ -83,7 +83,7 @@ from ._usage import (
     usage_from_anthropic,
     usage_from_openai,
 )
-from ._validate import ValidateMiddleware
+from .policies._validate import ValidateMiddleware
 
 __all__ = ["BUILTIN_MIDDLEWARE", "Exchange", "Pipeline", "Proxy"]
 

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core._limiter import (
+from core.policies._limiter import (
     REDIS_ACQUIRE_SCRIPT,
     REDIS_ADJUST_SCRIPT,
     Limit,

@@ -48,7 +48,7 @@ from core._commands import (
     SpendRecord,
 )
 from core._events import ClientGone, Event, QuotaAnswered, QuotaFailed
-from core._limiter import (
+from core.policies._limiter import (
     REDIS_QUOTA_SCRIPT,
     REDIS_SETTLE_SCRIPT,
     Limit,

@@ -26,7 +26,7 @@ from core import (
     UpstreamEnded,
     UpstreamResponse,
 )
-from core._auth import presented_key
+from core.policies._auth import presented_key
 
 from .playbook import WALL, Playbook, client_view, config, header, upstream_config
 

@@ -1,4 +1,4 @@
-"""OpenAI chat client -> Anthropic Messages upstream translation (core._chat_to_messages).
+"""OpenAI chat client -> Anthropic Messages upstream translation (core.gateway._chat_to_messages).
 
 No sockets. The fixtures are the providers' documented examples: OpenAI's API
 reference and guides (chat completion requests, images, function calling,
@@ -24,7 +24,7 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from core._chat_to_messages import (
+from core.gateway._chat_to_messages import (
     MessagesStreamToChat,
     anthropic_error_to_openai,
     chat_request_to_messages,

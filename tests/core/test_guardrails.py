@@ -20,7 +20,7 @@ from core import (
     SendUpstreamRequest,
     ValidationError,
 )
-from core._guardrails import GuardrailsMiddleware, luhn_valid
+from core.policies._guardrails import GuardrailsMiddleware, luhn_valid
 
 from .playbook import WALL, Playbook, client_view, header
 

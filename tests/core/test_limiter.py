@@ -1,4 +1,4 @@
-"""The rate limiter (core._limiter): examples with exact numbers, then hypothesis.
+"""The rate limiter (core.policies._limiter): examples with exact numbers, then hypothesis.
 
 The properties: never more than the limit in any window [t, t + window), for
 random arrival times (bursts at one instant included) and amounts; never
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core._limiter import (
+from core.policies._limiter import (
     SLOTS,
     Decision,
     Limit,

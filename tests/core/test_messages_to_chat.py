@@ -1,4 +1,4 @@
-"""Anthropic Messages client -> OpenAI Chat Completions upstream (core._messages_to_chat).
+"""Anthropic Messages client -> OpenAI Chat Completions upstream (core.gateway._messages_to_chat).
 
 No sockets. The fixtures are the providers' documented examples: Anthropic's
 Messages API reference and guides (messages, prompt caching, vision, tool use,
@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core._errors import LocalProtocolError, RemoteProtocolError
-from core._messages_to_chat import (
+from core.gateway._messages_to_chat import (
     ChatStreamToMessages,
     anthropic_error_body,
     chat_response_to_messages,

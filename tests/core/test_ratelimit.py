@@ -38,7 +38,7 @@ from core import (
     UpstreamFailed,
     UpstreamResponse,
 )
-from core._auth import period_of
+from core.policies._auth import period_of
 
 from .playbook import WALL, Playbook, client_view, config, header
 

@@ -39,7 +39,7 @@ from core import (
     UpstreamResponse,
     WriteTrace,
 )
-from core._usage import delta_tokens
+from core.gateway._usage import delta_tokens
 
 from .playbook import Playbook
 

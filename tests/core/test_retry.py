@@ -31,7 +31,7 @@ from core import (
     WriteTrace,
     parse_block,
 )
-from core._retry import RetryMiddleware, parse_retry_after
+from core.policies._retry import RetryMiddleware, parse_retry_after
 
 from .playbook import WALL, Playbook, client_view, config, header, upstream_config
 

@@ -17,7 +17,7 @@ from core import (
     UpstreamResponse,
     WriteTrace,
 )
-from core._trace import REDACTED, redact_headers, redact_target
+from core.policies._trace import REDACTED, redact_headers, redact_target
 
 from .playbook import Playbook, config, upstream_config
 

@@ -1,4 +1,4 @@
-"""Usage extraction, the price table and cost (core._usage, core._prices). No sockets.
+"""Usage extraction, the price table and cost (core.gateway._usage, core.gateway._prices). No sockets.
 
 The response and stream fixtures are the providers' documented examples: the
 OpenAI API reference (chat completion, Responses API, embeddings, the
@@ -21,10 +21,10 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 import core._json
-import core._usage
-from core._prices import AS_OF, PRICES, SOURCE, Price, price_for
+import core.gateway._usage
+from core.gateway._prices import AS_OF, PRICES, SOURCE, Price, price_for
 from core._sse import SSEDecoder
-from core._usage import (
+from core.gateway._usage import (
     StreamUsage,
     Usage,
     cost_usd,
@@ -553,7 +553,7 @@ def test_only_blocks_that_can_carry_usage_are_parsed(monkeypatch: pytest.MonkeyP
         parsed.append(data)
         return real_loads(data, **limits)
 
-    monkeypatch.setattr(core._usage, "loads", loads)
+    monkeypatch.setattr(core.gateway._usage, "loads", loads)
     stream_usage("openai", OPENAI_STREAM)
     assert len(parsed) == 1 and '"usage":{' in parsed[0]
     parsed.clear()

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core import Command, Proxy, ProxyConfig, SendUpstreamRequest, ValidationError
-from core._validate import ValidateMiddleware
+from core.policies._validate import ValidateMiddleware
 
 from .playbook import WALL, Playbook, client_view
 from .test_chat_to_messages import chat_requests

@@ -138,8 +138,7 @@ def test_redis_down_floods_no_log(
     redis_server.stop()
     with httpx.Client(base_url=proxy.base_url, timeout=READ_TIMEOUT) as http:
         statuses = [
-            http.post(CHAT, json=chat_body("fast"), headers=BEARER).status_code
-            for _ in range(200)
+            http.post(CHAT, json=chat_body("fast"), headers=BEARER).status_code for _ in range(200)
         ]
     assert statuses == [503] * 200
     assert stop(proxy) in (0, -signal.SIGTERM)

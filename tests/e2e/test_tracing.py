@@ -317,4 +317,3 @@ def test_retention_keeps_the_directory_within_its_limits(
     kept = [record["id"] for record in read_traces(traces)]
     assert 0 < len(kept) < len(ids)
     assert kept == ids[-len(kept) :], "the oldest records went first"
-

@@ -2,7 +2,7 @@
 
 Each driver must report what its client really assembled. The answers are known
 exactly: the proxy with no configuration serves the built-in mock provider (the
-expectation comes from `core._mock.mock_answer` itself), and a proxy in front of the
+expectation comes from `core.gateway._mock.mock_answer` itself), and a proxy in front of the
 project's mock upstream (`--type openai` or `--type anthropic`) relays
 `DEFAULT_TEXT`, its usage and its scenarios (a 429, a stream cut or stalled).
 """
@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import pytest
 
-from core._mock import mock_answer
+from core.gateway._mock import mock_answer
 from tests.interop.clients import (
     CLIENTS,
     STREAM_ONLY,

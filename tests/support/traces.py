@@ -40,9 +40,7 @@ def read_traces(directory: Path) -> list[dict[str, Any]]:
     return records
 
 
-def wait_for_traces(
-    directory: Path, count: int, *, timeout: float = 5.0
-) -> list[dict[str, Any]]:
+def wait_for_traces(directory: Path, count: int, *, timeout: float = 5.0) -> list[dict[str, Any]]:
     """Poll (bounded) until ``directory`` holds at least ``count`` records; return them
     all (fewer if the time ran out: the caller's assertion says what was missing)."""
     deadline = time.monotonic() + timeout

@@ -11,12 +11,12 @@ import base64
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from ._commands import WriteTrace
-from ._events import Headers
-from ._http import header
-from ._json import JSONError, loads
-from ._middleware import Context
-from ._sse import parse_block
+from .._commands import WriteTrace
+from .._events import Headers
+from .._http import header
+from .._json import JSONError, loads
+from .._middleware import Context
+from .._sse import parse_block
 
 __all__ = ["REDACTED", "TraceMiddleware", "redact_headers", "redact_target"]
 

@@ -96,10 +96,10 @@ from pydantic import AfterValidator, ConfigDict, Discriminator, Field, Tag, Type
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict, is_typeddict
 
-from ._errors import ValidationError
-from ._http import json_error, param_path, parse_json_object
-from ._json import MAX_JSON_ITEMS, JSONError, check_items
-from ._middleware import Context
+from .._errors import ValidationError
+from .._http import json_error, param_path, parse_json_object
+from .._json import MAX_JSON_ITEMS, JSONError, check_items
+from .._middleware import Context
 
 __all__ = ["ValidateMiddleware"]
 

@@ -50,9 +50,9 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final, Literal, NoReturn
 
-from core._errors import LocalProtocolError, NetworkError, ValidationError, anthropic_type
-from core._json import MAX_JSON_ITEMS, JSONError, loads
-from core._sse import parse_block
+from .._errors import LocalProtocolError, NetworkError, ValidationError, anthropic_type
+from .._json import MAX_JSON_ITEMS, JSONError, loads
+from .._sse import parse_block
 
 __all__ = [
     "ChatStreamToMessages",

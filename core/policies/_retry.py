@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._errors import ProtocolError, ProviderRateLimitError
-from ._events import Headers
-from ._routing import Deployment
+from .._errors import ProtocolError, ProviderRateLimitError
+from .._events import Headers
+from ..gateway._routing import Deployment
 
 if TYPE_CHECKING:
-    from ._exchange import Exchange
+    from .._exchange import Exchange
 
 __all__ = ["Attempt", "Retry", "RetryMiddleware", "parse_retry_after"]
 

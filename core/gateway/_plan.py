@@ -18,10 +18,10 @@ from ._chat_to_messages import (
     chat_request_to_messages,
     messages_response_to_chat,
 )
-from ._errors import ModelNotFoundError, RemoteProtocolError, ValidationError
-from ._events import Headers
-from ._http import dumps, over_json_limits, parse_json_object
-from ._json import MAX_JSON_ITEMS
+from .._errors import ModelNotFoundError, RemoteProtocolError, ValidationError
+from .._events import Headers
+from .._http import dumps, over_json_limits, parse_json_object
+from .._json import MAX_JSON_ITEMS
 from ._messages_to_chat import (
     ChatStreamToMessages,
     chat_response_to_messages,

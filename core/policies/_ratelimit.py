@@ -5,7 +5,7 @@ per public model (``models: {name: {deployments: [...], limits: {rpm, tpm}}}``),
 all checked and charged at once, all or nothing, by the driver's store (one
 process in memory, or Redis shared by every worker and instance). The
 algorithm and its guarantee (never more than the limit in any window) are in
-``core._limiter``.
+``core.policies._limiter``.
 
 Tokens are charged up front from an estimate -- the request's size in bytes
 over four, plus the output it asks for at most (``max_tokens``,
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from ._auth import ClientKey, budget_key, key_limits
-from ._commands import (
+from .._commands import (
     AcquireQuota,
     BudgetCheck,
     Log,
@@ -39,13 +39,13 @@ from ._commands import (
     SettleQuota,
     SpendRecord,
 )
-from ._errors import BudgetExceededError, ClientRateLimitError, ServiceUnavailableError
-from ._events import QuotaAnswered, QuotaFailed
+from .._errors import BudgetExceededError, ClientRateLimitError, ServiceUnavailableError
+from .._events import QuotaAnswered, QuotaFailed
 from ._limiter import Decision, Limit
 
 if TYPE_CHECKING:
-    from ._config import ProxyConfig
-    from ._exchange import Exchange
+    from .._config import ProxyConfig
+    from .._exchange import Exchange
 
 __all__ = ["RateLimitMiddleware", "estimate_tokens", "ratelimit_headers"]
 

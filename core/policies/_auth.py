@@ -26,15 +26,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticError
 
-from ._commands import AcquireQuota, BudgetCheck, QuotaCharge
-from ._errors import AuthenticationError, PermissionDeniedError, ServiceUnavailableError
-from ._events import Headers, QuotaAnswered, QuotaFailed
-from ._http import dumps, param_path
+from .._commands import AcquireQuota, BudgetCheck, QuotaCharge
+from .._errors import AuthenticationError, PermissionDeniedError, ServiceUnavailableError
+from .._events import Headers, QuotaAnswered, QuotaFailed
+from .._http import dumps, param_path
 from ._limiter import Decision, Limit
-from ._middleware import Reply
+from .._middleware import Reply
 
 if TYPE_CHECKING:
-    from ._exchange import Exchange
+    from .._exchange import Exchange
 
 __all__ = [
     "ADMIN_PATH",

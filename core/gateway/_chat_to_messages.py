@@ -33,10 +33,10 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ._errors import NetworkError, RemoteProtocolError, ValidationError
-from ._http import error_body
-from ._json import MAX_JSON_ITEMS, JSONError, loads
-from ._sse import format_error_event, parse_block
+from .._errors import NetworkError, RemoteProtocolError, ValidationError
+from .._http import error_body
+from .._json import MAX_JSON_ITEMS, JSONError, loads
+from .._sse import format_error_event, parse_block
 
 __all__ = [
     "MessagesStreamToChat",

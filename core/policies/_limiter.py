@@ -63,6 +63,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
+from .._quota import Decision, Limit, finite as _finite, integer as _integer
+
 __all__ = [
     "REDIS_ACQUIRE_SCRIPT",
     "REDIS_ADJUST_SCRIPT",
@@ -87,55 +89,6 @@ SLOTS = 60  # entries per window at most (+1): the log's resolution is window / 
 _MAX_TTL = 1e10  # seconds: a spend's time to live at most (Redis's PX must be an integer)
 
 _Entries = tuple[tuple[float, ...], tuple[int, ...]]
-
-
-def _finite(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, not {value!r}")
-    return float(value)
-
-
-def _integer(name: str, value: int, *, minimum: int | None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, not {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, not {value!r}")
-    return value
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Limit:
-    """At most ``limit`` (requests or tokens) in any ``window`` seconds. Don't subclass."""
-
-    limit: int
-    window: float = 60.0
-
-    def __post_init__(self) -> None:
-        _integer("Limit.limit", self.limit, minimum=1)
-        window = _finite("Limit.window", self.window)
-        if window <= 0:
-            raise ValueError(f"Limit.window must be > 0, not {self.window!r}")
-        object.__setattr__(self, "window", window)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Decision:
-    """One limit's verdict, in seconds: what ``x-ratelimit-*`` and ``Retry-After`` need.
-
-    ``allowed``: the request was admitted and charged (with ``acquire_all``: by
-    every limit, so all its decisions agree). ``remaining``: what is
-    left in the window after it, in [0, limit]. ``reset_after``: until all usage
-    has left the window. ``retry_after``: 0 when allowed; else the wait after
-    which the same request is admitted if nothing else arrives -- ``math.inf``
-    when its amount exceeds ``limit`` itself (it never fits), and 0 for a limit
-    that had room when another limit of the same request refused it.
-    """
-
-    allowed: bool
-    limit: int
-    remaining: int
-    reset_after: float
-    retry_after: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ._json import MAX_JSON_ITEMS, JSONError, loads
+from .._json import MAX_JSON_ITEMS, JSONError, loads
 from ._prices import Price
-from ._sse import parse_block
+from .._sse import parse_block
 
 __all__ = [
     "StreamUsage",
