@@ -12,7 +12,6 @@ driver in a dozen lines.
         ...  # StartResponse, SendBody, EndResponse, SendUpstreamRequest, ...
 """
 
-from .policies._auth import AuthMiddleware, Budget, ClientKey
 from ._commands import (
     AcquireQuota,
     BudgetCheck,
@@ -80,8 +79,17 @@ from ._events import (
     UpstreamResponse,
 )
 from ._exchange import BUILTIN_MIDDLEWARE, Exchange, Pipeline, Proxy
-from .policies._guardrails import GuardrailsMiddleware
 from ._http import error_body
+from ._middleware import Context, Middleware, Reply
+from ._sse import SSEDecoder, SSEEvent, format_error_event, parse_block
+from ._state import TRANSITIONS, State
+from .gateway._prices import AS_OF as PRICES_AS_OF
+from .gateway._prices import PRICES, Price, price_for
+from .gateway._prices import SOURCE as PRICES_SOURCE
+from .gateway._routing import Deployment, Provider, Router
+from .gateway._usage import StreamUsage, Usage, cost_usd, usage_from_anthropic, usage_from_openai
+from .policies._auth import AuthMiddleware, Budget, ClientKey
+from .policies._guardrails import GuardrailsMiddleware
 from .policies._limiter import (
     REDIS_QUOTA_SCRIPT,
     REDIS_SETTLE_SCRIPT,
@@ -93,17 +101,9 @@ from .policies._limiter import (
     redis_quota_args,
     redis_settle_args,
 )
-from ._middleware import Context, Middleware, Reply
-from .gateway._prices import AS_OF as PRICES_AS_OF
-from .gateway._prices import PRICES, Price, price_for
-from .gateway._prices import SOURCE as PRICES_SOURCE
 from .policies._ratelimit import RateLimitMiddleware
 from .policies._retry import Attempt, Retry, RetryMiddleware
-from .gateway._routing import Deployment, Provider, Router
-from ._sse import SSEDecoder, SSEEvent, format_error_event, parse_block
-from ._state import TRANSITIONS, State
 from .policies._trace import TraceMiddleware
-from .gateway._usage import StreamUsage, Usage, cost_usd, usage_from_anthropic, usage_from_openai
 from .policies._validate import ValidateMiddleware
 
 __all__ = [

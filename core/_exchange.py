@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .policies._auth import AuthMiddleware
 from ._commands import (
     AcquireQuota,
     CancelUpstream,
@@ -53,8 +52,6 @@ from ._events import (
     UpstreamFailed,
     UpstreamResponse,
 )
-from .gateway._plan import ROUTES, Plan, StreamTranslator, plan, plan_passthrough
-from .policies._guardrails import GuardrailsMiddleware
 from ._http import (
     HOP_BY_HOP,
     connection_tokens,
@@ -66,15 +63,13 @@ from ._http import (
     split_target,
 )
 from ._json import JSONError, loads
-from .gateway._messages_to_chat import anthropic_error_body
 from ._middleware import HOOKS, Reply, load_middleware
-from .gateway._mock import MockAnswer, mock_answer
-from .policies._ratelimit import RateLimitMiddleware
-from .policies._retry import Attempt, Retry, RetryMiddleware, parse_retry_after
-from .gateway._routing import ApiType, Deployment, Router
 from ._sse import SSEDecoder, format_error_event, is_final_event, parse_block
 from ._state import TRANSITIONS, State
-from .policies._trace import TraceMiddleware
+from .gateway._messages_to_chat import anthropic_error_body
+from .gateway._mock import MockAnswer, mock_answer
+from .gateway._plan import ROUTES, Plan, StreamTranslator, plan, plan_passthrough
+from .gateway._routing import ApiType, Deployment, Router
 from .gateway._usage import (
     StreamUsage,
     Usage,
@@ -83,6 +78,11 @@ from .gateway._usage import (
     usage_from_anthropic,
     usage_from_openai,
 )
+from .policies._auth import AuthMiddleware
+from .policies._guardrails import GuardrailsMiddleware
+from .policies._ratelimit import RateLimitMiddleware
+from .policies._retry import Attempt, Retry, RetryMiddleware, parse_retry_after
+from .policies._trace import TraceMiddleware
 from .policies._validate import ValidateMiddleware
 
 __all__ = ["BUILTIN_MIDDLEWARE", "Exchange", "Pipeline", "Proxy"]

@@ -12,16 +12,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .._errors import ModelNotFoundError, RemoteProtocolError, ValidationError
+from .._events import Headers
+from .._http import dumps, over_json_limits, parse_json_object
+from .._json import MAX_JSON_ITEMS
 from ._chat_to_messages import (
     MessagesStreamToChat,
     anthropic_error_to_openai,
     chat_request_to_messages,
     messages_response_to_chat,
 )
-from .._errors import ModelNotFoundError, RemoteProtocolError, ValidationError
-from .._events import Headers
-from .._http import dumps, over_json_limits, parse_json_object
-from .._json import MAX_JSON_ITEMS
 from ._messages_to_chat import (
     ChatStreamToMessages,
     chat_response_to_messages,

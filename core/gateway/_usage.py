@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .._json import MAX_JSON_ITEMS, JSONError, loads
-from ._prices import Price
 from .._sse import parse_block
+from ._prices import Price
 
 __all__ = [
     "StreamUsage",

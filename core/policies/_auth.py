@@ -30,8 +30,8 @@ from .._commands import AcquireQuota, BudgetCheck, QuotaCharge
 from .._errors import AuthenticationError, PermissionDeniedError, ServiceUnavailableError
 from .._events import Headers, QuotaAnswered, QuotaFailed
 from .._http import dumps, param_path
-from ._limiter import Decision, Limit
 from .._middleware import Reply
+from ._limiter import Decision, Limit
 
 if TYPE_CHECKING:
     from .._exchange import Exchange

@@ -63,7 +63,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
-from .._quota import Decision, Limit, finite as _finite, integer as _integer
+from .._quota import Decision, Limit
+from .._quota import finite as _finite
+from .._quota import integer as _integer
 
 __all__ = [
     "REDIS_ACQUIRE_SCRIPT",

@@ -29,7 +29,6 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from ._auth import ClientKey, budget_key, key_limits
 from .._commands import (
     AcquireQuota,
     BudgetCheck,
@@ -41,6 +40,7 @@ from .._commands import (
 )
 from .._errors import BudgetExceededError, ClientRateLimitError, ServiceUnavailableError
 from .._events import QuotaAnswered, QuotaFailed
+from ._auth import ClientKey, budget_key, key_limits
 from ._limiter import Decision, Limit
 
 if TYPE_CHECKING:

@@ -24,14 +24,14 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from core._errors import RemoteProtocolError
+from core._sse import SSEDecoder
 from core.gateway._chat_to_messages import (
     MessagesStreamToChat,
     anthropic_error_to_openai,
     chat_request_to_messages,
     messages_response_to_chat,
 )
-from core._errors import RemoteProtocolError
-from core._sse import SSEDecoder
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "chat_to_messages"
 MODEL = "claude-sonnet-4-5"

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core._errors import LocalProtocolError, RemoteProtocolError
+from core._sse import SSEDecoder
 from core.gateway._messages_to_chat import (
     ChatStreamToMessages,
     anthropic_error_body,
@@ -32,7 +33,6 @@ from core.gateway._messages_to_chat import (
     messages_request_to_chat,
     openai_error_to_anthropic,
 )
-from core._sse import SSEDecoder
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "messages_to_chat"
 MODEL = "claude-sonnet-4-5"  # what the client asked for

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 import core._json
 import core.gateway._usage
-from core.gateway._prices import AS_OF, PRICES, SOURCE, Price, price_for
 from core._sse import SSEDecoder
+from core.gateway._prices import AS_OF, PRICES, SOURCE, Price, price_for
 from core.gateway._usage import (
     StreamUsage,
     Usage,
