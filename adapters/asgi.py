@@ -41,7 +41,8 @@ from core import (
     RequestEnded,
     RequestReceived,
     ServerConfig,
-    error_body,
+    ValidationError,
+    render_error,
 )
 
 from ._cli import ConfigError, describe_upstream, fail, parse_args, setup_logging
@@ -167,9 +168,7 @@ class RawTargetProtocol(HttpToolsProtocol):
         if cycle is not None and not cycle.response_complete:
             cycle.keep_alive = False  # a response is under way: close once it is sent
             return
-        body = error_body(
-            _REQUEST_TIMEOUT, error_type="invalid_request_error", code="request_timeout"
-        )
+        body = render_error(ValidationError(_REQUEST_TIMEOUT, status=408, code="request_timeout"))
         self.transport.write(
             b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
@@ -391,7 +390,7 @@ class ProxyEndpoint:
 
 
 async def _send_408(send: Send) -> None:
-    body = error_body(_REQUEST_TIMEOUT, error_type="invalid_request_error", code="request_timeout")
+    body = render_error(ValidationError(_REQUEST_TIMEOUT, status=408, code="request_timeout"))
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

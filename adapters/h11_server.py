@@ -33,7 +33,8 @@ from core import (
     RequestData,
     RequestEnded,
     RequestReceived,
-    error_body,
+    ValidationError,
+    render_error,
 )
 
 from ._cli import describe_upstream, parse_args, setup_logging
@@ -384,7 +385,7 @@ class H11Server:
         code = {431: "request_header_fields_too_large", 408: "request_timeout"}.get(
             status, "invalid_request"
         )
-        body = error_body(message, error_type="invalid_request_error", code=code)
+        body = render_error(ValidationError(message, status=status, code=code))
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

@@ -66,7 +66,6 @@ from ._events import (
     ClientGone,
     Event,
     FailureKind,
-    Headers,
     QuotaAnswered,
     QuotaFailed,
     RequestData,
@@ -79,9 +78,10 @@ from ._events import (
     UpstreamResponse,
 )
 from ._exchange import BUILTIN_MIDDLEWARE, Exchange, Pipeline, Proxy
-from ._http import error_body
+from ._headers import Headers
 from ._middleware import Context, Middleware, Reply
-from ._sse import SSEDecoder, SSEEvent, format_error_event, parse_block
+from ._render import render_error, render_error_event
+from ._sse import SSEDecoder, SSEEvent, parse_block
 from ._state import TRANSITIONS, State
 from .gateway._prices import AS_OF as PRICES_AS_OF
 from .gateway._prices import PRICES, Price, price_for
@@ -208,7 +208,7 @@ __all__ = [
     "UpstreamFailed",
     "UpstreamResponse",
     "WriteTrace",
-    "error_body",
-    "format_error_event",
+    "render_error",
+    "render_error_event",
     "parse_block",
 ]

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ._events import Headers
+from ._headers import Headers
 from ._quota import Limit
 
 __all__ = [

@@ -29,16 +29,17 @@ class                        status  OpenAI type            default code        
 ===========================  ======  =====================  ========================  =========
 
 \\* ``ValidationError`` also answers 413 (body too large, or JSON of too many
-values) and 431 (head too large); ``ModelNotFoundError`` also answers 404 for an
-unknown URL. A status given to the constructor must stay in the class's family
-(4xx / 5xx).
+values), 431 (head too large) and 501 (a transfer coding not implemented);
+``ModelNotFoundError`` also answers 404 for an unknown URL. A status given to
+the constructor must stay in the class's family (4xx / 5xx), or be one of its
+``other_statuses``.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from ._events import Headers
+from ._headers import Headers
 
 __all__ = [
     "TAXONOMY",
@@ -142,6 +143,8 @@ class ProxyError(RemoteProtocolError):
     default_code: ClassVar[str]
     is_retryable: ClassVar[bool]
     anthropic_error_type: ClassVar[str | None] = None
+    #: Statuses outside the class's family it may also answer.
+    other_statuses: ClassVar[frozenset[int]] = frozenset()
 
     def __init__(
         self,
@@ -156,7 +159,7 @@ class ProxyError(RemoteProtocolError):
             raise TypeError("raise one of ProxyError's subclasses")
         if status is None:
             status = self.status
-        elif status // 100 != self.status // 100:
+        elif status // 100 != self.status // 100 and status not in self.other_statuses:
             raise ValueError(f"{type(self).__name__} cannot answer {status}")
         super().__init__(
             msg,
@@ -178,6 +181,7 @@ class ValidationError(ProxyError):
     openai_type = "invalid_request_error"
     default_code = "invalid_request"
     is_retryable = False
+    other_statuses = frozenset({501})  # a framing the proxy does not implement
 
 
 class AuthenticationError(ProxyError):

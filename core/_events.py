@@ -6,10 +6,10 @@ the exchange dispatches on the exact class.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from ._headers import Headers, lower_names
 from ._quota import Decision
 
 __all__ = [
@@ -29,9 +29,6 @@ __all__ = [
     "UpstreamResponse",
 ]
 
-#: Header pairs: names lower-cased (by the events that carry them), raw values.
-Headers = Sequence[tuple[bytes, bytes]]
-
 #: Why an upstream attempt failed, as the driver saw it.
 FailureKind = Literal["connect", "timeout", "reset", "protocol"]
 
@@ -40,16 +37,6 @@ class Event:
     """Base class of all events."""
 
     __slots__ = ()
-
-
-def _lower_names(headers: Headers) -> list[tuple[bytes, bytes]]:
-    """Header pairs with their names lower-cased, as h11's events keep them.
-
-    HTTP header names are case-insensitive (RFC 9110 5.1): nginx, Node and Go
-    send ``Content-Type``. Normalised once, here, so that every decision the
-    core makes from a header holds whatever the peer's spelling.
-    """
-    return [(name.lower(), value) for name, value in headers]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,7 +48,7 @@ class RequestReceived(Event):
     headers: Headers
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "headers", _lower_names(self.headers))
+        object.__setattr__(self, "headers", lower_names(self.headers))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,7 +75,7 @@ class UpstreamResponse(Event):
     headers: Headers
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "headers", _lower_names(self.headers))
+        object.__setattr__(self, "headers", lower_names(self.headers))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -40,7 +40,6 @@ from ._errors import (
 from ._events import (
     ClientGone,
     Event,
-    Headers,
     QuotaAnswered,
     QuotaFailed,
     RequestData,
@@ -52,21 +51,13 @@ from ._events import (
     UpstreamFailed,
     UpstreamResponse,
 )
-from ._http import (
-    HOP_BY_HOP,
-    connection_tokens,
-    dumps,
-    error_body,
-    error_headers,
-    header,
-    parse_json_object,
-    split_target,
-)
-from ._json import JSONError, loads
+from ._headers import HOP_BY_HOP, Headers, connection_tokens, header, parse_retry_after
+from ._http import parse_json_object, split_target
+from ._json import JSONError, dumps, loads
 from ._middleware import HOOKS, Reply, load_middleware
-from ._sse import SSEDecoder, format_error_event, is_final_event, parse_block
+from ._render import ApiName, error_headers, render_error, render_error_event
+from ._sse import SSEDecoder, is_final_event, parse_block
 from ._state import TRANSITIONS, State
-from .gateway._messages_to_chat import anthropic_error_body
 from .gateway._mock import MockAnswer, mock_answer
 from .gateway._plan import ROUTES, Plan, StreamTranslator, plan, plan_passthrough
 from .gateway._routing import ApiType, Deployment, Router
@@ -81,7 +72,7 @@ from .gateway._usage import (
 from .policies._auth import AuthMiddleware
 from .policies._guardrails import GuardrailsMiddleware
 from .policies._ratelimit import RateLimitMiddleware
-from .policies._retry import Attempt, Retry, RetryMiddleware, parse_retry_after
+from .policies._retry import Attempt, Retry, RetryMiddleware
 from .policies._trace import TraceMiddleware
 from .policies._validate import ValidateMiddleware
 
@@ -257,7 +248,7 @@ class Exchange:
         self.attempts: list[Attempt] = []
         self.key: Any = None
         self.now = now
-        self.client_api = "openai"
+        self.client_api: ApiName = "openai"
         self.model: str | None = None
         self.deployment: Deployment | None = None
         self.usage: Usage | None = None
@@ -1110,39 +1101,17 @@ class Exchange:
         )
         for hook in self._proxy.pipeline.on_error:
             hook(self, error)
-        anthropic = self.client_api == "anthropic"
         if self.response_status is None:
-            body = self._error_body(error)
+            body = render_error(error, api=self.client_api)
             self._start_response(status, error_headers(body, error.headers))
             self._send_body(body)
             self._commands.append(_END_OK)
         elif self.is_stream:
-            if anthropic:
-                event = b"event: error\ndata: " + dumps(
-                    {
-                        "type": "error",
-                        "error": {"type": error.anthropic_type, "message": str(error)},
-                    }
-                )
-                self._send_blocks((event + b"\n\n",))
-            else:
-                self._send_blocks(
-                    (format_error_event(str(error), error_type=error.error_type, code=error.code),)
-                )
+            self._send_blocks((render_error_event(error, api=self.client_api),))
             self._commands.append(_END_OK)
         else:
             self._commands.append(_END_CUT)
         self._complete(_outcome(error), now)
-
-    def _error_body(self, error: ProtocolError) -> bytes:
-        """``error`` in the client API's shape."""
-        if self.client_api == "anthropic":
-            return anthropic_error_body(
-                error.error_status_hint, str(error), error_type=error.anthropic_type
-            )
-        return error_body(
-            str(error), error_type=error.error_type, code=error.code, param=error.param
-        )
 
     def _complete(self, outcome: str, now: float, *, hooks: bool = True) -> None:
         if self._stream_usage is not None:
@@ -1174,7 +1143,7 @@ class Exchange:
         error = InternalError("internal error in the proxy")
         self.error = error
         if self.response_status is None:
-            body = self._error_body(error)
+            body = render_error(error, api=self.client_api)
             self._commands.append(StartResponse(status=500, headers=error_headers(body)))
             if not self._head:
                 self._commands.append(SendBody(data=body))

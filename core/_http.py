@@ -1,43 +1,20 @@
-"""HTTP details the exchange needs: request targets, hop-by-hop headers, error bodies."""
+"""HTTP request details: the target, the JSON body and where in it a fault is."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from ._errors import ValidationError
-from ._events import Headers
 from ._json import MAX_JSON_ITEMS, JSONError, loads
 
 __all__ = [
-    "param_path",
-    "HOP_BY_HOP",
-    "connection_tokens",
-    "dumps",
-    "error_body",
-    "error_headers",
-    "header",
     "json_error",
     "over_json_limits",
+    "param_path",
     "parse_json_object",
     "split_target",
 ]
-
-#: Headers that describe one connection, never forwarded (RFC 9110 7.6.1).
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"transfer-encoding",
-        b"te",
-        b"trailer",
-        b"upgrade",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-    }
-)
 
 _BAD_ESCAPES = (b"%2e", b"%2f", b"%5c", b"%00")
 
@@ -77,24 +54,6 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
     return path, query
 
 
-def header(headers: Headers, wanted: bytes) -> bytes | None:
-    """The value of the first header named ``wanted`` (lower-case), or None."""
-    for name, value in headers:
-        if name == wanted:
-            return value
-    return None
-
-
-def connection_tokens(value: bytes) -> set[bytes]:
-    """The header names a ``Connection`` header lists (they are hop-by-hop too)."""
-    return {token.strip().lower() for token in value.split(b",")}
-
-
-def dumps(value: Any) -> bytes:
-    """Compact UTF-8 JSON, as every body the proxy writes."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def parse_json_object(body: bytes, *, max_items: int = MAX_JSON_ITEMS) -> dict[str, Any]:
     """A request body as a JSON object, or the ``ValidationError`` of :func:`json_error`."""
     try:
@@ -122,30 +81,6 @@ def over_json_limits(exc: BaseException) -> bool:
     """Whether ``exc`` refuses a body for the JSON limits (not for being bad JSON)."""
     cause = exc.__cause__
     return isinstance(cause, JSONError) and cause.limit is not None
-
-
-def error_body(
-    message: str,
-    *,
-    error_type: str,
-    code: str | None,
-    param: str | None = None,
-) -> bytes:
-    """An error in OpenAI's shape: ``{"error": {"message", "type", "param", "code"}}``."""
-    return json.dumps(
-        {"error": {"message": message, "type": error_type, "param": param, "code": code}},
-        separators=(",", ":"),
-    ).encode()
-
-
-def error_headers(body: bytes, extra: Headers = ()) -> list[tuple[bytes, bytes]]:
-    """Response headers for a JSON error body."""
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-    ]
-    headers.extend(extra)
-    return headers
 
 
 def param_path(path: Sequence[int | str]) -> str:

@@ -1,4 +1,4 @@
-"""Reading JSON a peer sent: one function, ``loads``, with bounds.
+"""JSON: reading what a peer sent (``loads``, with bounds) and writing it (``dumps``).
 
 Every JSON document the core reads from a client or an upstream -- a request
 body, tool-call arguments, an upstream's answer or error body, each stream
@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 from pydantic_core import from_json
 
-__all__ = ["MAX_JSON_DEPTH", "MAX_JSON_ITEMS", "JSONError", "check_items", "loads"]
+__all__ = ["MAX_JSON_DEPTH", "MAX_JSON_ITEMS", "JSONError", "check_items", "dumps", "loads"]
 
 #: The deepest nesting read (pydantic-core's parser's own bound).
 MAX_JSON_DEPTH = 200
@@ -206,3 +206,11 @@ def _replace_lone_surrogates(text: str) -> str:
         return text
     pieces.append(text[kept:])
     return "".join(pieces)
+
+
+def dumps(value: Any) -> bytes:
+    """Compact UTF-8 JSON (no spaces, non-ASCII kept): every JSON the core writes."""
+    return _encode(value).encode()
+
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode

@@ -50,7 +50,7 @@ from typing import Any, Protocol
 
 from ._commands import Command
 from ._errors import ProtocolError
-from ._events import Headers
+from ._headers import Headers
 
 __all__ = ["HOOKS", "Context", "Middleware", "Reply", "load_middleware"]
 

@@ -10,13 +10,12 @@ only parsed on demand, by :func:`parse_block`, following the WHATWG HTML
 
 from __future__ import annotations
 
-import json
 from contextlib import suppress
 from dataclasses import dataclass
 
 from ._errors import LocalProtocolError, NetworkError, RemoteProtocolError
 
-__all__ = ["SSEDecoder", "SSEEvent", "format_error_event", "is_final_event", "parse_block"]
+__all__ = ["SSEDecoder", "SSEEvent", "is_final_event", "parse_block"]
 
 _BOM = b"\xef\xbb\xbf"
 _LF = 10  # ord("\n")
@@ -136,14 +135,6 @@ def parse_block(block: bytes) -> SSEEvent:
         comments=tuple(comments),
         has_data=bool(data),
     )
-
-
-def format_error_event(
-    message: str, *, error_type: str = "upstream_error", code: str | None = None
-) -> bytes:
-    """An ``event: error`` block carrying an OpenAI-style error object."""
-    payload = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
-    return b"event: error\ndata: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
 
 
 class SSEDecoder:

@@ -34,9 +34,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._errors import NetworkError, RemoteProtocolError, ValidationError
-from .._http import error_body
 from .._json import MAX_JSON_ITEMS, JSONError, loads
-from .._sse import format_error_event, parse_block
+from .._render import openai_error_body, openai_error_event
+from .._sse import parse_block
 
 __all__ = [
     "MessagesStreamToChat",
@@ -753,14 +753,14 @@ def anthropic_error_to_openai(
     except JSONError:
         fields = None
     if fields is None:
-        return error_body(
+        return openai_error_body(
             f"the upstream answered HTTP {status} without an Anthropic error body",
             error_type="server_error" if status >= 500 else "invalid_request_error",
             code="upstream_error",
         )
     kind, message = fields
     error_type, code = _error_kind(kind, status)
-    return error_body(message, error_type=error_type, code=code)
+    return openai_error_body(message, error_type=error_type, code=code)
 
 
 # --- stream: Anthropic events -> chat.completion.chunk events ------------------
@@ -876,7 +876,7 @@ class MessagesStreamToChat:
             return []
         self._state = _ENDED
         return [
-            format_error_event(
+            openai_error_event(
                 "the upstream stream ended before message_stop",
                 error_type="upstream_error",
                 code="upstream_protocol_error",
@@ -955,7 +955,7 @@ class MessagesStreamToChat:
                 raise _upstream("an error event without an error message")
             self._state = _ENDED
             error_type, code = _error_kind(fields[0], 500)
-            return [format_error_event(fields[1], error_type=error_type, code=code)]
+            return [openai_error_event(fields[1], error_type=error_type, code=code)]
         return []  # an event type added after this was written: ignored, as documented
 
     def _require_open(self, kind: str) -> None:

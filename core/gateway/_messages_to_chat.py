@@ -52,11 +52,11 @@ from typing import Any, Final, Literal, NoReturn
 
 from .._errors import LocalProtocolError, NetworkError, ValidationError, anthropic_type
 from .._json import MAX_JSON_ITEMS, JSONError, loads
+from .._render import anthropic_error_body
 from .._sse import parse_block
 
 __all__ = [
     "ChatStreamToMessages",
-    "anthropic_error_body",
     "chat_response_to_messages",
     "messages_request_to_chat",
     "openai_error_to_anthropic",
@@ -85,12 +85,6 @@ def _bad_upstream(why: str) -> NoReturn:
 
 # Anthropic's error types by HTTP status (docs: "HTTP errors"); other 4xx are
 # invalid_request_error, other 5xx api_error. OpenAI answers 503 when overloaded.
-def anthropic_error_body(status: int, message: str, *, error_type: str | None = None) -> bytes:
-    """An error in Anthropic's shape, its ``type`` chosen by ``status`` unless given."""
-    kind = anthropic_type(status) if error_type is None else error_type
-    return _dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
-
-
 def openai_error_to_anthropic(
     status: int, body: bytes, *, max_json_items: int = MAX_JSON_ITEMS
 ) -> bytes:
@@ -112,7 +106,7 @@ def openai_error_to_anthropic(
             message = error
     if message is None:
         message = f"upstream error (HTTP {status})"
-    return anthropic_error_body(status, message)
+    return anthropic_error_body(message, error_type=anthropic_type(status))
 
 
 # --- request -----------------------------------------------------------------

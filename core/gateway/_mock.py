@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._errors import ModelNotFoundError, ValidationError
-from .._http import dumps, parse_json_object
-from .._json import MAX_JSON_ITEMS
+from .._http import parse_json_object
+from .._json import MAX_JSON_ITEMS, dumps
 
 __all__ = ["MOCK_MODELS", "MockAnswer", "mock_answer"]
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .._errors import ModelNotFoundError, RemoteProtocolError, ValidationError
-from .._events import Headers
-from .._http import dumps, over_json_limits, parse_json_object
-from .._json import MAX_JSON_ITEMS
+from .._headers import Headers
+from .._http import over_json_limits, parse_json_object
+from .._json import MAX_JSON_ITEMS, dumps
 from ._chat_to_messages import (
     MessagesStreamToChat,
     anthropic_error_to_openai,

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 from .._commands import Origin
 from .._config import DeploymentConfig, ProxyConfig, UpstreamConfig
-from .._events import Headers
-from .._http import HOP_BY_HOP, connection_tokens, dumps, header
+from .._headers import HOP_BY_HOP, Headers, connection_tokens, header
+from .._json import dumps
 from ._prices import Price, price_for
 
 __all__ = ["ANTHROPIC_VERSION", "ApiType", "Deployment", "Provider", "Router"]

@@ -28,8 +28,10 @@ from pydantic import ValidationError as PydanticError
 
 from .._commands import AcquireQuota, BudgetCheck, QuotaCharge
 from .._errors import AuthenticationError, PermissionDeniedError, ServiceUnavailableError
-from .._events import Headers, QuotaAnswered, QuotaFailed
-from .._http import dumps, param_path
+from .._events import QuotaAnswered, QuotaFailed
+from .._headers import Headers
+from .._http import param_path
+from .._json import dumps
 from .._middleware import Reply
 from ._limiter import Decision, Limit
 

@@ -49,8 +49,8 @@ from itertools import accumulate
 from typing import Any
 
 from .._errors import ContentPolicyError
-from .._http import dumps, json_error, param_path
-from .._json import MAX_JSON_ITEMS, JSONError, loads
+from .._http import json_error, param_path
+from .._json import MAX_JSON_ITEMS, JSONError, dumps, loads
 from .._middleware import Context
 
 __all__ = ["GuardrailsMiddleware", "luhn_valid"]

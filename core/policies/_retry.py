@@ -21,17 +21,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._errors import ProtocolError, ProviderRateLimitError
-from .._events import Headers
 from ..gateway._routing import Deployment
 
 if TYPE_CHECKING:
     from .._exchange import Exchange
 
-__all__ = ["Attempt", "Retry", "RetryMiddleware", "parse_retry_after"]
+__all__ = ["Attempt", "Retry", "RetryMiddleware"]
 
 Outcome = Literal["ok", "status", "connect", "timeout", "reset", "protocol"]
 _KINDS = frozenset({"connect", "timeout", "reset", "protocol"})
@@ -89,35 +87,6 @@ class Retry:
     delay: float
     deployment: Deployment | None
     model: str | None
-
-
-def parse_retry_after(headers: Headers, *, wall_now: float) -> float | None:
-    """Seconds the upstream asks to wait: ``retry-after-ms``, ``retry-after`` (seconds or
-    an HTTP date); ``None`` if it says nothing usable."""
-    for name, value in headers:
-        if name == b"retry-after-ms":
-            try:
-                ms = float(value)
-            except ValueError:
-                continue
-            if math.isfinite(ms) and ms >= 0:
-                return ms / 1000
-    for name, value in headers:
-        if name != b"retry-after":
-            continue
-        text = value.decode("latin-1").strip()
-        try:
-            seconds = float(text)
-        except ValueError:
-            try:
-                when = parsedate_to_datetime(text)
-            except (TypeError, ValueError, IndexError):
-                return None
-            if when.tzinfo is None:
-                return None
-            return max(0.0, when.timestamp() - wall_now)
-        return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    return None
 
 
 def _jitter(seed: float, n: int) -> float:

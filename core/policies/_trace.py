@@ -12,8 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from .._commands import WriteTrace
-from .._events import Headers
-from .._http import header
+from .._headers import Headers, header
 from .._json import JSONError, loads
 from .._middleware import Context
 from .._sse import parse_block

@@ -24,11 +24,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from core._errors import LocalProtocolError, RemoteProtocolError
+from core._errors import LocalProtocolError, RemoteProtocolError, anthropic_type
+from core._render import anthropic_error_body
 from core._sse import SSEDecoder
 from core.gateway._messages_to_chat import (
     ChatStreamToMessages,
-    anthropic_error_body,
     chat_response_to_messages,
     messages_request_to_chat,
     openai_error_to_anthropic,
@@ -1140,7 +1140,9 @@ STATUS_TYPES = [
 
 @pytest.mark.parametrize(("status", "error_type"), STATUS_TYPES)
 def test_anthropic_error_body(status: int, error_type: str) -> None:
-    body = json.loads(anthropic_error_body(status, "model 'x' not found"))
+    body = json.loads(
+        anthropic_error_body("model 'x' not found", error_type=anthropic_type(status))
+    )
     assert body == {
         "type": "error",
         "error": {"type": error_type, "message": "model 'x' not found"},

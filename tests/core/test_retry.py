@@ -31,7 +31,8 @@ from core import (
     WriteTrace,
     parse_block,
 )
-from core.policies._retry import RetryMiddleware, parse_retry_after
+from core._headers import parse_retry_after
+from core.policies._retry import RetryMiddleware
 
 from .playbook import WALL, Playbook, client_view, config, header, upstream_config
 

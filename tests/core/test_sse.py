@@ -11,7 +11,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from core._errors import LocalProtocolError, RemoteProtocolError
-from core._sse import SSEDecoder, SSEEvent, format_error_event, parse_block
+from core._render import openai_error_event
+from core._sse import SSEDecoder, SSEEvent, parse_block
 
 BOM = b"\xef\xbb\xbf"
 
@@ -393,8 +394,8 @@ def test_event_that_cannot_be_sent_is_rejected(kwargs: dict[str, object]) -> Non
         SSEEvent(**kwargs)  # type: ignore[arg-type]
 
 
-def test_format_error_event() -> None:
-    block = format_error_event("boom\nline", code="timeout")
+def test_openai_error_event() -> None:
+    block = openai_error_event("boom\nline", error_type="upstream_error", code="timeout")
     assert block.endswith(b"\n\n")
     assert decode([block]) == [block]
     event = parse_block(block)
@@ -407,7 +408,7 @@ def test_format_error_event() -> None:
             "code": "timeout",
         }
     }
-    assert format_error_event("x", error_type="server_error") == (
+    assert openai_error_event("x", error_type="server_error") == (
         b'event: error\ndata: {"error":{"message":"x","type":"server_error",'
         b'"param":null,"code":null}}\n\n'
     )
