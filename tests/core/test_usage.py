@@ -1,4 +1,4 @@
-"""Usage extraction, the price table and cost (core.gateway._usage, core.gateway._prices). No sockets.
+"""Usage extraction, the price table and cost (core.gateway). No sockets.
 
 The response and stream fixtures are the providers' documented examples: the
 OpenAI API reference (chat completion, Responses API, embeddings, the
