@@ -208,26 +208,21 @@ class Driver:
         state.resumed = now()
         try:
             while True:
-                # One cancel scope per exchange: its deadline follows the
-                # exchange's timer, and when it fires the timer is handled.
+                # One cancel scope per exchange (a fresh one each time the timer
+                # is due): its deadline follows the exchange's timer.
                 with anyio.CancelScope() as timer:
-                    await self._step(ex, client, state, timer, now)
-                    return
+                    if await self._step(ex, client, state, timer, now):
+                        return
                 if state.flushing:  # the timer bounded a write (see _step)
                     raise stopped_reading(self._write_timeout)
+                # The timer is due: the exchange alone decides what that means (a
+                # timeout, a retry, the next mock event), and says it in commands.
+                # If it still waits on the upstream, the driver carries on: the
+                # response is intact, since a read is only ever cut off by a
+                # deadline the exchange has reached (see _step).
                 state.resumed = now()
-                ex.handle_timer(now=state.resumed)
-                response = state.response
-                if response is not None and state.reading and ex.upstream_attempt == state.attempt:
-                    # The read was cut off though the exchange still waits on it.
-                    response.abort()
-                    state.response = None
-                    ex.handle(
-                        UpstreamFailed(
-                            attempt=state.attempt, kind="timeout", message="read timed out"
-                        ),
-                        now=now(),
-                    )
+                if not ex.finished:
+                    ex.handle_timer(now=state.resumed)
         except ClientDisconnected as exc:
             self._client_gone(ex, state, exc.reason)
         except BaseException:
@@ -242,8 +237,20 @@ class Driver:
         state: _Upstream,
         timer: anyio.CancelScope,
         now: Clock,
-    ) -> None:
-        """Carry out commands and feed upstream events until the exchange ends."""
+    ) -> bool:
+        """Carry out commands and feed upstream events: True once the exchange ends,
+        False when its timer is due (``run`` hands it to the exchange).
+
+        While the driver waits for the upstream or the store, the timer's
+        deadline is the exchange's own: when it cuts a wait off, the exchange,
+        handed the timer, times the wait out (a read cut off closes its
+        connection, see ``UpstreamResponse``; the exchange cancels the attempt
+        anyway). On trio it also bounds a write to the client. A deadline that
+        passes just as an await completes leaves the scope cancelled, which
+        must not cut off what comes next (another read, a write): after each
+        await the driver looks (``cancel_called``) and returns to hand the
+        timer over first; the exchange ignores it if it is early.
+        """
         settles = state.settles
         while True:
             # No await in this loop but the upstream send and the quota query.
@@ -257,12 +264,16 @@ class Driver:
                         client.end(cmd.complete)
                     case SendUpstreamRequest():
                         await self._send_upstream(ex, cmd, state, timer, now)
+                        if timer.cancel_called:
+                            return False
                     case AcquireQuota():
                         deadline = ex.get_timer()
                         timer.deadline = math.inf if deadline is None else deadline
                         answer = await self.store.acquire(cmd)
                         state.resumed = now()
                         ex.handle(answer, now=state.resumed)
+                        if timer.cancel_called:
+                            return False
                     case SettleQuota():
                         settles.append(cmd)  # once the client has its response
                     case WriteTrace():
@@ -285,7 +296,7 @@ class Driver:
                     self._settle(settles)
             state.flushing = False
             if ex.finished:
-                return
+                return True
             # The exchange's timer measures waiting, not the proxy's own work:
             # the time since the driver stopped waiting (handling what came,
             # writing to a client slow to read) is added to its deadline. The
@@ -299,6 +310,8 @@ class Driver:
             else:
                 state.stalled += waiting - state.resumed
             timer.deadline = math.inf if deadline is None else deadline + state.stalled
+            if timer.cancel_called:  # due already, or the write's bound passed as it ended
+                return False
             response = state.response
             if response is None:
                 if deadline is None:
@@ -307,7 +320,6 @@ class Driver:
                 continue  # pragma: no cover - sleep_forever only ends by cancellation
             attempt = state.attempt
             event: UpstreamResponse | UpstreamData | UpstreamEnded | UpstreamFailed
-            state.reading = True
             try:
                 if state.head_pending:
                     status, headers = await response.receive_head()
@@ -323,9 +335,10 @@ class Driver:
             except UpstreamError as exc:
                 state.response = None
                 event = UpstreamFailed(attempt=attempt, kind=exc.kind, message=str(exc))
-            state.reading = False
             state.resumed = now()
             ex.handle(event, now=state.resumed)
+            if timer.cancel_called:  # the deadline passed as the read completed
+                return False
 
     def _settle(self, settles: list[SettleQuota]) -> None:
         """Hand the exchange's settles to the store (it never blocks nor raises)."""
@@ -366,7 +379,6 @@ class _Upstream:
         "deadline",
         "flushing",
         "head_pending",
-        "reading",
         "response",
         "resumed",
         "settles",
@@ -377,7 +389,6 @@ class _Upstream:
         self.response: PoolResponse | None = None
         self.attempt = 0
         self.head_pending = False
-        self.reading = False
         self.settles: list[SettleQuota] = []
         self.flushing = False
         self.deadline: float | None = None

@@ -44,16 +44,13 @@ import trio
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
-from core import (
+from core import AcquireQuota, QuotaAnswered, QuotaFailed, SettleQuota
+from core._config import LimitsConfig
+from core.policies import (
     REDIS_QUOTA_SCRIPT,
     REDIS_SETTLE_SCRIPT,
-    AcquireQuota,
     Limit,
-    LimitsConfig,
     MemoryLimiter,
-    QuotaAnswered,
-    QuotaFailed,
-    SettleQuota,
     redis_quota_answer,
     redis_quota_args,
     redis_settle_args,

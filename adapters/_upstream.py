@@ -18,12 +18,12 @@ import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal
 
 import anyio
 import h11
 
 from core import Origin
+from core._events import FailureKind
 
 from ._streams import abort, connect_tcp, idle_is_readable, is_closed
 
@@ -42,15 +42,9 @@ _DATA = h11.Data
 _RESPONSE = h11.Response
 _INFORMATIONAL = h11.InformationalResponse
 _DONE = h11.DONE
-# Methods whose requests carry content even when it is empty (RFC 9110 8.6:
-# a user agent sends Content-Length: 0 for them).
-_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
-_FRAMING_HEADERS = frozenset({b"content-length", b"transfer-encoding"})
 # A reading or writing failure of the connection itself; everything else that
 # a stream can raise is a bug or cancellation, and propagates.
 _IO_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, ssl.SSLError)
-
-ErrorKind = Literal["connect", "timeout", "reset", "protocol"]
 
 
 class UpstreamError(Exception):
@@ -62,9 +56,9 @@ class UpstreamError(Exception):
     HTTP/1.1. The message never contains request headers.
     """
 
-    kind: ErrorKind
+    kind: FailureKind
 
-    def __init__(self, kind: ErrorKind, message: str) -> None:
+    def __init__(self, kind: FailureKind, message: str) -> None:
         super().__init__(message)
         self.kind = kind
 
@@ -140,14 +134,17 @@ class UpstreamPool:
     ) -> UpstreamResponse:
         """Send one request; return once it is written, before the response arrives.
 
-        ``headers`` must contain Host. Content-Length is added unless the
-        caller framed the body. A pooled connection found closed by the
-        server is discarded; if writing to a reused connection fails, the
-        request is sent once more on a new connection.
+        ``headers`` are sent as given: they must contain Host and frame the
+        body (``core.SendUpstreamRequest.headers`` do: the core adds
+        Content-Length by its rule, ``core._headers.content_length``); a body
+        its headers do not frame is refused (``protocol``), never sent. A
+        pooled connection found closed by the server is discarded; if writing
+        to a reused connection fails, the request is sent once more on a new
+        connection.
         """
         if self._aborted:
             await self._release_aborted()
-        request = _make_request(method, target, headers, body)
+        request = _make_request(method, target, headers)
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()
@@ -411,17 +408,10 @@ class UpstreamResponse:
 
 
 def _make_request(
-    method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]], body: bytes
+    method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]]
 ) -> h11.Request:
-    fields = list(headers)
-    if body or method in _BODY_METHODS:
-        for name, _ in fields:
-            if name.lower() in _FRAMING_HEADERS:
-                break
-        else:
-            fields.append((b"content-length", b"%d" % len(body)))
     try:
-        return h11.Request(method=method, target=target, headers=fields)
+        return h11.Request(method=method, target=target, headers=headers)
     except h11.LocalProtocolError:
         pass
     # Raised outside the handler, so that h11's error, whose message may quote

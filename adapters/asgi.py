@@ -40,10 +40,10 @@ from core import (
     RequestData,
     RequestEnded,
     RequestReceived,
-    ServerConfig,
     ValidationError,
     render_error,
 )
+from core._config import ServerConfig
 
 from ._cli import ConfigError, describe_upstream, fail, parse_args, setup_logging
 from ._driver import ClientDisconnected, Driver, stopped_reading

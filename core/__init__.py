@@ -1,8 +1,8 @@
 """sansproxy's core: a pure, synchronous state machine for proxying LLM API calls.
 
 No I/O, no clock, no randomness: a driver feeds events with ``now=`` and
-carries out the commands the exchange returns. See the README for a complete
-driver in a dozen lines.
+carries out the commands the exchange returns, then re-arms one timer from
+``get_timer()``. See the README's "Embedding the core" for a whole driver.
 
     proxy = Proxy(ProxyConfig())                       # compiled once
     ex = proxy.exchange(exchange_id="1", now=0.0, wall_time=time.time())
@@ -10,41 +10,27 @@ driver in a dozen lines.
     ex.handle(RequestEnded(), now=0.0)
     while (cmd := ex.next_command()) is not None:
         ...  # StartResponse, SendBody, EndResponse, SendUpstreamRequest, ...
+
+This module's names are the embedder's API. ``core.gateway`` (routing, prices,
+usage) and ``core.policies`` (the built-in middleware, the limiter for a store)
+have their own; every ``_module`` is private and may change.
 """
 
 from ._commands import (
     AcquireQuota,
-    BudgetCheck,
     CancelUpstream,
     Command,
     EndResponse,
     Log,
-    LogLevel,
     Origin,
-    QuotaAdjustment,
-    QuotaCharge,
     SendBody,
     SendUpstreamRequest,
     SettleQuota,
-    SpendRecord,
     StartResponse,
     WriteTrace,
 )
-from ._config import (
-    DEFAULT_ORDER,
-    DeploymentConfig,
-    LimitsConfig,
-    MockConfig,
-    ModelConfig,
-    PriceConfig,
-    ProxyConfig,
-    RateLimitConfig,
-    ServerConfig,
-    TranslationConfig,
-    UpstreamConfig,
-)
+from ._config import ProxyConfig
 from ._errors import (
-    TAXONOMY,
     AuthenticationError,
     BudgetExceededError,
     ClientRateLimitError,
@@ -56,7 +42,6 @@ from ._errors import (
     PermissionDeniedError,
     ProtocolError,
     ProviderRateLimitError,
-    ProxyError,
     RemoteProtocolError,
     ServiceUnavailableError,
     UpstreamTimeoutError,
@@ -65,7 +50,6 @@ from ._errors import (
 from ._events import (
     ClientGone,
     Event,
-    FailureKind,
     QuotaAnswered,
     QuotaFailed,
     RequestData,
@@ -77,138 +61,61 @@ from ._events import (
     UpstreamFailed,
     UpstreamResponse,
 )
-from ._exchange import BUILTIN_MIDDLEWARE, Exchange, Pipeline, Proxy
-from ._headers import Headers
-from ._middleware import Context, Middleware, Reply
-from ._render import render_error, render_error_event
+from ._exchange import Exchange
+from ._middleware import Attempt, Context, Middleware, Reply, Retry
+from ._proxy import Proxy
+from ._render import render_error
 from ._sse import SSEDecoder, SSEEvent, parse_block
-from ._state import TRANSITIONS, State
-from .gateway._prices import AS_OF as PRICES_AS_OF
-from .gateway._prices import PRICES, Price, price_for
-from .gateway._prices import SOURCE as PRICES_SOURCE
-from .gateway._routing import Deployment, Provider, Router
-from .gateway._usage import StreamUsage, Usage, cost_usd, usage_from_anthropic, usage_from_openai
-from .policies._auth import AuthMiddleware, Budget, ClientKey
-from .policies._guardrails import GuardrailsMiddleware
-from .policies._limiter import (
-    REDIS_QUOTA_SCRIPT,
-    REDIS_SETTLE_SCRIPT,
-    Decision,
-    Limit,
-    LimiterState,
-    MemoryLimiter,
-    redis_quota_answer,
-    redis_quota_args,
-    redis_settle_args,
-)
-from .policies._ratelimit import RateLimitMiddleware
-from .policies._retry import Attempt, Retry, RetryMiddleware
-from .policies._trace import TraceMiddleware
-from .policies._validate import ValidateMiddleware
 
 __all__ = [
-    "ValidateMiddleware",
-    "REDIS_QUOTA_SCRIPT",
-    "REDIS_SETTLE_SCRIPT",
-    "redis_quota_answer",
-    "redis_quota_args",
-    "redis_settle_args",
     "AcquireQuota",
     "Attempt",
-    "AuthMiddleware",
     "AuthenticationError",
-    "Budget",
-    "BudgetCheck",
     "BudgetExceededError",
-    "ClientKey",
-    "ClientRateLimitError",
-    "ContentPolicyError",
-    "DEFAULT_ORDER",
-    "Decision",
-    "InternalError",
-    "Limit",
-    "LimiterState",
-    "MemoryLimiter",
-    "ModelConfig",
-    "ModelNotFoundError",
-    "NetworkError",
-    "PermissionDeniedError",
-    "ProviderRateLimitError",
-    "ProxyError",
-    "QuotaAdjustment",
-    "QuotaAnswered",
-    "QuotaCharge",
-    "QuotaFailed",
-    "RateLimitConfig",
-    "RateLimitMiddleware",
-    "Retry",
-    "RetryMiddleware",
-    "ServiceUnavailableError",
-    "SettleQuota",
-    "SpendRecord",
-    "TAXONOMY",
-    "UpstreamTimeoutError",
-    "ValidationError",
-    "GuardrailsMiddleware",
-    "usage_from_openai",
-    "usage_from_anthropic",
-    "cost_usd",
-    "Usage",
-    "StreamUsage",
-    "Router",
-    "Provider",
-    "Deployment",
-    "price_for",
-    "Price",
-    "PRICES_SOURCE",
-    "PRICES_AS_OF",
-    "PRICES",
-    "TranslationConfig",
-    "PriceConfig",
-    "DeploymentConfig",
-    "BUILTIN_MIDDLEWARE",
-    "TRANSITIONS",
     "CancelUpstream",
     "ClientGone",
+    "ClientRateLimitError",
     "Command",
+    "ContentPolicyError",
     "Context",
     "EndResponse",
     "Event",
     "Exchange",
-    "FailureKind",
-    "Headers",
-    "LimitsConfig",
+    "InternalError",
     "LocalProtocolError",
     "Log",
-    "LogLevel",
     "Middleware",
-    "MockConfig",
+    "ModelNotFoundError",
+    "NetworkError",
     "Origin",
-    "Pipeline",
+    "PermissionDeniedError",
     "ProtocolError",
+    "ProviderRateLimitError",
     "Proxy",
     "ProxyConfig",
+    "QuotaAnswered",
+    "QuotaFailed",
     "RemoteProtocolError",
     "Reply",
     "RequestData",
     "RequestEnded",
     "RequestReceived",
+    "Retry",
     "SSEDecoder",
     "SSEEvent",
     "SendBody",
     "SendUpstreamRequest",
-    "ServerConfig",
+    "ServiceUnavailableError",
+    "SettleQuota",
     "StartResponse",
-    "State",
     "TimerFired",
-    "TraceMiddleware",
-    "UpstreamConfig",
     "UpstreamData",
     "UpstreamEnded",
     "UpstreamFailed",
     "UpstreamResponse",
+    "UpstreamTimeoutError",
+    "ValidationError",
     "WriteTrace",
-    "render_error",
-    "render_error_event",
     "parse_block",
+    "render_error",
 ]

@@ -2,15 +2,34 @@
 
 "Commands make it possible for layers to communicate with the outer world."
 Every command is a frozen, slotted, keyword-only dataclass; a driver matches on
-the exact class and raises ``RuntimeError`` on one it does not know.
+the exact class and raises ``RuntimeError`` on one it does not know. Don't
+subclass them.
+
+Like the events, each checks its fields when it is built (a type test and a
+range test per field, no copy but a list made a tuple where a tuple is
+documented): a wrong type or an out-of-range value raises ``LocalProtocolError``
+(status hint 500) where the command is built -- in the exchange or in the
+middleware that built it -- never in the driver that carries it out.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
+from ._events import (
+    _check_bool,
+    _check_bytes,
+    _check_choice,
+    _check_instance,
+    _check_int,
+    _check_number,
+    _check_str,
+    _header_pairs,
+    _tuple_of,
+)
 from ._headers import Headers
 from ._quota import Limit
 
@@ -35,6 +54,10 @@ __all__ = [
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 
+_LOG_LEVELS: frozenset[str] = frozenset(get_args(LogLevel))
+_SCHEMES = frozenset({"http", "https"})
+_ROTATIONS = frozenset({"hour", "day"})
+
 
 class Command:
     """Base class of all commands."""
@@ -44,15 +67,19 @@ class Command:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Origin:
-    """Where an upstream lives: scheme, host and port."""
+    """Where an upstream lives: scheme (http, https), host (non-empty), port (1-65535).
+
+    Don't subclass.
+    """
 
     scheme: Literal["http", "https"]
     host: str
     port: int
 
     def __post_init__(self) -> None:
-        if self.scheme not in ("http", "https"):
-            raise ValueError(f"unsupported scheme {self.scheme!r}: use 'http' or 'https'")
+        _check_choice(self, "scheme", self.scheme, _SCHEMES)
+        _check_str(self, "host", self.host, empty=False)
+        _check_int(self, "port", self.port, 1, 65535)
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}"
@@ -64,7 +91,8 @@ class SendUpstreamRequest(Command):
 
     ``headers`` are final (Host and Content-Length included). Feed the outcome
     back as ``UpstreamResponse``/``UpstreamData``/``UpstreamEnded`` or
-    ``UpstreamFailed`` with the same ``attempt``.
+    ``UpstreamFailed`` with the same ``attempt`` (>= 1). ``connect_timeout``:
+    finite seconds > 0. Don't subclass.
     """
 
     attempt: int
@@ -75,27 +103,50 @@ class SendUpstreamRequest(Command):
     body: bytes
     connect_timeout: float
 
+    def __post_init__(self) -> None:
+        _check_int(self, "attempt", self.attempt, 1)
+        _check_instance(self, "origin", self.origin, Origin)
+        _check_bytes(self, "method", self.method, empty=False)
+        _check_bytes(self, "target", self.target, empty=False)
+        _header_pairs(self, "headers", self.headers, lower=False)
+        _check_bytes(self, "body", self.body)
+        _check_number(self, "connect_timeout", self.connect_timeout, positive=True)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CancelUpstream(Command):
-    """Abort the upstream attempt: close its connection at once."""
+    """Abort the upstream attempt (>= 1): close its connection at once. Don't subclass."""
 
     attempt: int
+
+    def __post_init__(self) -> None:
+        _check_int(self, "attempt", self.attempt, 1)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StartResponse(Command):
-    """Send the response head to the client. Once sent, it is final."""
+    """Send the response head (status in [100, 599]) to the client. Once sent, it is final.
+
+    Don't subclass.
+    """
 
     status: int
     headers: Headers
 
+    def __post_init__(self) -> None:
+        _check_int(self, "status", self.status, 100, 599)
+        _header_pairs(self, "headers", self.headers, lower=False)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SendBody(Command):
-    """Send a chunk of the response body to the client."""
+    """Send a chunk of the response body (bytes only) to the client. Don't subclass."""
 
     data: bytes
+
+    def __post_init__(self) -> None:
+        if type(self.data) is not bytes:
+            _check_bytes(self, "data", self.data)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,10 +154,13 @@ class EndResponse(Command):
     """End the response.
 
     ``complete=False`` means the body is truncated: the driver must close the
-    client connection without a clean end, so the client can tell.
+    client connection without a clean end, so the client can tell. Don't subclass.
     """
 
     complete: bool = True
+
+    def __post_init__(self) -> None:
+        _check_bool(self, "complete", self.complete)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,8 +169,8 @@ class WriteTrace(Command):
 
     The files are the writer's business: JSON lines, one file per ``rotate``
     period (UTC); whole files are deleted once their period ended ``max_age``
-    seconds ago, or oldest first while they hold more than ``max_bytes`` (None:
-    no such limit).
+    seconds ago (> 0), or oldest first while they hold more than ``max_bytes``
+    (an int > 0); None: no such limit. Don't subclass.
     """
 
     directory: str
@@ -125,14 +179,26 @@ class WriteTrace(Command):
     max_age: float | None = 7 * 86400.0
     max_bytes: int | None = 1 << 30
 
+    def __post_init__(self) -> None:
+        _check_str(self, "directory", self.directory, empty=False)
+        _check_instance(self, "record", self.record, Mapping)
+        _check_choice(self, "rotate", self.rotate, _ROTATIONS)
+        _check_number(self, "max_age", self.max_age, positive=True, finite=False, optional=True)
+        _check_int(self, "max_bytes", self.max_bytes, 1, optional=True)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Log(Command):
-    """Emit a log line. ``fields`` never hold secrets."""
+    """Emit a log line. ``fields`` never hold secrets. Don't subclass."""
 
     level: LogLevel
     message: str
     fields: Mapping[str, Any]
+
+    def __post_init__(self) -> None:
+        _check_choice(self, "level", self.level, _LOG_LEVELS)
+        _check_str(self, "message", self.message)
+        _check_instance(self, "fields", self.fields, Mapping)
 
 
 # --- quotas: rate limits and budgets, kept by the driver's store (memory or Redis) ---
@@ -140,19 +206,34 @@ class Log(Command):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QuotaCharge:
-    """Charge ``amount`` against the limiter state stored under ``key`` (0: only look)."""
+    """Charge ``amount`` (>= 0; 0: only look) against the limiter state under ``key``.
+
+    Don't subclass.
+    """
 
     key: str
     limit: Limit
     amount: int
 
+    def __post_init__(self) -> None:
+        _check_str(self, "key", self.key)
+        _check_instance(self, "limit", self.limit, Limit)
+        _check_int(self, "amount", self.amount, 0)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BudgetCheck:
-    """Refuse unless what was spent under ``key`` (USD) is below ``usd``."""
+    """Refuse unless what was spent under ``key`` (USD) is below ``usd``. Don't subclass.
+
+    ``usd`` may be ``math.inf``: the check then only reports the spend.
+    """
 
     key: str
     usd: float
+
+    def __post_init__(self) -> None:
+        _check_str(self, "key", self.key)
+        _check_number(self, "usd", self.usd, finite=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -165,7 +246,8 @@ class AcquireQuota(Command):
     UNIX time in seconds (limits are shared between processes, so their clock is
     the wall clock). Answer with ``QuotaAnswered`` (decisions in the order of
     ``charges``, spent USD in the order of ``budgets``) or ``QuotaFailed`` with
-    the same ``query_id``. The exchange gives up after ``timeout`` seconds.
+    the same ``query_id`` (>= 1). The exchange gives up after ``timeout`` seconds
+    (finite, > 0). Lists of charges or budgets are made tuples. Don't subclass.
     """
 
     query_id: int
@@ -174,24 +256,48 @@ class AcquireQuota(Command):
     budgets: tuple[BudgetCheck, ...] = ()
     timeout: float
 
+    def __post_init__(self) -> None:
+        _check_int(self, "query_id", self.query_id, 1)
+        _check_number(self, "at", self.at)
+        object.__setattr__(self, "charges", _tuple_of(self, "charges", self.charges, QuotaCharge))
+        object.__setattr__(self, "budgets", _tuple_of(self, "budgets", self.budgets, BudgetCheck))
+        _check_number(self, "timeout", self.timeout, positive=True)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QuotaAdjustment:
-    """Correct an up-front charge: ``delta`` > 0 charges more, < 0 refunds (``adjust``)."""
+    """Correct an up-front charge: ``delta`` > 0 charges more, < 0 refunds (``adjust``).
+
+    Don't subclass.
+    """
 
     key: str
     limit: Limit
     delta: int
     charged_at: float
 
+    def __post_init__(self) -> None:
+        _check_str(self, "key", self.key)
+        _check_instance(self, "limit", self.limit, Limit)
+        _check_int(self, "delta", self.delta, -math.inf)
+        _check_number(self, "charged_at", self.charged_at)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SpendRecord:
-    """Add ``usd`` to the spend under ``key``; the store may forget it after ``ttl`` s."""
+    """Add ``usd`` to the spend under ``key``; the store may forget it after ``ttl`` s.
+
+    ``usd`` is finite; ``ttl`` finite and > 0, or None. Don't subclass.
+    """
 
     key: str
     usd: float
     ttl: float | None
+
+    def __post_init__(self) -> None:
+        _check_str(self, "key", self.key)
+        _check_number(self, "usd", self.usd)
+        _check_number(self, "ttl", self.ttl, positive=True, optional=True)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -199,9 +305,15 @@ class SettleQuota(Command):
     """Record what an exchange really used, once it is over. Fire and forget.
 
     Carry it out after the client's response is flushed; a failure is logged
-    and counted, never fed back.
+    and counted, never fed back. Lists are made tuples. Don't subclass.
     """
 
     at: float
     adjustments: tuple[QuotaAdjustment, ...] = ()
     spends: tuple[SpendRecord, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_number(self, "at", self.at)
+        adjustments = _tuple_of(self, "adjustments", self.adjustments, QuotaAdjustment)
+        object.__setattr__(self, "adjustments", adjustments)
+        object.__setattr__(self, "spends", _tuple_of(self, "spends", self.spends, SpendRecord))

@@ -37,11 +37,13 @@ the constructor must stay in the class's family (4xx / 5xx), or be one of its
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 from ._headers import Headers
 
 __all__ = [
+    "FAILURES",
     "TAXONOMY",
     "AuthenticationError",
     "BudgetExceededError",
@@ -299,3 +301,13 @@ TAXONOMY: tuple[type[ProxyError], ...] = (
     ServiceUnavailableError,
     InternalError,
 )
+
+
+#: An upstream attempt's failure kind (``core.FailureKind``), as the error a client
+#: sees: (class, code, message).
+FAILURES: Mapping[str, tuple[type[NetworkError | UpstreamTimeoutError], str, str]] = {
+    "connect": (NetworkError, "upstream_connect_error", "could not connect to the upstream"),
+    "timeout": (UpstreamTimeoutError, "upstream_timeout", "the upstream timed out"),
+    "reset": (NetworkError, "upstream_reset", "the upstream closed the connection mid-response"),
+    "protocol": (NetworkError, "upstream_protocol_error", "the upstream sent a malformed response"),
+}

@@ -8,11 +8,9 @@ Drive it like aioquic's connection: ``handle(event, now=...)``, then drain
 from __future__ import annotations
 
 import traceback
-import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ._commands import (
     AcquireQuota,
@@ -26,8 +24,10 @@ from ._commands import (
     SettleQuota,
     StartResponse,
 )
-from ._config import DEFAULT_ORDER, ProxyConfig
+from ._config import LimitsConfig, ProxyConfig
+from ._endpoints import ENDPOINTS, HEALTH_PATH, MODELS_PATH, ROUTED, ApiName, Endpoint
 from ._errors import (
+    FAILURES,
     InternalError,
     LocalProtocolError,
     ModelNotFoundError,
@@ -51,96 +51,41 @@ from ._events import (
     UpstreamFailed,
     UpstreamResponse,
 )
-from ._headers import HOP_BY_HOP, Headers, connection_tokens, header, parse_retry_after
+from ._headers import Headers, content_length, header, parse_retry_after
 from ._http import parse_json_object, split_target
-from ._json import JSONError, dumps, loads
-from ._middleware import HOOKS, Reply, load_middleware
-from ._render import ApiName, error_headers, render_error, render_error_event
-from ._sse import SSEDecoder, is_final_event, parse_block
+from ._middleware import Attempt, Pipeline, Reply, Retry
+from ._relay import Relay
+from ._render import error_headers, render_error, render_error_event
+from ._sse import is_final_event
 from ._state import TRANSITIONS, State
+from .gateway import Deployment, Router, Usage, cost_usd
 from .gateway._mock import MockAnswer, mock_answer
-from .gateway._plan import ROUTES, Plan, StreamTranslator, plan, plan_passthrough
-from .gateway._routing import ApiType, Deployment, Router
-from .gateway._usage import (
-    StreamUsage,
-    Usage,
-    cost_usd,
-    has_usage_value,
-    usage_from_anthropic,
-    usage_from_openai,
-)
-from .policies._auth import AuthMiddleware
-from .policies._guardrails import GuardrailsMiddleware
-from .policies._ratelimit import RateLimitMiddleware
-from .policies._retry import Attempt, Retry, RetryMiddleware
-from .policies._trace import TraceMiddleware
-from .policies._validate import ValidateMiddleware
+from .gateway._plan import Plan, plan, plan_passthrough
 
-__all__ = ["BUILTIN_MIDDLEWARE", "Exchange", "Pipeline", "Proxy"]
+__all__ = ["Exchange"]
 
 _JSON_HEADER = (b"content-type", b"application/json")
-_KEPT_ON_TRANSLATION = frozenset({b"retry-after", b"request-id", b"x-request-id"})
-_SSE_HEADERS = ((b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"))
-
 _HEALTH_BODY = b'{"status":"ok"}'
 _HEALTH_HEADERS = (
     (b"content-type", b"application/json"),
     (b"content-length", str(len(_HEALTH_BODY)).encode()),
     (b"cache-control", b"no-store"),
 )
-_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
-
-# Failure kinds reported by drivers, as errors the client sees.
-_UPSTREAM_FAILURES: dict[str, tuple[type[NetworkError | UpstreamTimeoutError], str, str]] = {
-    "connect": (NetworkError, "upstream_connect_error", "could not connect to the upstream"),
-    "timeout": (UpstreamTimeoutError, "upstream_timeout", "the upstream timed out"),
-    "reset": (NetworkError, "upstream_reset", "the upstream closed the connection mid-response"),
-    "protocol": (NetworkError, "upstream_protocol_error", "the upstream sent a malformed response"),
-}
 
 
-@dataclass(frozen=True, slots=True)
-class Pipeline:
-    """Middleware compiled into one tuple of bound hooks per phase, built once."""
+class Shared(Protocol):
+    """What every exchange of a proxy shares (``core.Proxy`` is one): built once."""
 
-    middleware: tuple[object, ...]
-    on_request: tuple[Callable[[Exchange], object], ...]
-    #: The ``on_answer`` hook of each ``on_request`` hook's middleware (or None), same order.
-    on_answer: tuple[Callable[[Exchange, QuotaAnswered | QuotaFailed], object] | None, ...]
-    on_upstream_request: tuple[Callable[[Exchange, SendUpstreamRequest], SendUpstreamRequest], ...]
-    on_response_head: tuple[Callable[[Exchange], None], ...]
-    on_response_data: tuple[Callable[[Exchange, bytes], bytes], ...]
-    on_stream_event: tuple[Callable[[Exchange, bytes], bytes | None], ...]
-    on_error: tuple[Callable[[Exchange, ProtocolError], None], ...]
-    on_complete: tuple[Callable[[Exchange], None], ...]
-    on_attempt_failed: tuple[Callable[[Exchange, Attempt], Retry | ProtocolError | None], ...]
-
-    @classmethod
-    def build(cls, middleware: Sequence[object]) -> Pipeline:
-        """Collect each middleware's hooks, in order, skipping the ones it lacks."""
-        phases: dict[str, list[Callable[..., Any]]] = {hook: [] for hook in HOOKS}
-        answers: list[Callable[..., Any] | None] = []
-        for mw in middleware:
-            for hook in HOOKS:
-                fn = getattr(mw, hook, None)
-                if fn is not None:
-                    if not callable(fn):
-                        raise TypeError(f"{type(mw).__name__}.{hook} is not callable")
-                    phases[hook].append(fn)
-                    if hook == "on_request":
-                        answers.append(getattr(mw, "on_answer", None))
-        return cls(
-            tuple(middleware),
-            on_request=tuple(phases["on_request"]),
-            on_answer=tuple(answers),
-            on_attempt_failed=tuple(phases["on_attempt_failed"]),
-            on_upstream_request=tuple(phases["on_upstream_request"]),
-            on_response_head=tuple(phases["on_response_head"]),
-            on_response_data=tuple(phases["on_response_data"]),
-            on_stream_event=tuple(phases["on_stream_event"]),
-            on_error=tuple(phases["on_error"]),
-            on_complete=tuple(phases["on_complete"]),
-        )
+    @property
+    def config(self) -> ProxyConfig: ...
+    @property
+    def limits(self) -> LimitsConfig: ...
+    @property
+    def router(self) -> Router: ...
+    @property
+    def pipeline(self) -> Pipeline: ...
+    @property
+    def mock_stream_delay(self) -> float: ...
 
 
 def _outcome(error: ProtocolError) -> str:
@@ -168,17 +113,12 @@ class Exchange:
         "_attempt",
         "_body_chunks",
         "_body_size",
-        "_buffer",
-        "_buffer_size",
-        "_buffering",
         "_commands",
         "_deadline",
-        "_decoder",
         "_dispatch",
         "_final_sent",
         "_head",
         "_hook_index",
-        "_inflater",
         "_json",
         "_json_for",
         "_local_blocks",
@@ -188,17 +128,15 @@ class Exchange:
         "_query_id",
         "_rand",
         "_read_timeout",
+        "_relay",
         "_retry",
-        "_route_key",
-        "_stream_usage",
-        "_translator",
         "_upstream_active",
-        "_upstream_status",
         "attempts",
         "client_api",
         "cost_usd",
         "deployment",
         "ended_at",
+        "endpoint",
         "error",
         "exchange_id",
         "first_upstream_byte_at",
@@ -225,23 +163,17 @@ class Exchange:
     )
 
     def __init__(
-        self, proxy: Proxy, *, exchange_id: str, now: float, wall_time: float, rand: float = 0.0
+        self, proxy: Shared, *, exchange_id: str, now: float, wall_time: float, rand: float = 0.0
     ) -> None:
         self._proxy = proxy
         self._rand = rand
         self._read_timeout = 0.0
         self._plan: Plan | None = None
-        self._buffer: list[bytes] = []
-        self._buffer_size = 0
-        self._buffering = 0
-        self._translator: StreamTranslator | None = None
-        self._stream_usage: StreamUsage | None = None
-        self._upstream_status = 0
+        self._relay: Relay | None = None
         self._hook_index = 0
         self._query_id = 0
         self._query: AcquireQuota | None = None
         self._retry: Retry | None = None
-        self._route_key: tuple[ApiType, str] | None = None
         # The request body parsed (or the error parsing it gave), until it is sent.
         self._json: dict[str, Any] | RemoteProtocolError | None = None
         self._json_for: bytes | None = None
@@ -249,6 +181,7 @@ class Exchange:
         self.key: Any = None
         self.now = now
         self.client_api: ApiName = "openai"
+        self.endpoint: Endpoint | None = None
         self.model: str | None = None
         self.deployment: Deployment | None = None
         self.usage: Usage | None = None
@@ -265,8 +198,6 @@ class Exchange:
         self._deadline: float | None = None
         self._attempt = 0
         self._upstream_active = False
-        self._decoder: SSEDecoder | None = None
-        self._inflater: Any = None  # a zlib decompressobj while a body is decoded
         self._local_blocks: deque[bytes] = deque()
         self._body_chunks: list[bytes] = []
         self._body_size = 0
@@ -341,9 +272,9 @@ class Exchange:
     # -- for middleware ------------------------------------------------------
 
     @property
-    def proxy(self) -> Proxy:
-        """The compiled configuration this exchange runs under (router, config)."""
-        return self._proxy
+    def router(self) -> Router:
+        """The gateway's models and deployments (what a retry may fall back to)."""
+        return self._proxy.router
 
     @property
     def seed(self) -> float:
@@ -447,17 +378,17 @@ class Exchange:
         chunks = self._body_chunks
         self.request_body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         self._body_chunks = []
-        if self.request_path == b"/health":
+        if self.request_path == HEALTH_PATH:
             self._start_response(200, list(_HEALTH_HEADERS), hooks=False)
             if not self._head:
                 self._commands.append(SendBody(data=_HEALTH_BODY))
             self._commands.append(_END_OK)
             self._complete("completed", now, hooks=False)
             return
-        route = ROUTES.get((self.request_method, self.request_path))
-        self._route_key = route
-        if route is not None:
-            self.client_api = route[0]  # errors from here on are in the client's API's shape
+        found = ENDPOINTS.get((self.request_method, self.request_path))
+        if found is not None:
+            # Errors from here on are in the client's API's shape.
+            self.client_api, self.endpoint = found
         self._continue_request(0, now)
 
     def _continue_request(self, index: int, now: float) -> None:
@@ -469,7 +400,7 @@ class Exchange:
                 if result is not None and self._hook_result(result, index, now):
                     return
                 index += 1
-            self._route(self._route_key, now)
+            self._route(now)
         except RemoteProtocolError as exc:
             self._fail(exc, now)
 
@@ -550,7 +481,7 @@ class Exchange:
             return
         self._continue_request(index + 1, now)
 
-    def _route(self, route: tuple[ApiType, str] | None, now: float) -> None:
+    def _route(self, now: float) -> None:
         router = self._proxy.router
         if not router.active:
             self._answer_mock(now)
@@ -558,13 +489,13 @@ class Exchange:
         # What the proxy answers itself, it answers to HEAD as to GET (without the body).
         method = b"GET" if self._head else self.request_method
         path = self.request_path
-        if route is not None:
-            self.model, self.deployment, upstream = self._plan_route(route, None, None)
+        if self.endpoint in ROUTED:
+            self.model, self.deployment, upstream = self._plan_route(None, None)
         elif router.shorthand is not None:
             upstream = plan_passthrough(
                 router.shorthand, path, self.request_query, self.request_headers, self.request_body
             )
-        elif method == b"GET" and path == b"/v1/models":
+        elif method == b"GET" and path == MODELS_PATH:
             self._answer(200, [_JSON_HEADER], router.model_list(), now)
             return
         else:
@@ -577,12 +508,13 @@ class Exchange:
         self._send_upstream(upstream, now)
 
     def _plan_route(
-        self, route: tuple[ApiType, str], deployment: Deployment | None, model: str | None
+        self, deployment: Deployment | None, model: str | None
     ) -> tuple[str | None, Deployment | None, Plan]:
+        assert self.endpoint is not None
         return plan(
             self._proxy.router,
-            api=route[0],
-            kind=route[1],
+            api=self.client_api,
+            kind=self.endpoint,
             path=self.request_path,
             query=self.request_query,
             headers=self.request_headers,
@@ -650,8 +582,9 @@ class Exchange:
         method = self.request_method
         body = upstream.body
         headers = upstream.headers
-        if body or method in _BODY_METHODS:  # a new list: a retry sends the plan again
-            headers = [*headers, (b"content-length", str(len(body)).encode())]
+        length = content_length(method, body)
+        if length is not None:  # a new list: a retry sends the plan again
+            headers = [*headers, (b"content-length", length)]
         self._attempt += 1
         deployment = self.deployment
         self.attempts.append(
@@ -703,219 +636,58 @@ class Exchange:
         self.first_upstream_byte_at = now
         self._deadline = now + self._read_timeout
         self._set_state(State.RELAY)
-        upstream = self._plan
-        assert upstream is not None
-        self._upstream_status = status
-        sse = False
-        encoded = False
-        dropped = HOP_BY_HOP
-        for name, value in event.headers:
-            if name == b"connection":
-                dropped = dropped | connection_tokens(value)
-            elif name == b"content-type":
-                sse = value[:17].lower() == b"text/event-stream"
-            elif name == b"content-encoding":
-                coding = value.strip().lower()
-                if coding in _INFLATABLE:
-                    # Asked for identity, sent gzip anyway: decoded here, so
-                    # that streams, usage and translation still work.
-                    self._inflater = zlib.decompressobj(_GZIP_OR_ZLIB)
-                    dropped = dropped | _ENCODING_HEADERS
-                else:
-                    encoded = coding != b"identity"
-        translating = upstream.body_translator is not None
-        if sse and not encoded:
-            self.is_stream = True
-            self._decoder = SSEDecoder(max_event_size=self._proxy.limits.max_sse_event_size)
-            if upstream.usage_api is not None:
-                self._stream_usage = StreamUsage(
-                    upstream.usage_api, max_json_items=self._proxy.limits.max_json_items
-                )
-            if upstream.stream_translator is not None:
-                self._translator = upstream.stream_translator()
-                self._start_response(status, list(_SSE_HEADERS))
-                return
-            dropped = dropped | {b"content-length"}
-        elif translating:
-            self._buffering = _HOLD  # the answer is translated whole, at its end
-            # What still means something to the client: when to retry, what to quote.
-            self.response_headers = [
-                (name, value) for name, value in event.headers if name in _KEPT_ON_TRANSLATION
-            ]
-            return
-        elif upstream.usage_api is not None and status < 400:
-            self._buffering = _COPY  # kept aside to read its usage
-        headers = [(name, value) for name, value in event.headers if name not in dropped]
-        self._start_response(status, headers)
+        assert self._plan is not None
+        relay = self._relay = Relay(
+            self._plan,
+            status,
+            event.headers,
+            limits=self._proxy.limits,
+            send_body=self._send_body,
+            send_blocks=self._send_blocks,
+        )
+        self.is_stream = relay.stream
+        if relay.head is None:  # translated whole at its end
+            self.response_headers = relay.kept
+        else:
+            self._start_response(status, relay.head)
 
     def _on_upstream_data(self, event: UpstreamData, now: float) -> None:
         self._check_attempt(event.attempt)
         self._deadline = now + self._read_timeout
-        if self._inflater is None:
-            self._take(event.data, now)
-        else:
-            self._inflate(event.data, now)
-
-    def _inflate(self, data: bytes, now: float) -> None:
-        """Decode a gzip or deflate body in bounded pieces (no bomb fills memory)."""
-        inflater = self._inflater
-        assert inflater is not None
-        while data and self.state is State.RELAY:
-            try:
-                piece = inflater.decompress(data, _INFLATE_PIECE)
-            except zlib.error:
-                self._cancel_upstream()
-                self._fail(
-                    NetworkError(
-                        "the upstream's compressed body is corrupt",
-                        code="upstream_protocol_error",
-                    ),
-                    now,
-                )
-                return
-            data = inflater.unconsumed_tail
-            if piece:
-                self._take(piece, now)
-
-    def _take(self, data: bytes, now: float) -> None:
-        """A piece of the (decoded) upstream body: relay, reframe or hold it."""
-        decoder = self._decoder
-        if decoder is None:
-            buffering = self._buffering
-            if buffering:
-                size = self._buffer_size + len(data)
-                if buffering == _HOLD:
-                    if size > self._proxy.limits.max_body_size:
-                        self._cancel_upstream()
-                        self._fail(
-                            NetworkError(
-                                "the upstream's answer is too large to translate",
-                                code="upstream_response_too_large",
-                            ),
-                            now,
-                        )
-                        return
-                    self._buffer.append(data)
-                    self._buffer_size = size
-                    return
-                if size <= _USAGE_COPY_LIMIT:
-                    self._buffer.append(data)
-                    self._buffer_size = size
-            self._send_body(data)
-            return
+        assert self._relay is not None
         try:
-            blocks = decoder.feed(data)
+            self._relay.feed(event.data)
+        except RemoteProtocolError as exc:
+            self._cancel_upstream()
+            self._fail(exc, now)
+
+    def _on_upstream_end(self, event: UpstreamEnded, now: float) -> None:
+        self._check_attempt(event.attempt)
+        relay = self._relay
+        assert relay is not None
+        try:
+            relay.flush()
+            self._upstream_active = False
+            self.attempts[-1].ended_at = now
+            translated = relay.close()
         except RemoteProtocolError as exc:
             self._cancel_upstream()
             self._fail(exc, now)
             return
-        if blocks:
-            self._relay_blocks(blocks)
-
-    def _relay_blocks(self, blocks: list[bytes]) -> None:
-        """Stream blocks from upstream: read usage, translate or strip, send."""
-        usage = self._stream_usage
-        if usage is not None:
-            for block in blocks:
-                usage.feed(block)
-        translator = self._translator
-        if translator is not None:
-            out: list[bytes] = []
-            try:
-                for block in blocks:
-                    out.extend(translator.feed(block))
-            except RemoteProtocolError as exc:  # not the API: an error event, a clean end
-                if out:
-                    self._send_blocks(out)
-                self._cancel_upstream()
-                self._fail(exc, self.now)
-                return
-            blocks = out
-        elif self._plan is not None and self._plan.strip_usage:
-            max_items = self._proxy.limits.max_json_items
-            blocks = [block for block in blocks if not _usage_only(block, max_items)]
-        if blocks:
-            self._send_blocks(blocks)
-
-    def _on_upstream_end(self, event: UpstreamEnded, now: float) -> None:
-        self._check_attempt(event.attempt)
-        inflater = self._inflater
-        if inflater is not None:
-            self._inflater = None
-            tail = inflater.flush()
-            if tail:
-                self._take(tail, now)
-            if self.state is not State.RELAY:
-                return
-        self._upstream_active = False
-        self.attempts[-1].ended_at = now
-        decoder = self._decoder
-        answer: Any = None
-        if decoder is not None:
-            # close() cannot fail on size: feed() already bounded the last block.
-            blocks = decoder.close()
-            if blocks:
-                self._relay_blocks(blocks)
-                if self.state is not State.RELAY:
-                    return
-            if self._translator is not None:
-                tail = self._translator.close()
-                if tail:
-                    self._send_blocks(tail)
-        elif self._buffering:
-            body = b"".join(self._buffer)
-            self._buffer = []
-            status = self._upstream_status
-            if status < 400:
-                try:
-                    answer = loads(body, max_items=self._proxy.limits.max_json_items)
-                except JSONError as exc:
-                    answer = exc
-            if self._buffering == _HOLD:
-                self._answer_translated(status, body, answer, now)
-                return
-        self._settle_usage(answer)
+        self._settle_usage()
+        if translated is not None:
+            self._answer(relay.status, [_JSON_HEADER, *self.response_headers], translated, now)
+            return
         self._commands.append(_END_OK)
         self._complete("completed", now)
 
-    def _answer_translated(self, status: int, body: bytes, answer: Any, now: float) -> None:
-        upstream = self._plan
-        assert upstream is not None
-        assert upstream.body_translator is not None and upstream.error_translator is not None
-        if status >= 400:
-            out = upstream.error_translator(status, body)
-        elif not isinstance(answer, dict):
-            why = "not a JSON object"
-            if isinstance(answer, JSONError):
-                why = f"not valid JSON ({answer})"
-            self._fail(
-                NetworkError(f"the upstream's answer is {why}", code="upstream_protocol_error"),
-                now,
-            )
+    def _settle_usage(self) -> None:
+        """Take the attempt's usage (read from the stream or the answer) and price it."""
+        relay = self._relay
+        settled = None if relay is None else relay.settle(-(-len(self.request_body) // 4))
+        if settled is None:
             return
-        else:
-            out = dumps(upstream.body_translator(answer))
-        self._settle_usage(answer)
-        self._answer(status, [_JSON_HEADER, *self.response_headers], out, now)
-
-    def _settle_usage(self, answer: Any) -> None:
-        """Read the exchange's usage (from the stream or the answer) and price it."""
-        upstream = self._plan
-        if upstream is None or upstream.usage_api is None:
-            return
-        stream = self._stream_usage
-        usage: Usage | None
-        if stream is not None:
-            self._stream_usage = None  # settled once, however the stream ended
-            input_estimate = -(-len(self.request_body) // 4)
-            usage, self.usage_estimated = stream.settle(input_estimate)
-        elif isinstance(answer, dict):
-            if upstream.usage_api == "openai":
-                usage = usage_from_openai(answer)
-            else:
-                usage = usage_from_anthropic(answer)
-        else:
-            return
+        usage, self.usage_estimated = settled
         self.usage = usage
         if usage is not None and self.deployment is not None:
             self.cost_usd = cost_usd(usage, self.deployment.price)
@@ -925,7 +697,7 @@ class Exchange:
         self._upstream_active = False
         attempt = self.attempts[-1]
         attempt.outcome = event.kind
-        cls, code, message = _UPSTREAM_FAILURES[event.kind]
+        cls, code, message = FAILURES[event.kind]
         detail = f"{message}: {event.message}" if event.message else message
         error = cls(detail, code=code)
         if self._retry_hooks() and self._attempt_failed(attempt, error, now):
@@ -986,14 +758,7 @@ class Exchange:
         return True
 
     def _reset_attempt(self) -> None:
-        self._buffer = []
-        self._buffer_size = 0
-        self._buffering = 0
-        self._decoder = None
-        self._inflater = None
-        self._translator = None
-        self._stream_usage = None
-        self._upstream_status = 0
+        self._relay = None
         self.is_stream = False
         self.response_headers = []
 
@@ -1013,10 +778,8 @@ class Exchange:
         upstream = self._plan
         assert upstream is not None
         try:
-            if retry.deployment is not None and self._route_key is not None:
-                _, self.deployment, upstream = self._plan_route(
-                    self._route_key, retry.deployment, retry.model
-                )
+            if retry.deployment is not None and self.endpoint in ROUTED:
+                _, self.deployment, upstream = self._plan_route(retry.deployment, retry.model)
         except RemoteProtocolError as exc:
             self._fail(exc, now)
             return
@@ -1079,7 +842,7 @@ class Exchange:
                 self._final_sent = True
 
     def _stream_hooks(
-        self, hooks: tuple[Callable[[Exchange, bytes], bytes | None], ...], block: bytes
+        self, hooks: tuple[Callable[[Any, bytes], bytes | None], ...], block: bytes
     ) -> bytes | None:
         for hook in hooks:
             changed = hook(self, block)
@@ -1114,9 +877,8 @@ class Exchange:
         self._complete(_outcome(error), now)
 
     def _complete(self, outcome: str, now: float, *, hooks: bool = True) -> None:
-        if self._stream_usage is not None:
-            # A relayed stream cut short still used tokens: count them.
-            self._settle_usage(None)
+        # A relayed stream cut short still used tokens: count them.
+        self._settle_usage()
         self.outcome = outcome
         self.ended_at = now
         self._deadline = None
@@ -1158,32 +920,6 @@ class Exchange:
 
 
 _TIMER_FIRED = TimerFired()
-# Content codings the exchange decodes (it asks for identity; some send these anyway).
-_INFLATABLE = frozenset({b"gzip", b"x-gzip", b"deflate"})
-_GZIP_OR_ZLIB = 32 + 15  # zlib's wbits: detect a gzip or zlib header
-_ENCODING_HEADERS = frozenset({b"content-encoding", b"content-length"})
-_INFLATE_PIECE = 1 << 16
-# How an upstream body is held: not at all, a copy to read usage, or whole to translate.
-_COPY = 1
-_HOLD = 2
-_USAGE_COPY_LIMIT = 1 << 20
-
-
-def _usage_only(block: bytes, max_items: int) -> bool:
-    """Whether an OpenAI stream block is the usage-only chunk (``choices: []``)."""
-    # Every chunk of an include_usage stream says "usage":null: look before parsing.
-    if b'"choices"' not in block or not has_usage_value(block):
-        return False
-    event = parse_block(block)
-    if not event.data.startswith("{"):
-        return False
-    try:
-        chunk = loads(event.data, max_items=max_items)
-    except JSONError:
-        return False
-    return chunk.get("choices") == [] and bool(chunk.get("usage"))
-
-
 _END_OK = EndResponse(complete=True)
 _END_CUT = EndResponse(complete=False)
 
@@ -1191,114 +927,3 @@ _DISPATCH: dict[State, dict[type[Event], Callable[[Exchange, Any, float], None]]
     state: {event: getattr(Exchange, name) for event, name in table.items()}
     for state, table in TRANSITIONS.items()
 }
-
-
-def _builtin_middleware(config: ProxyConfig) -> dict[str, Callable[..., object]]:
-    limits = config.limits
-
-    def trace(**options: Any) -> TraceMiddleware:
-        options.setdefault("max_body", limits.max_trace_body)
-        options.setdefault("max_events", limits.max_trace_events)
-        return TraceMiddleware(**options)
-
-    def auth(**options: Any) -> AuthMiddleware:
-        options.setdefault("store_timeout", limits.store_timeout)
-        return AuthMiddleware(**options)
-
-    def validate(**options: Any) -> ValidateMiddleware:
-        return ValidateMiddleware(**options, max_json_items=limits.max_json_items)
-
-    def guardrails(**options: Any) -> GuardrailsMiddleware:
-        return GuardrailsMiddleware(**options, max_json_items=limits.max_json_items)
-
-    def rate_limit(**options: Any) -> RateLimitMiddleware:
-        if options:
-            raise TypeError(
-                f"takes no options (got {', '.join(sorted(options))}): limits are set on "
-                "auth keys (rpm, tpm, budget) and on models (limits: {rpm, tpm})"
-            )
-        return RateLimitMiddleware.from_config(config)
-
-    return {
-        "trace": trace,
-        "auth": auth,
-        "validate": validate,
-        "guardrails": guardrails,
-        "rate_limit": rate_limit,
-        "retry": RetryMiddleware,
-    }
-
-
-#: The names of the built-in middleware, usable in ``ProxyConfig.middleware``,
-#: in their default order (the order of the mapping form of ``middleware``).
-BUILTIN_MIDDLEWARE = DEFAULT_ORDER
-
-
-def _check_order(config: ProxyConfig) -> None:
-    """What the built-ins need of each other, as readable errors."""
-    names = [name for item in config.middleware for name in item]
-    for name in set(names):
-        if names.count(name) > 1 and name in BUILTIN_MIDDLEWARE:
-            raise ValueError(f"middleware: {name!r} is listed twice")
-    position = {name: i for i, name in enumerate(names)}
-    if (
-        "rate_limit" in position
-        and "auth" in position
-        and position["auth"] > position["rate_limit"]
-    ):
-        raise ValueError("middleware: rate_limit reads the key auth finds: list auth before it")
-    auth_options: dict[str, Any] = next(
-        (item["auth"] for item in config.middleware if "auth" in item), {}
-    )
-    keys = auth_options.get("keys") or ()
-    for i, key in enumerate(keys):
-        if isinstance(key, dict) and "rate_limit" not in position:
-            limited = [f for f in ("rpm", "tpm", "budget") if key.get(f) is not None]
-            if limited:
-                raise ValueError(
-                    f"auth.keys[{i}] sets {', '.join(limited)}: add the rate_limit middleware "
-                    "(after auth) to enforce it"
-                )
-    for name, model in config.models.items():
-        if model.limits is not None and "rate_limit" not in position:
-            raise ValueError(f"models.{name}.limits: add the rate_limit middleware to enforce it")
-        if model.fallbacks and "retry" not in position:
-            raise ValueError(f"models.{name}.fallbacks: add the retry middleware to use them")
-
-
-class Proxy:
-    """A compiled configuration: everything exchanges share, built once at start-up.
-
-    ``middleware`` overrides the config's list with ready-made objects
-    (embedders); by default it is built from ``config.middleware``, each entry a
-    built-in name or a ``module:attr`` factory called with the entry's options.
-    Raises ``ValueError`` on a middleware it cannot build.
-    """
-
-    __slots__ = ("config", "limits", "mock_stream_delay", "pipeline", "router")
-
-    def __init__(self, config: ProxyConfig, *, middleware: Sequence[object] | None = None) -> None:
-        self.config = config
-        self.limits = config.limits
-        self.router = Router(config)
-        self.mock_stream_delay = config.mock.stream_delay
-        if middleware is None:
-            _check_order(config)
-            builtins = _builtin_middleware(config)
-            middleware = [
-                load_middleware(name, options, builtins)
-                for item in config.middleware
-                for name, options in item.items()
-            ]
-        self.pipeline = Pipeline.build(middleware)
-
-    def exchange(
-        self, *, exchange_id: str, now: float, wall_time: float, rand: float = 0.0
-    ) -> Exchange:
-        """Start a new exchange.
-
-        ``now`` is the driver's clock, ``wall_time`` UNIX time, ``rand`` a
-        number in [0, 1) that picks among a model's weighted deployments (the
-        core draws no random numbers itself).
-        """
-        return Exchange(self, exchange_id=exchange_id, now=now, wall_time=wall_time, rand=rand)

@@ -1,9 +1,9 @@
 """The middleware protocol.
 
 A middleware is a plain object with optional, synchronous hooks, one per phase
-of an exchange. Hooks receive the exchange (its public attributes are the
-context), never do I/O, and act by returning values or by ``exchange.emit()``
-of commands (a trace record, a log line). Per-exchange state belongs in
+of an exchange. Hooks receive the exchange as a :class:`Context` (what it
+shows them is listed there), never do I/O, and act by returning values or by
+``exchange.emit()`` of commands (a trace record, a log line). Per-exchange state belongs in
 ``exchange.scratch``, never on the middleware object, which is shared by every
 exchange of the process.
 
@@ -44,15 +44,28 @@ Phases, in order:
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from ._commands import Command
+from ._commands import Command, SendUpstreamRequest
+from ._endpoints import ApiName, Endpoint
 from ._errors import ProtocolError
+from ._events import FailureKind, QuotaAnswered, QuotaFailed
 from ._headers import Headers
+from .gateway import Deployment, Router, Usage
 
-__all__ = ["HOOKS", "Context", "Middleware", "Reply", "load_middleware"]
+__all__ = [
+    "HOOKS",
+    "Attempt",
+    "Context",
+    "Middleware",
+    "Outcome",
+    "Pipeline",
+    "Reply",
+    "Retry",
+    "load_middleware",
+]
 
 HOOKS = (
     "on_request",
@@ -65,6 +78,9 @@ HOOKS = (
     "on_complete",
 )
 
+#: How an upstream attempt ended: ``ok``, an error ``status``, or a failure kind.
+Outcome = Literal["ok", "status"] | FailureKind
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Reply:
@@ -75,8 +91,65 @@ class Reply:
     body: bytes = b""
 
 
+@dataclass(slots=True, kw_only=True)
+class Attempt:
+    """One upstream attempt, as the trace records it.
+
+    ``outcome``: ``ok`` (a status below 400 came back), ``status`` (an error
+    status), or the failure kind (``connect``, ``timeout``, ``reset``,
+    ``protocol``); ``None`` while it runs. ``delay``: seconds waited before it.
+    Times are the driver's ``now``.
+    """
+
+    number: int
+    model: str | None
+    provider: str
+    upstream_model: str | None
+    delay: float
+    started_at: float
+    outcome: Outcome | None = None
+    status: int | None = None
+    retry_after: float | None = None
+    ended_at: float | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The attempt as JSON for a trace."""
+        return {
+            "attempt": self.number,
+            "model": self.model,
+            "provider": self.provider,
+            "upstream_model": self.upstream_model,
+            "delay_ms": round(self.delay * 1000, 3),
+            "outcome": self.outcome,
+            "status": self.status,
+            "retry_after": self.retry_after,
+            "duration_ms": None
+            if self.ended_at is None
+            else round((self.ended_at - self.started_at) * 1000, 3),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Retry:
+    """Try again: wait ``delay`` seconds, then send the request to ``deployment``.
+
+    ``deployment`` ``None`` means the same upstream request again (the
+    one-provider shorthand). ``model`` is the public model that deployment
+    serves (a fallback's name, or the one asked for).
+    """
+
+    delay: float
+    deployment: Deployment | None
+    model: str | None
+
+
 class Context(Protocol):
-    """What a hook sees of the exchange (``core.Exchange`` is one)."""
+    """What a hook sees of the exchange (``core.Exchange`` is one).
+
+    Request fields are the client's, as received (header names lower-cased);
+    times are the driver's ``now``; ``scratch`` holds per-exchange middleware
+    state, keyed by whatever the middleware likes (usually itself).
+    """
 
     exchange_id: str
     wall_time: float
@@ -87,6 +160,9 @@ class Context(Protocol):
     request_query: bytes
     request_headers: Headers
     request_body: bytes
+    #: The API the client speaks, and what it asks (None: not an endpoint the proxy knows).
+    client_api: ApiName
+    endpoint: Endpoint | None
     response_status: int | None
     response_headers: list[tuple[bytes, bytes]]
     is_stream: bool
@@ -95,15 +171,35 @@ class Context(Protocol):
     outcome: str | None
     error: ProtocolError | None
     upstream_url: str | None
-    client_api: str
+    #: The public model asked for, and the deployment serving it (once routed).
     model: str | None
-    usage: Any
+    deployment: Deployment | None
+    usage: Usage | None
     #: True when ``usage`` is an estimate (a stream that ended without its usage).
     usage_estimated: bool
     cost_usd: float | None
-    attempts: list[Any]
+    attempts: list[Attempt]
+    #: Whatever an authentication middleware put there (the built-in ``auth``: a ``ClientKey``).
     key: Any
     scratch: dict[Any, Any]
+
+    @property
+    def router(self) -> Router:
+        """The gateway's models and deployments (fallback candidates)."""
+
+    @property
+    def seed(self) -> float:
+        """The number in [0, 1) the driver gave this exchange (routing, retry jitter)."""
+
+    @property
+    def wall_now(self) -> float:
+        """UNIX time of the event being handled."""
+
+    def request_json(self) -> dict[str, Any] | None:
+        """The request body as a JSON object, parsed once; ``None`` if it is not one."""
+
+    def new_query_id(self) -> int:
+        """A fresh id for a command that needs a reply (``AcquireQuota``)."""
 
     def emit(self, command: Command) -> None:
         """Queue a command for the driver."""
@@ -116,6 +212,50 @@ class Middleware:
     """
 
     name: str = "middleware"
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """Middleware compiled into one tuple of bound hooks per phase, built once."""
+
+    middleware: tuple[object, ...]
+    on_request: tuple[Callable[[Context], object], ...]
+    #: The ``on_answer`` hook of each ``on_request`` hook's middleware (or None), same order.
+    on_answer: tuple[Callable[[Context, QuotaAnswered | QuotaFailed], object] | None, ...]
+    on_upstream_request: tuple[Callable[[Context, SendUpstreamRequest], SendUpstreamRequest], ...]
+    on_response_head: tuple[Callable[[Context], None], ...]
+    on_response_data: tuple[Callable[[Context, bytes], bytes], ...]
+    on_stream_event: tuple[Callable[[Context, bytes], bytes | None], ...]
+    on_error: tuple[Callable[[Context, ProtocolError], None], ...]
+    on_complete: tuple[Callable[[Context], None], ...]
+    on_attempt_failed: tuple[Callable[[Context, Attempt], Retry | ProtocolError | None], ...]
+
+    @classmethod
+    def build(cls, middleware: Sequence[object]) -> Pipeline:
+        """Collect each middleware's hooks, in order, skipping the ones it lacks."""
+        phases: dict[str, list[Callable[..., Any]]] = {hook: [] for hook in HOOKS}
+        answers: list[Callable[..., Any] | None] = []
+        for mw in middleware:
+            for hook in HOOKS:
+                fn = getattr(mw, hook, None)
+                if fn is not None:
+                    if not callable(fn):
+                        raise TypeError(f"{type(mw).__name__}.{hook} is not callable")
+                    phases[hook].append(fn)
+                    if hook == "on_request":
+                        answers.append(getattr(mw, "on_answer", None))
+        return cls(
+            tuple(middleware),
+            on_request=tuple(phases["on_request"]),
+            on_answer=tuple(answers),
+            on_attempt_failed=tuple(phases["on_attempt_failed"]),
+            on_upstream_request=tuple(phases["on_upstream_request"]),
+            on_response_head=tuple(phases["on_response_head"]),
+            on_response_data=tuple(phases["on_response_data"]),
+            on_stream_event=tuple(phases["on_stream_event"]),
+            on_error=tuple(phases["on_error"]),
+            on_complete=tuple(phases["on_complete"]),
+        )
 
 
 def load_middleware(

@@ -28,7 +28,12 @@ def integer(name: str, value: int, *, minimum: int | None) -> int:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limit:
-    """At most ``limit`` (requests or tokens) in any ``window`` seconds. Don't subclass."""
+    """At most ``limit`` (requests or tokens) in any ``window`` seconds. Don't subclass.
+
+    A bad field raises ``ValueError``, not ``LocalProtocolError`` as events and
+    commands do: limits are built from the configuration, whose loading (and the
+    limiter, which shares ``finite``/``integer``) reports ``ValueError``.
+    """
 
     limit: int
     window: float = 60.0
@@ -51,7 +56,7 @@ class Decision:
     has left the window. ``retry_after``: 0 when allowed; else the wait after
     which the same request is admitted if nothing else arrives -- ``math.inf``
     when its amount exceeds ``limit`` itself (it never fits), and 0 for a limit
-    that had room when another limit of the same request refused it.
+    that had room when another limit of the same request refused it. Don't subclass.
     """
 
     allowed: bool

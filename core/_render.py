@@ -17,13 +17,12 @@ functions directly. Every JSON the core writes comes from ``core._json.dumps``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
+from ._endpoints import ApiName
 from ._errors import ProtocolError
 from ._json import dumps
 
 __all__ = [
-    "ApiName",
     "anthropic_error_body",
     "anthropic_error_event",
     "error_headers",
@@ -32,9 +31,6 @@ __all__ = [
     "render_error",
     "render_error_event",
 ]
-
-#: The API a client speaks (and so the shape of the errors it reads).
-ApiName = Literal["openai", "anthropic"]
 
 
 def openai_error_body(

@@ -16,17 +16,17 @@ from .._errors import ModelNotFoundError, RemoteProtocolError, ValidationError
 from .._headers import Headers
 from .._http import over_json_limits, parse_json_object
 from .._json import MAX_JSON_ITEMS, dumps
-from ._chat_to_messages import (
-    MessagesStreamToChat,
-    anthropic_error_to_openai,
-    chat_request_to_messages,
-    messages_response_to_chat,
-)
-from ._messages_to_chat import (
+from ._chat_request_to_messages import chat_request_to_messages
+from ._chat_response_to_messages import (
     ChatStreamToMessages,
     chat_response_to_messages,
-    messages_request_to_chat,
     openai_error_to_anthropic,
+)
+from ._messages_request_to_chat import messages_request_to_chat
+from ._messages_response_to_chat import (
+    MessagesStreamToChat,
+    anthropic_error_to_openai,
+    messages_response_to_chat,
 )
 from ._routing import ApiType, Deployment, Provider, Router
 

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from .._commands import Origin
 from .._config import DeploymentConfig, ProxyConfig, UpstreamConfig
+from .._endpoints import ApiName
 from .._headers import HOP_BY_HOP, Headers, connection_tokens, header
 from .._json import dumps
 from ._prices import Price, price_for
@@ -27,7 +28,7 @@ __all__ = ["ANTHROPIC_VERSION", "ApiType", "Deployment", "Provider", "Router"]
 ANTHROPIC_VERSION = "2023-06-01"
 
 #: The two APIs sansproxy speaks, on either side.
-ApiType = Literal["openai", "anthropic"]
+ApiType = ApiName
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -21,7 +21,7 @@ import hmac
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticError
@@ -32,11 +32,8 @@ from .._events import QuotaAnswered, QuotaFailed
 from .._headers import Headers
 from .._http import param_path
 from .._json import dumps
-from .._middleware import Reply
-from ._limiter import Decision, Limit
-
-if TYPE_CHECKING:
-    from .._exchange import Exchange
+from .._middleware import Context, Reply
+from .._quota import Decision, Limit
 
 __all__ = [
     "ADMIN_PATH",
@@ -252,7 +249,7 @@ class AuthMiddleware:
             return False
         return hmac.compare_digest(hashlib.sha256(presented).digest(), self._admin)
 
-    def on_request(self, exchange: Exchange) -> Reply | AcquireQuota | None:
+    def on_request(self, exchange: Context) -> Reply | AcquireQuota | None:
         presented = presented_key(exchange.request_headers)
         if presented is None:
             raise AuthenticationError(
@@ -287,7 +284,7 @@ class AuthMiddleware:
 
     # -- GET /admin/keys ---------------------------------------------------------
 
-    def _admin_request(self, exchange: Exchange, presented: bytes) -> AcquireQuota:
+    def _admin_request(self, exchange: Context, presented: bytes) -> AcquireQuota:
         if not self._is_admin(presented):
             if self._lookup(presented) is not None:
                 raise PermissionDeniedError(
@@ -316,7 +313,7 @@ class AuthMiddleware:
             timeout=self._timeout,
         )
 
-    def on_answer(self, exchange: Exchange, answer: QuotaAnswered | QuotaFailed) -> Reply:
+    def on_answer(self, exchange: Context, answer: QuotaAnswered | QuotaFailed) -> Reply:
         if isinstance(answer, QuotaFailed):
             raise ServiceUnavailableError(f"the quota store is unavailable: {answer.message}")
         at: float = exchange.scratch[self]

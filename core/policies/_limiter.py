@@ -1,4 +1,4 @@
-"""Rate limits: the pure algorithm behind ``rate_limit`` and its memory and Redis backends.
+"""Rate limits: the algorithm behind ``rate_limit``, and its memory backend.
 
 The guarantee: a :class:`Limit` of ``limit`` per ``window`` never admits more than
 ``limit`` (requests, or tokens) in ANY interval ``[t, t + window)``, not just in
@@ -33,9 +33,9 @@ Time: ``now`` is seconds on any clock shared by every user of a key. A key's
 time never goes backwards: a ``now`` older than the newest entry (another
 process's clock running ahead) is taken as that entry's time.
 
-Correction at completion (:func:`adjust`): a positive ``delta`` is recorded at
-``now``, like a new charge (even over the limit: the usage happened; later
-requests wait). A refund is taken from the charge's own slot, then from older
+Correction at completion (:meth:`MemoryLimiter.adjust`): a positive ``delta`` is
+recorded at ``now``, like a new charge (even over the limit: the usage happened;
+later requests wait). A refund is taken from the charge's own slot, then from older
 entries -- never from newer ones, which would let usage leave the books early --
 and never below zero. Once those entries have left the window there is nothing
 left to refund, and the refund does nothing.
@@ -49,11 +49,9 @@ expiry to ``now + ttl``, one without keeps it; once ``now`` reaches it, the
 spend counts as 0 (and the next addition starts from 0). The expiry is judged
 with the callers' ``now``, like the limiter's windows, not with Redis's clock.
 
-The Redis scripts below are a line-by-line transcription of the Python, run
-atomically; times and spend travel as ``%.17g`` text, so both sides do the same
-double-precision arithmetic and decide identically. (Not INCRBYFLOAT: it adds
-in long double and prints 17 fixed decimals, so its sums differ from Python's
-in the last places and amounts under 1e-17 vanish.)
+The Redis backend runs the same algorithm as atomic Lua scripts, and decides
+identically: see ``core.policies._limiter_redis``. Both are checked against the
+tuple-based reference functions of ``tests/support/limiter_reference.py``.
 """
 
 from __future__ import annotations
@@ -68,29 +66,19 @@ from .._quota import finite as _finite
 from .._quota import integer as _integer
 
 __all__ = [
-    "REDIS_ACQUIRE_SCRIPT",
-    "REDIS_ADJUST_SCRIPT",
-    "REDIS_QUOTA_SCRIPT",
-    "REDIS_SETTLE_SCRIPT",
     "SLOTS",
     "Decision",
     "Limit",
     "LimiterState",
     "MemoryLimiter",
-    "acquire",
-    "adjust",
-    "redis_acquire_args",
-    "redis_adjust_args",
-    "redis_decisions",
-    "redis_quota_answer",
-    "redis_quota_args",
-    "redis_settle_args",
+    "budget",
+    "decision",
+    "distinct",
+    "spend_ttl",
 ]
 
 SLOTS = 60  # entries per window at most (+1): the log's resolution is window / SLOTS
 _MAX_TTL = 1e10  # seconds: a spend's time to live at most (Redis's PX must be an integer)
-
-_Entries = tuple[tuple[float, ...], tuple[int, ...]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,64 +130,7 @@ class LimiterState:
         return cls.from_list(values)
 
 
-_EMPTY = LimiterState()
-
-
-# --- the algorithm: each helper has its twin, line for line, in the Lua below -------
-
-
-def _prune(state: LimiterState, window: float, now: float) -> tuple[float, _Entries]:
-    """The key's time (``now``, never before its newest entry) and its live entries."""
-    times, amounts = state.times, state.amounts
-    eff = now
-    if times:
-        eff = max(now, times[-1])
-        first = 0
-        while first < len(times) and times[first] + window <= eff:
-            first += 1
-        if first:
-            times, amounts = times[first:], amounts[first:]
-    return eff, (times, amounts)
-
-
-def _verdict(entries: _Entries, used: int, limit: Limit, amount: int) -> float | None:
-    """``None`` if ``amount`` fits now, else the time at which it will fit (inf: never)."""
-    if amount > limit.limit:
-        return math.inf
-    if used + amount <= limit.limit:
-        return None
-    times, amounts = entries
-    i = freed = 0
-    while used - freed + amount > limit.limit:  # ends: amount <= limit fits in an empty window
-        freed += amounts[i]
-        i += 1
-    return times[i - 1] + limit.window
-
-
-def _record(entries: _Entries, eff: float, amount: int, window: float) -> _Entries:
-    """Add ``amount`` at ``eff``: into the newest entry if it is in the same slot."""
-    times, amounts = entries
-    slot = window / SLOTS
-    if times and math.floor(times[-1] / slot) == math.floor(eff / slot):
-        return (*times[:-1], eff), (*amounts[:-1], amounts[-1] + amount)
-    return (*times, eff), (*amounts, amount)
-
-
-def _refund(entries: _Entries, amount: int, charged_at: float, window: float) -> _Entries:
-    """Take ``amount`` from the slot of ``charged_at``, then older entries; drop empties."""
-    times, amounts = entries
-    slot = window / SLOTS
-    cap = math.floor(charged_at / slot)
-    left = list(amounts)
-    for i in range(len(times) - 1, -1, -1):
-        if amount == 0:
-            break
-        if math.floor(times[i] / slot) <= cap:
-            take = min(amount, left[i])
-            left[i] -= take
-            amount -= take
-    keep = [i for i, a in enumerate(left) if a > 0]
-    return tuple(times[i] for i in keep), tuple(left[i] for i in keep)
+# --- a verdict, as both backends report it ------------------------------------------
 
 
 def _after(now: float, at: float) -> float:
@@ -210,9 +141,10 @@ def _after(now: float, at: float) -> float:
     return wait
 
 
-def _decision(
+def decision(
     limit: Limit, now: float, *, allowed: bool, used: int, reset_at: float, retry_at: float
 ) -> Decision:
+    """One limit's :class:`Decision` from the usage left and the times found."""
     return Decision(
         allowed=allowed,
         limit=limit.limit,
@@ -222,86 +154,21 @@ def _decision(
     )
 
 
-_Check = tuple[float, _Entries, int, float | None]  # eff, live entries, used, retry_at
-
-
-def _check(state: LimiterState | None, limit: Limit, now: float, amount: int) -> _Check:
-    """Whether ``amount`` fits: the first half of an acquire, which changes nothing."""
-    _integer("amount", amount, minimum=0)
-    eff, entries = _prune(state or _EMPTY, limit.window, now)
-    used = sum(entries[1])
-    return eff, entries, used, _verdict(entries, used, limit, amount)
-
-
-def _finish(
-    checked: _Check, limit: Limit, amount: int, now: float, *, allowed: bool
-) -> tuple[LimiterState, Decision]:
-    """The second half: charge ``amount`` if the request is ``allowed``; the verdict."""
-    eff, entries, used, retry_at = checked
-    if allowed and amount:
-        entries = _record(entries, eff, amount, limit.window)
-        used += amount
-    times, amounts = entries
-    reset_at = times[-1] + limit.window if times else now
-    decision = _decision(
-        limit,
-        now,
-        allowed=allowed,
-        used=used,
-        reset_at=reset_at,
-        retry_at=now if retry_at is None else retry_at,
-    )
-    return LimiterState(times=times, amounts=amounts), decision
-
-
-def acquire(
-    state: LimiterState | None, limit: Limit, *, now: float, amount: int = 1
-) -> tuple[LimiterState, Decision]:
-    """Admit and charge ``amount`` if it fits in the window, else refuse and charge nothing.
-
-    ``state`` is ``None`` for a key never seen. ``amount=0`` only looks: it is
-    allowed unless usage is over the limit (after a positive :func:`adjust`).
-    """
-    now = _finite("now", now)
-    checked = _check(state, limit, now, amount)
-    return _finish(checked, limit, amount, now, allowed=checked[3] is None)
-
-
-def adjust(
-    state: LimiterState | None, limit: Limit, *, now: float, delta: int, charged_at: float
-) -> LimiterState:
-    """Correct a charge made up front with what was really used: ``delta`` > 0 charges more,
-    < 0 refunds (never below zero usage). ``charged_at`` is the ``now`` the charge was
-    acquired with: the refund comes from its slot's entry, then older ones (never newer).
-
-    Call it once per charge: every call applies.
-    """
-    now = _finite("now", now)
-    charged_at = _finite("charged_at", charged_at)
-    _integer("delta", delta, minimum=None)
-    eff, entries = _prune(state or _EMPTY, limit.window, now)
-    if delta > 0:
-        entries = _record(entries, eff, delta, limit.window)
-    elif delta < 0:
-        entries = _refund(entries, -delta, charged_at, limit.window)
-    times, amounts = entries
-    return LimiterState(times=times, amounts=amounts)
-
-
 # --- spend: a float sum per key, with an optional expiry --------------------------
 
 _Spend = tuple[float, float]  # (USD, expires at; inf: never)
 _NO_SPEND: _Spend = (0.0, math.inf)
 
 
-def _budget(usd: float) -> float:
+def budget(usd: float) -> float:
     """A budget's amount: a number, ``inf`` included (it only reports the spend)."""
     if isinstance(usd, bool) or not isinstance(usd, (int, float)) or math.isnan(usd):
         raise ValueError(f"a budget's usd must be a number, not {usd!r}")
     return float(usd)
 
 
-def _ttl(ttl: float | None) -> float | None:
+def spend_ttl(ttl: float | None) -> float | None:
+    """A spend's time to live: ``None`` (none), or seconds in (0, ``_MAX_TTL``]."""
     if ttl is None:
         return None
     ttl = _finite("ttl", ttl)
@@ -323,7 +190,8 @@ def _add_spend(entry: _Spend | None, usd: float, now: float, ttl: float | None) 
     return total + usd, expires if ttl is None else now + ttl
 
 
-def _distinct(charges: Iterable[tuple[str, Limit, int]]) -> list[tuple[str, Limit, int]]:
+def distinct(charges: Iterable[tuple[str, Limit, int]]) -> list[tuple[str, Limit, int]]:
+    """The charges of one request, in a list; ``ValueError`` if two share a key."""
     charges = list(charges)
     keys = [key for key, _, _ in charges]
     if len(set(keys)) != len(keys):
@@ -335,8 +203,10 @@ class _Log:
     """One key's log in memory: the entries of a ``LimiterState`` in lists, and their sum.
 
     Mutable, so that a request costs O(1) amortised instead of rebuilding tuples of
-    up to ``SLOTS`` entries; the arithmetic is the pure functions', step for step
-    (the tests hold ``MemoryLimiter`` to them and to the Redis scripts).
+    up to ``SLOTS`` entries; the arithmetic is that of the tuple-based reference
+    functions (``_prune``, ``_record``, ``_refund``, ``_verdict`` in
+    ``tests/support/limiter_reference.py``), step for step (the tests hold
+    ``MemoryLimiter`` to them and to the Redis scripts).
     """
 
     __slots__ = ("amounts", "times", "used", "window")
@@ -453,7 +323,9 @@ class MemoryLimiter:
         return LimiterState(times=tuple(log.times), amounts=tuple(log.amounts))
 
     def acquire(self, key: str, limit: Limit, *, now: float, amount: int = 1) -> Decision:
-        """:func:`acquire` on the key's state, kept."""
+        """Admit and charge ``amount`` if it fits in the key's window, else refuse and
+        charge nothing. ``amount=0`` only looks: it is allowed unless usage is over
+        the limit (after a positive :meth:`adjust`)."""
         return self.quota(((key, limit, amount),), (), now=now)[1][0]
 
     def acquire_all(
@@ -477,14 +349,14 @@ class MemoryLimiter:
         A refusal charges nothing; a charge that had room then has ``retry_after``
         0 (budget refusals say nothing about when money comes back).
         """
-        charges = _distinct(charges)
+        charges = distinct(charges)
         now = _finite("now", now)
         allowed = True
         spent = []
         for key, usd in budgets:
             total = _live_spend(self._spends.get(key), now)[0]
             spent.append(total)
-            if not total < _budget(usd):
+            if not total < budget(usd):
                 allowed = False
         states = self._states
         checks = []
@@ -515,14 +387,20 @@ class MemoryLimiter:
             times = log.times
             reset_at = times[-1] + window if len(times) > start else now
             decisions.append(
-                _decision(
+                decision(
                     limit, now, allowed=allowed, used=used, reset_at=reset_at, retry_at=retry_at
                 )
             )
         return allowed, decisions, spent
 
     def adjust(self, key: str, limit: Limit, *, now: float, delta: int, charged_at: float) -> None:
-        """:func:`adjust` on the key's state, kept."""
+        """Correct a charge made up front with what was really used: ``delta`` > 0 charges
+        more, < 0 refunds (never below zero usage). ``charged_at`` is the ``now`` the
+        charge was acquired with: the refund comes from its slot's entry, then older
+        ones (never newer).
+
+        Call it once per charge: every call applies.
+        """
         now = _finite("now", now)
         charged_at = _finite("charged_at", charged_at)
         _integer("delta", delta, minimum=None)
@@ -553,7 +431,7 @@ class MemoryLimiter:
         """Add ``usd`` to the key's spend; with a ``ttl``, it expires at ``now + ttl``
         (else its expiry, if any, stays). The new total."""
         entry = _add_spend(
-            self._spends.get(key), _finite("usd", usd), _finite("now", now), _ttl(ttl)
+            self._spends.get(key), _finite("usd", usd), _finite("now", now), spend_ttl(ttl)
         )
         self._spends[key] = entry
         return entry[0]
@@ -573,7 +451,7 @@ class MemoryLimiter:
             (key, limit, _integer("delta", delta, minimum=None), _finite("charged_at", at))
             for key, limit, delta, at in adjustments
         ]
-        money = [(key, _finite("usd", usd), _ttl(ttl)) for key, usd, ttl in spends]
+        money = [(key, _finite("usd", usd), spend_ttl(ttl)) for key, usd, ttl in spends]
         for key, limit, delta, at in todo:
             self._adjust(key, limit, now, delta, at)
         for key, usd, ttl in money:
@@ -581,7 +459,7 @@ class MemoryLimiter:
 
     def snapshot(self, key: str, limit: Limit, *, now: float) -> Decision:
         """The key's current standing (a zero-amount look), for the admin view."""
-        return acquire(self.get(key), limit, now=now, amount=0)[1]
+        return self.acquire(key, limit, now=now, amount=0)
 
     def sweep(self, *, now: float) -> int:
         """Forget keys whose usage has all left its window, and expired spends (Redis's
@@ -593,393 +471,3 @@ class MemoryLimiter:
         for key in spent:
             del self._spends[key]
         return len(gone) + len(spent)
-
-
-# --- Redis: the same algorithm as atomic Lua scripts --------------------------------
-
-_LUA_COMMON = """
--- sansproxy limiter (core/_limiter.py): a transcription of its Python helpers.
--- A limiter key holds LimiterState.encode(): "t0 a0 t1 a1 ..." (%.17g times, whole
--- amounts); a spend key "usd" or "usd expires_at" (%.17g). Anything else there
--- is an error (the caller sees a failed call), never silently read.
-local function finite(x) return x ~= nil and x == x and x ~= 1 / 0 and x ~= -1 / 0 end
-
-local function load(key)
-  local ts, as = {}, {}
-  local raw = redis.call('GET', key)
-  if raw then
-    local t = nil
-    for word in string.gmatch(raw, '%S+') do
-      local x = tonumber(word)
-      if not finite(x) then error('sansproxy: not a limiter state under ' .. key) end
-      if t == nil then
-        if #ts > 0 and x < ts[#ts] then error('sansproxy: not a limiter state under ' .. key) end
-        t = x
-      else
-        if x < 1 or x ~= math.floor(x) then
-          error('sansproxy: not a limiter state under ' .. key)
-        end
-        ts[#ts + 1] = t
-        as[#as + 1] = x
-        t = nil
-      end
-    end
-    if t ~= nil then error('sansproxy: not a limiter state under ' .. key) end
-  end
-  return ts, as
-end
-
--- _prune: the key's time and its live entries (copied)
-local function prune(ts, as, window, now)
-  local eff = now
-  local m = #ts
-  if m > 0 and ts[m] > eff then eff = ts[m] end
-  local first = 1
-  while first <= m and ts[first] + window <= eff do first = first + 1 end
-  local lt, la = {}, {}
-  for j = first, m do
-    lt[#lt + 1] = ts[j]
-    la[#la + 1] = as[j]
-  end
-  return eff, lt, la
-end
-
--- _record: into the newest entry if it is in the same slot
-local function record(ts, as, eff, amount, window, slots)
-  local slot = window / slots
-  local m = #ts
-  if m > 0 and math.floor(ts[m] / slot) == math.floor(eff / slot) then
-    ts[m] = eff
-    as[m] = as[m] + amount
-  else
-    ts[m + 1] = eff
-    as[m + 1] = amount
-  end
-end
-
--- _refund: from the charge's slot, then older entries; drop empties
-local function refund(ts, as, amount, charged_at, window, slots)
-  local slot = window / slots
-  local cap = math.floor(charged_at / slot)
-  for i = #ts, 1, -1 do
-    if amount == 0 then break end
-    if math.floor(ts[i] / slot) <= cap then
-      local take = math.min(amount, as[i])
-      as[i] = as[i] - take
-      amount = amount - take
-    end
-  end
-  local kt, ka = {}, {}
-  for i = 1, #ts do
-    if as[i] > 0 then
-      kt[#kt + 1] = ts[i]
-      ka[#ka + 1] = as[i]
-    end
-  end
-  return kt, ka
-end
-
--- SET ... PX (= PEXPIRE) window + 1 s from each write: garbage collection only,
--- as the scripts prune by time themselves; the extra second absorbs clock skew.
-local function store(key, ts, as, window)
-  local m = #ts
-  if m == 0 then
-    redis.call('DEL', key)
-    return
-  end
-  local parts = {}
-  for j = 1, m do parts[j] = string.format('%.17g %d', ts[j], as[j]) end
-  local ttl = math.ceil((window + 1) * 1000)
-  redis.call('SET', key, table.concat(parts, ' '), 'PX', string.format('%d', ttl))
-end
-
-local function num(x) return string.format('%.17g', x) end
-
--- _check: whether amount fits; retry_at nil when it does (_verdict). Writes nothing.
-local function check(key, limit, window, amount, now)
-  local c = {limit = limit, window = window, amount = amount}
-  local ts, as = load(key)
-  c.eff, c.ts, c.as = prune(ts, as, window, now)
-  c.used = 0
-  for j = 1, #c.as do c.used = c.used + c.as[j] end
-  if amount > limit then
-    c.retry_at = 1 / 0
-  elseif c.used + amount > limit then
-    local j, freed = 0, 0
-    while c.used - freed + amount > limit do
-      j = j + 1
-      freed = freed + c.as[j]
-    end
-    c.retry_at = c.ts[j] + window
-  end
-  return c
-end
-
--- _finish: charge if the request is allowed; append used, reset_at, retry_at to
--- the reply (the Decision is made in Python).
-local function finish(key, c, allowed, now, slots, reply)
-  if allowed and c.amount > 0 then
-    record(c.ts, c.as, c.eff, c.amount, c.window, slots)
-    c.used = c.used + c.amount
-    store(key, c.ts, c.as, c.window)
-  end
-  local reset_at = now
-  if #c.ts > 0 then reset_at = c.ts[#c.ts] + c.window end
-  reply[#reply + 1] = c.used
-  reply[#reply + 1] = num(reset_at)
-  reply[#reply + 1] = num(c.retry_at or now)
-end
-
--- adjust: correct one key's charge; the usage left in its window
-local function adjust(key, window, delta, charged_at, now, slots)
-  local ts0, as0 = load(key)
-  local eff, ts, as = prune(ts0, as0, window, now)
-  if delta > 0 then
-    record(ts, as, eff, delta, window, slots)
-  elseif delta < 0 then
-    ts, as = refund(ts, as, -delta, charged_at, window, slots)
-  end
-  store(key, ts, as, window)
-  local used = 0
-  for i = 1, #as do used = used + as[i] end
-  return used
-end
-
--- _live_spend: the key's spend and expiry (nil: never), nothing once expired
-local function load_spend(key, now)
-  local raw = redis.call('GET', key)
-  if not raw then return 0, nil end
-  local words = {}
-  for word in string.gmatch(raw, '%S+') do
-    local x = tonumber(word)
-    if not finite(x) then error('sansproxy: not a spend under ' .. key) end
-    words[#words + 1] = x
-  end
-  if #words < 1 or #words > 2 then error('sansproxy: not a spend under ' .. key) end
-  local expires = words[2]
-  if expires ~= nil and expires <= now then return 0, nil end
-  return words[1], expires
-end
-
--- _add_spend: a ttl sets the expiry to now + ttl; PX a second later (GC only)
-local function add_spend(key, usd, ttl, now)
-  local total, expires = load_spend(key, now)
-  total = total + usd
-  if ttl ~= nil then expires = now + ttl end
-  if expires ~= nil then
-    local px = math.ceil((expires - now + 1) * 1000)
-    redis.call('SET', key, num(total) .. ' ' .. num(expires), 'PX', string.format('%d', px))
-  else
-    redis.call('SET', key, num(total))
-  end
-end
-"""
-
-REDIS_ACQUIRE_SCRIPT = (
-    _LUA_COMMON
-    + """
--- acquire, all or nothing over every key (rpm and tpm of one request, say).
--- KEYS[i]: one limiter state each, distinct (Redis Cluster: one {hash tag}).
--- ARGV[1] now (seconds), ARGV[2] SLOTS; then for key i, ARGV[3i], ARGV[3i+1],
--- ARGV[3i+2]: limit, window, amount. See redis_acquire_args().
--- Reply: {admitted 1|0, then per key: used (integer), reset_at, retry_at (%.17g)}.
--- Writes each charged key (SET ... PX); a refusal writes nothing.
-local now = tonumber(ARGV[1])
-local slots = tonumber(ARGV[2])
-local checked = {}
-local allowed = true
-for i = 1, #KEYS do
-  checked[i] = check(KEYS[i], tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1]),
-                     tonumber(ARGV[3 * i + 2]), now)
-  if checked[i].retry_at ~= nil then allowed = false end
-end
-local reply = {allowed and 1 or 0}
-for i = 1, #KEYS do finish(KEYS[i], checked[i], allowed, now, slots, reply) end
-return reply
-"""
-)
-
-REDIS_ADJUST_SCRIPT = (
-    _LUA_COMMON
-    + """
--- adjust one key. KEYS[1]: the state. ARGV: now, SLOTS, window, delta, charged_at
--- (see redis_adjust_args()). Reply: the usage left in the window (integer).
-return adjust(KEYS[1], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
-              tonumber(ARGV[1]), tonumber(ARGV[2]))
-"""
-)
-
-REDIS_QUOTA_SCRIPT = (
-    _LUA_COMMON
-    + """
--- quota: acquire over the limiter keys, all or nothing, and only if every budget
--- has money left (MemoryLimiter.quota). KEYS: n limiter keys (distinct), then one
--- spend key per budget (Redis Cluster: all under one {hash tag}).
--- ARGV[1] now, ARGV[2] SLOTS, ARGV[3] n; for charge i, ARGV[3i+1], ARGV[3i+2],
--- ARGV[3i+3]: limit, window, amount; then for budget j, ARGV[3n+3+j]: its usd.
--- See redis_quota_args(). Reply: {admitted 1|0, per charge: used, reset_at,
--- retry_at, then per budget: its spend (%.17g)}. A refusal writes nothing.
-local now = tonumber(ARGV[1])
-local slots = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
-local checked = {}
-local allowed = true
-local spent = {}
-for j = 1, #KEYS - n do
-  spent[j] = load_spend(KEYS[n + j], now)
-  if not (spent[j] < tonumber(ARGV[3 * n + 3 + j])) then allowed = false end
-end
-for i = 1, n do
-  checked[i] = check(KEYS[i], tonumber(ARGV[3 * i + 1]), tonumber(ARGV[3 * i + 2]),
-                     tonumber(ARGV[3 * i + 3]), now)
-  if checked[i].retry_at ~= nil then allowed = false end
-end
-local reply = {allowed and 1 or 0}
-for i = 1, n do finish(KEYS[i], checked[i], allowed, now, slots, reply) end
-for j = 1, #KEYS - n do reply[#reply + 1] = num(spent[j]) end
-return reply
-"""
-)
-
-REDIS_SETTLE_SCRIPT = (
-    _LUA_COMMON
-    + """
--- settle: what an exchange really used (MemoryLimiter.settle). KEYS: n limiter
--- keys to adjust, then one spend key per spend. ARGV[1] now, ARGV[2] SLOTS,
--- ARGV[3] n; for adjustment i, ARGV[3i+1], ARGV[3i+2], ARGV[3i+3]: window,
--- delta, charged_at; for spend j, ARGV[3n+2+2j], ARGV[3n+3+2j]: usd and ttl
--- ('' for none). See redis_settle_args(). Reply: nil.
-local now = tonumber(ARGV[1])
-local slots = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
-for i = 1, n do
-  adjust(KEYS[i], tonumber(ARGV[3 * i + 1]), tonumber(ARGV[3 * i + 2]),
-         tonumber(ARGV[3 * i + 3]), now, slots)
-end
-for j = 1, #KEYS - n do
-  add_spend(KEYS[n + j], tonumber(ARGV[3 * n + 2 + 2 * j]), tonumber(ARGV[3 * n + 3 + 2 * j]), now)
-end
-return nil
-"""
-)
-
-
-def redis_acquire_args(requests: Sequence[tuple[Limit, int]], *, now: float) -> list[str]:
-    """ARGV for :data:`REDIS_ACQUIRE_SCRIPT`; KEYS are the states' keys, in the same order."""
-    args = [repr(_finite("now", now)), str(SLOTS)]
-    for limit, amount in requests:
-        args += (str(limit.limit), repr(limit.window), str(_integer("amount", amount, minimum=0)))
-    return args
-
-
-def redis_adjust_args(limit: Limit, *, now: float, delta: int, charged_at: float) -> list[str]:
-    """ARGV for :data:`REDIS_ADJUST_SCRIPT`; KEYS is the state's key."""
-    return [
-        repr(_finite("now", now)),
-        str(SLOTS),
-        repr(limit.window),
-        str(_integer("delta", delta, minimum=None)),
-        repr(_finite("charged_at", charged_at)),
-    ]
-
-
-def redis_decisions(
-    reply: Sequence[int | bytes | str], requests: Sequence[tuple[Limit, int]], *, now: float
-) -> list[Decision]:
-    """The :class:`Decision` of each limit from :data:`REDIS_ACQUIRE_SCRIPT`'s reply."""
-    if len(reply) != 1 + 3 * len(requests):
-        raise ValueError(f"not a limiter reply for {len(requests)} keys: {reply!r}")
-    allowed = int(reply[0]) == 1
-    return [
-        _decision(
-            limit,
-            now,
-            allowed=allowed,
-            used=int(reply[1 + 3 * i]),
-            reset_at=float(reply[2 + 3 * i]),
-            retry_at=float(reply[3 + 3 * i]),
-        )
-        for i, (limit, _) in enumerate(requests)
-    ]
-
-
-def redis_quota_args(
-    charges: Iterable[tuple[str, Limit, int]],
-    budgets: Iterable[tuple[str, float]],
-    *,
-    now: float,
-) -> tuple[list[str], list[str]]:
-    """KEYS and ARGV for :data:`REDIS_QUOTA_SCRIPT`, from :meth:`MemoryLimiter.quota`'s
-    arguments (checked as it checks them)."""
-    charges = _distinct(charges)
-    keys = [key for key, _, _ in charges]
-    args = [repr(_finite("now", now)), str(SLOTS), str(len(charges))]
-    for _, limit, amount in charges:
-        args += (str(limit.limit), repr(limit.window), str(_integer("amount", amount, minimum=0)))
-    for key, usd in budgets:
-        keys.append(key)
-        args.append(repr(_budget(usd)))
-    return keys, args
-
-
-def _not_nan(x: float) -> float:
-    if math.isnan(x):
-        raise ValueError("nan")
-    return x
-
-
-def redis_quota_answer(
-    reply: object,
-    charges: Sequence[tuple[str, Limit, int]],
-    budgets: Sequence[tuple[str, float]],
-    *,
-    now: float,
-) -> tuple[bool, list[Decision], list[float]]:
-    """:data:`REDIS_QUOTA_SCRIPT`'s reply as :meth:`MemoryLimiter.quota` answers;
-    ``ValueError`` on anything the script would not return."""
-    size = 1 + 3 * len(charges) + len(budgets)
-    if not isinstance(reply, list) or len(reply) != size:
-        raise ValueError(f"not a quota reply for {len(charges)} charges: {reply!r}")
-    if any(isinstance(x, list) for x in reply) or reply[0] not in (0, 1):
-        raise ValueError(f"not a quota reply: {reply!r}")
-    allowed = reply[0] == 1
-    try:
-        decisions = [
-            _decision(
-                limit,
-                now,
-                allowed=allowed,
-                used=int(reply[1 + 3 * i]),
-                reset_at=_finite("reset_at", float(reply[2 + 3 * i])),
-                retry_at=_not_nan(float(reply[3 + 3 * i])),
-            )
-            for i, (_, limit, _) in enumerate(charges)
-        ]
-        spent = [_finite("spend", float(x)) for x in reply[1 + 3 * len(charges) :]]
-    except (TypeError, ValueError):
-        raise ValueError(f"not a quota reply: {reply!r}") from None
-    return allowed, decisions, spent
-
-
-def redis_settle_args(
-    adjustments: Iterable[tuple[str, Limit, int, float]],
-    spends: Iterable[tuple[str, float, float | None]],
-    *,
-    now: float,
-) -> tuple[list[str], list[str]]:
-    """KEYS and ARGV for :data:`REDIS_SETTLE_SCRIPT`, from :meth:`MemoryLimiter.settle`'s
-    arguments (checked as it checks them)."""
-    adjustments = list(adjustments)
-    keys = [key for key, _, _, _ in adjustments]
-    args = [repr(_finite("now", now)), str(SLOTS), str(len(adjustments))]
-    for _, limit, delta, charged_at in adjustments:
-        args += (
-            repr(limit.window),
-            str(_integer("delta", delta, minimum=None)),
-            repr(_finite("charged_at", charged_at)),
-        )
-    for key, usd, ttl in spends:
-        keys.append(key)
-        life = _ttl(ttl)
-        args += (repr(_finite("usd", usd)), "" if life is None else repr(life))
-    return keys, args

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from .._commands import (
     AcquireQuota,
@@ -38,14 +38,12 @@ from .._commands import (
     SettleQuota,
     SpendRecord,
 )
+from .._config import ProxyConfig
 from .._errors import BudgetExceededError, ClientRateLimitError, ServiceUnavailableError
 from .._events import QuotaAnswered, QuotaFailed
+from .._middleware import Context
+from .._quota import Decision, Limit
 from ._auth import ClientKey, budget_key, key_limits
-from ._limiter import Decision, Limit
-
-if TYPE_CHECKING:
-    from .._config import ProxyConfig
-    from .._exchange import Exchange
 
 __all__ = ["RateLimitMiddleware", "estimate_tokens", "ratelimit_headers"]
 
@@ -140,7 +138,7 @@ class RateLimitMiddleware:
             on_backend_error=config.limits.on_backend_error,
         )
 
-    def on_request(self, exchange: Exchange) -> AcquireQuota | None:
+    def on_request(self, exchange: Context) -> AcquireQuota | None:
         key: ClientKey | None = exchange.key if isinstance(exchange.key, ClientKey) else None
         body = exchange.request_json()
         model = body.get("model") if body is not None else None
@@ -174,7 +172,7 @@ class RateLimitMiddleware:
             timeout=self._timeout,
         )
 
-    def on_answer(self, exchange: Exchange, answer: QuotaAnswered | QuotaFailed) -> None:
+    def on_answer(self, exchange: Context, answer: QuotaAnswered | QuotaFailed) -> None:
         limits, spend, tokens, at = exchange.scratch.pop((_PENDING, self))
         if isinstance(answer, QuotaFailed):
             if not self._fail_open:
@@ -241,12 +239,12 @@ class RateLimitMiddleware:
             headers=((b"retry-after", retry_after), *headers),
         )
 
-    def on_response_head(self, exchange: Exchange) -> None:
+    def on_response_head(self, exchange: Context) -> None:
         charged = exchange.scratch.get(self)
         if charged is not None:
             exchange.response_headers.extend(charged.headers)
 
-    def on_complete(self, exchange: Exchange) -> None:
+    def on_complete(self, exchange: Context) -> None:
         charged: _Charged | None = exchange.scratch.get(self)
         if charged is None or charged.settled:
             return

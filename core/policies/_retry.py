@@ -20,73 +20,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
 
+from .._endpoints import TRANSLATABLE
 from .._errors import ProtocolError, ProviderRateLimitError
-from ..gateway._routing import Deployment
+from .._middleware import Attempt, Context, Retry
+from ..gateway import Deployment
 
-if TYPE_CHECKING:
-    from .._exchange import Exchange
+__all__ = ["RetryMiddleware"]
 
-__all__ = ["Attempt", "Retry", "RetryMiddleware"]
-
-Outcome = Literal["ok", "status", "connect", "timeout", "reset", "protocol"]
 _KINDS = frozenset({"connect", "timeout", "reset", "protocol"})
-# The endpoints translated between the two APIs (any provider can serve them).
-_TRANSLATED = frozenset({b"/v1/chat/completions", b"/v1/messages"})
-
-
-@dataclass(slots=True, kw_only=True)
-class Attempt:
-    """One upstream attempt, as the trace records it.
-
-    ``outcome``: ``ok`` (a status below 400 came back), ``status`` (an error
-    status), or the failure kind (``connect``, ``timeout``, ``reset``,
-    ``protocol``); ``None`` while it runs. ``delay``: seconds waited before it.
-    Times are the driver's ``now``.
-    """
-
-    number: int
-    model: str | None
-    provider: str
-    upstream_model: str | None
-    delay: float
-    started_at: float
-    outcome: Outcome | None = None
-    status: int | None = None
-    retry_after: float | None = None
-    ended_at: float | None = None
-
-    def record(self) -> dict[str, Any]:
-        """The attempt as JSON for a trace."""
-        return {
-            "attempt": self.number,
-            "model": self.model,
-            "provider": self.provider,
-            "upstream_model": self.upstream_model,
-            "delay_ms": round(self.delay * 1000, 3),
-            "outcome": self.outcome,
-            "status": self.status,
-            "retry_after": self.retry_after,
-            "duration_ms": None
-            if self.ended_at is None
-            else round((self.ended_at - self.started_at) * 1000, 3),
-        }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Retry:
-    """Try again: wait ``delay`` seconds, then send the request to ``deployment``.
-
-    ``deployment`` ``None`` means the same upstream request again (the
-    one-provider shorthand). ``model`` is the public model that deployment
-    serves (a fallback's name, or the one asked for).
-    """
-
-    delay: float
-    deployment: Deployment | None
-    model: str | None
 
 
 def _jitter(seed: float, n: int) -> float:
@@ -153,7 +95,7 @@ class RetryMiddleware:
         return attempt.outcome in self.on_failure
 
     def on_attempt_failed(
-        self, exchange: Exchange, attempt: Attempt
+        self, exchange: Context, attempt: Attempt
     ) -> Retry | ProtocolError | None:
         """Same deployment after a backoff, else the next deployment, else a fallback model."""
         if not self.retryable(attempt):
@@ -193,7 +135,7 @@ class RetryMiddleware:
         return None
 
     def _same(
-        self, exchange: Exchange, attempt: Attempt, deployment: Deployment | None
+        self, exchange: Context, attempt: Attempt, deployment: Deployment | None
     ) -> Retry | None:
         if deployment is None and len(exchange.attempts) >= self.attempts:
             return None
@@ -209,16 +151,16 @@ class RetryMiddleware:
             return None
         return Retry(delay=wait, deployment=deployment, model=attempt.model)
 
-    def _candidates(self, exchange: Exchange) -> list[tuple[str, Deployment]]:
+    def _candidates(self, exchange: Context) -> list[tuple[str, Deployment]]:
         """The asked model's deployments, then each fallback model's, in order."""
-        router = exchange.proxy.router
+        router = exchange.router
         asked = exchange.model
         if asked is None or asked not in router.models:
             return []
         out = [(asked, d) for d in router.models[asked]]
         for fallback in router.fallbacks.get(asked, ()):
             out.extend((fallback, d) for d in router.models[fallback])
-        if exchange.request_path in _TRANSLATED:
+        if exchange.endpoint in TRANSLATABLE:
             return out
         # Elsewhere only a provider of the client's own API can serve the request.
         return [(m, d) for m, d in out if d.provider.type == exchange.client_api]

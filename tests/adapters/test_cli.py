@@ -8,7 +8,8 @@ import pathlib
 import pytest
 
 from adapters._cli import ConfigError, build_parser, describe_upstream, load, resolve
-from core import AuthMiddleware, ProxyConfig
+from core import ProxyConfig
+from core.policies import AuthMiddleware
 
 
 def args(*argv: str, workers: bool = False) -> argparse.Namespace:

@@ -13,7 +13,9 @@ import pytest
 import yaml
 
 from adapters.keys import PREFIX, main
-from core import AuthMiddleware, Proxy, ProxyConfig, RequestEnded, RequestReceived, State
+from core import Proxy, ProxyConfig, RequestEnded, RequestReceived
+from core._state import State
+from core.policies import AuthMiddleware
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -15,16 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.policies._limiter import (
-    REDIS_ACQUIRE_SCRIPT,
-    REDIS_ADJUST_SCRIPT,
-    Limit,
-    LimiterState,
-    MemoryLimiter,
-    redis_acquire_args,
-    redis_adjust_args,
-    redis_decisions,
-)
+from core.policies._limiter import Limit, LimiterState, MemoryLimiter
 from tests.core.test_limiter import (
     AMOUNTS,
     DELTAS,
@@ -35,6 +26,13 @@ from tests.core.test_limiter import (
     WINDOWS,
     amount,
     delta,
+)
+from tests.support.limiter_reference import (
+    REDIS_ACQUIRE_SCRIPT,
+    REDIS_ADJUST_SCRIPT,
+    redis_acquire_args,
+    redis_adjust_args,
+    redis_decisions,
 )
 from tests.support.redis_server import RedisServer, require_redis
 

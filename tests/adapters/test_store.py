@@ -37,7 +37,7 @@ from adapters._store import (
     StoreStatistics,
     make_store,
 )
-from core import EndResponse, Exchange, LimitsConfig, Proxy, ProxyConfig, SendBody, StartResponse
+from core import EndResponse, Exchange, Proxy, ProxyConfig, SendBody, StartResponse
 from core._commands import (
     AcquireQuota,
     BudgetCheck,
@@ -47,13 +47,12 @@ from core._commands import (
     SettleQuota,
     SpendRecord,
 )
+from core._config import LimitsConfig
 from core._events import ClientGone, Event, QuotaAnswered, QuotaFailed
-from core.policies._limiter import (
+from core.policies._limiter import Limit, LimiterState, MemoryLimiter
+from core.policies._limiter_redis import (
     REDIS_QUOTA_SCRIPT,
     REDIS_SETTLE_SCRIPT,
-    Limit,
-    LimiterState,
-    MemoryLimiter,
     redis_quota_answer,
     redis_quota_args,
     redis_settle_args,

@@ -20,6 +20,8 @@ import trustme
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSListener
 
+from core._headers import content_length
+
 from adapters._upstream import (
     Origin,
     PoolStatistics,
@@ -141,11 +143,20 @@ async def keep_alive(peer: Peer) -> None:
         await peer.send(ok(b"%d" % peer.index))
 
 
+def framed(
+    method: bytes, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """``headers`` and the Content-Length the core adds to every upstream request."""
+    length = content_length(method, body)
+    return headers if length is None else [*headers, (b"content-length", length)]
+
+
 async def start(
     pool: UpstreamPool, origin: Origin, method: bytes = b"GET", body: bytes = b""
 ) -> UpstreamResponse:
-    """Send a request with a minimal head."""
-    return await pool.request(origin, method, b"/", [(b"host", b"h")], body, connect_timeout=5)
+    """Send a request with a minimal head, framed as the core frames it."""
+    headers = framed(method, body, [(b"host", b"h")])
+    return await pool.request(origin, method, b"/", headers, body, connect_timeout=5)
 
 
 async def get(
@@ -353,6 +364,10 @@ async def test_request_framing(
     body: bytes,
     expected_length: bytes | None,
 ) -> None:
+    # The core frames every request (Content-Length by core._headers.content_length);
+    # the pool sends the headers it is given, and nothing else.
+    if not headers:
+        headers = framed(method, body, [])
     seen: list[Received] = []
 
     async def handler(peer: Peer) -> None:
@@ -367,6 +382,31 @@ async def test_request_framing(
     assert (request.method, request.target, request.body) == (method, b"/v1/x", body)
     assert request.headers.get(b"content-length") == expected_length
     assert request.headers[b"host"] == b"h"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("method", [b"POST", b"DELETE"])
+async def test_a_body_its_headers_do_not_frame_is_refused(
+    pool: UpstreamPool, method: bytes
+) -> None:
+    seen: list[Received | None] = []
+    done = anyio.Event()
+
+    async def handler(peer: Peer) -> None:
+        seen.append(await peer.read_request())
+        done.set()
+
+    async with serve(handler) as server:
+        with pytest.raises(UpstreamError) as caught:
+            await pool.request(
+                server.origin, method, b"/", [(b"host", b"h")], b"abc", connect_timeout=5
+            )
+        with anyio.fail_after(5):
+            await done.wait()
+    assert caught.value.kind == "protocol"
+    assert "framing" in str(caught.value)
+    assert seen == [None]  # the connection closed without a byte of the request
+    assert pool.statistics().in_use == 0
 
 
 @pytest.mark.anyio

@@ -17,7 +17,6 @@ import time
 
 from core import (
     AcquireQuota,
-    MemoryLimiter,
     Proxy,
     ProxyConfig,
     QuotaAnswered,
@@ -29,6 +28,7 @@ from core import (
     UpstreamEnded,
     UpstreamResponse,
 )
+from core.policies import MemoryLimiter
 
 KEY = b"sk-bench-core"
 BODY = json.dumps({"model": "fast", "messages": [{"role": "user", "content": "hello"}]}).encode()

@@ -12,20 +12,19 @@ import pytest
 
 from core import (
     AcquireQuota,
-    AuthMiddleware,
     Command,
-    MemoryLimiter,
     Proxy,
     ProxyConfig,
     QuotaAnswered,
     QuotaFailed,
     SendUpstreamRequest,
     SettleQuota,
-    State,
     UpstreamData,
     UpstreamEnded,
     UpstreamResponse,
 )
+from core._state import State
+from core.policies import AuthMiddleware, MemoryLimiter
 from core.policies._auth import presented_key
 
 from .playbook import WALL, Playbook, client_view, config, header, upstream_config

@@ -1,10 +1,13 @@
-"""OpenAI chat client -> Anthropic Messages upstream translation (core.gateway._chat_to_messages).
+"""OpenAI chat client -> Anthropic Messages upstream translation.
+
+The modules: core.gateway._chat_request_to_messages (the request) and
+core.gateway._messages_response_to_chat (the answer, the error, the stream).
 
 No sockets. The fixtures are the providers' documented examples: OpenAI's API
 reference and guides (chat completion requests, images, function calling,
 structured outputs) and Anthropic's (Messages request and response, vision,
 tool use, the streaming page's text and tool-use streams, errors). The
-requests this module produces are checked against strict pydantic models of
+requests these modules produce are checked against strict pydantic models of
 the Messages API written here; its responses and chunks against the openai
 SDK's own models and stream accumulator.
 """
@@ -26,10 +29,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from core._errors import RemoteProtocolError
 from core._sse import SSEDecoder
-from core.gateway._chat_to_messages import (
+from core.gateway._chat_request_to_messages import chat_request_to_messages
+from core.gateway._messages_response_to_chat import (
     MessagesStreamToChat,
     anthropic_error_to_openai,
-    chat_request_to_messages,
     messages_response_to_chat,
 )
 

@@ -16,9 +16,9 @@ from core import (
     ProxyConfig,
     RemoteProtocolError,
     SendUpstreamRequest,
-    TraceMiddleware,
-    UpstreamConfig,
 )
+from core._config import UpstreamConfig
+from core.policies import TraceMiddleware
 
 from .playbook import Playbook, client_view, config
 

@@ -22,13 +22,13 @@ from core import (
     SendBody,
     SendUpstreamRequest,
     StartResponse,
-    State,
     TimerFired,
     UpstreamData,
     UpstreamEnded,
     UpstreamFailed,
     UpstreamResponse,
 )
+from core._state import State
 
 from .playbook import Playbook, client_view, config, header, upstream_config, without_logs
 

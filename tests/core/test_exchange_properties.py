@@ -17,13 +17,13 @@ from core import (
     SendBody,
     SSEEvent,
     StartResponse,
-    State,
     TimerFired,
     UpstreamData,
     UpstreamEnded,
     UpstreamFailed,
     UpstreamResponse,
 )
+from core._state import State
 from tests.support.fuzz import examples
 
 from .playbook import Playbook, config, upstream_config
@@ -173,16 +173,16 @@ from typing import Any  # noqa: E402
 import pytest  # noqa: E402
 
 from core import (  # noqa: E402
-    TRANSITIONS,
     AcquireQuota,
     CancelUpstream,
-    Decision,
     Proxy,
     QuotaAnswered,
     QuotaFailed,
     SendUpstreamRequest,
     SettleQuota,
 )
+from core._state import TRANSITIONS  # noqa: E402
+from core.policies import Decision  # noqa: E402
 
 _KEY = b"sk-sp-fuzz"
 _AUTH = [(b"authorization", b"Bearer " + _KEY), (b"content-type", b"application/json")]

@@ -20,20 +20,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.policies._limiter import (
-    SLOTS,
-    Decision,
-    Limit,
-    LimiterState,
-    MemoryLimiter,
+from core.policies._limiter import SLOTS, Decision, Limit, LimiterState, MemoryLimiter
+from core.policies._limiter_redis import redis_quota_answer, redis_quota_args, redis_settle_args
+from tests.support.limiter_reference import (
     acquire,
     adjust,
     redis_acquire_args,
     redis_adjust_args,
     redis_decisions,
-    redis_quota_answer,
-    redis_quota_args,
-    redis_settle_args,
 )
 
 RPM = Limit(limit=60)

@@ -1,4 +1,7 @@
-"""Anthropic Messages client -> OpenAI Chat Completions upstream (core.gateway._messages_to_chat).
+"""Anthropic Messages client -> OpenAI Chat Completions upstream.
+
+The modules: core.gateway._messages_request_to_chat (the request) and
+core.gateway._chat_response_to_messages (the answer, the error, the stream).
 
 No sockets. The fixtures are the providers' documented examples: Anthropic's
 Messages API reference and guides (messages, prompt caching, vision, tool use,
@@ -27,12 +30,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from core._errors import LocalProtocolError, RemoteProtocolError, anthropic_type
 from core._render import anthropic_error_body
 from core._sse import SSEDecoder
-from core.gateway._messages_to_chat import (
+from core.gateway._chat_response_to_messages import (
     ChatStreamToMessages,
     chat_response_to_messages,
-    messages_request_to_chat,
     openai_error_to_anthropic,
 )
+from core.gateway._messages_request_to_chat import messages_request_to_chat
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "messages_to_chat"
 MODEL = "claude-sonnet-4-5"  # what the client asked for
@@ -222,7 +225,8 @@ def parse_events(blocks: list[bytes]) -> list[dict[str, Any]]:
         assert head.startswith(b"event: ") and data.startswith(b"data: "), block
         payload = json.loads(data[6:])
         assert payload["type"] == head[7:].decode()
-        assert data[6:] == json.dumps(payload, separators=(",", ":")).encode()
+        # The core's JSON: compact, non-ASCII kept as UTF-8 (core._json.dumps).
+        assert data[6:] == json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
         if payload["type"] == "error":
             assert set(payload) == {"type", "error"}
             assert set(payload["error"]) == {"type", "message"}

@@ -22,7 +22,6 @@ from core import (
     EndResponse,
     LocalProtocolError,
     Log,
-    MemoryLimiter,
     Proxy,
     ProxyConfig,
     QuotaAnswered,
@@ -30,14 +29,15 @@ from core import (
     SendBody,
     SendUpstreamRequest,
     SettleQuota,
-    SpendRecord,
     StartResponse,
-    State,
     UpstreamData,
     UpstreamEnded,
     UpstreamFailed,
     UpstreamResponse,
 )
+from core._commands import SpendRecord
+from core._state import State
+from core.policies import MemoryLimiter
 from core.policies._auth import period_of
 
 from .playbook import WALL, Playbook, client_view, config, header

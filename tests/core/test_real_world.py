@@ -25,7 +25,6 @@ from core import (
     AcquireQuota,
     ClientGone,
     Command,
-    Decision,
     Proxy,
     ProxyConfig,
     QuotaAnswered,
@@ -40,6 +39,7 @@ from core import (
     WriteTrace,
 )
 from core.gateway._usage import delta_tokens
+from core.policies import Decision
 
 from .playbook import Playbook
 

@@ -14,7 +14,6 @@ from core import (
     CancelUpstream,
     ClientGone,
     Command,
-    Decision,
     EndResponse,
     Log,
     Proxy,
@@ -23,7 +22,6 @@ from core import (
     SendBody,
     SendUpstreamRequest,
     StartResponse,
-    State,
     UpstreamData,
     UpstreamEnded,
     UpstreamFailed,
@@ -32,6 +30,8 @@ from core import (
     parse_block,
 )
 from core._headers import parse_retry_after
+from core._state import State
+from core.policies import Decision
 from core.policies._retry import RetryMiddleware
 
 from .playbook import WALL, Playbook, client_view, config, header, upstream_config

@@ -13,8 +13,6 @@ import pytest
 
 import core
 from core import (
-    DEFAULT_ORDER,
-    TAXONOMY,
     AuthenticationError,
     BudgetExceededError,
     ClientRateLimitError,
@@ -27,14 +25,14 @@ from core import (
     ProviderRateLimitError,
     Proxy,
     ProxyConfig,
-    ProxyError,
     RemoteProtocolError,
     ServiceUnavailableError,
     TimerFired,
     UpstreamTimeoutError,
     ValidationError,
 )
-from core._errors import ProtocolError
+from core._config import DEFAULT_ORDER
+from core._errors import TAXONOMY, ProtocolError, ProxyError
 
 from .playbook import Playbook, client_view, config, header
 
