@@ -3,18 +3,19 @@
 Drive it like aioquic's connection: ``handle(event, now=...)``, then drain
 ``next_command()`` until it returns ``None``, then re-arm one timer from
 ``get_timer()``. The exchange never reads a clock and never does I/O.
+
+This module is the state machine: one handler per (state, event) pair of
+``core._state.TRANSITIONS``, in the order an exchange meets them -- the
+request, its hooks and their quota queries, the route (or a local answer),
+the upstream attempts and their retries, the client leaving. What the hooks
+see and how answers leave is :class:`~core._context.ExchangeContext`; the
+response of one attempt is :class:`~core._relay.Relay`.
 """
 
 from __future__ import annotations
 
-import traceback
-from collections import deque
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
-
 from ._commands import (
     AcquireQuota,
-    CancelUpstream,
     Command,
     EndResponse,
     Log,
@@ -22,13 +23,11 @@ from ._commands import (
     SendBody,
     SendUpstreamRequest,
     SettleQuota,
-    StartResponse,
 )
-from ._config import LimitsConfig, ProxyConfig
-from ._endpoints import ENDPOINTS, HEALTH_PATH, MODELS_PATH, ROUTED, ApiName, Endpoint
+from ._context import ExchangeContext
+from ._endpoints import ENDPOINTS, HEALTH_PATH, MODELS_PATH, ROUTED
 from ._errors import (
     FAILURES,
-    InternalError,
     LocalProtocolError,
     ModelNotFoundError,
     NetworkError,
@@ -51,14 +50,12 @@ from ._events import (
     UpstreamFailed,
     UpstreamResponse,
 )
-from ._headers import Headers, content_length, header, parse_retry_after
-from ._http import parse_json_object, split_target
-from ._middleware import Attempt, Pipeline, Reply, Retry
+from ._headers import content_length, header, parse_retry_after
+from ._http import split_target
+from ._middleware import Attempt, Reply, Retry
 from ._relay import Relay
-from ._render import error_headers, render_error, render_error_event
-from ._sse import is_final_event
 from ._state import TRANSITIONS, State
-from .gateway import Deployment, Router, Usage, cost_usd
+from .gateway import Deployment
 from .gateway._mock import MockAnswer, mock_answer
 from .gateway._plan import Plan, plan, plan_passthrough
 
@@ -73,151 +70,14 @@ _HEALTH_HEADERS = (
 )
 
 
-class Shared(Protocol):
-    """What every exchange of a proxy shares (``core.Proxy`` is one): built once."""
-
-    @property
-    def config(self) -> ProxyConfig: ...
-    @property
-    def limits(self) -> LimitsConfig: ...
-    @property
-    def router(self) -> Router: ...
-    @property
-    def pipeline(self) -> Pipeline: ...
-    @property
-    def mock_stream_delay(self) -> float: ...
-
-
-def _outcome(error: ProtocolError) -> str:
-    if error.code == "upstream_timeout":
-        return "timeout"
-    if error.error_type == "upstream_error":
-        return "upstream_error"
-    return "rejected"
-
-
-class Exchange:
+class Exchange(ExchangeContext):
     """One proxied request and its response. Create it with ``Proxy.exchange()``.
 
-    Public attributes are the context middleware hooks read: the request
-    (``request_method``, ``request_target``, ``request_path``, ``request_query``,
-    ``request_headers``, ``request_body`` once complete), the response
-    (``response_status``, ``response_headers``, ``is_stream``), timings
-    (``started_at``, ``first_upstream_byte_at``, ``ended_at``, all in the
-    driver's ``now`` units, and ``wall_time``, the start as a UNIX time), and the
-    result (``outcome``, ``error``). ``scratch`` holds per-exchange middleware
-    state, keyed by whatever the middleware likes (usually itself).
+    Public attributes are the context middleware hooks read (see
+    :class:`core.Context`). Don't subclass.
     """
 
-    __slots__ = (
-        "_attempt",
-        "_body_chunks",
-        "_body_size",
-        "_commands",
-        "_deadline",
-        "_dispatch",
-        "_final_sent",
-        "_head",
-        "_hook_index",
-        "_json",
-        "_json_for",
-        "_local_blocks",
-        "_plan",
-        "_proxy",
-        "_query",
-        "_query_id",
-        "_rand",
-        "_read_timeout",
-        "_relay",
-        "_retry",
-        "_upstream_active",
-        "attempts",
-        "client_api",
-        "cost_usd",
-        "deployment",
-        "ended_at",
-        "endpoint",
-        "error",
-        "exchange_id",
-        "first_upstream_byte_at",
-        "is_stream",
-        "key",
-        "model",
-        "now",
-        "outcome",
-        "request_body",
-        "request_headers",
-        "request_method",
-        "request_path",
-        "request_query",
-        "request_target",
-        "response_headers",
-        "response_status",
-        "scratch",
-        "started_at",
-        "state",
-        "upstream_url",
-        "usage",
-        "usage_estimated",
-        "wall_time",
-    )
-
-    def __init__(
-        self, proxy: Shared, *, exchange_id: str, now: float, wall_time: float, rand: float = 0.0
-    ) -> None:
-        self._proxy = proxy
-        self._rand = rand
-        self._read_timeout = 0.0
-        self._plan: Plan | None = None
-        self._relay: Relay | None = None
-        self._hook_index = 0
-        self._query_id = 0
-        self._query: AcquireQuota | None = None
-        self._retry: Retry | None = None
-        # The request body parsed (or the error parsing it gave), until it is sent.
-        self._json: dict[str, Any] | RemoteProtocolError | None = None
-        self._json_for: bytes | None = None
-        self.attempts: list[Attempt] = []
-        self.key: Any = None
-        self.now = now
-        self.client_api: ApiName = "openai"
-        self.endpoint: Endpoint | None = None
-        self.model: str | None = None
-        self.deployment: Deployment | None = None
-        self.usage: Usage | None = None
-        self.usage_estimated = False
-        self._final_sent = False
-        self._head = False  # a HEAD request: every answer is sent without its body
-        self.cost_usd: float | None = None
-        self.exchange_id = exchange_id
-        self.started_at = now
-        self.wall_time = wall_time
-        self.state = State.RECV_HEAD
-        self._dispatch = _DISPATCH[State.RECV_HEAD]
-        self._commands: deque[Command] = deque()
-        self._deadline: float | None = None
-        self._attempt = 0
-        self._upstream_active = False
-        self._local_blocks: deque[bytes] = deque()
-        self._body_chunks: list[bytes] = []
-        self._body_size = 0
-        self.request_method = b""
-        self.request_target = b""
-        self.request_path = b""
-        self.request_query = b""
-        self.request_headers: Headers = ()
-        self.request_body = b""
-        self.response_status: int | None = None
-        self.response_headers: list[tuple[bytes, bytes]] = []
-        self.is_stream = False
-        self.first_upstream_byte_at: float | None = None
-        self.ended_at: float | None = None
-        self.outcome: str | None = None
-        self.error: ProtocolError | None = None
-        self.upstream_url: str | None = None
-        self.scratch: dict[Any, Any] = {}
-
-    # -- the driver's API ----------------------------------------------------
+    __slots__ = ()
 
     def handle(self, event: Event, *, now: float) -> None:
         """Feed one event. Raises ``LocalProtocolError`` if this state refuses it."""
@@ -254,72 +114,6 @@ class Exchange:
         Firing early is harmless: the exchange ignores a timer before its time.
         """
         return self._deadline
-
-    @property
-    def upstream_attempt(self) -> int | None:
-        """The upstream attempt the exchange is waiting on, ``None`` if none runs."""
-        return self._attempt if self._upstream_active else None
-
-    @property
-    def finished(self) -> bool:
-        """True once the response is over (or the exchange broke)."""
-        return self.state is State.DONE or self.state is State.ERROR
-
-    def emit(self, command: Command) -> None:
-        """Queue a command for the driver (middleware use this too)."""
-        self._commands.append(command)
-
-    # -- for middleware ------------------------------------------------------
-
-    @property
-    def router(self) -> Router:
-        """The gateway's models and deployments (what a retry may fall back to)."""
-        return self._proxy.router
-
-    @property
-    def seed(self) -> float:
-        """The number in [0, 1) the driver gave this exchange (routing, retry jitter)."""
-        return self._rand
-
-    @property
-    def wall_now(self) -> float:
-        """UNIX time of the event being handled (``wall_time`` plus time elapsed)."""
-        return self.wall_time + (self.now - self.started_at)
-
-    def new_query_id(self) -> int:
-        """A fresh id for a command that needs a reply (``AcquireQuota``)."""
-        self._query_id += 1
-        return self._query_id
-
-    def request_json(self) -> dict[str, Any] | None:
-        """The request body as a JSON object, parsed once (``None`` if it is not one,
-        or is over the JSON limits).
-
-        Parsed again only if a hook replaced ``request_body``, or after routing (the
-        parse is not kept while the response runs). Treat it as read-only.
-        """
-        value = self._request_object()
-        return value if isinstance(value, dict) else None
-
-    def _request_object(self) -> dict[str, Any] | RemoteProtocolError | None:
-        """``request_json()``, or why the body is not a JSON object (None: no body)."""
-        body = self.request_body
-        value = self._json
-        if self._json_for is not body:
-            value = None
-            if body:
-                try:
-                    value = parse_json_object(body, max_items=self._proxy.limits.max_json_items)
-                except RemoteProtocolError as exc:
-                    value = exc
-            self._json, self._json_for = value, body
-        return value
-
-    # -- internals -----------------------------------------------------------
-
-    def _set_state(self, state: State) -> None:
-        self.state = state
-        self._dispatch = _DISPATCH[state]
 
     def _check_attempt(self, attempt: int) -> None:
         if attempt != self._attempt or not self._upstream_active:
@@ -529,16 +323,6 @@ class Exchange:
             max_json_items=self._proxy.limits.max_json_items,
         )
 
-    def _answer(
-        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, now: float
-    ) -> None:
-        if header(headers, b"content-length") is None:
-            headers.append((b"content-length", str(len(body)).encode()))
-        self._start_response(status, headers)
-        self._send_body(body)
-        self._commands.append(_END_OK)
-        self._complete("completed", now)
-
     def _answer_mock(self, now: float) -> None:
         answer: MockAnswer = mock_answer(
             b"GET" if self._head else self.request_method,
@@ -681,17 +465,6 @@ class Exchange:
         self._commands.append(_END_OK)
         self._complete("completed", now)
 
-    def _settle_usage(self) -> None:
-        """Take the attempt's usage (read from the stream or the answer) and price it."""
-        relay = self._relay
-        settled = None if relay is None else relay.settle(-(-len(self.request_body) // 4))
-        if settled is None:
-            return
-        usage, self.usage_estimated = settled
-        self.usage = usage
-        if usage is not None and self.deployment is not None:
-            self.cost_usd = cost_usd(usage, self.deployment.price)
-
     def _on_upstream_failed(self, event: UpstreamFailed, now: float) -> None:
         self._check_attempt(event.attempt)
         self._upstream_active = False
@@ -716,8 +489,6 @@ class Exchange:
         if self._retry_hooks() and self._attempt_failed(attempt, error, now):
             return
         self._fail(self._after_attempts(error), now)
-
-    # -- retries -------------------------------------------------------------
 
     def _retry_hooks(self) -> bool:
         """Whether a retry is possible: hooks to ask, and nothing sent to the client yet."""
@@ -800,130 +571,11 @@ class Exchange:
         self._commands.append(log)
         self._complete("client_gone", now)
 
-    def _cancel_upstream(self) -> None:
-        if self._upstream_active:
-            self._upstream_active = False
-            self._commands.append(CancelUpstream(attempt=self._attempt))
-
-    def _start_response(
-        self, status: int, headers: list[tuple[bytes, bytes]], *, hooks: bool = True
-    ) -> None:
-        headers.append((b"x-sansproxy-id", self.exchange_id.encode("ascii", "replace")))
-        self.response_status = status
-        self.response_headers = headers
-        if hooks:
-            for hook in self._proxy.pipeline.on_response_head:
-                hook(self)
-        self._commands.append(StartResponse(status=status, headers=self.response_headers))
-
-    def _send_body(self, data: bytes) -> None:
-        if self._head:  # the head says how long the body is; the body is not sent
-            return
-        for hook in self._proxy.pipeline.on_response_data:
-            data = hook(self, data)
-        if data:
-            self._commands.append(SendBody(data=data))
-
-    def _send_blocks(self, blocks: Sequence[bytes]) -> None:
-        if self._head:
-            return
-        hooks = self._proxy.pipeline.on_stream_event
-        if hooks:
-            out: list[bytes] = []
-            for block in blocks:
-                changed = self._stream_hooks(hooks, block)
-                if changed is not None:
-                    out.append(changed)
-            blocks = out
-        if blocks:
-            data = blocks[0] if len(blocks) == 1 else b"".join(blocks)
-            self._commands.append(SendBody(data=data))
-            if is_final_event(blocks[-1]):
-                self._final_sent = True
-
-    def _stream_hooks(
-        self, hooks: tuple[Callable[[Any, bytes], bytes | None], ...], block: bytes
-    ) -> bytes | None:
-        for hook in hooks:
-            changed = hook(self, block)
-            if changed is None:
-                return None
-            block = changed
-        return block
-
-    def _fail(self, error: ProtocolError, now: float) -> None:
-        """Answer with ``error``: an error response, an SSE error event, or a cut."""
-        self.error = error
-        status = error.error_status_hint
-        self._commands.append(
-            Log(
-                level="warning" if status < 500 else "error",
-                message=str(error),
-                fields={"exchange": self.exchange_id, "status": status, "code": error.code},
-            )
-        )
-        for hook in self._proxy.pipeline.on_error:
-            hook(self, error)
-        if self.response_status is None:
-            body = render_error(error, api=self.client_api)
-            self._start_response(status, error_headers(body, error.headers))
-            self._send_body(body)
-            self._commands.append(_END_OK)
-        elif self.is_stream:
-            self._send_blocks((render_error_event(error, api=self.client_api),))
-            self._commands.append(_END_OK)
-        else:
-            self._commands.append(_END_CUT)
-        self._complete(_outcome(error), now)
-
-    def _complete(self, outcome: str, now: float, *, hooks: bool = True) -> None:
-        # A relayed stream cut short still used tokens: count them.
-        self._settle_usage()
-        self.outcome = outcome
-        self.ended_at = now
-        self._deadline = None
-        self._set_state(State.DONE)
-        if hooks:
-            for hook in self._proxy.pipeline.on_complete:
-                hook(self)
-
-    def _internal_error(self, exc: Exception, now: float) -> None:
-        """A bug (usually in a middleware hook): log it, answer 500 or cut, stay sane."""
-        self._commands.append(
-            Log(
-                level="error",
-                message=f"internal error: {type(exc).__name__}: {exc}",
-                fields={
-                    "exchange": self.exchange_id,
-                    "traceback": "".join(traceback.format_exception(exc)),
-                },
-            )
-        )
-        self._cancel_upstream()
-        if self.state is State.DONE:
-            return
-        error = InternalError("internal error in the proxy")
-        self.error = error
-        if self.response_status is None:
-            body = render_error(error, api=self.client_api)
-            self._commands.append(StartResponse(status=500, headers=error_headers(body)))
-            if not self._head:
-                self._commands.append(SendBody(data=body))
-            self._commands.append(_END_OK)
-            self.response_status = 500
-        else:
-            self._commands.append(_END_CUT)
-        self.outcome = "error"
-        self.ended_at = now
-        self._deadline = None
-        self._set_state(State.DONE)
-
 
 _TIMER_FIRED = TimerFired()
 _END_OK = EndResponse(complete=True)
-_END_CUT = EndResponse(complete=False)
 
-_DISPATCH: dict[State, dict[type[Event], Callable[[Exchange, Any, float], None]]] = {
+Exchange._DISPATCH = {
     state: {event: getattr(Exchange, name) for event, name in table.items()}
     for state, table in TRANSITIONS.items()
 }

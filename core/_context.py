@@ -1,0 +1,401 @@
+"""The exchange as its hooks see it, and how an answer leaves it.
+
+:class:`ExchangeContext` holds everything an exchange knows -- the request,
+the route, the attempts, the response, the usage, the outcome -- and the one
+way each kind of answer reaches the client: a response head (after the
+``on_response_head`` hooks), a body chunk or SSE blocks (after their hooks;
+nothing at all to a HEAD request), an error in the client API's shape, and
+the completion that runs ``on_complete``. :class:`~core.Exchange` adds the
+state machine that decides which of these happens when.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, Protocol
+
+from ._commands import (
+    AcquireQuota,
+    CancelUpstream,
+    Command,
+    EndResponse,
+    Log,
+    SendBody,
+    StartResponse,
+)
+from ._config import LimitsConfig, ProxyConfig
+from ._endpoints import ApiName, Endpoint
+from ._errors import (
+    InternalError,
+    ProtocolError,
+    RemoteProtocolError,
+)
+from ._events import (
+    Event,
+)
+from ._headers import Headers, header
+from ._http import parse_json_object
+from ._middleware import Attempt, Pipeline, Retry
+from ._relay import Relay
+from ._render import error_headers, render_error, render_error_event
+from ._sse import is_final_event
+from ._state import State
+from .gateway import Deployment, Router, Usage, cost_usd
+from .gateway._plan import Plan
+
+__all__ = ["ExchangeContext", "Shared"]
+
+
+class Shared(Protocol):
+    """What every exchange of a proxy shares (``core.Proxy`` is one): built once."""
+
+    @property
+    def config(self) -> ProxyConfig: ...
+    @property
+    def limits(self) -> LimitsConfig: ...
+    @property
+    def router(self) -> Router: ...
+    @property
+    def pipeline(self) -> Pipeline: ...
+    @property
+    def mock_stream_delay(self) -> float: ...
+
+
+def _outcome(error: ProtocolError) -> str:
+    if error.code == "upstream_timeout":
+        return "timeout"
+    if error.error_type == "upstream_error":
+        return "upstream_error"
+    return "rejected"
+
+
+_END_OK = EndResponse(complete=True)
+_END_CUT = EndResponse(complete=False)
+
+
+class ExchangeContext:
+    """An exchange as its hooks see it, and how its answers leave. Don't subclass.
+
+    Public attributes are the context middleware hooks read: the request
+    (``request_method``, ``request_target``, ``request_path``, ``request_query``,
+    ``request_headers``, ``request_body`` once complete), the response
+    (``response_status``, ``response_headers``, ``is_stream``), timings
+    (``started_at``, ``first_upstream_byte_at``, ``ended_at``, all in the
+    driver's ``now`` units, and ``wall_time``, the start as a UNIX time), and the
+    result (``outcome``, ``error``). ``scratch`` holds per-exchange middleware
+    state, keyed by whatever the middleware likes (usually itself).
+    """
+
+    #: Each state's handlers (``Exchange`` fills it in from ``TRANSITIONS``).
+    _DISPATCH: ClassVar[Mapping[State, Mapping[type[Event], Callable[[Any, Any, float], None]]]]
+
+    __slots__ = (
+        "_attempt",
+        "_body_chunks",
+        "_body_size",
+        "_commands",
+        "_deadline",
+        "_dispatch",
+        "_final_sent",
+        "_head",
+        "_hook_index",
+        "_json",
+        "_json_for",
+        "_local_blocks",
+        "_plan",
+        "_proxy",
+        "_query",
+        "_query_id",
+        "_rand",
+        "_read_timeout",
+        "_relay",
+        "_retry",
+        "_upstream_active",
+        "attempts",
+        "client_api",
+        "cost_usd",
+        "deployment",
+        "ended_at",
+        "endpoint",
+        "error",
+        "exchange_id",
+        "first_upstream_byte_at",
+        "is_stream",
+        "key",
+        "model",
+        "now",
+        "outcome",
+        "request_body",
+        "request_headers",
+        "request_method",
+        "request_path",
+        "request_query",
+        "request_target",
+        "response_headers",
+        "response_status",
+        "scratch",
+        "started_at",
+        "state",
+        "upstream_url",
+        "usage",
+        "usage_estimated",
+        "wall_time",
+    )
+
+    def __init__(
+        self, proxy: Shared, *, exchange_id: str, now: float, wall_time: float, rand: float = 0.0
+    ) -> None:
+        self._proxy = proxy
+        self._rand = rand
+        self._read_timeout = 0.0
+        self._plan: Plan | None = None
+        self._relay: Relay | None = None
+        self._hook_index = 0
+        self._query_id = 0
+        self._query: AcquireQuota | None = None
+        self._retry: Retry | None = None
+        # The request body parsed (or the error parsing it gave), until it is sent.
+        self._json: dict[str, Any] | RemoteProtocolError | None = None
+        self._json_for: bytes | None = None
+        self.attempts: list[Attempt] = []
+        self.key: Any = None
+        self.now = now
+        self.client_api: ApiName = "openai"
+        self.endpoint: Endpoint | None = None
+        self.model: str | None = None
+        self.deployment: Deployment | None = None
+        self.usage: Usage | None = None
+        self.usage_estimated = False
+        self._final_sent = False
+        self._head = False  # a HEAD request: every answer is sent without its body
+        self.cost_usd: float | None = None
+        self.exchange_id = exchange_id
+        self.started_at = now
+        self.wall_time = wall_time
+        self.state = State.RECV_HEAD
+        self._dispatch = self._DISPATCH[State.RECV_HEAD]
+        self._commands: deque[Command] = deque()
+        self._deadline: float | None = None
+        self._attempt = 0
+        self._upstream_active = False
+        self._local_blocks: deque[bytes] = deque()
+        self._body_chunks: list[bytes] = []
+        self._body_size = 0
+        self.request_method = b""
+        self.request_target = b""
+        self.request_path = b""
+        self.request_query = b""
+        self.request_headers: Headers = ()
+        self.request_body = b""
+        self.response_status: int | None = None
+        self.response_headers: list[tuple[bytes, bytes]] = []
+        self.is_stream = False
+        self.first_upstream_byte_at: float | None = None
+        self.ended_at: float | None = None
+        self.outcome: str | None = None
+        self.error: ProtocolError | None = None
+        self.upstream_url: str | None = None
+        self.scratch: dict[Any, Any] = {}
+
+    @property
+    def upstream_attempt(self) -> int | None:
+        """The upstream attempt the exchange is waiting on, ``None`` if none runs."""
+        return self._attempt if self._upstream_active else None
+
+    @property
+    def finished(self) -> bool:
+        """True once the response is over (or the exchange broke)."""
+        return self.state is State.DONE or self.state is State.ERROR
+
+    def emit(self, command: Command) -> None:
+        """Queue a command for the driver (middleware use this too)."""
+        self._commands.append(command)
+
+    @property
+    def router(self) -> Router:
+        """The gateway's models and deployments (what a retry may fall back to)."""
+        return self._proxy.router
+
+    @property
+    def seed(self) -> float:
+        """The number in [0, 1) the driver gave this exchange (routing, retry jitter)."""
+        return self._rand
+
+    @property
+    def wall_now(self) -> float:
+        """UNIX time of the event being handled (``wall_time`` plus time elapsed)."""
+        return self.wall_time + (self.now - self.started_at)
+
+    def new_query_id(self) -> int:
+        """A fresh id for a command that needs a reply (``AcquireQuota``)."""
+        self._query_id += 1
+        return self._query_id
+
+    def request_json(self) -> dict[str, Any] | None:
+        """The request body as a JSON object, parsed once (``None`` if it is not one,
+        or is over the JSON limits).
+
+        Parsed again only if a hook replaced ``request_body``, or after routing (the
+        parse is not kept while the response runs). Treat it as read-only.
+        """
+        value = self._request_object()
+        return value if isinstance(value, dict) else None
+
+    def _request_object(self) -> dict[str, Any] | RemoteProtocolError | None:
+        """``request_json()``, or why the body is not a JSON object (None: no body)."""
+        body = self.request_body
+        value = self._json
+        if self._json_for is not body:
+            value = None
+            if body:
+                try:
+                    value = parse_json_object(body, max_items=self._proxy.limits.max_json_items)
+                except RemoteProtocolError as exc:
+                    value = exc
+            self._json, self._json_for = value, body
+        return value
+
+    def _set_state(self, state: State) -> None:
+        self.state = state
+        self._dispatch = self._DISPATCH[state]
+
+    def _answer(
+        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, now: float
+    ) -> None:
+        if header(headers, b"content-length") is None:
+            headers.append((b"content-length", str(len(body)).encode()))
+        self._start_response(status, headers)
+        self._send_body(body)
+        self._commands.append(_END_OK)
+        self._complete("completed", now)
+
+    def _settle_usage(self) -> None:
+        """Take the attempt's usage (read from the stream or the answer) and price it."""
+        relay = self._relay
+        settled = None if relay is None else relay.settle(-(-len(self.request_body) // 4))
+        if settled is None:
+            return
+        usage, self.usage_estimated = settled
+        self.usage = usage
+        if usage is not None and self.deployment is not None:
+            self.cost_usd = cost_usd(usage, self.deployment.price)
+
+    def _cancel_upstream(self) -> None:
+        if self._upstream_active:
+            self._upstream_active = False
+            self._commands.append(CancelUpstream(attempt=self._attempt))
+
+    def _start_response(
+        self, status: int, headers: list[tuple[bytes, bytes]], *, hooks: bool = True
+    ) -> None:
+        headers.append((b"x-sansproxy-id", self.exchange_id.encode("ascii", "replace")))
+        self.response_status = status
+        self.response_headers = headers
+        if hooks:
+            for hook in self._proxy.pipeline.on_response_head:
+                hook(self)
+        self._commands.append(StartResponse(status=status, headers=self.response_headers))
+
+    def _send_body(self, data: bytes) -> None:
+        if self._head:  # the head says how long the body is; the body is not sent
+            return
+        for hook in self._proxy.pipeline.on_response_data:
+            data = hook(self, data)
+        if data:
+            self._commands.append(SendBody(data=data))
+
+    def _send_blocks(self, blocks: Sequence[bytes]) -> None:
+        if self._head:
+            return
+        hooks = self._proxy.pipeline.on_stream_event
+        if hooks:
+            out: list[bytes] = []
+            for block in blocks:
+                changed = self._stream_hooks(hooks, block)
+                if changed is not None:
+                    out.append(changed)
+            blocks = out
+        if blocks:
+            data = blocks[0] if len(blocks) == 1 else b"".join(blocks)
+            self._commands.append(SendBody(data=data))
+            if is_final_event(blocks[-1]):
+                self._final_sent = True
+
+    def _stream_hooks(
+        self, hooks: tuple[Callable[[Any, bytes], bytes | None], ...], block: bytes
+    ) -> bytes | None:
+        for hook in hooks:
+            changed = hook(self, block)
+            if changed is None:
+                return None
+            block = changed
+        return block
+
+    def _fail(self, error: ProtocolError, now: float) -> None:
+        """Answer with ``error``: an error response, an SSE error event, or a cut."""
+        self.error = error
+        status = error.error_status_hint
+        self._commands.append(
+            Log(
+                level="warning" if status < 500 else "error",
+                message=str(error),
+                fields={"exchange": self.exchange_id, "status": status, "code": error.code},
+            )
+        )
+        for hook in self._proxy.pipeline.on_error:
+            hook(self, error)
+        if self.response_status is None:
+            body = render_error(error, api=self.client_api)
+            self._start_response(status, error_headers(body, error.headers))
+            self._send_body(body)
+            self._commands.append(_END_OK)
+        elif self.is_stream:
+            self._send_blocks((render_error_event(error, api=self.client_api),))
+            self._commands.append(_END_OK)
+        else:
+            self._commands.append(_END_CUT)
+        self._complete(_outcome(error), now)
+
+    def _complete(self, outcome: str, now: float, *, hooks: bool = True) -> None:
+        # A relayed stream cut short still used tokens: count them.
+        self._settle_usage()
+        self.outcome = outcome
+        self.ended_at = now
+        self._deadline = None
+        self._set_state(State.DONE)
+        if hooks:
+            for hook in self._proxy.pipeline.on_complete:
+                hook(self)
+
+    def _internal_error(self, exc: Exception, now: float) -> None:
+        """A bug (usually in a middleware hook): log it, answer 500 or cut, stay sane."""
+        self._commands.append(
+            Log(
+                level="error",
+                message=f"internal error: {type(exc).__name__}: {exc}",
+                fields={
+                    "exchange": self.exchange_id,
+                    "traceback": "".join(traceback.format_exception(exc)),
+                },
+            )
+        )
+        self._cancel_upstream()
+        if self.state is State.DONE:
+            return
+        error = InternalError("internal error in the proxy")
+        self.error = error
+        if self.response_status is None:
+            body = render_error(error, api=self.client_api)
+            self._commands.append(StartResponse(status=500, headers=error_headers(body)))
+            if not self._head:
+                self._commands.append(SendBody(data=body))
+            self._commands.append(_END_OK)
+            self.response_status = 500
+        else:
+            self._commands.append(_END_CUT)
+        self.outcome = "error"
+        self.ended_at = now
+        self._deadline = None
+        self._set_state(State.DONE)
