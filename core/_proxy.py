@@ -62,8 +62,6 @@ def _builtin_middleware(config: ProxyConfig) -> dict[str, Callable[..., object]]
     }
 
 
-
-
 def _check_order(config: ProxyConfig) -> None:
     """What the built-ins need of each other, as readable errors."""
     names = [name for item in config.middleware for name in item]

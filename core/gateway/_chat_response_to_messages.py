@@ -42,6 +42,8 @@ from .._sse import parse_block
 
 __all__ = ["ChatStreamToMessages", "chat_response_to_messages", "openai_error_to_anthropic"]
 
+# --- errors ------------------------------------------------------------------
+
 
 def _bad_upstream(why: str) -> NoReturn:
     raise NetworkError(
@@ -49,7 +51,7 @@ def _bad_upstream(why: str) -> NoReturn:
     )
 
 
-# --- response ----------------------------------------------------------------
+# --- response: OpenAI chat completion -> Anthropic message -------------------
 
 _STOP_REASONS: Final[dict[str, str]] = {
     "stop": "end_turn",
@@ -189,6 +191,9 @@ def chat_response_to_messages(
     }
 
 
+# --- errors: OpenAI -> Anthropic ---------------------------------------------
+
+
 # Anthropic's error types by HTTP status (docs: "HTTP errors"); other 4xx are
 # invalid_request_error, other 5xx api_error. OpenAI answers 503 when overloaded.
 def openai_error_to_anthropic(
@@ -215,7 +220,7 @@ def openai_error_to_anthropic(
     return anthropic_error_body(message, error_type=anthropic_type(status))
 
 
-# --- stream ------------------------------------------------------------------
+# --- stream: chat.completion.chunk events -> Anthropic events ----------------
 
 _PING: Final = b'event: ping\ndata: {"type":"ping"}\n\n'
 _MESSAGE_STOP: Final = b'event: message_stop\ndata: {"type":"message_stop"}\n\n'

@@ -57,7 +57,7 @@ def _invalid(param: str, why: str) -> NoReturn:
     raise ValidationError(f"{param}: {why}", param=param)
 
 
-# --- request -----------------------------------------------------------------
+# --- request: Anthropic messages -> OpenAI chat ------------------------------
 
 # Top-level keys with a translation below (None counts as absent for all but
 # the required ones). Every other key is refused with a reason.

@@ -37,6 +37,8 @@ from .._sse import parse_block
 
 __all__ = ["MessagesStreamToChat", "anthropic_error_to_openai", "messages_response_to_chat"]
 
+# --- errors ------------------------------------------------------------------
+
 
 def _upstream(message: str) -> RemoteProtocolError:
     """The upstream sent something that is not the Anthropic Messages API."""

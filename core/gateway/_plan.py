@@ -30,16 +30,7 @@ from ._messages_response_to_chat import (
 )
 from ._routing import ApiType, Deployment, Provider, Router
 
-__all__ = ["ROUTES", "Plan", "StreamTranslator", "plan", "plan_passthrough"]
-
-#: The endpoints routed by their ``model``: (method, path) -> (client API, kind).
-ROUTES: Mapping[tuple[bytes, bytes], tuple[ApiType, str]] = {
-    (b"POST", b"/v1/chat/completions"): ("openai", "chat"),
-    (b"POST", b"/v1/completions"): ("openai", "completions"),
-    (b"POST", b"/v1/embeddings"): ("openai", "embeddings"),
-    (b"POST", b"/v1/responses"): ("openai", "responses"),
-    (b"POST", b"/v1/messages"): ("anthropic", "messages"),
-}
+__all__ = ["Plan", "StreamTranslator", "plan", "plan_passthrough"]
 
 
 class StreamTranslator(Protocol):

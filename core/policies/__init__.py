@@ -6,9 +6,9 @@ are plain middleware (see ``core.Middleware``): they see an exchange only as a
 store and the Redis scripts are here for the drivers' stores (``adapters``).
 """
 
+from .._quota import Decision, Limit
 from ._auth import AuthMiddleware, Budget, ClientKey
 from ._guardrails import GuardrailsMiddleware
-from .._quota import Decision, Limit
 from ._limiter import LimiterState, MemoryLimiter
 from ._limiter_redis import (
     REDIS_QUOTA_SCRIPT,

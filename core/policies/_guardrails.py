@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator, Sequence
 from itertools import accumulate
 from typing import Any
 
+from .._endpoints import Endpoint
 from .._errors import ContentPolicyError
 from .._http import json_error, param_path
 from .._json import MAX_JSON_ITEMS, JSONError, dumps, loads
@@ -330,13 +331,13 @@ def _responses(body: dict[str, Any]) -> Iterator[_Slot]:
                 yield from _parts(item, "output", ("input", index, "output"), _RESPONSE_TEXT)
 
 
-_WALKERS: dict[bytes, Callable[[dict[str, Any]], Iterator[_Slot]]] = {
-    b"/v1/chat/completions": _chat,
-    b"/v1/messages": _messages,
-    b"/v1/messages/count_tokens": _messages,
-    b"/v1/completions": _completions,
-    b"/v1/embeddings": _embeddings,
-    b"/v1/responses": _responses,
+_WALKERS: dict[Endpoint | None, Callable[[dict[str, Any]], Iterator[_Slot]]] = {
+    "chat": _chat,
+    "messages": _messages,
+    "count_tokens": _messages,
+    "completions": _completions,
+    "embeddings": _embeddings,
+    "responses": _responses,
 }
 
 
@@ -442,7 +443,7 @@ class GuardrailsMiddleware:
 
     def on_request(self, exchange: Context) -> None:
         """Refuse, redact, or leave the request body as it is."""
-        walker = _WALKERS.get(exchange.request_path)
+        walker = _WALKERS.get(exchange.endpoint)
         raw = exchange.request_body
         if walker is None or not raw:
             return

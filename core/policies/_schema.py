@@ -11,7 +11,7 @@ say are after-validators -- an assistant message says something, a custom tool
 is complete -- raising the error types :data:`ASSISTANT_CONTENT` and
 :data:`CUSTOM_TOOL`.
 
-:data:`REQUESTS` names the model checked on each path. What is checked, in
+:data:`REQUESTS` names the model checked on each endpoint. What is checked, in
 prose, how fast, and how a pydantic error becomes OpenAI's 400, are in
 ``core.policies._validate``.
 """
@@ -23,6 +23,8 @@ from typing import Annotated, Any, Literal, Required
 from pydantic import AfterValidator, ConfigDict, Discriminator, Field, Tag, with_config
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict
+
+from .._endpoints import Endpoint
 
 __all__ = [
     "ASSISTANT_CONTENT",
@@ -705,8 +707,8 @@ class _AnthropicRequest(TypedDict, total=False):
     service_tier: str | None
 
 
-#: The model a request's body is checked against, by path.
-REQUESTS: dict[bytes, Any] = {
-    b"/v1/chat/completions": _ChatRequest,
-    b"/v1/messages": _AnthropicRequest,
+#: The model a request's body is checked against, by endpoint.
+REQUESTS: dict[Endpoint, Any] = {
+    "chat": _ChatRequest,
+    "messages": _AnthropicRequest,
 }

@@ -86,6 +86,7 @@ import pydantic_core
 from pydantic import Discriminator, Tag, TypeAdapter
 from typing_extensions import is_typeddict
 
+from .._endpoints import Endpoint
 from .._errors import ValidationError
 from .._http import json_error, param_path, parse_json_object
 from .._json import MAX_JSON_ITEMS, JSONError, check_items
@@ -98,10 +99,10 @@ from ._schema import REQUESTS as _REQUESTS
 
 __all__ = ["ValidateMiddleware"]
 
-#: What is checked, by path: the pydantic validator, and the model (to name a param).
+#: What is checked, by endpoint: the pydantic validator, and the model (to name a param).
 #: The models are in ``_schema``.
-_CHECKS: dict[bytes, tuple[TypeAdapter[Any], Any]] = {
-    path: (TypeAdapter(model), model) for path, model in _REQUESTS.items()
+_CHECKS: dict[Endpoint | None, tuple[TypeAdapter[Any], Any]] = {
+    endpoint: (TypeAdapter(model), model) for endpoint, model in _REQUESTS.items()
 }
 
 
@@ -336,7 +337,7 @@ class ValidateMiddleware:
         """Raise ``ValidationError`` for a malformed request; never change it."""
         if exchange.request_method != b"POST":
             return
-        check = _CHECKS.get(exchange.request_path)
+        check = _CHECKS.get(exchange.endpoint)
         if check is None:
             return
         adapter, root = check

@@ -20,6 +20,7 @@ from core import (
     SendUpstreamRequest,
     ValidationError,
 )
+from core._endpoints import ENDPOINTS
 from core.policies._guardrails import GuardrailsMiddleware, luhn_valid
 
 from .playbook import WALL, Playbook, client_view, header
@@ -33,6 +34,7 @@ def hook(guard: GuardrailsMiddleware, path: bytes, body: bytes) -> bytes:
     """Run ``on_request`` on a real exchange holding ``body``; the body it leaves."""
     ex = _MOCK.exchange(exchange_id="t", now=0.0, wall_time=WALL)
     ex.request_method, ex.request_path, ex.request_body = b"POST", path, body
+    ex.endpoint = ENDPOINTS[b"POST", path][1] if (b"POST", path) in ENDPOINTS else None
     guard.on_request(ex)
     return ex.request_body
 

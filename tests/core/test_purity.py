@@ -38,16 +38,7 @@ def imported_modules(path: pathlib.Path) -> set[str]:
 
 
 def test_core_imports_no_io_clock_or_randomness() -> None:
-    files = sorted(CORE.glob("*.py"))
-    assert len(files) > 5
-    offenders = {str(f.name): sorted(imported_modules(f) & FORBIDDEN) for f in files}
+    files = sorted(CORE.rglob("*.py"))
+    assert len(files) > 20  # the protocol, core/gateway/ and core/policies/
+    offenders = {str(f.relative_to(CORE)): sorted(imported_modules(f) & FORBIDDEN) for f in files}
     assert {name: mods for name, mods in offenders.items() if mods} == {}
-
-
-def test_public_api_is_exported_explicitly() -> None:
-    assert sorted(core.__all__) == sorted(set(core.__all__))
-    for name in core.__all__:
-        assert hasattr(core, name), name
-    assert {"Proxy", "Exchange", "ProxyConfig", "RequestReceived", "SendUpstreamRequest"} <= set(
-        core.__all__
-    )

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core import Command, Proxy, ProxyConfig, SendUpstreamRequest, ValidationError
+from core._endpoints import ENDPOINTS
 from core.policies._validate import ValidateMiddleware
 
 from .playbook import WALL, Playbook, client_view
@@ -29,6 +30,7 @@ def hook(path: bytes, body: bytes | dict[str, Any], method: bytes = b"POST") -> 
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     ex = _MOCK.exchange(exchange_id="t", now=0.0, wall_time=WALL)
     ex.request_method, ex.request_path, ex.request_body = method, path, raw
+    ex.endpoint = ENDPOINTS[method, path][1] if (method, path) in ENDPOINTS else None
     assert VALIDATE.on_request(ex) is None  # type: ignore[func-returns-value]
     assert ex.request_body is raw
     return raw
