@@ -411,7 +411,7 @@ def _make_request(
     method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]]
 ) -> h11.Request:
     try:
-        return h11.Request(method=method, target=target, headers=headers)
+        return h11.Request(method=method, target=target, headers=list(headers))
     except h11.LocalProtocolError:
         pass
     # Raised outside the handler, so that h11's error, whose message may quote

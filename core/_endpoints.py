@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from typing import Literal
 
 __all__ = [
+    "CHAT_PATH",
     "ENDPOINTS",
     "HEALTH_PATH",
+    "MESSAGES_PATH",
     "MODELS_PATH",
     "ROUTED",
     "TRANSLATABLE",
@@ -30,14 +32,16 @@ Endpoint = Literal[
 
 HEALTH_PATH = b"/health"
 MODELS_PATH = b"/v1/models"
+CHAT_PATH = b"/v1/chat/completions"
+MESSAGES_PATH = b"/v1/messages"
 
 #: (method, path) -> (the client's API, the endpoint).
 ENDPOINTS: Mapping[tuple[bytes, bytes], tuple[ApiName, Endpoint]] = {
-    (b"POST", b"/v1/chat/completions"): ("openai", "chat"),
+    (b"POST", CHAT_PATH): ("openai", "chat"),
     (b"POST", b"/v1/completions"): ("openai", "completions"),
     (b"POST", b"/v1/embeddings"): ("openai", "embeddings"),
     (b"POST", b"/v1/responses"): ("openai", "responses"),
-    (b"POST", b"/v1/messages"): ("anthropic", "messages"),
+    (b"POST", MESSAGES_PATH): ("anthropic", "messages"),
     (b"POST", b"/v1/messages/count_tokens"): ("anthropic", "count_tokens"),
     (b"GET", MODELS_PATH): ("openai", "models"),
 }

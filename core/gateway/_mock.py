@@ -13,6 +13,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from .._endpoints import ENDPOINTS
 from .._errors import ModelNotFoundError, ValidationError
 from .._http import parse_json_object
 from .._json import MAX_JSON_ITEMS, dumps
@@ -178,7 +179,9 @@ def mock_answer(
     max_json_items: int = MAX_JSON_ITEMS,
 ) -> MockAnswer:
     """Answer one request as the mock provider would; raises ``RemoteProtocolError``."""
-    if path == b"/v1/models" and method == b"GET":
+    found = ENDPOINTS.get((method, path))
+    endpoint = None if found is None else found[1]
+    if endpoint == "models":
         return _json_answer(
             {
                 "object": "list",
@@ -188,9 +191,9 @@ def mock_answer(
                 ],
             }
         )
-    if path == b"/v1/chat/completions" and method == b"POST":
+    if endpoint == "chat":
         return _chat(parse_json_object(body, max_items=max_json_items), exchange_id, created)
-    if path == b"/v1/embeddings" and method == b"POST":
+    if endpoint == "embeddings":
         return _embeddings(parse_json_object(body, max_items=max_json_items))
     raise ModelNotFoundError(
         f"the mock provider does not serve {method.decode('latin-1')} "

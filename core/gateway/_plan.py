@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .._endpoints import CHAT_PATH, MESSAGES_PATH, ApiName
 from .._errors import ModelNotFoundError, RemoteProtocolError, ValidationError
 from .._headers import Headers
 from .._http import over_json_limits, parse_json_object
@@ -28,7 +29,7 @@ from ._messages_response_to_chat import (
     anthropic_error_to_openai,
     messages_response_to_chat,
 )
-from ._routing import ApiType, Deployment, Provider, Router
+from ._routing import Deployment, Provider, Router
 
 __all__ = ["Plan", "StreamTranslator", "plan", "plan_passthrough"]
 
@@ -52,7 +53,7 @@ class Plan:
     headers: list[tuple[bytes, bytes]]
     body: bytes
     #: The upstream's API, when its usage can be read from the answer.
-    usage_api: ApiType | None = None
+    usage_api: ApiName | None = None
     #: Remove the usage-only chunk the client did not ask for (we asked for it).
     strip_usage: bool = False
     #: Translation of the answer, when the upstream speaks the other API.
@@ -80,7 +81,7 @@ def plan_passthrough(
 def plan(
     router: Router,
     *,
-    api: ApiType,
+    api: ApiName,
     kind: str,
     path: bytes,
     query: bytes,
@@ -154,7 +155,7 @@ def plan(
             deployment,
             Plan(
                 provider=provider,
-                target=provider.target(b"/v1/messages"),
+                target=provider.target(MESSAGES_PATH),
                 headers=provider.translated_headers(headers, stream=stream),
                 body=dumps(translated),
                 usage_api="anthropic",
@@ -183,7 +184,7 @@ def plan(
             deployment,
             Plan(
                 provider=provider,
-                target=provider.target(b"/v1/chat/completions"),
+                target=provider.target(CHAT_PATH),
                 headers=provider.translated_headers(headers, stream=stream),
                 body=dumps(translated),
                 usage_api="openai",
@@ -208,7 +209,7 @@ def plan(
 
 def _native(  # noqa: PLR0917 -- private, called once
     deployment: Deployment,
-    api: ApiType,
+    api: ApiName,
     kind: str,
     target: bytes,
     headers: Headers,

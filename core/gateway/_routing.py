@@ -22,13 +22,10 @@ from .._headers import HOP_BY_HOP, Headers, connection_tokens, header
 from .._json import dumps
 from ._prices import Price, price_for
 
-__all__ = ["ANTHROPIC_VERSION", "ApiType", "Deployment", "Provider", "Router"]
+__all__ = ["ANTHROPIC_VERSION", "Deployment", "Provider", "Router"]
 
 #: The ``anthropic-version`` sent when neither the client nor the config gives one.
 ANTHROPIC_VERSION = "2023-06-01"
-
-#: The two APIs sansproxy speaks, on either side.
-ApiType = ApiName
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,7 +33,7 @@ class Provider:
     """An upstream API, compiled: origin, path prefix, credentials and header rules."""
 
     name: str
-    type: ApiType
+    type: ApiName
     origin: Origin
     base_path: bytes
     host_header: bytes

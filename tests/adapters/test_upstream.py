@@ -20,8 +20,6 @@ import trustme
 from anyio.abc import ByteStream, SocketAttribute
 from anyio.streams.tls import TLSListener
 
-from core._headers import content_length
-
 from adapters._upstream import (
     Origin,
     PoolStatistics,
@@ -29,6 +27,7 @@ from adapters._upstream import (
     UpstreamPool,
     UpstreamResponse,
 )
+from core._headers import content_length
 
 # A body larger than one receive, to see it arrive in pieces.
 BIG = bytes(range(256)) * 1024
