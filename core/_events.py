@@ -169,27 +169,23 @@ def _floats(owner: object, field: str, value: object) -> tuple[float, ...]:
 
 
 def _header_pairs(owner: object, field: str, value: object, *, lower: bool) -> Headers:
-    """A sequence of ``(bytes, bytes)`` tuples; with ``lower``, a new list of them with
-    the names lower-cased (any two-item pairs accepted: ASGI servers may send lists)."""
-    headers: Any = value
+    """A sequence of (bytes, bytes) pairs (two-item lists too: ASGI servers may send
+    them); with ``lower``, a new list of tuples with the names lower-cased."""
+    wanted = "a sequence of (bytes, bytes) pairs"
     if type(value) is not list and (
         not isinstance(value, Sequence) or isinstance(value, (str, bytes, bytearray))
     ):
-        raise _refuse(owner, field, "a sequence of (bytes, bytes) pairs", value)
-    if lower:
-        try:
+        raise _refuse(owner, field, wanted, value)
+    headers: Headers = value
+    try:
+        if lower:
             headers = lower_names(headers)
-        except (AttributeError, TypeError, ValueError):
-            raise _refuse(owner, field, "a sequence of (bytes, bytes) pairs", value) from None
-    for pair in headers:
-        if (
-            type(pair) is not tuple
-            or len(pair) != 2
-            or type(pair[0]) is not bytes
-            or type(pair[1]) is not bytes
-        ):
-            raise _refuse(owner, field, "a sequence of (bytes, bytes) pairs", pair)
-    return headers  # type: ignore[no-any-return]
+        for name, item in headers:
+            if type(name) is not bytes or type(item) is not bytes:
+                raise _refuse(owner, field, wanted, (name, item))
+    except (AttributeError, TypeError, ValueError):  # not pairs, or names without .lower()
+        raise _refuse(owner, field, wanted, value) from None
+    return headers
 
 
 # --- the events ----------------------------------------------------------------------
@@ -298,7 +294,7 @@ class UpstreamFailed(Event):
 
     def __post_init__(self) -> None:
         _check_int(self, "attempt", self.attempt, 1)
-        pass
+        _check_choice(self, "kind", self.kind, FAILURE_KINDS)
         _check_str(self, "message", self.message)
 
 

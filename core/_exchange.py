@@ -70,6 +70,13 @@ _HEALTH_HEADERS = (
 )
 
 
+class _Misuse(LocalProtocolError):
+    """The driver fed an event the exchange cannot take now: it moves to ``ERROR``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_status_hint=500, error_type="server_error")
+
+
 class Exchange(ExchangeContext):
     """One proxied request and its response. Create it with ``Proxy.exchange()``.
 
@@ -86,17 +93,15 @@ class Exchange(ExchangeContext):
         if handler is None:
             state = self.state
             self._set_state(State.ERROR)
-            raise LocalProtocolError(
-                f"can't handle {type(event).__name__} in state {state.name}",
-                error_status_hint=500,
-                error_type="server_error",
-            )
+            raise _Misuse(f"can't handle {type(event).__name__} in state {state.name}")
         try:
             handler(self, event, now)
-        except LocalProtocolError:
+        except _Misuse:
             self._set_state(State.ERROR)
             raise
-        except Exception as exc:  # a middleware hook's bug must not kill the connection
+        # A middleware hook's bug (a command it built wrong included) must not
+        # kill the connection: the client gets a 500 or a cut, the log the traceback.
+        except Exception as exc:
             self._internal_error(exc, now)
 
     def handle_timer(self, *, now: float) -> None:
@@ -117,11 +122,9 @@ class Exchange(ExchangeContext):
 
     def _check_attempt(self, attempt: int) -> None:
         if attempt != self._attempt or not self._upstream_active:
-            raise LocalProtocolError(
+            raise _Misuse(
                 f"event for upstream attempt {attempt}, but attempt {self._attempt} is "
-                + ("current" if self._upstream_active else "not running"),
-                error_status_hint=500,
-                error_type="server_error",
+                + ("current" if self._upstream_active else "not running")
             )
 
     def _ignore(self, event: Event, now: float) -> None:
@@ -241,10 +244,8 @@ class Exchange(ExchangeContext):
             self._on_stale_answer(event, now)
             return
         if event.query_id != self._query_id:
-            raise LocalProtocolError(
-                f"answer to query {event.query_id}, but query {self._query_id} is pending",
-                error_status_hint=500,
-                error_type="server_error",
+            raise _Misuse(
+                f"answer to query {event.query_id}, but query {self._query_id} is pending"
             )
         self._deadline = None
         self._query = None  # answered in time: nothing to give back later

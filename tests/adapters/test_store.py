@@ -185,8 +185,9 @@ async def test_memory_store_answers_settles_and_counts() -> None:
     assert (answer.query_id, answer.admitted, answer.spent) == (7, True, (0.0,))
     assert [d.remaining for d in answer.decisions] == [4, 40]
     store.settle(settle_cmd(T0 + 1, [("tpm", tpm, -50, T0)], [("day", 1.5, 86_400.0)]))
-    store.settle(settle_cmd(T0 + 1, [], [("day", 1.0, -1.0)]))  # a bad ttl: logged, counted
-    store.settle(settle_cmd(T0 + 1, [], [("day", math.nan, None)]))
+    # What a command allows but the store refuses is logged and counted.
+    store.settle(settle_cmd(T0 + 1, [], [("day", 1.0, 1e11)]))  # ttls over the store's bound
+    store.settle(settle_cmd(T0 + 1, [], [("day", 2.0, 1e300)]))
     assert store.flush()
     answer = await store.acquire(acquire_cmd(8, T0 + 2, charges, [("day", 1.0)]))
     assert isinstance(answer, QuotaAnswered)
@@ -205,7 +206,7 @@ async def test_memory_store_forgets_expired_keys_at_a_bounded_cost() -> None:
     store = MemoryStore()
     one = Limit(limit=1, window=1.0)
     for i in range(3000):  # each key used once, gone one second later
-        assert admitted(await store.acquire(acquire_cmd(i, T0 + i, [(f"k{i}", one, 1)])))
+        assert admitted(await store.acquire(acquire_cmd(i + 1, T0 + i, [(f"k{i}", one, 1)])))
     assert len(store.limiter) <= 1024 + 1
     store.settle(settle_cmd(T0, [], [("day", 1.0, 1.0)]))
     assert len(store.limiter) <= 1024 + 2
@@ -327,7 +328,7 @@ def random_commands(
             tokens = rng.randint(0, tpm.limit + 1)
             charges = [(f"{{s{seed}}}:rpm", rpm, 1), (f"{{s{seed}}}:tpm", tpm, tokens)]
             budgets = [(f"{{s{seed}}}:day", budget)]
-            yield acquire_cmd(i, at, charges, budgets), pending
+            yield acquire_cmd(i + 1, at, charges, budgets), pending
         else:
             adjustments = []
             if pending and rng.random() < 0.7:
@@ -368,7 +369,7 @@ async def test_two_stores_share_one_limit_exactly(fresh: Server) -> None:
     answers: list[QuotaAnswered | QuotaFailed] = []
 
     async def ask(store: RedisStore, i: int) -> None:
-        answers.append(await store.acquire(acquire_cmd(i, T0, [("{two}:rpm", limit, 1)])))
+        answers.append(await store.acquire(acquire_cmd(i + 1, T0, [("{two}:rpm", limit, 1)])))
 
     async with anyio.create_task_group() as tg:
         for i in range(30):
@@ -413,7 +414,7 @@ async def test_an_acquire_sees_what_this_process_spent(store: RedisStore) -> Non
     answers: list[QuotaAnswered | QuotaFailed] = []
 
     async def ask(key: str, i: int) -> None:
-        answers.append(await store.acquire(acquire_cmd(i, T0, [], [(key, 1.0)])))
+        answers.append(await store.acquire(acquire_cmd(i + 1, T0, [], [(key, 1.0)])))
 
     for i in range(10):
         key = f"{{own}}:day{i}"
@@ -422,7 +423,7 @@ async def test_an_acquire_sees_what_this_process_spent(store: RedisStore) -> Non
         async with anyio.create_task_group() as tg:
             tg.start_soon(ask, key, i)
             tg.start_soon(ask, key, i)
-        refused = QuotaAnswered(query_id=i, admitted=False, decisions=(), spent=(2.0,))
+        refused = QuotaAnswered(query_id=i + 1, admitted=False, decisions=(), spent=(2.0,))
         assert answers == [refused, refused]
     for i in range(2000):  # many keys: those settled are forgotten as it goes
         store.settle(settle_cmd(T0, [], [(f"{{own}}:many{i}", 0.5, None)]))
@@ -523,7 +524,7 @@ async def test_malformed_data_in_redis_fails_the_call_only(
     client.rpush("{bad}:list", "x")
     store = RedisStore(fresh.url(), timeout=5.0, retry_interval=1.0, clock=clock)
     for i, key in enumerate(["{bad}:rpm", "{bad}:list"]):
-        answer = await store.acquire(acquire_cmd(i, T0, [(key, RPM, 1)]))
+        answer = await store.acquire(acquire_cmd(i + 1, T0, [(key, RPM, 1)]))
         assert isinstance(answer, QuotaFailed)
         assert "ResponseError" in answer.message
     # Redis answered: the breaker stays closed.

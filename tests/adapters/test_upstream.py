@@ -27,6 +27,7 @@ from adapters._upstream import (
     UpstreamPool,
     UpstreamResponse,
 )
+from core import LocalProtocolError
 from core._headers import content_length
 
 # A body larger than one receive, to see it arrive in pieces.
@@ -694,7 +695,7 @@ async def test_misuse_raises_runtime_error(pool: UpstreamPool) -> None:
 
 
 def test_origin_rejects_other_schemes() -> None:
-    with pytest.raises(ValueError, match="ftp"):
+    with pytest.raises(LocalProtocolError, match="ftp"):
         Origin(scheme="ftp", host="h", port=21)  # type: ignore[arg-type]
     assert str(Origin(scheme="https", host="api.test", port=443)) == "https://api.test:443"
 
