@@ -6,6 +6,8 @@ defines and validates the shape. Every value is immutable.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -15,6 +17,7 @@ from ._json import MAX_JSON_ITEMS
 
 __all__ = [
     "DEFAULT_ORDER",
+    "ConfigProblem",
     "DeploymentConfig",
     "LimitsConfig",
     "ModelConfig",
@@ -25,6 +28,10 @@ __all__ = [
     "ProxyConfig",
     "ServerConfig",
     "UpstreamConfig",
+    "format_path",
+    "show",
+    "suggest",
+    "unknown",
 ]
 
 MiB = 1 << 20
@@ -32,6 +39,68 @@ MiB = 1 << 20
 #: The built-in middleware in their default order: the order the mapping form of
 #: ``middleware`` (``{auth: {...}, retry: {}}``) runs them in. Custom ones follow.
 DEFAULT_ORDER = ("trace", "auth", "validate", "guardrails", "rate_limit", "retry")
+
+
+Path = tuple[str | int, ...]
+
+
+def format_path(path: Iterable[str | int]) -> str:
+    """A place in the configuration as its user writes it: dots between mapping keys,
+    ``[i]`` for list indexes (``models.fast[0].provider``)."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def show(value: Any) -> str:
+    """A value as an error message quotes it, in YAML's words: ``'abc'``, ``3``,
+    ``null``, ``true``, ``a list``, ``a mapping``."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return f"a {type(value).__name__}"
+
+
+def suggest(word: str, known: Iterable[str]) -> str:
+    """``; did you mean 'x'?`` for the known name nearest ``word``, or nothing."""
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def unknown(kind: str, word: str, known: Iterable[str]) -> str:
+    """``unknown option 'x' (options: a, b; did you mean 'a'?)``: one wording everywhere
+    (the known names in the order given: declaration order, or the user's)."""
+    names = [str(name) for name in known]
+    listed = ", ".join(names) if names else "none"
+    return f"unknown {kind} {word!r} ({kind}s: {listed}{suggest(word, names)})"
+
+
+class ConfigProblem(ValueError):
+    """A configuration value that is wrong: where (``path``, keys and list indexes
+    within the model that raised it) and what is wrong, and what is allowed."""
+
+    def __init__(self, path: Sequence[str | int], problem: str) -> None:
+        self.path: Path = tuple(path)
+        self.problem = problem
+        where = format_path(self.path)
+        super().__init__(f"{where}: {problem}" if where else problem)
+
+    def within(self, *prefix: str | int) -> ConfigProblem:
+        """The same problem, seen from ``prefix`` further out."""
+        return ConfigProblem((*prefix, *self.path), self.problem)
 
 
 class _Frozen(BaseModel):
@@ -67,18 +136,22 @@ class UpstreamConfig(_Frozen):
     @classmethod
     def _check_url(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme not in ("http", "https"):
-            raise ValueError("must start with http:// or https://")
-        if not parts.hostname:
-            raise ValueError("must name a host")
-        if parts.query or parts.fragment:
-            raise ValueError("must not have a query or fragment")
         if parts.username is not None or parts.password is not None:
-            raise ValueError("must not carry credentials (use api_key)")
-        try:
-            parts.port  # noqa: B018 -- validates the port
-        except ValueError as exc:
-            raise ValueError(f"has an invalid port: {exc}") from None
+            raise ValueError("a URL with credentials (not allowed: put the key in api_key)")
+        expected = ""
+        if parts.scheme not in ("http", "https"):
+            expected = "a URL starting with http:// or https://"
+        elif not parts.hostname:
+            expected = "a URL naming a host"
+        elif parts.query or parts.fragment:
+            expected = "a URL without a query or fragment"
+        else:
+            try:
+                parts.port  # noqa: B018 -- validates the port
+            except ValueError:
+                expected = "a URL whose port is from 0 to 65535"
+        if expected:
+            raise ValueError(f"invalid value {show(value)} (expected {expected})")
         return value.rstrip("/")
 
 
@@ -189,7 +262,9 @@ class LimitsConfig(_Frozen):
     @model_validator(mode="after")
     def _check_backend(self) -> LimitsConfig:
         if self.backend == "redis" and self.redis_url is None:
-            raise ValueError("backend 'redis' needs redis_url (redis://host:port/db)")
+            raise ConfigProblem(
+                (), "missing option 'redis_url' (backend 'redis' needs it: redis://host:port/db)"
+            )
         return self
 
 
@@ -254,36 +329,52 @@ class ProxyConfig(_Frozen):
             elif isinstance(item, dict) and len(item) == 1:
                 ((name, options),) = item.items()
                 out.append({name: {} if options is None else options})
+            elif isinstance(item, dict) and item:
+                given = ", ".join(map(str, item))
+                raise ConfigProblem(
+                    (i,),
+                    f"names {len(item)} middleware ({given}) in one entry "
+                    "(one per entry: a name, or one name mapped to its options)",
+                )
             else:
-                raise ValueError(
-                    f"entry {i} must be a name or a mapping of one name to its options"
+                kind = "an empty mapping" if isinstance(item, dict) else show(item)
+                raise ConfigProblem(
+                    (i,),
+                    f"must be a middleware name, or one name mapped to its options, not {kind}",
                 )
         return tuple(out)
 
     @model_validator(mode="after")
     def _check_routing(self) -> ProxyConfig:
         if self.upstream is not None and (self.providers or self.models):
-            raise ValueError(
-                "upstream (--base-url) is the one-provider shorthand: use it, or "
-                "providers and models, not both"
+            raise ConfigProblem(
+                ("upstream",),
+                "set together with providers or models (upstream, or --base-url, is the "
+                "one-provider shorthand: use it, or providers and models, not both)",
             )
         if self.models and not self.providers:
-            raise ValueError("models: no providers are configured")
-        known = ", ".join(sorted(self.providers))
+            raise ConfigProblem(
+                ("models",), "set without providers (each deployment names one of providers)"
+            )
         for name, model in self.models.items():
             if not model.deployments:
-                raise ValueError(f"models.{name}: lists no deployment")
+                raise ConfigProblem(
+                    ("models", name, "deployments"),
+                    "lists no deployment (at least one: {provider, model})",
+                )
             for i, deployment in enumerate(model.deployments):
                 if deployment.provider not in self.providers:
-                    raise ValueError(
-                        f"models.{name}[{i}].provider: unknown provider "
-                        f"{deployment.provider!r} (known: {known})"
+                    raise ConfigProblem(
+                        ("models", name, "deployments", i, "provider"),
+                        unknown("provider", deployment.provider, self.providers),
                     )
-            for fallback in model.fallbacks:
+            for i, fallback in enumerate(model.fallbacks):
                 if fallback not in self.models or fallback == name:
-                    others = ", ".join(sorted(set(self.models) - {name})) or "none"
-                    raise ValueError(
-                        f"models.{name}.fallbacks: {fallback!r} is not another public model "
-                        f"(others: {others})"
+                    others = set(self.models) - {name}
+                    raise ConfigProblem(
+                        ("models", name, "fallbacks", i),
+                        f"{fallback!r} is not another public model "
+                        f"(others: {', '.join(sorted(others)) or 'none'}"
+                        f"{suggest(fallback, others)})",
                     )
         return self

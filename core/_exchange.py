@@ -14,6 +14,8 @@ response of one attempt is :class:`~core._relay.Relay`.
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 from ._commands import (
     AcquireQuota,
     Command,
@@ -70,13 +72,6 @@ _HEALTH_HEADERS = (
 )
 
 
-class _Misuse(LocalProtocolError):
-    """The driver fed an event the exchange cannot take now: it moves to ``ERROR``."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, error_status_hint=500, error_type="server_error")
-
-
 class Exchange(ExchangeContext):
     """One proxied request and its response. Create it with ``Proxy.exchange()``.
 
@@ -90,19 +85,27 @@ class Exchange(ExchangeContext):
         """Feed one event. Raises ``LocalProtocolError`` if this state refuses it."""
         self.now = now
         handler = self._dispatch.get(event.__class__)
+        # The driver's mistakes are caught here, at the door; past it, an error is
+        # a bug (a hook's, a command it built wrong): a 500 or a cut, and a log.
         if handler is None:
-            state = self.state
-            self._set_state(State.ERROR)
-            raise _Misuse(f"can't handle {type(event).__name__} in state {state.name}")
+            self._misuse(f"can't handle {type(event).__name__} in state {self.state.name}")
+        attempt = getattr(event, "attempt", None)
+        if attempt is not None and (attempt != self._attempt or not self._upstream_active):
+            self._misuse(
+                f"event for upstream attempt {attempt}, but attempt {self._attempt} is "
+                + ("current" if self._upstream_active else "not running")
+            )
+        query_id = getattr(event, "query_id", 0)
+        if query_id > self._query_id:
+            self._misuse(f"answer to query {query_id}, but the pending query is {self._query_id}")
         try:
             handler(self, event, now)
-        except _Misuse:
-            self._set_state(State.ERROR)
-            raise
-        # A middleware hook's bug (a command it built wrong included) must not
-        # kill the connection: the client gets a 500 or a cut, the log the traceback.
         except Exception as exc:
             self._internal_error(exc, now)
+
+    def _misuse(self, message: str) -> NoReturn:
+        self._set_state(State.ERROR)
+        raise LocalProtocolError(message, error_status_hint=500, error_type="server_error")
 
     def handle_timer(self, *, now: float) -> None:
         """Shorthand for ``handle(TimerFired(), now=now)``."""
@@ -119,13 +122,6 @@ class Exchange(ExchangeContext):
         Firing early is harmless: the exchange ignores a timer before its time.
         """
         return self._deadline
-
-    def _check_attempt(self, attempt: int) -> None:
-        if attempt != self._attempt or not self._upstream_active:
-            raise _Misuse(
-                f"event for upstream attempt {attempt}, but attempt {self._attempt} is "
-                + ("current" if self._upstream_active else "not running")
-            )
 
     def _ignore(self, event: Event, now: float) -> None:
         pass
@@ -243,10 +239,6 @@ class Exchange(ExchangeContext):
         if event.query_id < self._query_id:
             self._on_stale_answer(event, now)
             return
-        if event.query_id != self._query_id:
-            raise _Misuse(
-                f"answer to query {event.query_id}, but query {self._query_id} is pending"
-            )
         self._deadline = None
         self._query = None  # answered in time: nothing to give back later
         self._answered(event, now)
@@ -333,6 +325,7 @@ class Exchange(ExchangeContext):
             created=int(self.wall_time),
             max_json_items=self._proxy.limits.max_json_items,
         )
+        self.usage = answer.usage  # what the answer says it used, as a trace records it
         if not answer.stream:
             self._answer(answer.status, list(answer.headers), answer.body, now)
             return
@@ -405,7 +398,6 @@ class Exchange(ExchangeContext):
         self._json = self._json_for = None
 
     def _on_upstream_head(self, event: UpstreamResponse, now: float) -> None:
-        self._check_attempt(event.attempt)
         attempt = self.attempts[-1]
         status = event.status
         attempt.status = status
@@ -437,7 +429,6 @@ class Exchange(ExchangeContext):
             self._start_response(status, relay.head)
 
     def _on_upstream_data(self, event: UpstreamData, now: float) -> None:
-        self._check_attempt(event.attempt)
         self._deadline = now + self._read_timeout
         assert self._relay is not None
         try:
@@ -447,7 +438,6 @@ class Exchange(ExchangeContext):
             self._fail(exc, now)
 
     def _on_upstream_end(self, event: UpstreamEnded, now: float) -> None:
-        self._check_attempt(event.attempt)
         relay = self._relay
         assert relay is not None
         try:
@@ -467,7 +457,6 @@ class Exchange(ExchangeContext):
         self._complete("completed", now)
 
     def _on_upstream_failed(self, event: UpstreamFailed, now: float) -> None:
-        self._check_attempt(event.attempt)
         self._upstream_active = False
         attempt = self.attempts[-1]
         attempt.outcome = event.kind

@@ -44,11 +44,14 @@ Phases, in order:
 from __future__ import annotations
 
 import importlib
+import inspect
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from ._commands import Command, SendUpstreamRequest
+from ._config import ConfigProblem, suggest, unknown
 from ._endpoints import ApiName, Endpoint
 from ._errors import ProtocolError
 from ._events import FailureKind, QuotaAnswered, QuotaFailed
@@ -258,28 +261,91 @@ class Pipeline:
         )
 
 
+def _option_names(factory: Callable[..., object]) -> tuple[list[str], list[str], bool]:
+    """A factory's options from its signature: all of them, the required ones, and
+    whether it takes any other (``**options``)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a builtin): anything goes
+        return [], [], True
+    named = [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return (
+        [p.name for p in named],
+        [p.name for p in named if p.default is p.empty],
+        any(p.kind is p.VAR_KEYWORD for p in parameters),
+    )
+
+
 def load_middleware(
     name: str,
     options: Mapping[str, Any],
     builtins: Mapping[str, Callable[..., object]],
 ) -> object:
-    """Instantiate the middleware ``name``: a built-in, or ``package.module:attr``."""
+    """Instantiate the middleware ``name``: a built-in, or ``package.module:attr``.
+
+    Raises ``ConfigProblem`` (a ``ValueError``) with a path under the entry
+    (``(name, ...)``, or ``()`` when the name itself is wrong): an unknown
+    middleware, an option the factory's signature does not take (its options
+    listed, the nearest suggested), a missing one, or the factory's own ``ValueError``.
+    """
     factory = builtins.get(name)
     if factory is None:
         if ":" not in name:
-            known = ", ".join(sorted(builtins)) or "none"
-            raise ValueError(
-                f"unknown middleware {name!r} (built-ins: {known}; custom ones: 'module:attr')"
+            known = list(builtins)
+            raise ConfigProblem(
+                (),
+                f"unknown middleware {name!r} (built-ins: {', '.join(known) or 'none'}; "
+                f"custom ones: 'package.module:attr'{suggest(name, known)})",
             )
         module_name, _, attr = name.partition(":")
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise ValueError(f"middleware {name!r}: cannot import {module_name!r}: {exc}") from None
+            raise ConfigProblem((name,), f"cannot import {module_name!r} ({exc})") from None
         factory = getattr(module, attr, None)
         if factory is None or not callable(factory):
-            raise ValueError(f"middleware {name!r}: {module_name} has no callable {attr!r}")
+            raise ConfigProblem(
+                (name,), f"{module_name} has no callable {attr!r} (a class or function)"
+            )
+    accepted, required, anything = _option_names(factory)
+    if not anything:
+        for option in options:
+            if option not in accepted:
+                raise ConfigProblem((name,), unknown("option", option, accepted))
+    for option in required:
+        if option not in options:
+            raise ConfigProblem(
+                (name,), f"missing option {option!r} (required; options: {', '.join(accepted)})"
+            )
     try:
-        return factory(**options)
-    except TypeError as exc:
-        raise ValueError(f"middleware {name!r}: bad options: {exc}") from None
+        middleware = factory(**options)
+    except ConfigProblem as exc:
+        raise exc.within(name) from None
+    except (TypeError, ValueError) as exc:
+        raise _own_words(name, str(exc)) from None
+    for hook in HOOKS:
+        if not callable(getattr(middleware, hook, _callable)):
+            raise ConfigProblem((name,), f"{hook} is not callable (hooks are methods)")
+    return middleware
+
+
+def _callable() -> None:
+    """Stands for a hook a middleware does not have."""
+
+
+_WITHIN = re.compile(r"([A-Za-z_][\w.\[\]]*): (.*)", re.DOTALL)
+
+
+def _own_words(name: str, message: str) -> ConfigProblem:
+    """A factory's error as a problem under its entry, without the name it may start
+    with: ``trace: 'dir' must ...``, or ``auth.keys[0].name: ...`` (a path under it)."""
+    short = name.rpartition(":")[2]
+    for prefix in (f"{name}: ", f"{short}: "):
+        if message.startswith(prefix):
+            return ConfigProblem((name,), message[len(prefix) :].removeprefix("Value error, "))
+    within = _WITHIN.fullmatch(message)
+    if within and within[1].startswith(f"{short}."):
+        parts = re.findall(r"\[(\d+)\]|([^.\[\]]+)", within[1][len(short) + 1 :])
+        path = [int(index) if index else key for index, key in parts]
+        return ConfigProblem((name, *path), within[2].removeprefix("Value error, "))
+    return ConfigProblem((name,), message)

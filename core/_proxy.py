@@ -7,10 +7,11 @@ the middleware pipeline (the built-in policies by name, or custom ones by
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from ._config import DEFAULT_ORDER, ProxyConfig
+from ._config import DEFAULT_ORDER, ConfigProblem, ProxyConfig
 from ._exchange import Exchange
 from ._middleware import Pipeline, load_middleware
 from .gateway import Router
@@ -26,37 +27,55 @@ from .policies import (
 __all__ = ["Proxy"]
 
 
+class _Builtin:
+    """A built-in middleware's factory: its class, some options defaulted from the
+    config (the user may set them), some fixed by it (not options). Its signature is
+    the class's, less the fixed ones, so a wrong option is named against it."""
+
+    def __init__(
+        self,
+        cls: Callable[..., object],
+        *,
+        defaults: Mapping[str, Any] | None = None,
+        fixed: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.cls = cls
+        self.defaults = dict(defaults or {})
+        self.fixed = dict(fixed or {})
+        signature = inspect.signature(cls)
+        self.__signature__ = signature.replace(
+            parameters=[
+                p.replace(default=self.defaults.get(p.name, p.default))
+                for p in signature.parameters.values()
+                if p.name not in self.fixed
+            ]
+        )
+
+    def __call__(self, **options: Any) -> object:
+        return self.cls(**{**self.defaults, **options, **self.fixed})
+
+
 def _builtin_middleware(config: ProxyConfig) -> dict[str, Callable[..., object]]:
     limits = config.limits
 
-    def trace(**options: Any) -> TraceMiddleware:
-        options.setdefault("max_body", limits.max_trace_body)
-        options.setdefault("max_events", limits.max_trace_events)
-        return TraceMiddleware(**options)
-
-    def auth(**options: Any) -> AuthMiddleware:
-        options.setdefault("store_timeout", limits.store_timeout)
-        return AuthMiddleware(**options)
-
-    def validate(**options: Any) -> ValidateMiddleware:
-        return ValidateMiddleware(**options, max_json_items=limits.max_json_items)
-
-    def guardrails(**options: Any) -> GuardrailsMiddleware:
-        return GuardrailsMiddleware(**options, max_json_items=limits.max_json_items)
-
     def rate_limit(**options: Any) -> RateLimitMiddleware:
         if options:
-            raise TypeError(
-                f"takes no options (got {', '.join(sorted(options))}): limits are set on "
-                "auth keys (rpm, tpm, budget) and on models (limits: {rpm, tpm})"
+            raise ConfigProblem(
+                (),
+                f"unknown option {min(options)!r} (rate_limit takes none: limits are set on "
+                "auth keys (rpm, tpm, budget) and on models (limits: {rpm, tpm}))",
             )
         return RateLimitMiddleware.from_config(config)
 
+    items = {"max_json_items": limits.max_json_items}
     return {
-        "trace": trace,
-        "auth": auth,
-        "validate": validate,
-        "guardrails": guardrails,
+        "trace": _Builtin(
+            TraceMiddleware,
+            defaults={"max_body": limits.max_trace_body, "max_events": limits.max_trace_events},
+        ),
+        "auth": _Builtin(AuthMiddleware, defaults={"store_timeout": limits.store_timeout}),
+        "validate": _Builtin(ValidateMiddleware, fixed=items),
+        "guardrails": _Builtin(GuardrailsMiddleware, fixed=items),
         "rate_limit": rate_limit,
         "retry": RetryMiddleware,
     }
@@ -65,33 +84,48 @@ def _builtin_middleware(config: ProxyConfig) -> dict[str, Callable[..., object]]
 def _check_order(config: ProxyConfig) -> None:
     """What the built-ins need of each other, as readable errors."""
     names = [name for item in config.middleware for name in item]
-    for name in set(names):
-        if names.count(name) > 1 and name in DEFAULT_ORDER:
-            raise ValueError(f"middleware: {name!r} is listed twice")
-    position = {name: i for i, name in enumerate(names)}
-    if (
-        "rate_limit" in position
-        and "auth" in position
-        and position["auth"] > position["rate_limit"]
-    ):
-        raise ValueError("middleware: rate_limit reads the key auth finds: list auth before it")
-    auth_options: dict[str, Any] = next(
-        (item["auth"] for item in config.middleware if "auth" in item), {}
-    )
-    keys = auth_options.get("keys") or ()
-    for i, key in enumerate(keys):
-        if isinstance(key, dict) and "rate_limit" not in position:
-            limited = [f for f in ("rpm", "tpm", "budget") if key.get(f) is not None]
+    first: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if name in first and name in DEFAULT_ORDER:
+            raise ConfigProblem(
+                ("middleware", i),
+                f"{name!r} is listed twice, first at middleware[{first[name]}] "
+                "(each built-in runs once)",
+            )
+        first.setdefault(name, i)
+    if "rate_limit" in first and "auth" in first and first["auth"] > first["rate_limit"]:
+        raise ConfigProblem(
+            ("middleware", first["auth"]),
+            f"auth is listed after rate_limit (middleware[{first['rate_limit']}]), which reads "
+            "the key auth finds (list auth before rate_limit)",
+        )
+    if "auth" in first and "rate_limit" not in first:
+        at = first["auth"]
+        options = config.middleware[at]["auth"]
+        keys = options.get("keys") if isinstance(options, Mapping) else None
+        for i, key in enumerate(keys if isinstance(keys, list | tuple) else ()):
+            limited = [
+                f
+                for f in ("rpm", "tpm", "budget")
+                if isinstance(key, Mapping) and key.get(f) is not None
+            ]
             if limited:
-                raise ValueError(
-                    f"auth.keys[{i}] sets {', '.join(limited)}: add the rate_limit middleware "
-                    "(after auth) to enforce it"
+                raise ConfigProblem(
+                    ("middleware", at, "auth", "keys", i),
+                    f"sets {', '.join(limited)} without the rate_limit middleware "
+                    "(add rate_limit after auth to enforce it)",
                 )
     for name, model in config.models.items():
-        if model.limits is not None and "rate_limit" not in position:
-            raise ValueError(f"models.{name}.limits: add the rate_limit middleware to enforce it")
-        if model.fallbacks and "retry" not in position:
-            raise ValueError(f"models.{name}.fallbacks: add the retry middleware to use them")
+        if model.limits is not None and "rate_limit" not in first:
+            raise ConfigProblem(
+                ("models", name, "limits"),
+                "set without the rate_limit middleware (add rate_limit to enforce them)",
+            )
+        if model.fallbacks and "retry" not in first:
+            raise ConfigProblem(
+                ("models", name, "fallbacks"),
+                "set without the retry middleware (add retry to use them)",
+            )
 
 
 class Proxy:
@@ -100,7 +134,8 @@ class Proxy:
     ``middleware`` overrides the config's list with ready-made objects
     (embedders); by default it is built from ``config.middleware``, each entry a
     built-in name or a ``module:attr`` factory called with the entry's options.
-    Raises ``ValueError`` on a middleware it cannot build.
+    Raises ``ConfigProblem`` (a ``ValueError`` that says where: ``middleware[0].trace:
+    unknown option 'dri' (options: ...)``) on a middleware it cannot build.
     """
 
     __slots__ = ("config", "limits", "mock_stream_delay", "pipeline", "router")
@@ -113,11 +148,14 @@ class Proxy:
         if middleware is None:
             _check_order(config)
             builtins = _builtin_middleware(config)
-            middleware = [
-                load_middleware(name, options, builtins)
-                for item in config.middleware
-                for name, options in item.items()
-            ]
+            built: list[object] = []
+            for i, item in enumerate(config.middleware):
+                for name, options in item.items():
+                    try:
+                        built.append(load_middleware(name, options, builtins))
+                    except ConfigProblem as exc:
+                        raise exc.within("middleware", i) from None
+            middleware = built
         self.pipeline = Pipeline.build(middleware)
 
     def exchange(

@@ -533,7 +533,7 @@ def test_a_bad_key_config_is_one_readable_value_error(
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
     cfg = config(middleware=[{"auth": {"keys": entries, "admin_key_sha256": admin_hash}}])
-    with pytest.raises(ValueError, match=r"^auth"):
+    with pytest.raises(ValueError, match=r"^middleware\[0\]\.auth"):
         Proxy(cfg)
 
 

@@ -617,14 +617,22 @@ def test_a_raising_complete_hook_does_not_break_a_finished_exchange() -> None:
 
 
 def test_unknown_middleware_name_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="unknown middleware 'nope'"):
+    with pytest.raises(ValueError, match=r"^middleware\[0\]: unknown middleware 'nope' "):
         Proxy(config(middleware=["nope"]))
-    with pytest.raises(ValueError, match="cannot import"):
+    with pytest.raises(
+        ValueError, match=r"^middleware\[0\]\.no_such_module_x:Thing: cannot import"
+    ):
         Proxy(config(middleware=["no_such_module_x:Thing"]))
-    with pytest.raises(ValueError, match="has no callable"):
+    with pytest.raises(
+        ValueError, match=r"^middleware\[0\]\.json:NoSuchThing: json has no callable"
+    ):
         Proxy(config(middleware=["json:NoSuchThing"]))
-    with pytest.raises(ValueError, match="bad options"):
+    with pytest.raises(ValueError) as caught:
         Proxy(config(middleware=[{"trace": {"dir": "/tmp", "colour": "red"}}]))
+    assert str(caught.value) == (
+        "middleware[0].trace: unknown option 'colour' "
+        "(options: dir, max_body, max_events, rotate, max_age, max_bytes)"
+    )
 
 
 def test_custom_middleware_by_import_path() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -472,12 +473,23 @@ def test_trace_records_model_usage_and_cost() -> None:
 @pytest.mark.parametrize(
     ("tree", "message"),
     [
-        ({"upstream": {"base_url": "http://u"}, "providers": {"p": OAI}}, "not both"),
-        ({"models": {"m": [{"provider": "p", "model": "x"}]}}, "no providers"),
-        ({"providers": {"p": OAI}, "models": {"m": []}}, "models.m: lists no deployment"),
+        (
+            {"upstream": {"base_url": "http://u"}, "providers": {"p": OAI}},
+            re.escape("upstream: set together with providers or models (upstream, or --base-url"),
+        ),
+        (
+            {"models": {"m": [{"provider": "p", "model": "x"}]}},
+            re.escape("models: set without providers (each deployment names one of providers)"),
+        ),
+        (
+            {"providers": {"p": OAI}, "models": {"m": []}},
+            re.escape(
+                "models.m.deployments: lists no deployment (at least one: {provider, model})"
+            ),
+        ),
         (
             {"providers": {"p": OAI}, "models": {"m": [{"provider": "q", "model": "x"}]}},
-            r"models.m\[0\].provider: unknown provider 'q' \(known: p\)",
+            re.escape("models.m.deployments[0].provider: unknown provider 'q' (providers: p)"),
         ),
         (
             {

@@ -285,8 +285,12 @@ def test_no_limits_no_query() -> None:
 
 def test_rate_limit_takes_no_options() -> None:
     cfg = config(mock={}, middleware=[{"rate_limit": {"rpm": 3}}])
-    with pytest.raises(ValueError, match="takes no options"):
+    with pytest.raises(ValueError) as caught:
         Proxy(cfg)
+    assert str(caught.value) == (
+        "middleware[0].rate_limit: unknown option 'rpm' (rate_limit takes none: limits are set "
+        "on auth keys (rpm, tpm, budget) and on models (limits: {rpm, tpm}))"
+    )
 
 
 # -- x-ratelimit headers on admitted responses ----------------------------------------------

@@ -337,16 +337,18 @@ def keys(**extra: Any) -> dict[str, Any]:
     [
         (
             {"middleware": ["rate_limit", {"auth": keys()}]},
-            "middleware: rate_limit reads the key auth finds: list auth before it",
+            "middleware[1]: auth is listed after rate_limit (middleware[0]), which reads the "
+            "key auth finds (list auth before rate_limit)",
         ),
         (
             {"middleware": [{"auth": keys(rpm=5, budget={"usd": 1})}]},
-            "auth.keys[0] sets rpm, budget: add the rate_limit middleware (after auth) to "
-            "enforce it",
+            "middleware[0].auth.keys[0]: sets rpm, budget without the rate_limit middleware "
+            "(add rate_limit after auth to enforce it)",
         ),
         (
             {"middleware": [{"auth": keys(tpm=5)}]},
-            "auth.keys[0] sets tpm: add the rate_limit middleware",
+            "middleware[0].auth.keys[0]: sets tpm without the rate_limit middleware "
+            "(add rate_limit after auth to enforce it)",
         ),
         (
             {
@@ -355,7 +357,8 @@ def keys(**extra: Any) -> dict[str, Any]:
                     "fast": {"deployments": [{"provider": "p", "model": "m"}], "limits": {"rpm": 1}}
                 },
             },
-            "models.fast.limits: add the rate_limit middleware to enforce it",
+            "models.fast.limits: set without the rate_limit middleware "
+            "(add rate_limit to enforce them)",
         ),
         (
             {
@@ -365,13 +368,18 @@ def keys(**extra: Any) -> dict[str, Any]:
                     "b": [{"provider": "p", "model": "n"}],
                 },
             },
-            "models.a.fallbacks: add the retry middleware to use them",
+            "models.a.fallbacks: set without the retry middleware (add retry to use them)",
         ),
         (
             {"middleware": ["retry", {"retry": {"attempts": 2}}]},
-            "middleware: 'retry' is listed twice",
+            "middleware[1]: 'retry' is listed twice, first at middleware[0] "
+            "(each built-in runs once)",
         ),
-        ({"middleware": ["nope"]}, "unknown middleware 'nope'"),
+        (
+            {"middleware": ["nope"]},
+            "middleware[0]: unknown middleware 'nope' (built-ins: trace, auth, validate, "
+            "guardrails, rate_limit, retry; custom ones: 'package.module:attr')",
+        ),
     ],
     ids=[
         "rate-limit-before-auth",
@@ -461,5 +469,5 @@ def test_the_mapping_form_runs_built_ins_in_the_default_order_then_custom_ones()
 def test_the_list_form_keeps_the_order_given() -> None:
     cfg = config(middleware=["retry", {"trace": {"dir": "/t"}}])
     assert names(cfg) == ["retry", "trace"]
-    with pytest.raises(ValueError, match="list auth before it"):
+    with pytest.raises(ValueError, match=re.escape("(list auth before rate_limit)")):
         Proxy(config(middleware=["rate_limit", {"auth": keys()}]))
