@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from ._http import param_path as format_path
 from ._json import MAX_JSON_ITEMS
 
 __all__ = [
@@ -42,18 +43,6 @@ DEFAULT_ORDER = ("trace", "auth", "validate", "guardrails", "rate_limit", "retry
 
 
 Path = tuple[str | int, ...]
-
-
-def format_path(path: Iterable[str | int]) -> str:
-    """A place in the configuration as its user writes it: dots between mapping keys,
-    ``[i]`` for list indexes (``models.fast[0].provider``)."""
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else part
-    return out
 
 
 def show(value: Any) -> str:
