@@ -19,6 +19,8 @@ import socket
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
+from multiprocessing import resource_tracker
+from types import FrameType
 from typing import Any
 
 import anyio
@@ -31,6 +33,7 @@ from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 from uvicorn.supervisors import Multiprocess
+from uvicorn.supervisors.multiprocess import Process
 
 from core import (
     ClientGone,
@@ -45,7 +48,7 @@ from core import (
 )
 from core._config import ServerConfig
 
-from ._cli import ConfigError, describe_upstream, fail, parse_args, setup_logging
+from ._cli import Loaded, cannot_listen, log_startup, parse_args, setup_logging, stopped
 from ._driver import ClientDisconnected, Driver, stopped_reading
 
 __all__ = [
@@ -56,11 +59,13 @@ __all__ = [
     "app_factory",
     "create_app",
     "main",
+    "start",
 ]
 
 logger = logging.getLogger("sansproxy")
-startup_logger = logging.getLogger("sansproxy.startup")
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# After a second SIGINT: how long cancelled requests get to end before the app stops.
+_FORCED_STOP = 1.0
 _CONFIG_ENV = "SANSPROXY_CONFIG_JSON"
 #: ASGI scope extension ``{"target": bytes}``: the request target exactly as received.
 RAW_TARGET = "sansproxy.raw_target"
@@ -214,12 +219,46 @@ class _Descriptors:
 _DESCRIPTORS = _Descriptors()
 
 
+class _EarlySignals:
+    """SIGINT/SIGTERM while uvicorn does not handle them: remembered, never a
+    ``KeyboardInterrupt`` (a traceback).
+
+    Installed before the start-up line, so a Ctrl-C as soon as it shows (while
+    uvicorn still imports its event loop) stops the server like any other; uvicorn
+    is handed what arrived in the meantime, and gives the handler back when it
+    stops, so a Ctrl-C after that is quiet too.
+    """
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending: list[int] = []
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in _SIGNALS:
+                signal.signal(sig, self._received)
+
+    def _received(self, signum: int, frame: FrameType | None) -> None:
+        self.pending.append(signum)
+
+    def take(self) -> list[int]:
+        taken, self.pending = self.pending, []
+        return taken
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, exiting 0 after a graceful stop on SIGINT/SIGTERM.
 
     (uvicorn re-raises the signal once it has stopped, so the process would die
-    of it; an orderly stop is a success.)
+    of it; an orderly stop is a success.) A second SIGINT stops at once, as in
+    uvicorn, but the app's shutdown still runs once the requests are cancelled:
+    the queued traces are written, as on the other adapters.
     """
+
+    def __init__(self, config: uvicorn.Config, early: _EarlySignals | None = None) -> None:
+        super().__init__(config)
+        self._early = early
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -227,11 +266,72 @@ class _Server(uvicorn.Server):
             yield
             return
         original = {sig: signal.signal(sig, self.handle_exit) for sig in _SIGNALS}
+        for sig in self._early.take() if self._early is not None else ():
+            self.handle_exit(sig, None)
         try:
             yield
         finally:
             for sig, handler in original.items():
                 signal.signal(sig, handler)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn cancels the requests still running after the grace period (and,
+        # after a second SIGINT, leaves them to the end of the event loop): a request
+        # cancelled so is no "Exception in ASGI application" with its traceback.
+        logging.getLogger("uvicorn.error").addFilter(_not_cancelled)
+        await super().shutdown(sockets)
+        if self.force_exit:  # uvicorn skips the app's shutdown then
+            tasks = [task for task in self.server_state.tasks if not task.done()]
+            if tasks:
+                logger.warning("second signal: cancelling %d requests in flight", len(tasks))
+                for task in tasks:
+                    task.cancel()
+                await asyncio.wait(tasks, timeout=_FORCED_STOP)
+            await self.lifespan.shutdown()
+
+
+def _not_cancelled(record: logging.LogRecord) -> bool:
+    return record.exc_info is None or not isinstance(record.exc_info[1], asyncio.CancelledError)
+
+
+class _Worker(Process):
+    """One of ``_Supervisor``'s worker processes, running ``_Server`` (not uvicorn's)."""
+
+    @property
+    def server(self) -> uvicorn.Server:
+        if self._server is None:
+            self._server = _Server(self.config)
+        return self._server
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's worker supervisor, starting its workers with SIGINT ignored and held.
+
+    A Ctrl-C reaches every process of the terminal's group: a worker still
+    importing would die of it with a ``KeyboardInterrupt`` traceback. Started so
+    (both are inherited), a worker gets it once uvicorn handles it (``app_factory``
+    unblocks it); the supervisor holds a SIGINT sent meanwhile, and gets it after.
+    """
+
+    def __init__(
+        self, config: uvicorn.Config, sockets: list[socket.socket], early: _EarlySignals
+    ) -> None:
+        super().__init__(config, sockets)  # installs its own handlers
+        self.signal_queue.extend(early.take())
+
+    def init_processes(self) -> None:
+        # Started by the first spawn, the resource tracker would unblock SIGINT.
+        resource_tracker.ensure_running()
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for _ in range(self.processes_num):
+                process = _Worker(self.config, self.sockets)
+                process.start()
+                self.processes.append(process)
+        finally:
+            signal.signal(signal.SIGINT, handler)
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 class _ASGISink:
@@ -427,6 +527,8 @@ def create_app(config: ProxyConfig, proxy: Proxy | None = None) -> Starlette:
 
 def app_factory() -> Starlette:
     """For ``uvicorn --factory``: reads the config the parent process serialised."""
+    # A worker starts with SIGINT held (see _Supervisor); uvicorn handles it by now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     raw = os.environ.get(_CONFIG_ENV)
     config = ProxyConfig() if raw is None else ProxyConfig.model_validate(json.loads(raw))
     setup_logging(config.log_level)
@@ -450,16 +552,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     loaded = parse_args(
         prog, "sansproxy: an LLM API proxy (Starlette app under uvicorn).", argv, workers=True
     )
+    start(loaded)
+
+
+def start(loaded: Loaded) -> None:
+    """Serve a loaded configuration under uvicorn until SIGINT/SIGTERM."""
     config = loaded.config
     setup_logging(config.log_level)
+    early = _EarlySignals()
+    early.install()
     server = config.server
+    # Bound here, not by uvicorn: a port in use is one line and status 2, as on the
+    # other adapters (uvicorn logs its own words and exits 1), and every worker
+    # shares this socket.
     family = socket.AF_INET6 if ":" in server.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((server.host, server.port))
     except OSError as exc:
-        fail(prog, f"cannot listen on {server.host}:{server.port}: {exc.strerror}")
+        sock.close()
+        cannot_listen(server.host, server.port, exc)
     sock.listen(2048)
     sock.set_inheritable(True)
     port = sock.getsockname()[1]
@@ -478,22 +591,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         date_header=False,
         log_config=None,
     )
-    startup_logger.info(
-        "sansproxy listening on http://%s:%d (adapter=asgi, workers=%d, %s)",
-        server.host,
-        port,
-        server.workers,
-        describe_upstream(config),
-    )
+    log_startup(config, adapter="asgi", port=port)
     if server.workers > 1:
-        Multiprocess(uv_config, sockets=[sock]).run()
+        _Supervisor(uv_config, [sock], early).run()
     else:
-        _Server(uv_config).run(sockets=[sock])
-    logger.info("stopped")
+        _Server(uv_config, early).run(sockets=[sock])
+    stopped()
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except ConfigError as exc:  # pragma: no cover - parse_args already exits
-        fail("python -m adapters.asgi", str(exc))
+    main(sys.argv[1:])

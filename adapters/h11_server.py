@@ -37,14 +37,13 @@ from core import (
     render_error,
 )
 
-from ._cli import describe_upstream, parse_args, setup_logging
+from ._cli import Loaded, cannot_listen, log_startup, parse_args, setup_logging, stopped
 from ._driver import ClientDisconnected, Driver, stopped_reading
 from ._streams import AsyncioStream, PumpedStream, serve_tcp
 
-__all__ = ["H11Server", "main", "serve"]
+__all__ = ["H11Server", "main", "serve", "start"]
 
 logger = logging.getLogger("sansproxy")
-startup_logger = logging.getLogger("sansproxy.startup")
 
 _RECEIVE_SIZE = 65536
 _SERVER_HEADER = (b"server", b"sansproxy")
@@ -414,17 +413,13 @@ async def serve(
     server = H11Server(driver, config)
 
     def started(port: int) -> None:
-        startup_logger.info(
-            "sansproxy listening on http://%s:%d (adapter=%s, %s)",
-            config.server.host,
-            port,
-            adapter,
-            describe_upstream(config),
-        )
+        log_startup(config, adapter=adapter, port=port)
 
-    failed: list[str] = []
-    async with anyio.create_task_group() as tg:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    failed: list[OSError] = []
+    # Signals are received until the end, so a third Ctrl-C while the traces are
+    # written is no KeyboardInterrupt.
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
             accept_scope = anyio.CancelScope()
 
             async def accept() -> None:
@@ -438,10 +433,7 @@ async def serve(
                             started=started,
                         )
                     except OSError as exc:
-                        failed.append(
-                            f"cannot listen on {config.server.host}:{config.server.port}: "
-                            f"{exc.strerror or exc}"
-                        )
+                        failed.append(exc)
                         tg.cancel_scope.cancel()
 
             tg.start_soon(accept)
@@ -468,13 +460,13 @@ async def serve(
             if grace.cancel_called:
                 logger.warning("closing the connections still open")
             tg.cancel_scope.cancel()
-    # Every connection task has ended, so every trace record has been handed over.
-    with anyio.CancelScope(shield=True):
-        await driver.aclose()
-    if failed:
-        logger.error("%s", failed[0])
-        raise SystemExit(1)
-    logger.info("stopped")
+        # Every connection task has ended, so every trace record has been handed over.
+        with anyio.CancelScope(shield=True):
+            await driver.aclose()
+        if failed:
+            # The same line and status on every adapter (and no traceback).
+            cannot_listen(config.server.host, config.server.port, failed[0])
+    stopped()
 
 
 def run(argv: Sequence[str] | None, *, adapter: str, backend: str) -> None:
@@ -486,6 +478,11 @@ def run(argv: Sequence[str] | None, *, adapter: str, backend: str) -> None:
         + ").",
         argv,
     )
+    start(loaded, adapter=adapter, backend=backend)
+
+
+def start(loaded: Loaded, *, adapter: str, backend: str) -> None:
+    """Serve a loaded configuration on ``backend`` ("asyncio" or "trio") until stopped."""
     setup_logging(loaded.config.log_level)
     driver = Driver(loaded.proxy)
     options: dict[str, Any] = {}

@@ -16,7 +16,7 @@ import re
 import secrets
 import sys
 
-__all__ = ["PREFIX", "main", "new_key", "sha256_hex"]
+__all__ = ["PREFIX", "add_commands", "main", "new_key", "run", "sha256_hex"]
 
 #: Every key starts with it, so a leaked one is easy to recognise in a scan.
 PREFIX = "sk-sp-"
@@ -33,15 +33,26 @@ def sha256_hex(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m adapters.keys", description=__doc__.split("\n\n")[0]
+def add_commands(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``new NAME`` and ``hash`` to ``parser`` (``python -m adapters.keys`` or
+    ``sansproxy keys``)."""
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    new = sub.add_parser(
+        "new",
+        help="make a key for NAME; print it once, with its config line",
+        description="Make a key for NAME: print it once, and the config line that accepts it.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    new = sub.add_parser("new", help="make a key for NAME; print it once, with its config line")
-    new.add_argument("name")
-    sub.add_parser("hash", help="print the SHA-256 of a key read from stdin")
-    args = parser.parse_args(argv)
+    new.add_argument("name", metavar="NAME", help="who the key is for (letters, digits, ._:@-)")
+    sub.add_parser(
+        "hash",
+        help="print the SHA-256 of a key read from stdin",
+        description="Print the SHA-256 of a key read from stdin (for admin_key_sha256).",
+    )
+    return parser
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Carry out the command ``add_commands`` parsed; a bad NAME or no key exits 2."""
     if args.command == "new":
         if not _NAME.match(args.name):
             parser.error(f"NAME must be letters, digits and . _ : @ - only, not {args.name!r}")
@@ -55,6 +66,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("hash: no key on stdin")
     print(sha256_hex(key))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m adapters.keys``."""
+    parser = add_commands(
+        argparse.ArgumentParser(
+            prog="python -m adapters.keys", description=__doc__.split("\n\n")[0]
+        )
+    )
+    return run(parser, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import pathlib
+import socket
 
 import pytest
 
-from adapters._cli import ConfigError, build_parser, describe_upstream, load, resolve
+from adapters._cli import (
+    ConfigError,
+    build_parser,
+    describe_upstream,
+    listen_error,
+    load,
+    resolve,
+    startup_line,
+)
+from adapters._main import build_parser as build_command
 from core import ProxyConfig
 from core.policies import AuthMiddleware
+from tests.core.test_config_and_mock import example_uncommented
 
 
 def args(*argv: str, workers: bool = False) -> argparse.Namespace:
@@ -79,8 +91,12 @@ def test_yaml_env_vars_are_substituted_and_a_missing_one_is_named(tmp_path: path
     cfg = resolve(args("--config", config), {"MY_KEY": "sk-yaml"})
     assert cfg.upstream is not None and cfg.upstream.api_key is not None
     assert cfg.upstream.api_key.get_secret_value() == "sk-yaml"
-    with pytest.raises(ConfigError, match=r"upstream\.api_key: environment variable MY_KEY"):
+    with pytest.raises(ConfigError) as caught:
         resolve(args("--config", config), {})
+    assert str(caught.value) == (
+        f"{config}: upstream.api_key: environment variable MY_KEY is not set "
+        "(set it before starting)"
+    )
 
 
 def test_trace_dir_flag_overrides_the_yaml_trace_entry(tmp_path: pathlib.Path) -> None:
@@ -92,26 +108,54 @@ def test_trace_dir_flag_overrides_the_yaml_trace_entry(tmp_path: pathlib.Path) -
 @pytest.mark.parametrize(
     ("yaml_text", "message"),
     [
-        ("upstream: {base_url: ftp://x}\n", "upstream.base_url: must start with http"),
-        ("server: {port: 70000}\n", "server.port: Input should be less than or equal to 65535"),
-        ("limits: {max_body: 1}\n", "limits.max_body: Extra inputs are not permitted"),
-        ("upstream: {type: openai}\n", "without a base URL"),
-        ("[1, 2]\n", "the top level must be a mapping"),
-        ("server: {port: [\n", "line 2"),
-        ("middleware: [nope]\n", "unknown middleware 'nope'"),
+        (
+            "upstream: {base_url: ftp://x}\n",
+            "upstream.base_url: invalid value 'ftp://x' "
+            "(expected a URL starting with http:// or https://)",
+        ),
+        (
+            "server: {port: 70000}\n",
+            "server.port: invalid value 70000 (expected an integer from 0 to 65535)",
+        ),
+        (
+            "limits: {max_body: 1}\n",
+            "limits: unknown option 'max_body' (options: max_body_size, max_header_size, "
+            "max_sse_event_size, max_trace_body, max_trace_events, max_json_items, backend, "
+            "redis_url, redis_timeout, redis_retry_interval, on_backend_error; "
+            "did you mean 'max_body_size'?)",
+        ),
+        (
+            "upstream: {type: openai}\n",
+            "upstream: missing option 'base_url' (required with type: the API's address, "
+            "from --base-url, SANSPROXY_BASE_URL or upstream.base_url)",
+        ),
+        ("[1, 2]\n", "invalid value a list (expected a mapping of options)"),
+        (
+            "server: {port: [\n",
+            "line 2, column 1: invalid YAML (expected the node content, but found '<stream end>')",
+        ),
+        (
+            "middleware: [nope]\n",
+            "middleware[0]: unknown middleware 'nope' (built-ins: trace, auth, validate, "
+            "guardrails, rate_limit, retry; custom ones: 'package.module:attr')",
+        ),
     ],
 )
 def test_bad_configs_are_one_readable_message(
     tmp_path: pathlib.Path, yaml_text: str, message: str
 ) -> None:
     config = write(tmp_path, yaml_text)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError) as caught:
         load(args("--config", config), {})
+    assert str(caught.value) == f"{config}: {message}"
 
 
 def test_missing_config_file_is_named() -> None:
-    with pytest.raises(ConfigError, match="No such file"):
+    with pytest.raises(ConfigError) as caught:
         resolve(args("--config", "/nonexistent/x.yaml"), {})
+    assert str(caught.value) == (
+        "--config: cannot read /nonexistent/x.yaml (No such file or directory)"
+    )
 
 
 def test_empty_yaml_is_the_defaults(tmp_path: pathlib.Path) -> None:
@@ -122,35 +166,19 @@ EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "config.example.yaml"
 
 
 def test_the_example_config_loads() -> None:
-    loaded = load(args("--config", str(EXAMPLE)), {"OPENAI_API_KEY": "sk-x"})
-    assert loaded.config.upstream is not None
-    assert loaded.config.middleware == ({"trace": {"dir": "./traces"}},)
-
-
-def _policy(line: str) -> str:
-    """Uncomment the example's commented middleware entries (with a real key hash)."""
-    if line.startswith("  # - mypackage"):
-        return line
-    if line.startswith(("  # - ", "  #     ", "  #       ")):
-        line = "  " + line[4:]
-        return line.replace("<64 hex digits>", "ab" * 32, 1).replace(
-            'batch, key_sha256: "abab', 'batch, key_sha256: "cdab'
-        )
-    return line
+    # As it is, every option commented out: the defaults, the mock, nothing required.
+    loaded = load(args("--config", str(EXAMPLE)), {})
+    assert loaded.config == ProxyConfig()
 
 
 def test_the_example_gateway_block_loads(tmp_path: pathlib.Path) -> None:
-    # Swap the shorthand for the commented gateway example, as a user would.
-    lines = EXAMPLE.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("upstream:"))
+    # Uncomment every option, as a user would, but the shorthand upstream (not both).
+    lines = example_uncommented().splitlines()
+    start = lines.index("upstream:")
     end = next(i for i in range(start + 1, len(lines)) if lines[i] and not lines[i][0].isspace())
-    out = lines[:start] + lines[end:]
-    text = "\n".join(
-        line[2:]
-        if line.startswith(("# providers:", "# models:", "# translation:", "#   "))
-        else _policy(line)
-        for line in out
-    )
+    text = "\n".join(lines[:start] + lines[end:])
+    text = text.replace('"<64 hex digits>"', '"' + "ab" * 32 + '"', 1)
+    text = text.replace('"<64 hex digits>"', '"' + "cd" * 32 + '"', 1)
     env = {"OPENAI_API_KEY": "sk-o", "ANTHROPIC_API_KEY": "sk-a"}
     loaded = load(args("--config", write(tmp_path, text)), env)
     router = loaded.proxy.router
@@ -172,3 +200,103 @@ def test_the_example_gateway_block_loads(tmp_path: pathlib.Path) -> None:
     tuned = router.models["tuned"][0]
     assert tuned.price is not None and tuned.price.cached_input == 0.15
     assert loaded.config.translation.default_max_tokens == 4096
+
+
+def _gateway(providers: dict[str, str], models: list[str]) -> ProxyConfig:
+    return ProxyConfig.model_validate(
+        {
+            "providers": {
+                name: {"base_url": "http://x.test", "type": t} for name, t in providers.items()
+            },
+            "models": {
+                name: [{"provider": next(iter(providers)), "model": "m"}] for name in models
+            },
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("config", "adapter", "fields"),
+    [
+        (ProxyConfig(), "h11", "adapter=h11 workers=1 upstream=mock"),
+        (
+            _gateway({"oai": "openai", "claude": "anthropic"}, ["smart", "fast"]),
+            "h11",
+            "adapter=h11 workers=1 providers=claude,oai models=fast,smart",
+        ),
+        (
+            _gateway({"oai": "openai"}, []),
+            "trio",
+            "adapter=trio workers=1 providers=oai models=none",
+        ),
+        (
+            ProxyConfig.model_validate(
+                {"upstream": {"base_url": "https://api.anthropic.com", "type": "anthropic"}}
+            ),
+            "asgi",
+            "adapter=asgi workers=1 upstream=https://api.anthropic.com type=anthropic",
+        ),
+        # Workers are the ASGI adapter's alone; a value with a space is quoted.
+        (
+            ProxyConfig.model_validate(
+                {"server": {"workers": 4}, "providers": {"my oai": {"base_url": "http://x.test"}}}
+            ),
+            "asgi",
+            'adapter=asgi workers=4 providers="my oai" models=none',
+        ),
+        (
+            ProxyConfig.model_validate({"server": {"workers": 4}}),
+            "h11",
+            "adapter=h11 workers=1 upstream=mock",
+        ),
+    ],
+)
+def test_start_line_is_one_key_value_per_field(
+    config: ProxyConfig, adapter: str, fields: str
+) -> None:
+    line = startup_line(config, adapter=adapter, port=3456)
+    assert line == f"sansproxy listening on http://127.0.0.1:3456 {fields}"
+
+
+def test_start_line_brackets_an_ipv6_host() -> None:
+    config = ProxyConfig.model_validate({"server": {"host": "::1"}})
+    assert startup_line(config, adapter="h11", port=80).startswith(
+        "sansproxy listening on http://[::1]:80 "
+    )
+
+
+def test_cannot_listen_gives_the_os_reason_in_one_wording() -> None:
+    # asyncio's socket.create_server decorates the reason; the line does not.
+    decorated = OSError(
+        errno.EADDRINUSE, "Address already in use (while attempting to bind on address ('x', 1))"
+    )
+    assert listen_error("127.0.0.1", 3000, decorated) == (
+        "cannot listen on 127.0.0.1:3000: address already in use"
+    )
+    assert listen_error("::1", 80, OSError(errno.EACCES, "Permission denied")) == (
+        "cannot listen on [::1]:80: permission denied"
+    )
+    unknown = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    assert listen_error("nowhere.invalid", 3000, unknown) == (
+        "cannot listen on nowhere.invalid:3000: name or service not known"
+    )
+
+
+def _options(parser: argparse.ArgumentParser) -> set[str]:
+    return {option for action in parser._actions for option in action.option_strings}
+
+
+def test_sansproxy_serve_takes_every_adapter_flag() -> None:
+    command = build_command()
+    serve = command.parse_args(["serve"])
+    assert serve.adapter == "h11"  # the README's first command
+    subparsers = next(a for a in command._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subparsers.choices) == {"serve", "keys", "check-config"}
+    flags = _options(build_parser("python -m adapters.asgi", "", workers=True))
+    assert _options(subparsers.choices["serve"]) == flags | {"--adapter"}
+    assert _options(subparsers.choices["check-config"]) == flags - {"--config"}
+    # The same flags mean the same configuration.
+    argv = ["--port", "0", "--base-url", "http://up.test", "--type", "anthropic", "--workers", "3"]
+    assert resolve(command.parse_args(["serve", *argv]), {}) == resolve(
+        build_parser("p", "", workers=True).parse_args(argv), {}
+    )
