@@ -80,7 +80,7 @@ PROG = "sansproxy"
 #: What every serving command's ``--help`` ends with.
 EPILOG = (
     "With no upstream configured, the built-in mock provider answers "
-    "(OpenAI-style chat completions, embeddings and models). Precedence: "
+    "(OpenAI chat completions, embeddings and models; Anthropic messages). Precedence: "
     "flags > --config YAML > SANSPROXY_* environment > defaults. "
     "See config.example.yaml for every option."
 )
