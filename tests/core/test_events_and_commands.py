@@ -394,6 +394,12 @@ def test_a_bad_field_is_a_local_protocol_error_naming_it(
 _CHARGELESS = {"query_id": 1, "at": 0.0, "charges": ()}
 
 
+def _stable_id(fields: dict[str, Any]) -> str:
+    return "-".join(
+        f"{k}=memoryview" if isinstance(v, memoryview) else f"{k}={v!r}" for k, v in fields.items()
+    )
+
+
 @pytest.mark.parametrize(
     ("cls", "fields"),
     [
@@ -420,7 +426,8 @@ _CHARGELESS = {"query_id": 1, "at": 0.0, "charges": ()}
         (QuotaAnswered, {"query_id": 1, "admitted": 1, "decisions": ()}),
         (QuotaFailed, {"query_id": 0, "message": "down"}),
     ],
-    ids=repr,
+    # Stable ids (no object addresses): every worker must collect the same tests.
+    ids=lambda x: x.__name__ if isinstance(x, type) else _stable_id(x),
 )
 def test_the_usual_mistakes(cls: type[Any], fields: dict[str, Any]) -> None:
     with pytest.raises(LocalProtocolError, match=rf"^{cls.__name__}\."):

@@ -58,9 +58,17 @@ def test_running_out_of_file_descriptors_is_survived(start_proxy: StartProxy) ->
         for client in clients:
             client.close()
     # Once they are closed, new ones are served again (the h11 server retries
-    # within a second; the backlog it kept is drained first).
-    with RawClient(proxy, timeout=10.0) as raw:
-        assert raw.request("GET", "/health").status == 200
+    # within a second; the backlog it kept is drained first). uvloop, under the
+    # ASGI adapter, resets what it cannot serve until it has read those closes:
+    # a reset connection is tried afresh, a bounded number of times.
+    for attempt in range(100):
+        try:
+            with RawClient(proxy, timeout=10.0) as raw:
+                assert raw.request("GET", "/health").status == 200
+            break
+        except (AssertionError, OSError):
+            if attempt == 99:
+                raise
     assert proxy.returncode is None
     assert "Traceback" not in proxy.logs()
     assert len(_warnings(proxy)) == 1, _warnings(proxy)
