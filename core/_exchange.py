@@ -19,14 +19,13 @@ from typing import NoReturn
 from ._commands import (
     AcquireQuota,
     Command,
-    EndResponse,
     Log,
     QuotaAdjustment,
     SendBody,
     SendUpstreamRequest,
     SettleQuota,
 )
-from ._context import ExchangeContext
+from ._context import _END_OK, ExchangeContext
 from ._endpoints import ENDPOINTS, HEALTH_PATH, MODELS_PATH, ROUTED
 from ._errors import (
     FAILURES,
@@ -563,7 +562,6 @@ class Exchange(ExchangeContext):
 
 
 _TIMER_FIRED = TimerFired()
-_END_OK = EndResponse(complete=True)
 
 Exchange._DISPATCH = {
     state: {event: getattr(Exchange, name) for event, name in table.items()}
