@@ -83,20 +83,25 @@ class Exchange(ExchangeContext):
     def handle(self, event: Event, *, now: float) -> None:
         """Feed one event. Raises ``LocalProtocolError`` if this state refuses it."""
         self.now = now
-        handler = self._dispatch.get(event.__class__)
+        cls = event.__class__
+        handler = self._dispatch.get(cls)
         # The driver's mistakes are caught here, at the door; past it, an error is
         # a bug (a hook's, a command it built wrong): a 500 or a cut, and a log.
         if handler is None:
             self._misuse(f"can't handle {type(event).__name__} in state {self.state.name}")
-        attempt = getattr(event, "attempt", None)
-        if attempt is not None and (attempt != self._attempt or not self._upstream_active):
-            self._misuse(
-                f"event for upstream attempt {attempt}, but attempt {self._attempt} is "
-                + ("current" if self._upstream_active else "not running")
-            )
-        query_id = getattr(event, "query_id", 0)
-        if query_id > self._query_id:
-            self._misuse(f"answer to query {query_id}, but the pending query is {self._query_id}")
+        if cls in _OF_ATTEMPT:
+            attempt = event.attempt  # type: ignore[attr-defined]
+            if attempt != self._attempt or not self._upstream_active:
+                self._misuse(
+                    f"event for upstream attempt {attempt}, but attempt {self._attempt} is "
+                    + ("current" if self._upstream_active else "not running")
+                )
+        elif cls in _ANSWERS:
+            query_id = event.query_id  # type: ignore[attr-defined]
+            if query_id > self._query_id:
+                self._misuse(
+                    f"answer to query {query_id}, but the pending query is {self._query_id}"
+                )
         try:
             handler(self, event, now)
         except Exception as exc:
@@ -562,6 +567,9 @@ class Exchange(ExchangeContext):
 
 
 _TIMER_FIRED = TimerFired()
+# The events the door checks against the running attempt, and against the query asked.
+_OF_ATTEMPT = frozenset({UpstreamResponse, UpstreamData, UpstreamEnded, UpstreamFailed})
+_ANSWERS = frozenset({QuotaAnswered, QuotaFailed})
 
 Exchange._DISPATCH = {
     state: {event: getattr(Exchange, name) for event, name in table.items()}

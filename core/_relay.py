@@ -275,7 +275,8 @@ class Relay:
 def _usage_only(block: bytes, max_items: int) -> bool:
     """Whether an OpenAI stream block is the usage-only chunk (``choices: []``)."""
     # Every chunk of an include_usage stream says "usage":null: look before parsing.
-    if b'"choices"' not in block or not has_usage_value(block):
+    # A chunk with a delta has a choice: not the usage-only one (the cheap test first).
+    if b'"delta"' in block or b'"choices"' not in block or not has_usage_value(block):
         return False
     event = parse_block(block)
     if not event.data.startswith("{"):
