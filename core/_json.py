@@ -42,9 +42,18 @@ import json
 import re
 from typing import Any, Literal
 
+import orjson
 from pydantic_core import from_json
 
-__all__ = ["MAX_JSON_DEPTH", "MAX_JSON_ITEMS", "JSONError", "check_items", "dumps", "loads"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "MAX_JSON_ITEMS",
+    "JSONError",
+    "check_items",
+    "dumps",
+    "loads",
+    "redump",
+]
 
 #: The deepest nesting read (pydantic-core's parser's own bound).
 MAX_JSON_DEPTH = 200
@@ -214,3 +223,17 @@ def dumps(value: Any) -> bytes:
 
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def redump(value: Any, source: bytes) -> bytes:
+    """``dumps(value)`` for ``value`` read from ``source`` and edited a little (a
+    request whose model is renamed): orjson's writer, five times faster, when
+    ``source`` holds no ``NaN`` or ``Infinity`` (orjson would write ``null`` where
+    ``dumps`` writes them back); the one writer otherwise, or if orjson refuses
+    (an int beyond 64 bits)."""
+    if b"NaN" not in source and b"Infinity" not in source:
+        try:
+            return orjson.dumps(value)
+        except TypeError:  # orjson.JSONEncodeError: an int over 64 bits, say
+            pass
+    return dumps(value)

@@ -16,7 +16,7 @@ from .._endpoints import CHAT_PATH, MESSAGES_PATH, ApiName
 from .._errors import ModelNotFoundError, RemoteProtocolError, ValidationError
 from .._headers import Headers
 from .._http import over_json_limits, parse_json_object
-from .._json import MAX_JSON_ITEMS, dumps
+from .._json import MAX_JSON_ITEMS, dumps, redump
 from ._chat_request_to_messages import chat_request_to_messages
 from ._chat_response_to_messages import (
     ChatStreamToMessages,
@@ -234,7 +234,7 @@ def _native(  # noqa: PLR0917 -- private, called once
         provider=provider,
         target=provider.target(target),
         headers=provider.request_headers(headers),
-        body=dumps({**body, **changes}) if changes else raw,
+        body=redump({**body, **changes}, raw) if changes else raw,
         usage_api=api,
         strip_usage=strip_usage,
     )

@@ -166,10 +166,15 @@ def _price(config: DeploymentConfig) -> Price | None:
     )
 
 
+#: How many models asked by name a router keeps the deployment of (clients choose
+#: the names: the bound keeps memory flat whatever they send).
+_SEEN_MAX = 1024
+
+
 class Router:
     """The providers and public models of one configuration."""
 
-    __slots__ = ("_choices", "fallbacks", "models", "providers", "shorthand")
+    __slots__ = ("_choices", "_seen", "fallbacks", "models", "providers", "shorthand")
 
     def __init__(self, config: ProxyConfig) -> None:
         self.providers: Mapping[str, Provider] = {
@@ -181,6 +186,9 @@ class Router:
         self.models: dict[str, tuple[Deployment, ...]] = {}
         self._choices: dict[str, tuple[list[float], tuple[Deployment, ...]]] = {}
         self.fallbacks: dict[str, tuple[str, ...]] = {}
+        # Deployments made for models asked by name (``provider/model``, or any model
+        # in the shorthand), kept for the next request: a bounded few.
+        self._seen: dict[str, Deployment] = {}
         for name, model in config.models.items():
             deployments = model.deployments
             self.fallbacks[name] = model.fallbacks
@@ -205,16 +213,22 @@ class Router:
             bounds, deployments = choice
             index = bisect.bisect_right(bounds, rand)
             return deployments[min(index, len(deployments) - 1)]
+        seen = self._seen.get(model)
+        if seen is not None:
+            return seen
+        deployment = None
         if "/" in model:
             name, _, upstream_model = model.partition("/")
             provider = self.providers.get(name)
             if provider is not None and upstream_model:
-                return Deployment(
+                deployment = Deployment(
                     provider=provider, model=upstream_model, price=price_for(upstream_model)
                 )
-        if self.shorthand is not None:
-            return Deployment(provider=self.shorthand, model=model, price=price_for(model))
-        return None
+        if deployment is None and self.shorthand is not None:
+            deployment = Deployment(provider=self.shorthand, model=model, price=price_for(model))
+        if deployment is not None and len(self._seen) < _SEEN_MAX:
+            self._seen[model] = deployment
+        return deployment
 
     def model_list(self) -> bytes:
         """``GET /v1/models`` in OpenAI's list format: the public models."""

@@ -45,6 +45,23 @@ class Usage:
     cache_creation_tokens: int = 0
 
     def __post_init__(self) -> None:
+        a, b, c, d = (
+            self.input_tokens,
+            self.output_tokens,
+            self.cached_input_tokens,
+            self.cache_creation_tokens,
+        )
+        if (
+            type(a) is int
+            and type(b) is int
+            and type(c) is int
+            and type(d) is int
+            and a >= 0
+            and b >= 0
+            and c >= 0
+            and d >= 0
+        ):
+            return
         for name in (
             "input_tokens",
             "output_tokens",
@@ -68,14 +85,15 @@ def _count(obj: Mapping[str, Any], key: str) -> int | None:
 
 def _usage_object(obj: object, outer: str) -> Mapping[str, Any] | None:
     """``obj["usage"]``, else ``obj[outer]["usage"]``, if it is a mapping."""
-    if not isinstance(obj, Mapping):
+    # ``type(x) is dict`` first: what loads() gives; the ABC's isinstance is slow.
+    if type(obj) is not dict and not isinstance(obj, Mapping):
         return None
     usage = obj.get("usage")
     if usage is None:
         inner = obj.get(outer)
-        if isinstance(inner, Mapping):
+        if type(inner) is dict or isinstance(inner, Mapping):
             usage = inner.get("usage")
-    return usage if isinstance(usage, Mapping) else None
+    return usage if type(usage) is dict or isinstance(usage, Mapping) else None
 
 
 def usage_from_openai(obj: Mapping[str, Any]) -> Usage | None:
@@ -102,7 +120,11 @@ def usage_from_openai(obj: Mapping[str, Any]) -> Usage | None:
         if prompt is None and output is None:
             return None
     prompt = prompt or 0
-    cached = _count(details, "cached_tokens") if isinstance(details, Mapping) else None
+    cached = (
+        _count(details, "cached_tokens")
+        if type(details) is dict or isinstance(details, Mapping)
+        else None
+    )
     cached = min(cached or 0, prompt)
     return Usage(
         input_tokens=prompt - cached, output_tokens=output or 0, cached_input_tokens=cached

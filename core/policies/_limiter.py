@@ -60,6 +60,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from math import isfinite as _isfinite
 
 from .._quota import Decision, Limit
 from .._quota import finite as _finite
@@ -349,46 +350,73 @@ class MemoryLimiter:
         A refusal charges nothing; a charge that had room then has ``retry_after``
         0 (budget refusals say nothing about when money comes back).
         """
+        # The hot path of every request with limits: two passes (look, then charge
+        # if all fit), the decisions built here rather than through decision().
         charges = distinct(charges)
-        now = _finite("now", now)
+        if now.__class__ is not float or not _isfinite(now):
+            now = _finite("now", now)
         allowed = True
         spent = []
-        for key, usd in budgets:
-            total = _live_spend(self._spends.get(key), now)[0]
-            spent.append(total)
-            if not total < budget(usd):
-                allowed = False
+        if budgets:
+            spends = self._spends
+            for key, usd in budgets:
+                entry = spends.get(key)
+                total = 0.0 if entry is None or entry[1] <= now else entry[0]
+                spent.append(total)
+                if not total < budget(usd):
+                    allowed = False
         states = self._states
-        checks = []
+        checks: list[tuple[_Log | None, float, int, int, int]] = []
         for key, limit, asked in charges:
-            amount = _amount(asked)
+            amount = asked if asked.__class__ is int and asked >= 0 else _amount(asked)
             log = states.get(key)
             if log is None:
-                log = _Log(limit.window)
-                checks.append((log, now, 0, 0, amount))
+                checks.append((None, now, 0, 0, amount))
                 if amount > limit.limit:
                     allowed = False
                 continue
-            eff, first, used = log.peek(limit.window, now)
+            # log.peek, inlined
+            times = log.times
+            eff = times[-1] if times and times[-1] > now else now
+            first = 0
+            used = log.used
+            if times:
+                window = limit.window
+                n = len(times)
+                while first < n and times[first] + window <= eff:
+                    used -= log.amounts[first]
+                    first += 1
             checks.append((log, eff, first, used, amount))
             if used + amount > limit.limit:
                 allowed = False
         decisions = []
-        for (key, limit, _), (log, eff, first, live, amount) in zip(charges, checks, strict=True):
+        for (key, limit, _), (found, eff, first, live, amount) in zip(charges, checks, strict=True):
             window = limit.window
+            most = limit.limit
+            log = found
             used, start, retry_at = live, first, now
             if allowed and amount:
-                log.drop(first, live)
+                if log is None:
+                    log = states[key] = _Log(window)
+                else:
+                    log.drop(first, live)
                 log.record(eff, amount, window)
-                states[key] = log
                 used, start = log.used, 0
-            elif live + amount > limit.limit:
-                retry_at = log.retry_at(first, live, limit, amount)
-            times = log.times
-            reset_at = times[-1] + window if len(times) > start else now
+            elif live + amount > most:
+                retry_at = math.inf if log is None else log.retry_at(first, live, limit, amount)
+            if log is not None and len(log.times) > start:
+                reset_after = log.times[-1] + window - now
+                if not reset_after > 0.0:
+                    reset_after = 0.0
+            else:
+                reset_after = 0.0
             decisions.append(
-                decision(
-                    limit, now, allowed=allowed, used=used, reset_at=reset_at, retry_at=retry_at
+                Decision(
+                    allowed=allowed,
+                    limit=most,
+                    remaining=most - used if used < most else 0,
+                    reset_after=reset_after,
+                    retry_after=0.0 if allowed else _after(now, retry_at),
                 )
             )
         return allowed, decisions, spent
@@ -446,11 +474,16 @@ class MemoryLimiter:
         """What an exchange really used: each adjustment (:meth:`adjust`) then each spend
         (:meth:`add_spend`). Every call applies, once. All arguments are checked
         first: on ``ValueError`` nothing is applied."""
-        now = _finite("now", now)
-        todo = [
-            (key, limit, _integer("delta", delta, minimum=None), _finite("charged_at", at))
-            for key, limit, delta, at in adjustments
-        ]
+        if now.__class__ is not float or not _isfinite(now):
+            now = _finite("now", now)
+        todo = []
+        for key, limit, delta, charged_at in adjustments:
+            if delta.__class__ is not int:
+                _integer("delta", delta, minimum=None)
+            at = charged_at
+            if at.__class__ is not float or not _isfinite(at):
+                at = _finite("charged_at", at)
+            todo.append((key, limit, delta, at))
         money = [(key, _finite("usd", usd), spend_ttl(ttl)) for key, usd, ttl in spends]
         for key, limit, delta, at in todo:
             self._adjust(key, limit, now, delta, at)

@@ -5,6 +5,9 @@ The scripts are a line-by-line transcription of the Python of
 explained there), run atomically: :data:`REDIS_QUOTA_SCRIPT` does what
 :meth:`MemoryLimiter.quota` does, :data:`REDIS_SETTLE_SCRIPT` what
 :meth:`MemoryLimiter.settle` does, on the same data (:meth:`LimiterState.encode`).
+:data:`REDIS_SETTLE_MANY_SCRIPT` applies many settles in one call (a store's
+settle thread sends what has queued up as one batch: one round trip), each as
+:data:`REDIS_SETTLE_SCRIPT` would, and says which failed.
 Each helper of :data:`LUA_PRELUDE` names its Python twin; the tests hold the
 scripts, on a real server, to the reference functions of
 ``tests/support/limiter_reference.py``.
@@ -32,10 +35,14 @@ from ._limiter import spend_ttl as _ttl
 __all__ = [
     "LUA_PRELUDE",
     "REDIS_QUOTA_SCRIPT",
+    "REDIS_SETTLE_MANY_SCRIPT",
     "REDIS_SETTLE_SCRIPT",
     "redis_quota_answer",
     "redis_quota_args",
     "redis_settle_args",
+    "redis_settle_group",
+    "redis_settle_many_answer",
+    "redis_settle_many_args",
 ]
 
 #: The helpers every script starts with; a script is this prelude and its main chunk.
@@ -274,6 +281,48 @@ return nil
 )
 
 
+REDIS_SETTLE_MANY_SCRIPT = (
+    LUA_PRELUDE
+    + """
+-- settle many: a batch of settles, each applied as the settle script applies it,
+-- in order; a settle that fails (a malformed state, a key of another type) leaves
+-- the others alone. KEYS: each settle's keys in turn (its n limiter keys, then its
+-- m spend keys). ARGV[1] SLOTS, ARGV[2] the number of settles, then per settle:
+-- now, n, m, then for adjustment i: window, delta, charged_at, then for spend j:
+-- usd and ttl ('' for none). See redis_settle_many_args(). Reply: per settle, 1
+-- if applied, else the error's text.
+local slots = tonumber(ARGV[1])
+local count = tonumber(ARGV[2])
+local k, a = 0, 2
+local reply = {}
+for s = 1, count do
+  local now, n, m = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  local ok, err = pcall(function()
+    for i = 1, n do
+      local b = a + 3 * i
+      adjust(KEYS[k + i], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]),
+             now, slots)
+    end
+    for j = 1, m do
+      local b = a + 3 + 3 * n + 2 * (j - 1)
+      add_spend(KEYS[k + n + j], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), now)
+    end
+  end)
+  if ok then
+    reply[s] = 1
+  elseif type(err) == 'table' then
+    reply[s] = tostring(err.err)
+  else
+    reply[s] = tostring(err)
+  end
+  k = k + n + m
+  a = a + 3 + 3 * n + 2 * m
+end
+return reply
+"""
+)
+
+
 def redis_quota_args(
     charges: Iterable[tuple[str, Limit, int]],
     budgets: Iterable[tuple[str, float]],
@@ -354,3 +403,58 @@ def redis_settle_args(
         life = _ttl(ttl)
         args += (repr(_finite("usd", usd)), "" if life is None else repr(life))
     return keys, args
+
+
+def redis_settle_group(
+    adjustments: Iterable[tuple[str, Limit, int, float]],
+    spends: Iterable[tuple[str, float, float | None]],
+    *,
+    now: float,
+) -> tuple[list[str], list[str]]:
+    """One settle's KEYS and ARGV within :data:`REDIS_SETTLE_MANY_SCRIPT`'s, from
+    :meth:`MemoryLimiter.settle`'s arguments (checked as it checks them)."""
+    adjustments = list(adjustments)
+    spends = list(spends)
+    keys = [key for key, _, _, _ in adjustments]
+    args = [repr(_finite("now", now)), str(len(adjustments)), str(len(spends))]
+    for _, limit, delta, charged_at in adjustments:
+        args += (
+            repr(limit.window),
+            str(_integer("delta", delta, minimum=None)),
+            repr(_finite("charged_at", charged_at)),
+        )
+    for key, usd, ttl in spends:
+        keys.append(key)
+        life = _ttl(ttl)
+        args += (repr(_finite("usd", usd)), "" if life is None else repr(life))
+    return keys, args
+
+
+def redis_settle_many_args(
+    groups: Sequence[tuple[list[str], list[str]]],
+) -> tuple[list[str], list[str]]:
+    """KEYS and ARGV for :data:`REDIS_SETTLE_MANY_SCRIPT`: the settles of
+    :func:`redis_settle_group`, in order."""
+    keys: list[str] = []
+    args = [str(SLOTS), str(len(groups))]
+    for group_keys, group_args in groups:
+        keys += group_keys
+        args += group_args
+    return keys, args
+
+
+def redis_settle_many_answer(reply: object, count: int) -> list[str | None]:
+    """:data:`REDIS_SETTLE_MANY_SCRIPT`'s reply for ``count`` settles: per settle,
+    ``None`` if it was applied, else why not; ``ValueError`` on anything else."""
+    if not isinstance(reply, list) or len(reply) != count:
+        raise ValueError(f"not a settle reply for {count} settles: {reply!r:.200}")
+    out: list[str | None] = []
+    for item in reply:
+        if item == 1 and item.__class__ is int:
+            out.append(None)
+        elif isinstance(item, bytes | str):
+            text = item.decode(errors="replace") if isinstance(item, bytes) else item
+            out.append(text or "an error without a message")
+        else:
+            raise ValueError(f"not a settle reply: {reply!r:.200}")
+    return out
