@@ -14,7 +14,20 @@ Subcommands (each prints one JSON object on stdout):
   request to receiving the first ``data:`` event. ``--pair PORT:MODEL:EVENTS``
   measures a second server in the same rounds, alternating, and reports the
   median of the per-round differences.
+- ``slow-streams``: N connections, opened evenly over ``--ramp-s``, each
+  streaming responses of E events spaced ``--delay-ms`` apart (the upstream
+  writes each event on its own, so each arrives in its own read) until
+  ``--duration`` s have passed (at least one each); time to first event
+  p50/p99 of every stream, the streams in flight at the peak, errors, and this
+  client's own CPU use (so a reader can tell it was not the bottleneck).
+- ``idle``: N keep-alive connections, each sending one request and keeping
+  the connection open once answered; after ``--hold-s`` s, how many are still
+  open and whether a new request on ``--probes`` of them is answered. Prints
+  ``MARK holding`` on stderr when all are open and the hold starts.
 - ``check``: one plain and one streamed request; says whether both look right.
+
+The many-connection commands raise this process's ``RLIMIT_NOFILE`` soft limit
+to its hard limit.
 
 Every request carries ``BENCH_KEY`` (``Authorization: Bearer``, or ``x-api-key``
 on ``/v1/messages``), as ``post.lua`` does for wrk: a gateway with the ``auth``
@@ -36,6 +49,7 @@ import asyncio
 import json
 import math
 import re
+import resource
 import statistics
 import sys
 import time
@@ -55,7 +69,11 @@ __all__ = [
     "check_translated",
     "check_unknown_model",
     "main",
+    "first_answer",
     "percentile",
+    "raise_nofile",
+    "run_idle",
+    "run_slow_streams",
     "run_streams",
     "run_ttfe",
 ]
@@ -534,6 +552,213 @@ async def run_ttfe(
     return result
 
 
+def raise_nofile() -> int:
+    """Raise this process's ``RLIMIT_NOFILE`` soft limit to the hard one; the new soft
+    limit (its children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError):
+            return soft
+        soft = hard
+    return soft if soft != resource.RLIM_INFINITY else 2**31 - 1
+
+
+def _percentiles(samples: list[float], prefix: str) -> dict[str, float | None]:
+    return {
+        f"{prefix}p50_ms": percentile(samples, 50) if samples else None,
+        f"{prefix}p99_ms": percentile(samples, 99) if samples else None,
+        f"{prefix}max_ms": max(samples) if samples else None,
+    }
+
+
+async def run_slow_streams(
+    host: str,
+    port: int,
+    *,
+    concurrency: int,
+    events: int,
+    delay_ms: float,
+    ramp_s: float = 0.0,
+    duration: float = 0.0,
+    model: str = DEFAULT_MODEL,
+    expect: int | None = None,
+) -> dict[str, Any]:
+    """``concurrency`` connections, the i-th opened ``i * ramp_s / concurrency`` s after
+    the start, each streaming ``events``-event responses (events ``delay_ms`` apart, the
+    first with the head) one after the other until ``duration`` s have passed since the
+    start -- at least one each (``duration`` 0: exactly one).
+
+    Each stream must bring ``expect`` ``data:`` events (default ``events``). Reports
+    the time from sending each request to its first ``data:`` event (p50/p99), the
+    streams in flight at the peak, and this process's CPU use over the run.
+    """
+    expected = events if expect is None else expect
+    target = f"{PATH}?events={events}&delay_ms={delay_ms:g}&first_ms=0"
+    raw = build_request(host, port, target, stream=True, model=model)
+    timeout = events * delay_ms / 1000 + REQUEST_TIMEOUT
+    ttfe: list[float] = []
+    errors: dict[str, int] = {}
+    state = {"streams": 0, "events": 0, "in_flight": 0, "peak_in_flight": 0}
+
+    def error(kind: str) -> None:
+        errors[kind] = errors.get(kind, 0) + 1
+
+    async def worker(start_at: float, deadline: float) -> None:
+        delay = start_at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        session = _Session(host, port, timeout)
+        try:
+            while True:
+                state["in_flight"] += 1
+                state["peak_in_flight"] = max(state["peak_in_flight"], state["in_flight"])
+                try:
+                    response = await session.request(raw)
+                except (OSError, ProtocolError) as exc:
+                    error(type(exc).__name__)
+                    return
+                finally:
+                    state["in_flight"] -= 1
+                if response.status != 200 or response.t_first_event is None:
+                    error(f"status {response.status}")
+                    return
+                got = response.events()
+                if got != expected:
+                    error("wrong event count")
+                state["streams"] += 1
+                state["events"] += got
+                ttfe.append((response.t_first_event - response.t_sent) * 1000)
+                if time.perf_counter() >= deadline:
+                    return
+        finally:
+            session.close()
+
+    cpu = time.process_time()
+    start = time.perf_counter()
+    step = ramp_s / concurrency if concurrency else 0.0
+    await asyncio.gather(*(worker(start + i * step, start + duration) for i in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    client_cpu = time.process_time() - cpu
+    return {
+        "concurrency": concurrency,
+        "model": model,
+        "upstream_events_per_stream": events,
+        "events_per_stream": expected,
+        "delay_ms": delay_ms,
+        "ramp_s": ramp_s,
+        "streams": state["streams"],
+        "events": state["events"],
+        "peak_in_flight": state["peak_in_flight"],
+        "elapsed_s": elapsed,
+        "events_per_s": state["events"] / elapsed,
+        **_percentiles(ttfe, "ttfe_"),
+        "client_cpu_util": client_cpu / elapsed,
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+    }
+
+
+async def run_idle(
+    host: str,
+    port: int,
+    *,
+    connections: int,
+    hold_s: float,
+    probes: int,
+    parallel: int = 256,
+    model: str = DEFAULT_MODEL,
+) -> dict[str, Any]:
+    """Open ``connections`` keep-alive connections (``parallel`` being opened at a time),
+    each sending one plain request and kept open once answered; hold them ``hold_s`` s
+    (``MARK holding`` on stderr when the hold starts); then count those still open and
+    send a new request on ``probes`` of them, spread over the lot."""
+    raw = build_request(host, port, PATH, stream=False, model=model)
+    conns: list[_Connection] = []
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    gate = asyncio.Semaphore(parallel)
+
+    def error(kind: str) -> None:
+        errors[kind] = errors.get(kind, 0) + 1
+
+    async def open_one() -> None:
+        async with gate:
+            try:
+                conn = await _connect(host, port)
+            except OSError as exc:
+                error(f"connect {type(exc).__name__}")
+                return
+            try:
+                response = await conn.request(raw)
+            except (OSError, ProtocolError) as exc:
+                error(type(exc).__name__)
+                conn.close()
+                return
+            if response.status != 200 or response.body != COMPLETION_BODY:
+                error(f"status {response.status}")
+                conn.close()
+                return
+            latencies.append((response.t_done - response.t_sent) * 1000)
+            conns.append(conn)
+
+    cpu = time.process_time()
+    start = time.perf_counter()
+    await asyncio.gather(*(open_one() for _ in range(connections)))
+    open_s = time.perf_counter() - start
+    opened = len(conns)
+    print("MARK holding", file=sys.stderr, flush=True)
+    await asyncio.sleep(hold_s)
+    open_after_hold = [c for c in conns if not c.closed]
+    sample = open_after_hold[:: max(1, len(open_after_hold) // max(probes, 1))][:probes]
+    answered = 0
+    for conn in sample:
+        try:
+            response = await conn.request(raw, 10.0)
+        except (OSError, ProtocolError) as exc:
+            error(f"probe {type(exc).__name__}")
+            continue
+        if response.status == 200 and response.body == COMPLETION_BODY:
+            answered += 1
+        else:
+            error(f"probe status {response.status}")
+    for conn in conns:
+        conn.close()
+    elapsed = time.perf_counter() - start
+    return {
+        "connections": connections,
+        "opened": opened,
+        "open_s": open_s,
+        "hold_s": hold_s,
+        "held": len(open_after_hold),
+        "probes": len(sample),
+        "probes_answered": answered,
+        **_percentiles(latencies, "first_request_"),
+        "client_cpu_util": (time.process_time() - cpu) / elapsed,
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+    }
+
+
+async def first_answer(
+    host: str, port: int, *, model: str = DEFAULT_MODEL, timeout: float = 30.0
+) -> int:
+    """Send one plain request, retrying the connection until ``timeout``; its status."""
+    deadline = time.perf_counter() + timeout
+    raw = build_request(host, port, PATH, stream=False, model=model)
+    while True:
+        session = _Session(host, port, timeout)
+        try:
+            return (await session.request(raw)).status
+        except (OSError, ProtocolError):
+            if time.perf_counter() > deadline:
+                raise
+            await asyncio.sleep(0.005)
+        finally:
+            session.close()
+
+
 _R = TypeVar("_R")
 
 
@@ -778,11 +1003,57 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PORT:MODEL:EVENTS",
         help="also measure this server, alternating with --port; EVENTS: its data: events",
     )
+    p_slow = sub.add_parser("slow-streams", help="many streams, an event per read")
+    p_slow.add_argument("--concurrency", type=int, default=1000)
+    p_slow.add_argument("--events", type=int, default=20)
+    p_slow.add_argument("--delay-ms", type=float, default=500.0)
+    p_slow.add_argument("--ramp-s", type=float, default=0.0, help="open the connections over")
+    p_slow.add_argument(
+        "--duration", type=float, default=0.0, help="keep streaming until (0: one stream each)"
+    )
+    p_slow.add_argument(
+        "--expect-events", type=int, help="data: events per stream (default --events)"
+    )
+    p_idle = sub.add_parser("idle", help="hold many idle keep-alive connections")
+    p_idle.add_argument("--connections", type=int, default=10_000)
+    p_idle.add_argument("--hold-s", type=float, default=2.0)
+    p_idle.add_argument("--probes", type=int, default=100)
+    p_idle.add_argument("--parallel", type=int, default=256, help="connections opened at a time")
     sub.add_parser("check", help="one plain and one streamed request")
     args = parser.parse_args(argv)
     use_uvloop = not args.no_uvloop
     result: dict[str, Any]
-    if args.command == "streams":
+    if args.command in ("slow-streams", "idle"):
+        raise_nofile()
+    if args.command == "slow-streams":
+        result = _run(
+            run_slow_streams(
+                args.host,
+                args.port,
+                concurrency=args.concurrency,
+                events=args.events,
+                delay_ms=args.delay_ms,
+                ramp_s=args.ramp_s,
+                duration=args.duration,
+                model=args.model,
+                expect=args.expect_events,
+            ),
+            use_uvloop=use_uvloop,
+        )
+    elif args.command == "idle":
+        result = _run(
+            run_idle(
+                args.host,
+                args.port,
+                connections=args.connections,
+                hold_s=args.hold_s,
+                probes=args.probes,
+                parallel=args.parallel,
+                model=args.model,
+            ),
+            use_uvloop=use_uvloop,
+        )
+    elif args.command == "streams":
         result = _run(
             run_streams(
                 args.host,

@@ -31,17 +31,37 @@ upstream in the same run, next to its plain pass-through:
   skipped, saying why, when ``redis-server`` is not on PATH. Its CPU per
   request is reported too (the proxy's own figure leaves it out).
 
-Two more tables put routed and translated next to the same adapter's
-pass-through: the added latency and CPU per request, CPU per event and per
-stream, and the time to first event translation adds (target: at most
-``TTFE_TARGET_MS``). A third puts policies next to the same adapter's routed
-target: what ``auth`` + ``rate_limit`` add per request, and that CPU as a
-share of the pass-through's CPU per request at the high concurrency (target
-for the memory backend: at most ``POLICIES_TARGET``).
+Streams are measured two ways: the 50 events of a stream in one write (so
+many arrive in one read: ``streams``), and ``per read``: ``--per-read-streams``
+concurrent streams of ``--per-read-events`` events ``--per-read-delay-ms``
+apart, the upstream writing each event on its own, so each arrives in its own
+read (the translated target too, through a third provider), for the phase's
+duration; CPU per relayed event is the server's CPU over the phase / the
+events relayed.
 
-    python -m tests.bench.run [--duration 5] [--adapters h11,asgi,trio] [--json PATH]
+Many clients (``--many-clients``, on by default; a fresh server per adapter,
+``<adapter> many``, its keep-alive timeout raised to ``MANY_KEEPALIVE_S``, and
+direct): ``--many-streams`` slow streams (``--many-events`` events,
+``--many-delay-ms`` apart), opened evenly over ``--many-ramp-s``, one
+connection each: errors, time to first event p50/p99 against direct's, the
+server's peak RSS and CPU per event; then ``--idle-connections`` keep-alive
+connections, each answered once and then left idle for ``--idle-hold-s``:
+how many were held, whether a new request on a sample of them is answered,
+and the RSS while they are held. The bench raises ``RLIMIT_NOFILE`` to the
+hard limit for itself and everything it starts.
+
+It prints ONE table, a figure per line and a column per adapter (direct
+first): each figure with its ratio or difference to direct in the same run,
+and the gateway's costs against the same adapter's pass-through (routed,
+translated) or routed target (policies: what ``auth`` + ``rate_limit`` add
+per request, memory and Redis; target for the memory backend: at most
+``POLICIES_TARGET`` of a pass-through request). ``--json`` keeps every
+figure.
+
+    python -m tests.bench.run [--duration 5] [--adapters h11,asgi,trio,httptools] [--json PATH]
     python -m tests.bench.run --gateway-adapters h11   # routed/translated/policies: h11 only
     python -m tests.bench.run --adapters '' --target 'mine=python /tmp/proxy.py'
+    python -m tests.bench.run --duration 3 --no-many-clients   # the quick phases only
 
 A benchmark, not a test: it asserts nothing about time.
 """
@@ -53,6 +73,7 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -66,7 +87,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -79,6 +100,8 @@ from tests.bench.loadgen import (
     check_policies,
     check_translated,
     check_unknown_model,
+    first_answer,
+    raise_nofile,
 )
 from tests.bench.upstream import COMPLETION_BODY
 
@@ -95,6 +118,11 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 ROUTED_MODEL = "fast"
 TRANSLATED_MODEL = "smart"
 SLOW_TRANSLATED_MODEL = "smart-slow"
+PER_READ_TRANSLATED_MODEL = "smart-per-read"
+#: the keep-alive timeout (server.keepalive_timeout) of the many-clients servers
+MANY_KEEPALIVE_S = 600
+#: descriptors a process needs beside its connections
+FD_SLACK = 200
 TTFE_EVENTS = 3  # events of the slow stream (its first goes out with the head)
 TTFE_TARGET_MS = 0.2  # what translation may add to the time to first event
 #: what auth + rate_limit (memory backend) may add, as a share of the pass-through's
@@ -103,7 +131,9 @@ POLICIES_TARGET = 0.10
 #: per-key and per-model limits no bench run comes near
 POLICY_LIMITS = {"rpm": 10**9, "tpm": 10**12}
 
-Mode = Literal["direct", "passthrough", "routed", "policies", "policies-redis", "translated"]
+Mode = Literal[
+    "direct", "passthrough", "routed", "policies", "policies-redis", "translated", "many", "idle"
+]
 #: the modes measured by wrk only (the non-streaming phases), through the gateway
 WRK_ONLY: tuple[Mode, ...] = ("routed", "policies", "policies-redis")
 POLICIES: tuple[Mode, ...] = ("policies", "policies-redis")
@@ -113,7 +143,18 @@ ADAPTERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "h11": ("adapters.h11_server", ()),
     "asgi": ("adapters.asgi", ("--workers", "1")),
     "trio": ("adapters.trio_runner", ()),
+    "httptools": ("adapters.httptools_server", ()),
 }
+
+
+def adapter_missing(name: str) -> str | None:
+    """Why adapter ``name`` cannot be measured (its module is not there), or None."""
+    module = ADAPTERS[name][0]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    return None if found else f"not available: module {module} not found"
 
 
 class BenchError(Exception):
@@ -126,13 +167,16 @@ class Target:
 
     ``mode`` says how it is pointed at the upstream and which phases it runs;
     ``base`` is the target a gateway one is compared with: the pass-through for
-    routed and translated, the routed one for policies.
+    routed and translated, the routed one for policies; ``column`` the summary
+    table's column it reports in (its adapter's); ``missing`` why it cannot run.
     """
 
     name: str
     argv: list[str] | None
     mode: Mode = "passthrough"
     base: str | None = None
+    column: str = ""
+    missing: str | None = None
 
 
 @dataclass(slots=True)
@@ -184,12 +228,20 @@ def _connectable(port: int) -> bool:
         return False
 
 
-def start_server(name: str, argv: list[str], *, port: int | None, cwd: Path = REPO_ROOT) -> Server:
-    """Start ``argv`` in ``cwd``; wait for its ``listening on`` line (or, with ``port``,
-    for the port)."""
+def start_server(
+    name: str,
+    argv: list[str],
+    *,
+    port: int | None,
+    cwd: Path = REPO_ROOT,
+    env: dict[str, str] | None = None,
+) -> Server:
+    """Start ``argv`` in ``cwd`` (with ``env`` added to the environment); wait for its
+    ``listening on`` line (or, with ``port``, for the port)."""
     proc = subprocess.Popen(
         argv,
         cwd=cwd,
+        env=None if env is None else {**os.environ, **env},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -279,6 +331,20 @@ def memory_mb(pid: int) -> tuple[float, float]:
     return rss / 1024, hwm / 1024
 
 
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because a listener's accept queue was
+    full (``TcpExt ListenOverflows``, every socket of the machine); -1 if unknown."""
+    try:
+        lines = Path("/proc/net/netstat").read_text().splitlines()
+    except OSError:
+        return -1
+    for names, values in zip(lines[::2], lines[1::2], strict=False):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            return int(table.get("ListenOverflows", -1))
+    return -1
+
+
 class CpuMeter:
     """CPU seconds used by a process tree between ``__enter__`` and ``__exit__``."""
 
@@ -297,6 +363,33 @@ class CpuMeter:
     def __exit__(self, *exc: object) -> None:
         self.seconds = cpu_seconds(self.pid) - self._cpu
         self.wall = time.perf_counter() - self._t
+
+
+class RssSampler:
+    """The largest VmRSS of a process tree between ``__enter__`` and ``__exit__``, polled
+    every ``interval`` s (VmHWM would also count what came before)."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        while True:
+            self.peak_mb = max(self.peak_mb, memory_mb(self.pid)[0])
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, memory_mb(self.pid)[0])
 
 
 # -- load -------------------------------------------------------------------------
@@ -353,9 +446,17 @@ def wrk(
 
 
 def loadgen(
-    port: int, command: str, *args: str, model: str = DEFAULT_MODEL, timeout: float
+    port: int,
+    command: str,
+    *args: str,
+    model: str = DEFAULT_MODEL,
+    timeout: float,
+    on_mark: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run ``tests.bench.loadgen COMMAND`` in its own process; its JSON result."""
+    """Run ``tests.bench.loadgen COMMAND`` in its own process; its JSON result.
+
+    ``on_mark`` is called with NAME for each ``MARK NAME`` line it writes on stderr,
+    when it writes it."""
     argv = [
         sys.executable,
         "-m",
@@ -367,12 +468,32 @@ def loadgen(
         command,
         *args,
     ]
-    done = subprocess.run(
-        argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, check=False
+    proc = subprocess.Popen(
+        argv, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    if done.returncode != 0:
-        raise BenchError(f"loadgen {command} failed: {done.stderr.strip()[-500:]}")
-    result: dict[str, Any] = json.loads(done.stdout)
+    tail: collections.deque[str] = collections.deque(maxlen=20)
+
+    def drain(stream: IO[str]) -> None:
+        for line in stream:
+            if line.startswith("MARK ") and on_mark is not None:
+                on_mark(line.removeprefix("MARK ").strip())
+            else:
+                tail.append(line)
+
+    assert proc.stdout is not None and proc.stderr is not None
+    reader = threading.Thread(target=drain, args=(proc.stderr,), daemon=True)
+    reader.start()
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        out = proc.stdout.read()
+        proc.wait()
+    finally:
+        timer.cancel()
+    reader.join(5)
+    if proc.returncode != 0:
+        raise BenchError(f"loadgen {command} failed ({proc.returncode}): {''.join(tail)[-500:]}")
+    result: dict[str, Any] = json.loads(out)
     return result
 
 
@@ -388,6 +509,7 @@ def sanity(target: Target, port: int, opts: argparse.Namespace) -> dict[str, int
         for key, model, events in (
             ("streams", TRANSLATED_MODEL, opts.stream_events),
             ("ttfe", SLOW_TRANSLATED_MODEL, TTFE_EVENTS),
+            ("per_read", PER_READ_TRANSLATED_MODEL, opts.per_read_events),
         ):
             problem, count = asyncio.run(check_translated(HOST, port, model=model, events=events))
             problems.append(problem)
@@ -397,7 +519,7 @@ def sanity(target: Target, port: int, opts: argparse.Namespace) -> dict[str, int
         problems.append(asyncio.run(check_unknown_model(HOST, port)))
         if target.mode in POLICIES:
             problems.append(asyncio.run(check_policies(HOST, port, model=ROUTED_MODEL)))
-    else:
+    else:  # direct, passthrough, many
         problems.append(asyncio.run(check(HOST, port)))
         if target.mode == "direct":
             problems.append(asyncio.run(check_anthropic_upstream(HOST, port)))
@@ -435,7 +557,12 @@ def measure(
     """
     name = target.name
     expect = sanity(target, port, opts)
-    out: dict[str, Any] = {"target": name, "mode": target.mode, "base": target.base}
+    out: dict[str, Any] = {
+        "target": name,
+        "mode": target.mode,
+        "base": target.base,
+        "column": target.column,
+    }
     c = f"c{opts.connections}"
     phases: list[str] = []
     if target.mode != "translated":
@@ -525,6 +652,21 @@ def measure(
             f"({stream_expect}/stream), {streams['cpu_us_per_event']:.1f} µs CPU/event, "
             f"{streams['cpu_us_per_stream']:.0f} µs CPU/stream, {streams['errors']} errors"
         )
+        if opts.per_read_streams > 0:
+            per_read = slow_streams(
+                port,
+                pid,
+                concurrency=opts.per_read_streams,
+                events=opts.per_read_events,
+                delay_ms=opts.per_read_delay_ms,
+                ramp_s=opts.per_read_ramp_s,
+                duration=opts.duration,
+                model=PER_READ_TRANSLATED_MODEL if translated else DEFAULT_MODEL,
+                expect=expect.get("per_read", opts.per_read_events),
+            )
+            out["per_read"] = per_read
+            phases.append("per_read")
+            _log(f"  {name} per read: {_slow_summary(per_read)}")
         paired = translated and base_port is not None
         pair = ["--pair", f"{base_port}:{DEFAULT_MODEL}:{TTFE_EVENTS}"] if paired else []
         requests = opts.ttfe_pairs if paired else opts.ttfe_requests
@@ -559,10 +701,150 @@ def measure(
                 f"{'-' if added is None else f'{added:+.3f}'} ms (median of "
                 f"{ttfe['pairs']} paired differences), {ttfe['pair']['errors']} errors"
             )
+    if target.mode == "direct" and opts.many_clients:
+        out["many"] = many_clients(name, port, pid, opts)
+        phases.extend(f"many.{k}" for k in out["many"])
     out["rss_mb"], out["peak_rss_mb"] = memory_mb(pid)
-    out["errors"] = sum(int(out[phase]["errors"]) for phase in phases) + int(
+    out["errors"] = sum(int(_get(out, *phase.split("."), "errors")) for phase in phases) + int(
         _get(out, "ttfe", "pair", "errors") or 0
     )
+    return out
+
+
+def slow_streams(
+    port: int,
+    pid: int,
+    *,
+    concurrency: int,
+    events: int,
+    delay_ms: float,
+    ramp_s: float,
+    duration: float,
+    model: str = DEFAULT_MODEL,
+    expect: int | None = None,
+) -> dict[str, Any]:
+    """``loadgen slow-streams`` (each event in its own upstream write) with the server's
+    CPU per relayed event and its peak RSS over the phase."""
+    rss_before = memory_mb(pid)[0]
+    overflows = listen_overflows()
+    with CpuMeter(pid) as cpu, RssSampler(pid) as rss:
+        run = loadgen(
+            port,
+            "slow-streams",
+            "--concurrency",
+            str(concurrency),
+            "--events",
+            str(events),
+            "--delay-ms",
+            f"{delay_ms:g}",
+            "--ramp-s",
+            f"{ramp_s:g}",
+            "--duration",
+            f"{duration:g}",
+            "--expect-events",
+            str(events if expect is None else expect),
+            model=model,
+            timeout=duration + ramp_s + events * delay_ms / 1000 * 2 + 120,
+        )
+    run["cpu_s"] = cpu.seconds
+    run["cpu_util"] = cpu.seconds / max(cpu.wall, 1e-9)
+    run["cpu_us_per_event"] = cpu.seconds / max(run["events"], 1) * 1e6
+    run["cpu_us_per_stream"] = cpu.seconds / max(run["streams"], 1) * 1e6
+    # per event of the upstream's (a translated stream brings a role and a finish chunk more)
+    run["cpu_us_per_upstream_event"] = run["cpu_us_per_stream"] / max(events, 1)
+    run["listen_overflows"] = listen_overflows() - overflows if overflows >= 0 else None
+    run["rss_before_mb"] = rss_before
+    run["peak_rss_mb"] = rss.peak_mb
+    run["kb_per_stream"] = (rss.peak_mb - rss_before) * 1024 / max(run["peak_in_flight"], 1)
+    return run
+
+
+def _slow_summary(run: dict[str, Any]) -> str:
+    return (
+        f"{run['streams']:,} streams of {run['events_per_stream']} events "
+        f"{run['delay_ms']:g} ms apart, {run['peak_in_flight']:,} at once: "
+        f"{run['events_per_s']:,.0f} events/s, {run['cpu_us_per_event']:.1f} µs CPU/event "
+        f"(server {run['cpu_util']:.0%} of a core, load client {run['client_cpu_util']:.0%}), "
+        f"ttfe p50 {_num(run['ttfe_p50_ms'], '.2f')} p99 {_num(run['ttfe_p99_ms'], '.2f')} ms, "
+        f"peak RSS {run['peak_rss_mb']:.0f} MB, {run['errors']} errors, "
+        f"{_num(run['listen_overflows'], 'd')} accept-queue overflows"
+        + (f" {run['error_kinds']}" if run["errors"] else "")
+    )
+
+
+def many_clients(
+    name: str,
+    port: int,
+    pid: int,
+    opts: argparse.Namespace,
+    phases: tuple[str, ...] = ("slow", "idle"),
+) -> dict[str, Any]:
+    """The many-clients ``phases`` on ``port``: ``slow``, ``--many-streams`` slow streams;
+    ``idle``, ``--idle-connections`` idle keep-alive connections held."""
+    out: dict[str, Any] = {}
+    if opts.many_streams > 0 and "slow" in phases:
+        slow = slow_streams(
+            port,
+            pid,
+            concurrency=opts.many_streams,
+            events=opts.many_events,
+            delay_ms=opts.many_delay_ms,
+            ramp_s=opts.many_ramp_s,
+            duration=0,
+        )
+        out["slow"] = slow
+        _log(f"  {name} slow streams: {_slow_summary(slow)}")
+        time.sleep(0.5)  # the closes
+    if opts.idle_connections > 0 and "idle" in phases:
+        held_mb: list[float] = []
+        rss_before = memory_mb(pid)[0]
+        overflows = listen_overflows()
+        with RssSampler(pid) as rss:
+            idle = loadgen(
+                port,
+                "idle",
+                "--connections",
+                str(opts.idle_connections),
+                "--hold-s",
+                f"{opts.idle_hold_s:g}",
+                timeout=opts.idle_hold_s + opts.idle_connections / 100 + 120,
+                on_mark=lambda mark: held_mb.append(memory_mb(pid)[0]),
+            )
+        idle["listen_overflows"] = listen_overflows() - overflows if overflows >= 0 else None
+        idle["rss_before_mb"] = rss_before
+        idle["rss_held_mb"] = held_mb[0] if held_mb else None
+        idle["peak_rss_mb"] = rss.peak_mb
+        idle["kb_per_connection"] = (
+            None
+            if not held_mb or not idle["held"]
+            else (held_mb[0] - rss_before) * 1024 / idle["held"]
+        )
+        out["idle"] = idle
+        _log(
+            f"  {name} idle: {idle['held']:,} of {idle['connections']:,} connections held "
+            f"{idle['hold_s']:g} s (opened in {idle['open_s']:.1f} s), "
+            f"{idle['probes_answered']}/{idle['probes']} probes answered, RSS held "
+            f"{_num(idle['rss_held_mb'], '.0f')} MB, {idle['errors']} errors, "
+            f"{_num(idle['listen_overflows'], 'd')} accept-queue overflows"
+            + (f" {idle['error_kinds']}" if idle["errors"] else "")
+        )
+    return out
+
+
+def measure_many(target: Target, port: int, pid: int, opts: argparse.Namespace) -> dict[str, Any]:
+    """A fresh server for one many-clients phase: ``many``, the slow streams; ``idle``,
+    the idle connections (apart, so that neither's memory counts in the other's)."""
+    sanity(target, port, opts)
+    out: dict[str, Any] = {
+        "target": target.name,
+        "mode": target.mode,
+        "base": target.base,
+        "column": target.column,
+    }
+    phase = "idle" if target.mode == "idle" else "slow"
+    out["many"] = many_clients(target.column, port, pid, opts, (phase,))
+    out["rss_mb"], out["peak_rss_mb"] = memory_mb(pid)
+    out["errors"] = sum(int(phase["errors"]) for phase in out["many"].values())
     return out
 
 
@@ -590,98 +872,19 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
-def table(rows: list[dict[str, Any]], connections: int, stream_c: int) -> str:
-    """One aligned plain-text table: a row per target, ratios and differences vs direct."""
-    direct = next((r for r in rows if r["target"] == "direct" and "error" not in r), None)
-    c = f"c{connections}"
-    s = f"c{stream_c}"
-
-    def ms(row: dict[str, Any] | None, phase: str, key: str) -> float | None:
-        us = _get(row, phase, key) if row is not None else None
-        return None if us is None else float(us) / 1000
-
-    header = [
-        "target",
-        "c1 req/s",
-        "c1 p50",
-        "c1 p99",
-        "c1 +p50",
-        "c1 +p99",
-        f"{c} req/s",
-        "x direct",
-        f"{c} p50",
-        f"{c} p99",
-        f"{c} +p50",
-        f"{c} +p99",
-        "cpu/req c1",
-        f"cpu/req {c}",
-        f"streams/s {s}",
-        "events/s",
-        "x direct",
-        "cpu/event",
-        "ttfe",
-        "+ttfe",
-        "rss MB",
-        "peak MB",
-        "errors",
-    ]
-    body: list[list[str]] = []
-    for row in rows:
-        if "error" in row or "skipped" in row:
-            status = "FAILED" if "error" in row else "skipped"
-            body.append([row["target"], status, *["-"] * (len(header) - 2)])
-            continue
-        is_direct = row is direct
-        added = {
-            (phase, key): None if is_direct else _diff(ms(row, phase, key), ms(direct, phase, key))
-            for phase in ("c1", c)
-            for key in ("p50_us", "p99_us")
-        }
-        ttfe = _get(row, "ttfe", "median_ms")
-        body.append(
-            [
-                row["target"],
-                _num(_get(row, "c1", "rps"), ",.0f"),
-                _num(ms(row, "c1", "p50_us"), ".3f"),
-                _num(ms(row, "c1", "p99_us"), ".3f"),
-                _num(added["c1", "p50_us"], "+.3f"),
-                _num(added["c1", "p99_us"], "+.3f"),
-                _num(_get(row, c, "rps"), ",.0f"),
-                _num(_ratio(_get(row, c, "rps"), _get(direct or {}, c, "rps")), ".2f"),
-                _num(ms(row, c, "p50_us"), ".3f"),
-                _num(ms(row, c, "p99_us"), ".3f"),
-                _num(added[c, "p50_us"], "+.3f"),
-                _num(added[c, "p99_us"], "+.3f"),
-                _num(_get(row, "c1", "cpu_us_per_req"), ".1f"),
-                _num(_get(row, c, "cpu_us_per_req"), ".1f"),
-                _num(_get(row, "streams", "streams_per_s"), ",.0f"),
-                _num(_get(row, "streams", "events_per_s"), ",.0f"),
-                _num(
-                    _ratio(
-                        _get(row, "streams", "events_per_s"),
-                        _get(direct or {}, "streams", "events_per_s"),
-                    ),
-                    ".2f",
-                ),
-                _num(_get(row, "streams", "cpu_us_per_event"), ".2f"),
-                _num(ttfe, ".3f"),
-                _num(
-                    None if is_direct else _diff(ttfe, _get(direct or {}, "ttfe", "median_ms")),
-                    "+.3f",
-                ),
-                _num(row.get("rss_mb"), ".1f"),
-                _num(row.get("peak_rss_mb"), ".1f"),
-                str(row.get("errors", "-")),
-            ]
-        )
-    return _render(header, body)
-
-
 def _render(header: list[str], body: list[list[str]]) -> str:
-    """Aligned columns: the first left-aligned, the others right-aligned."""
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    """Aligned columns: the first left-aligned, the others right-aligned; a line whose
+    other cells are all empty is a section title, printed alone (and not measured)."""
+
+    def section(line: list[str]) -> bool:
+        return not any(line[1:])
+
+    measured = [header, *(line for line in body if not section(line))]
+    widths = [max(len(line[i]) for line in measured) for i in range(len(header))]
 
     def fmt(line: list[str]) -> str:
+        if section(line):
+            return line[0]
         cells = [line[0].ljust(widths[0])]
         cells += [cell.rjust(width) for cell, width in zip(line[1:], widths[1:], strict=True)]
         return "  ".join(cells).rstrip()
@@ -816,6 +1019,16 @@ def gateway_comparison(rows: list[dict[str, Any]], connections: int) -> dict[str
                         if paired
                         else _float(_get(base, "ttfe", "min_ms")),
                     ),
+                    "per_read_cpu_us_per_upstream_event": _float(
+                        _get(row, "per_read", "cpu_us_per_upstream_event")
+                    ),
+                    "passthrough_per_read_cpu_us_per_upstream_event": _float(
+                        _get(base, "per_read", "cpu_us_per_upstream_event")
+                    ),
+                    "added_per_read_cpu_us_per_upstream_event": _diff(
+                        _float(_get(row, "per_read", "cpu_us_per_upstream_event")),
+                        _float(_get(base, "per_read", "cpu_us_per_upstream_event")),
+                    ),
                     "ttfe_target_ms": TTFE_TARGET_MS,
                     "ttfe_within_target": None
                     if added_ttfe is None
@@ -825,117 +1038,329 @@ def gateway_comparison(rows: list[dict[str, Any]], connections: int) -> dict[str
     return {"routed": routed, "translated": translated, "policies": policies}
 
 
-def gateway_tables(comparison: dict[str, Any], connections: int, stream_c: int) -> str:
-    """The comparison tables (empty when nothing was routed, translated or policed)."""
-    c = f"c{connections}"
-    parts: list[str] = []
-    if comparison["routed"]:
-        header = [
-            "routed vs pass-through",
-            "c1 req/s",
-            "x pass",
-            "c1 +p50",
-            "cpu/req c1",
-            "+cpu/req",
-            f"{c} req/s",
-            "x pass",
-            f"{c} +p50",
-            f"cpu/req {c}",
-            "+cpu/req",
+def summary(
+    rows: list[dict[str, Any]], comparison: dict[str, Any], opts: argparse.Namespace
+) -> str:
+    """THE table: a line per figure (in sections), a column per adapter, direct first.
+
+    A cell is the figure, with its ratio (``x``) or difference (``+``) to direct in the
+    same run; the gateway's lines are against the same adapter's pass-through or
+    routed target. ``-``: not measured; ``n/a``, ``skipped``, ``FAILED``: the target's.
+    """
+    c = f"c{opts.connections}"
+    columns: list[str] = []
+    by: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        col = row.get("column") or row["target"]
+        if col not in columns:
+            columns.append(col)
+        by[col, row.get("mode") or "passthrough"] = row
+    entries = {
+        e["target"]: e for kind in ("routed", "translated", "policies") for e in comparison[kind]
+    }
+    direct = by.get(("direct", "direct"))
+
+    def status(row: dict[str, Any] | None) -> str | None:
+        if row is None:
+            return "-"
+        if "error" in row:
+            return "FAILED"
+        if "skipped" in row:
+            return "n/a" if str(row["skipped"]).startswith("not available") else "skipped"
+        return None
+
+    def main(col: str) -> dict[str, Any] | None:
+        return by.get((col, "direct")) or by.get((col, "passthrough"))
+
+    def many(col: str) -> dict[str, Any] | None:
+        return direct if col == "direct" else by.get((col, "many")) or unusable(col)
+
+    def idle(col: str) -> dict[str, Any] | None:
+        return direct if col == "direct" else by.get((col, "idle")) or unusable(col)
+
+    def unusable(col: str) -> dict[str, Any] | None:
+        """The column's main row if it failed or was skipped (then so is all the rest)."""
+        row = main(col)
+        return row if row is not None and status(row) is not None else None
+
+    Cell = Callable[[str], str]
+
+    def figure(
+        pick: Callable[[str], dict[str, Any] | None],
+        keys: tuple[str, ...],
+        fmt: str,
+        *,
+        scale: float = 1.0,
+        vs: Literal["ratio", "added", None] = None,
+        vs_fmt: str = "",
+        base: Callable[[str], dict[str, Any] | None] | None = None,
+    ) -> Cell:
+        """A figure at ``keys`` of the row ``pick`` finds, and vs direct's (or ``base``'s)."""
+
+        def cell(col: str) -> str:
+            row = pick(col)
+            bad = status(row)
+            if bad is not None or row is None:
+                return bad or "-"
+            value = _float(_get(row, *keys))
+            if value is None:
+                return "-"
+            text = format(value * scale, fmt)
+            other_row = (base or pick)("direct") if col != "direct" else None
+            other = None if other_row is None else _float(_get(other_row, *keys))
+            if vs == "ratio" and other:
+                text += f" ({value / other:{vs_fmt or '.3f'}}x)"
+            elif vs == "added" and other is not None:
+                text += f" ({(value - other) * scale:{vs_fmt or '+.3f'}})"
+            return text
+
+        return cell
+
+    def gateway(
+        mode: Mode,
+        value: Callable[[dict[str, Any]], str],
+    ) -> Cell:
+        """A gateway figure of the column's ``mode`` target, from its comparison entry."""
+
+        def cell(col: str) -> str:
+            if col == "direct":
+                return "—"
+            row = by.get((col, mode)) or unusable(col)
+            bad = status(row)
+            if bad is not None or row is None:
+                return bad or "-"
+            entry = entries.get(row["target"])
+            return "-" if entry is None else value(entry)
+
+        return cell
+
+    def process(col: str) -> str:
+        row = main(col)
+        bad = status(row)
+        if bad is not None or row is None:
+            return bad or "-"
+        return (
+            f"{_num(row.get('rss_idle_mb'), '.0f')} / {_num(row.get('rss_mb'), '.0f')} / "
+            f"{_num(row.get('peak_rss_mb'), '.0f')}"
+        )
+
+    def errors(col: str) -> str:
+        mine = [r for r in rows if (r.get("column") or r["target"]) == col]
+        failed = sum("error" in r for r in mine)
+        total = sum(int(r.get("errors", 0)) for r in mine)
+        return str(total) + (f" ({failed} FAILED)" if failed else "")
+
+    def cpu_use(col: str) -> str:
+        row = main(col)
+        bad = status(row)
+        if bad is not None or row is None:
+            return bad or "-"
+        server = _float(_get(row, c, "cpu_util"))
+        upstream = _float(_get(row, c, "upstream_cpu_util"))
+        if col == "direct":
+            return _num(None if server is None else server * 100, ".0f") + " %"
+        return (
+            f"{_num(None if server is None else server * 100, '.0f')} / "
+            f"{_num(None if upstream is None else upstream * 100, '.0f')} %"
+        )
+
+    def slow_count(col: str) -> str:
+        row = many(col)
+        bad = status(row)
+        if bad is not None or row is None:
+            return bad or "-"
+        slow = _get(row, "many", "slow")
+        if slow is None:
+            return "-"
+        return f"{slow['errors']} / {slow['streams']:,} ({slow['peak_in_flight']:,})"
+
+    def idle_count(col: str) -> str:
+        row = idle(col)
+        bad = status(row)
+        if bad is not None or row is None:
+            return bad or "-"
+        run = _get(row, "many", "idle")
+        if run is None:
+            return "-"
+        return f"{run['held']:,} / {run['probes_answered']} of {run['probes']}"
+
+    def rss_and_per(phase: str, key: str, per: str) -> Cell:
+        def cell(col: str) -> str:
+            row = (idle if phase == "idle" else many)(col)
+            bad = status(row)
+            if bad is not None or row is None:
+                return bad or "-"
+            run = _get(row, "many", phase)
+            if run is None:
+                return "-"
+            return f"{_num(run[key], '.0f')} ({_num(run[per], '.1f')})"
+
+        return cell
+
+    def translated_ttfe(e: dict[str, Any]) -> str:
+        ok = {True: "yes", False: "NO", None: "-"}[e["ttfe_within_target"]]
+        return f"{_num(e['added_ttfe_ms'], '+.3f')} ({ok})"
+
+    def policies(backend: str, value: Callable[[dict[str, Any]], str]) -> Callable[..., str]:
+        def pick(e: dict[str, Any]) -> str:
+            return value(e) if e["backend"] == backend else "-"
+
+        return pick
+
+    def share(e: dict[str, Any]) -> str:
+        fraction = e[c]["added_cpu_share_of_passthrough"]
+        return (
+            f"{_num(e[c]['added_cpu_us_per_req'], '+.1f')} "
+            f"({_num(None if fraction is None else fraction * 100, '.0f')} %)"
+        )
+
+    pr = (
+        f"{opts.per_read_streams:,} streams of {opts.per_read_events} events "
+        f"{opts.per_read_delay_ms:g} ms apart"
+    )
+    lines: list[tuple[str, Cell | None]] = [
+        (f"requests: wrk, POST {PATH}", None),
+        ("req/s c1", figure(main, ("c1", "rps"), ",.0f", vs="ratio")),
+        ("p50 c1 ms (+ vs direct)", figure(main, ("c1", "p50_us"), ".3f", scale=1e-3, vs="added")),
+        (f"req/s {c} (x direct)", figure(main, (c, "rps"), ",.0f", vs="ratio")),
+        (f"p50 {c} ms (+)", figure(main, (c, "p50_us"), ".3f", scale=1e-3, vs="added")),
+        (
+            f"p99 {c} ms (+)",
+            figure(main, (c, "p99_us"), ".2f", scale=1e-3, vs="added", vs_fmt="+.2f"),
+        ),
+        ("CPU/request c1 µs", figure(main, ("c1", "cpu_us_per_req"), ".1f")),
+        (f"CPU/request {c} µs", figure(main, (c, "cpu_us_per_req"), ".1f")),
+        (f"CPU use {c}: server / upstream", cpu_use),
+        ("streams", None),
+        (
+            f"events/s, {opts.stream_events} per write, c{opts.stream_concurrency} (x)",
+            figure(main, ("streams", "events_per_s"), ",.0f", vs="ratio"),
+        ),
+        ("CPU/event µs, many per read", figure(main, ("streams", "cpu_us_per_event"), ".2f")),
+        (
+            f"events/s, one per read: {pr} (x)",
+            figure(main, ("per_read", "events_per_s"), ",.0f", vs="ratio"),
+        ),
+        ("CPU/event µs, one per read", figure(main, ("per_read", "cpu_us_per_event"), ".2f")),
+        (
+            "  its ttfe p99 ms (+)",
+            figure(main, ("per_read", "ttfe_p99_ms"), ".2f", vs="added", vs_fmt="+.2f"),
+        ),
+        (
+            f"time to first event c1 ms (+), {opts.ttfe_delay_ms:g} ms/event",
+            figure(main, ("ttfe", "median_ms"), ".3f", vs="added"),
+        ),
+    ]
+    if opts.many_clients:
+        lines += [
+            (
+                f"many clients: {opts.many_streams:,} streams of {opts.many_events} events "
+                f"{opts.many_delay_ms:g} ms apart, opened over {opts.many_ramp_s:g} s",
+                None,
+            ),
+            ("errors / streams done (at once)", slow_count),
+            (
+                "ttfe p50 ms (+)",
+                figure(many, ("many", "slow", "ttfe_p50_ms"), ".2f", vs="added", vs_fmt="+.2f"),
+            ),
+            (
+                "ttfe p99 ms (+)",
+                figure(many, ("many", "slow", "ttfe_p99_ms"), ".2f", vs="added", vs_fmt="+.2f"),
+            ),
+            ("CPU/event µs", figure(many, ("many", "slow", "cpu_us_per_event"), ".1f")),
+            ("peak RSS MB (KB/stream)", rss_and_per("slow", "peak_rss_mb", "kb_per_stream")),
+            (
+                "accept-queue overflows (machine-wide)",
+                figure(many, ("many", "slow", "listen_overflows"), ",.0f"),
+            ),
+            (
+                f"{opts.idle_connections:,} idle keep-alive connections, held "
+                f"{opts.idle_hold_s:g} s",
+                None,
+            ),
+            ("held / probes answered", idle_count),
+            (
+                "RSS held MB (KB/connection)",
+                rss_and_per("idle", "rss_held_mb", "kb_per_connection"),
+            ),
+            (
+                "accept-queue overflows (machine-wide)",
+                figure(idle, ("many", "idle", "listen_overflows"), ",.0f"),
+            ),
         ]
-        body = [
-            [
-                e["target"],
-                _num(e["c1"]["rps"], ",.0f"),
-                _num(e["c1"]["rps_ratio"], ".2f"),
-                _num(e["c1"]["added_p50_ms"], "+.3f"),
-                _num(e["c1"]["cpu_us_per_req"], ".1f"),
-                _num(e["c1"]["added_cpu_us_per_req"], "+.1f"),
-                _num(e[c]["rps"], ",.0f"),
-                _num(e[c]["rps_ratio"], ".2f"),
-                _num(e[c]["added_p50_ms"], "+.3f"),
-                _num(e[c]["cpu_us_per_req"], ".1f"),
-                _num(e[c]["added_cpu_us_per_req"], "+.1f"),
-            ]
-            for e in comparison["routed"]
-        ]
-        parts.append(_render(header, body))
-    if comparison["translated"]:
-        header = [
-            f"translated vs pass-through (c{stream_c})",
-            "events/s",
-            "x pass",
-            "ev/stream",
-            "cpu/event",
-            "+cpu/event",
-            "cpu/stream",
-            "+cpu/stream",
-            "+cpu/delta",
-            "ttfe pass",
-            "ttfe transl",
-            "+ttfe",
-            "+ttfe min",
-            f"<= +{TTFE_TARGET_MS:g}",
-        ]
-        body = [
-            [
-                e["target"],
-                _num(e["events_per_s"], ",.0f"),
-                _num(e["events_per_s_ratio"], ".2f"),
-                f"{e['events_per_stream']}/{e['passthrough_events_per_stream']}",
-                _num(e["cpu_us_per_event"], ".2f"),
-                _num(e["added_cpu_us_per_event"], "+.2f"),
-                _num(e["cpu_us_per_stream"], ".0f"),
-                _num(e["added_cpu_us_per_stream"], "+.0f"),
-                _num(e["added_cpu_us_per_upstream_event"], "+.2f"),
-                _num(e["passthrough_ttfe_median_ms"], ".3f"),
-                _num(e["ttfe_median_ms"], ".3f"),
-                _num(e["added_ttfe_ms"], "+.3f"),
-                _num(e["added_ttfe_min_ms"], "+.3f"),
-                {True: "yes", False: "NO", None: "-"}[e["ttfe_within_target"]],
-            ]
-            for e in comparison["translated"]
-        ]
-        parts.append(_render(header, body))
-    if comparison["policies"]:
-        header = [
-            "policies vs routed",
-            "backend",
-            "c1 +p50",
-            "c1 +cpu/req",
-            f"{c} req/s",
-            "x routed",
-            f"{c} +p50",
-            f"{c} +cpu/req",
-            "redis cpu/req",
-            "pass cpu/req",
-            "+cpu % pass",
-            f"<= {POLICIES_TARGET:.0%}",
-        ]
-        body = [
-            [
-                e["target"],
-                e["backend"],
-                _num(e["c1"]["added_p50_ms"], "+.3f"),
-                _num(e["c1"]["added_cpu_us_per_req"], "+.1f"),
-                _num(e[c]["rps"], ",.0f"),
-                _num(e[c]["rps_ratio"], ".2f"),
-                _num(e[c]["added_p50_ms"], "+.3f"),
-                _num(e[c]["added_cpu_us_per_req"], "+.1f"),
-                _num(e[c]["redis_cpu_us_per_req"], ".1f"),
-                _num(e[c]["passthrough_cpu_us_per_req"], ".1f"),
-                _num(
-                    None
-                    if e[c]["added_cpu_share_of_passthrough"] is None
-                    else e[c]["added_cpu_share_of_passthrough"] * 100,
-                    "+.1f",
+    gateway_lines: list[tuple[str, Cell | None]] = [
+        ("gateway: + vs the adapter's pass-through (policies: its routed)", None),
+        (
+            f"routed: +CPU/request {c} µs (x req/s)",
+            gateway(
+                "routed",
+                lambda e: (
+                    f"{_num(e[c]['added_cpu_us_per_req'], '+.1f')} "
+                    f"({_num(e[c]['rps_ratio'], '.2f')}x)"
                 ),
-                {True: "yes", False: "NO", None: "-"}[e["within_target"]],
-            ]
-            for e in comparison["policies"]
-        ]
-        parts.append(_render(header, body))
-    return "\n\n".join(parts)
+            ),
+        ),
+        (
+            "translated: +CPU/upstream event µs, many per read",
+            gateway("translated", lambda e: _num(e["added_cpu_us_per_upstream_event"], "+.2f")),
+        ),
+        (
+            "translated: +CPU/upstream event µs, one per read",
+            gateway(
+                "translated",
+                lambda e: _num(e["added_per_read_cpu_us_per_upstream_event"], "+.2f"),
+            ),
+        ),
+        (
+            f"translated: +ttfe c1 ms (<= +{TTFE_TARGET_MS:g})",
+            gateway("translated", translated_ttfe),
+        ),
+        (
+            f"policies, memory: +CPU/request {c} µs (% pass)",
+            gateway("policies", policies("memory", share)),
+        ),
+        (
+            "policies, memory: +p50 c1 ms",
+            gateway(
+                "policies",
+                policies("memory", lambda e: _num(e["c1"]["added_p50_ms"], "+.3f")),
+            ),
+        ),
+        (
+            f"policies, redis: +CPU/request {c} µs (redis's)",
+            gateway(
+                "policies-redis",
+                policies(
+                    "redis",
+                    lambda e: (
+                        f"{_num(e[c]['added_cpu_us_per_req'], '+.1f')} "
+                        f"({_num(e[c]['redis_cpu_us_per_req'], '.1f')})"
+                    ),
+                ),
+            ),
+        ),
+        (
+            "policies, redis: +p50 c1 ms",
+            gateway(
+                "policies-redis",
+                policies("redis", lambda e: _num(e["c1"]["added_p50_ms"], "+.3f")),
+            ),
+        ),
+    ]
+    if any(r.get("mode") in (*WRK_ONLY, "translated") for r in rows):
+        lines += gateway_lines
+    lines += [
+        ("process", None),
+        ("start-up to first answer s", figure(main, ("startup_s",), ".2f")),
+        ("RSS idle / after / peak MB", process),
+        ("errors (all its targets)", errors),
+    ]
+    header = ["figure", *columns]
+    body = [
+        [label, *([""] * len(columns) if cell is None else (cell(col) for col in columns))]
+        for label, cell in lines
+    ]
+    return _render(header, body)
 
 
 # -- main -------------------------------------------------------------------------
@@ -991,6 +1416,34 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--ttfe-delay-ms", type=float, default=50.0, help="spacing of the slow stream's events"
     )
+    parser.add_argument(
+        "--per-read-streams",
+        type=int,
+        default=200,
+        help="concurrent streams of the one-event-per-read phase (0: none)",
+    )
+    parser.add_argument("--per-read-events", type=int, default=20)
+    parser.add_argument("--per-read-delay-ms", type=float, default=50.0)
+    parser.add_argument(
+        "--per-read-ramp-s", type=float, default=0.5, help="open its connections over"
+    )
+    parser.add_argument(
+        "--many-clients",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the many-clients phases: slow streams and idle connections (default: on)",
+    )
+    parser.add_argument("--many-streams", type=int, default=5000, help="concurrent slow streams")
+    parser.add_argument("--many-events", type=int, default=20, help="events per slow stream")
+    parser.add_argument("--many-delay-ms", type=float, default=500.0)
+    parser.add_argument(
+        "--many-ramp-s",
+        type=float,
+        default=5.0,
+        help="open the slow streams evenly over (less than a stream lasts: all at once)",
+    )
+    parser.add_argument("--idle-connections", type=int, default=10_000)
+    parser.add_argument("--idle-hold-s", type=float, default=2.0)
     parser.add_argument("--json", type=Path, metavar="PATH", help="also save the results here")
     opts = parser.parse_args(argv)
     if opts.duration < 1 or opts.warmup < 0 or opts.connections < 1 or opts.repeat < 1:
@@ -1008,24 +1461,31 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def targets(opts: argparse.Namespace) -> list[Target]:
-    """direct, the chosen adapters (each followed by its routed, policies and translated
-    runs), then any ``--target``."""
-    found = [Target("direct", None, "direct")]
+    """direct, the chosen adapters (each followed by its routed, policies, translated
+    and many-clients runs), then any ``--target``; an adapter whose module is not there
+    is one target saying so."""
+    found = [Target("direct", None, "direct", column="direct")]
     gateway = {a for a in opts.gateway_adapters.split(",") if a}
     for name in (a for a in opts.adapters.split(",") if a):
         module, extra = ADAPTERS[name]
         argv = [sys.executable, "-m", module, *extra]
-        found.append(Target(name, argv))
+        missing = adapter_missing(name)
+        found.append(Target(name, argv, column=name, missing=missing))
+        if missing is not None:
+            continue
         if name in gateway:
-            found.append(Target(f"{name} routed", argv, "routed", name))
+            found.append(Target(f"{name} routed", argv, "routed", name, name))
             for mode in POLICIES:  # right after routed, their base
-                found.append(Target(f"{name} {mode}", argv, mode, f"{name} routed"))
-            found.append(Target(f"{name} translated", argv, "translated", name))
+                found.append(Target(f"{name} {mode}", argv, mode, f"{name} routed", name))
+            found.append(Target(f"{name} translated", argv, "translated", name, name))
+        if opts.many_clients:  # each on a fresh server
+            found.append(Target(f"{name} many", argv, "many", name, name))
+            found.append(Target(f"{name} idle", argv, "idle", name, name))
     for spec in opts.target:
         name, sep, command = spec.partition("=")
         if not sep or not name or not command:
             raise SystemExit(f"--target wants NAME=COMMAND, got {spec!r}")
-        found.append(Target(name, shlex.split(command)))
+        found.append(Target(name, shlex.split(command), column=name))
     return found
 
 
@@ -1061,14 +1521,22 @@ def gateway_config(
         "x-bench-delay-ms": f"{opts.ttfe_delay_ms:g}",
         "x-bench-first-ms": "0",
     }
+    per_read = {
+        "x-bench-events": str(opts.per_read_events),
+        "x-bench-delay-ms": f"{opts.per_read_delay_ms:g}",
+        "x-bench-first-ms": "0",
+    }
+    claude = "claude-sonnet-4-5"
     return {
         "providers": {
             "claude": {"type": "anthropic", "base_url": base_url, "headers": fast},
             "claude-slow": {"type": "anthropic", "base_url": base_url, "headers": slow},
+            "claude-per-read": {"type": "anthropic", "base_url": base_url, "headers": per_read},
         },
         "models": {
-            TRANSLATED_MODEL: [{"provider": "claude", "model": "claude-sonnet-4-5"}],
-            SLOW_TRANSLATED_MODEL: [{"provider": "claude-slow", "model": "claude-sonnet-4-5"}],
+            TRANSLATED_MODEL: [{"provider": "claude", "model": claude}],
+            SLOW_TRANSLATED_MODEL: [{"provider": "claude-slow", "model": claude}],
+            PER_READ_TRANSLATED_MODEL: [{"provider": "claude-per-read", "model": claude}],
         },
     }
 
@@ -1085,12 +1553,42 @@ def server_argv(
     """How to start ``target``: the pass-through shorthand, or a gateway ``--config``."""
     assert target.argv is not None
     argv = [*target.argv, "--host", HOST, "--port", str(port), "--log-level", "warning"]
-    if target.mode in (*WRK_ONLY, "translated"):
+    if target.mode in (*WRK_ONLY, "translated"):  # many: the pass-through's
         config = config_dir / f"{target.name.replace(' ', '-')}.yaml"
         settings = gateway_config(target.mode, base_url, opts, redis_url=redis_url)
         config.write_text(json.dumps(settings, indent=2))
         return [*argv, "--config", str(config)]
     return [*argv, "--base-url", base_url, "--type", "openai"]
+
+
+def _fit_descriptors(opts: argparse.Namespace) -> None:
+    """Raise ``RLIMIT_NOFILE`` to the hard limit (the servers and load clients the bench
+    starts inherit it); shrink the many-clients phases to what it allows, saying so."""
+    limit = raise_nofile()
+    # a proxy holds two descriptors per stream (client and upstream); the load client one
+    streams = max(0, (limit - FD_SLACK) // 2)
+    idle = max(0, limit - FD_SLACK)
+    _log(f"RLIMIT_NOFILE: {limit}")
+    if opts.many_streams > streams:
+        _log(f"  only {streams} slow streams fit under it (asked for {opts.many_streams})")
+        opts.many_streams = streams
+    if opts.idle_connections > idle:
+        _log(f"  only {idle} idle connections fit under it (asked for {opts.idle_connections})")
+        opts.idle_connections = idle
+
+
+def _startup(target: Target, port: int, pid: int, spawned: float) -> dict[str, float]:
+    """Start-up to first answer (from ``spawned``) and the RSS right after it."""
+    model = {"translated": TRANSLATED_MODEL, **dict.fromkeys(WRK_ONLY, ROUTED_MODEL)}.get(
+        target.mode, DEFAULT_MODEL
+    )
+    status = asyncio.run(first_answer(HOST, port, model=model))
+    took = time.perf_counter() - spawned
+    if status != 200:
+        raise BenchError(f"first request: status {status}")
+    rss_idle = memory_mb(pid)[0]
+    _log(f"  {target.name}: first answer {took:.2f} s after start, RSS {rss_idle:.0f} MB")
+    return {"startup_s": took, "rss_idle_mb": rss_idle}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1103,6 +1601,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
+    if opts.many_clients:
+        _fit_descriptors(opts)
     upstream = start_server(
         "upstream", [sys.executable, "-m", "tests.bench.upstream", "--port", "0"], port=None
     )
@@ -1132,13 +1632,27 @@ def main(argv: list[str] | None = None) -> int:
         compared = {t.base for t in all_targets if t.mode == "translated"}
         for target in all_targets:
             _log(f"{target.name}:")
+            if target.missing is not None:
+                _log(f"  {target.name} SKIPPED: {target.missing}")
+                rows.append(
+                    {
+                        "target": target.name,
+                        "mode": target.mode,
+                        "column": target.column,
+                        "skipped": target.missing,
+                    }
+                )
+                continue
             if target.mode == "policies-redis" and no_redis:
                 (kind, why), *_ = no_redis.items()
                 _log(f"  {target.name} {kind.upper()}: {why}")
-                rows.append({"target": target.name, "mode": target.mode, kind: why})
+                rows.append(
+                    {"target": target.name, "mode": target.mode, "column": target.column, kind: why}
+                )
                 continue
             server: Server | None = None
             try:
+                startup: dict[str, float] = {}
                 if target.argv is None:
                     port, pid = upstream.port, upstream.proc.pid
                 else:
@@ -1146,8 +1660,18 @@ def main(argv: list[str] | None = None) -> int:
                     argv = server_argv(
                         target, port, base_url, Path(config_dir.name), opts, redis_url=redis_url
                     )
-                    server = start_server(target.name, argv, port=port)
+                    env = (
+                        {"SANSPROXY_SERVER__KEEPALIVE_TIMEOUT": str(MANY_KEEPALIVE_S)}
+                        if target.mode in ("many", "idle")
+                        else None
+                    )
+                    spawned = time.perf_counter()
+                    server = start_server(target.name, argv, port=port, env=env)
                     port, pid = server.port, server.proc.pid
+                    startup = _startup(target, port, pid, spawned)
+                if target.mode in ("many", "idle"):
+                    rows.append({**measure_many(target, port, pid, opts), **startup})
+                    continue
                 base = kept.get(target.base or "") if target.mode == "translated" else None
                 base_port = base.port if base is not None and base.proc.poll() is None else None
                 redis_pid = (
@@ -1155,20 +1679,26 @@ def main(argv: list[str] | None = None) -> int:
                     if redis is not None and target.mode == "policies-redis"
                     else None
                 )
-                rows.append(
-                    measure(
-                        target,
-                        port,
-                        pid,
-                        upstream.proc.pid,
-                        opts,
-                        base_port=base_port,
-                        redis_pid=redis_pid,
-                    )
+                measured = measure(
+                    target,
+                    port,
+                    pid,
+                    upstream.proc.pid,
+                    opts,
+                    base_port=base_port,
+                    redis_pid=redis_pid,
                 )
+                rows.append({**measured, **startup})
             except (BenchError, subprocess.TimeoutExpired, OSError) as exc:
                 _log(f"  {target.name} FAILED: {exc}")
-                rows.append({"target": target.name, "error": str(exc)})
+                rows.append(
+                    {
+                        "target": target.name,
+                        "mode": target.mode,
+                        "column": target.column,
+                        "error": str(exc),
+                    }
+                )
             finally:
                 if server is not None:
                     if target.name in compared:
@@ -1191,61 +1721,40 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(
-        f"sansproxy bench: {opts.duration} s per phase, wrk -c1 and -c{opts.connections}, "
-        f"{opts.stream_events}-event streams at c{opts.stream_concurrency}, "
-        f"slow stream {opts.ttfe_delay_ms:g} ms/event; {os.cpu_count()} CPUs, "
-        f"Python {platform.python_version()}; took {elapsed:.0f} s"
+        f"sansproxy bench: {opts.duration} s per phase, one worker per adapter, "
+        f"{os.cpu_count()} CPUs, Python {platform.python_version()}; took {elapsed:.0f} s"
     )
     print()
-    print(table(rows, opts.connections, opts.stream_concurrency))
+    print(summary(rows, comparison, opts))
     print()
-    gateway = gateway_tables(comparison, opts.connections, opts.stream_concurrency)
-    if gateway:
-        print(gateway)
-        print()
     print(
-        f"req/s: wrk, POST {PATH} ({len(COMPLETION_BODY)}-byte reply); latencies and ttfe in ms; "
-        "+x = added vs direct, same run;\n"
-        "cpu/req, cpu/event: µs of the server process's CPU (user+sys, with children; "
-        "direct: the upstream's own);\n"
-        "events/s: SSE events received, by tests.bench.loadgen; ttfe: median of request "
-        "sent -> first `data:` received, slow stream;\n"
-        "rss/peak MB: VmRSS after the runs and VmHWM of the server process; "
-        "errors: wrk socket/non-2xx errors + loadgen errors.\n"
-        f"routed: --config, model {ROUTED_MODEL!r} -> an openai provider (the wrk phases); "
-        f"translated: model {TRANSLATED_MODEL!r} -> an anthropic provider,\n"
-        "the upstream's Anthropic stream with as many text deltas, translated to "
-        "chat.completion.chunk events (role + deltas + finish, then [DONE]);\n"
-        "x pass, +x: vs the same adapter's pass-through, same run; +cpu/delta: "
-        "+cpu/stream per upstream text delta;\n"
-        "ttfe pass/transl, +ttfe: the slow stream on both servers in alternating rounds "
-        "(medians; +ttfe: median of the per-round differences; +ttfe min: of the minima);\n"
-        "a translated row's ttfe is from those rounds (where both servers idle in turn, "
-        "which slows both): compare it with 'ttfe pass', not the pass-through row."
+        f"req/s: wrk, POST {PATH} ({len(COMPLETION_BODY)}-byte reply), -c1 and "
+        f"-c{opts.connections}; (x): ratio to direct, (+x): added to direct, same run; ms.\n"
+        "CPU: µs of the server process's CPU (user+sys, with children; direct: the "
+        "upstream's own) over a phase / its requests or the events it relayed.\n"
+        f"many per read: {opts.stream_events}-event streams written at once; one per read: each "
+        "event in its own upstream write (ttfe: request sent -> first `data:`).\n"
+        "many clients: a fresh server per phase, keep-alive timeout "
+        f"{MANY_KEEPALIVE_S} s; errors / streams done (the most in flight at once); "
+        "RSS: the peak while streaming or while the connections are held, KB per stream or "
+        "connection above the RSS before; probes: new requests on held connections;\n"
+        "accept-queue overflows: connections the kernel dropped at a full listen queue during "
+        "the phase, any socket (the client sees them as late answers).\n"
+        "translated: an Anthropic upstream stream translated to chat.completion.chunk, "
+        "+CPU per upstream event vs pass-through; +ttfe: the slow stream on both servers "
+        "in alternating rounds (median of the differences).\n"
+        "policies: routed + [auth, rate_limit], one key (rpm/tpm) and limits on the model; "
+        f"+CPU vs the routed target; (% pass): of the pass-through's CPU/request "
+        f"(memory target <= {POLICIES_TARGET:.0%}); (redis's): redis-server's CPU/request, "
+        "not in the proxy's.\n"
+        "RSS idle: after the first answer; after: at the end; peak: VmHWM of the server "
+        "process (MB)."
     )
-    if comparison["policies"]:
-        print(
-            "policies: the routed config + middleware [auth, rate_limit], one key (rpm/tpm) "
-            f"and limits on model {ROUTED_MODEL!r}, limits.backend memory or redis;\n"
-            "+x, x routed: vs the same adapter's routed row, same run; redis cpu/req: the "
-            "redis-server's CPU per request (not in the proxy's);\n"
-            f"+cpu % pass: c{opts.connections} +cpu/req as a share of the same adapter's "
-            f"pass-through cpu/req at c{opts.connections} "
-            f"(target for memory: <= {POLICIES_TARGET:.0%})."
-        )
-    c = f"c{opts.connections}"
     for row in rows:
         if "error" in row:
             print(f"{row['target']}: FAILED: {row['error']}")
         elif "skipped" in row:
             print(f"{row['target']}: skipped: {row['skipped']}")
-        elif row["target"] != "direct" and _get(row, c, "upstream_cpu_util") is not None:
-            print(
-                f"{row['target']}: upstream CPU at {c} {row[c]['upstream_cpu_util']:.0%} of one "
-                f"core, proxy {row[c]['cpu_util']:.0%}"
-            )
-        elif row["target"] == "direct":
-            print(f"direct: upstream CPU at {c} {row[c]['cpu_util']:.0%} of one core")
     if opts.json is not None:
         opts.json.write_text(
             json.dumps(

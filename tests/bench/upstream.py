@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import re
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from typing import NamedTuple, cast
@@ -460,7 +461,8 @@ def _dechunk(buf: bytes, pos: int) -> tuple[bytes, int] | None:
 async def serve(host: str, port: int, *, ready: asyncio.Future[int] | None = None) -> None:
     """Serve until cancelled; ``ready`` gets the bound port."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(UpstreamProtocol, host, port, backlog=1024)
+    # a deep accept queue: the many-clients phases open thousands of connections a second
+    server = await loop.create_server(UpstreamProtocol, host, port, backlog=socket.SOMAXCONN)
     bound = server.sockets[0].getsockname()[1]
     if ready is not None:
         ready.set_result(int(bound))
