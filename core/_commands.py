@@ -27,6 +27,7 @@ from ._events import (
     _check_int,
     _check_number,
     _check_str,
+    _fast_pairs,
     _header_pairs,
     _tuple_of,
 )
@@ -104,13 +105,33 @@ class SendUpstreamRequest(Command):
     connect_timeout: float
 
     def __post_init__(self) -> None:
-        _check_int(self, "attempt", self.attempt, 1)
+        attempt, method, target, timeout = (
+            self.attempt,
+            self.method,
+            self.target,
+            self.connect_timeout,
+        )
+        if (  # the usual command, checked at once; anything else field by field
+            type(attempt) is int
+            and attempt >= 1
+            and type(self.origin) is Origin
+            and type(method) is bytes
+            and method
+            and type(target) is bytes
+            and target
+            and type(self.body) is bytes
+            and type(timeout) is float
+            and 0 < timeout < math.inf
+            and _fast_pairs(self.headers, False) is not None
+        ):
+            return
+        _check_int(self, "attempt", attempt, 1)
         _check_instance(self, "origin", self.origin, Origin)
-        _check_bytes(self, "method", self.method, empty=False)
-        _check_bytes(self, "target", self.target, empty=False)
+        _check_bytes(self, "method", method, empty=False)
+        _check_bytes(self, "target", target, empty=False)
         _header_pairs(self, "headers", self.headers, lower=False)
         _check_bytes(self, "body", self.body)
-        _check_number(self, "connect_timeout", self.connect_timeout, positive=True)
+        _check_number(self, "connect_timeout", timeout, positive=True)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -134,7 +155,14 @@ class StartResponse(Command):
     headers: Headers
 
     def __post_init__(self) -> None:
-        _check_int(self, "status", self.status, 100, 599)
+        status = self.status
+        if (
+            type(status) is int
+            and 100 <= status <= 599
+            and _fast_pairs(self.headers, False) is not None
+        ):
+            return
+        _check_int(self, "status", status, 100, 599)
         _header_pairs(self, "headers", self.headers, lower=False)
 
 

@@ -168,6 +168,26 @@ def _floats(owner: object, field: str, value: object) -> tuple[float, ...]:
     raise _refuse(owner, field, "a tuple of numbers (not NaN)", value)
 
 
+def _fast_pairs(value: object, lower: bool) -> Headers | None:
+    """The fast path of :func:`_header_pairs`: a list of (bytes, bytes) tuples as it
+    is (names lower-cased into a new list if ``lower`` and one is not); None for
+    anything else, which the slow path then judges."""
+    if type(value) is not list:
+        return None
+    lowered = True
+    for pair in value:
+        if type(pair) is not tuple or len(pair) != 2:
+            return None
+        name, item = pair
+        if type(name) is not bytes or type(item) is not bytes:
+            return None
+        if lowered and not name.islower():
+            lowered = False
+    if lower and not lowered:
+        return [(name.lower(), item) for name, item in value]
+    return value
+
+
 def _header_pairs(owner: object, field: str, value: object, *, lower: bool) -> Headers:
     """A sequence of (bytes, bytes) pairs (two-item lists too: ASGI servers may send
     them); with ``lower``, a new list of tuples with the names lower-cased."""
@@ -218,8 +238,15 @@ class RequestReceived(Event):
     headers: Headers
 
     def __post_init__(self) -> None:
-        _check_bytes(self, "method", self.method, empty=False)
-        _check_bytes(self, "target", self.target, empty=False)
+        method, target = self.method, self.target
+        if type(method) is bytes and method and type(target) is bytes and target:
+            headers = _fast_pairs(self.headers, True)
+            if headers is not None:
+                if headers is not self.headers:
+                    object.__setattr__(self, "headers", headers)
+                return
+        _check_bytes(self, "method", method, empty=False)
+        _check_bytes(self, "target", target, empty=False)
         object.__setattr__(
             self, "headers", _header_pairs(self, "headers", self.headers, lower=True)
         )
@@ -255,8 +282,15 @@ class UpstreamResponse(Event):
     headers: Headers
 
     def __post_init__(self) -> None:
-        _check_int(self, "attempt", self.attempt, 1)
-        _check_int(self, "status", self.status, 100, 599)
+        attempt, status = self.attempt, self.status
+        if type(attempt) is int and attempt >= 1 and type(status) is int and 100 <= status <= 599:
+            headers = _fast_pairs(self.headers, True)
+            if headers is not None:
+                if headers is not self.headers:
+                    object.__setattr__(self, "headers", headers)
+                return
+        _check_int(self, "attempt", attempt, 1)
+        _check_int(self, "status", status, 100, 599)
         object.__setattr__(
             self, "headers", _header_pairs(self, "headers", self.headers, lower=True)
         )
@@ -285,7 +319,8 @@ class UpstreamEnded(Event):
     attempt: int
 
     def __post_init__(self) -> None:
-        _check_int(self, "attempt", self.attempt, 1)
+        if type(self.attempt) is not int or self.attempt < 1:
+            _check_int(self, "attempt", self.attempt, 1)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
