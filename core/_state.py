@@ -40,6 +40,10 @@ __all__ = ["TRANSITIONS", "State"]
 class State(enum.Enum):
     """Where an exchange is."""
 
+    # Members are singletons compared by identity: hash them so, in C (Enum's own
+    # __hash__ is Python code, run at every change of state).
+    __hash__ = object.__hash__
+
     RECV_HEAD = "RECV_HEAD"
     RECV_BODY = "RECV_BODY"
     AWAIT_QUOTA = "AWAIT_QUOTA"
