@@ -219,6 +219,11 @@ def _replace_lone_surrogates(text: str) -> str:
 
 def dumps(value: Any) -> bytes:
     """Compact UTF-8 JSON (no spaces, non-ASCII kept): every JSON the core writes."""
+    if type(value) is str:  # a stream's text delta: orjson writes the same bytes, faster
+        try:
+            return orjson.dumps(value)
+        except TypeError:  # a lone surrogate: json's writer escapes it
+            pass
     return _encode(value).encode()
 
 
