@@ -1,30 +1,32 @@
 """A lean keep-alive HTTP/1.1 client for upstream calls.
 
-h11 frames the messages, ``adapters._streams`` carries the bytes (lean
-asyncio streams, or anyio's on trio: the same code runs on both), and a small
-per-origin LIFO pool keeps idle connections.
-The hot path is one ``send`` per request (head and body joined) and, for a
-small response, one ``receive``; nothing else touches the event loop: no task,
-no cancel scope and no log call per request.
+``adapters._http1`` frames the messages (``httptools``, llhttp),
+``adapters._streams`` carries the bytes (lean asyncio streams, or anyio's on
+trio: the same code runs on both), and a small per-origin LIFO pool keeps
+idle connections.
+The hot path is one ``send`` per request (head and body in one buffer) and,
+for a small response, one ``receive``; nothing else touches the event loop:
+no task, no cancel scope and no log call per request.
 
-Every socket, TLS and h11 failure is raised as :class:`UpstreamError` with a
-``kind``; only cancellation passes through unchanged. A connection that fails
-in any way, or whose response is abandoned, is closed, never pooled again.
+Every socket, TLS and framing failure is raised as :class:`UpstreamError`
+with a ``kind``; only cancellation passes through unchanged. A connection
+that fails in any way, or whose response is abandoned, is closed, never
+pooled again.
 """
 
 from __future__ import annotations
 
 import ssl
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
 import anyio
-import h11
 
 from core import Origin
-from core._events import FailureKind
 
+from ._http1 import ResponseFramer, UpstreamError, encode
 from ._streams import abort, connect_tcp, idle_is_readable, is_closed
 
 __all__ = [
@@ -36,31 +38,9 @@ __all__ = [
 ]
 
 _RECEIVE_SIZE = 64 * 1024
-_EOM = h11.EndOfMessage()
-_NEED_DATA = h11.NEED_DATA
-_DATA = h11.Data
-_RESPONSE = h11.Response
-_INFORMATIONAL = h11.InformationalResponse
-_DONE = h11.DONE
 # A reading or writing failure of the connection itself; everything else that
 # a stream can raise is a bug or cancellation, and propagates.
 _IO_ERRORS = (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, ssl.SSLError)
-
-
-class UpstreamError(Exception):
-    """The upstream call failed; ``kind`` says how.
-
-    ``connect``: refused, DNS or TLS failure; ``timeout``: connecting took
-    longer than ``connect_timeout``; ``reset``: the connection broke or ended
-    mid-message; ``protocol``: the response (or the request) is not valid
-    HTTP/1.1. The message never contains request headers.
-    """
-
-    kind: FailureKind
-
-    def __init__(self, kind: FailureKind, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,15 +56,54 @@ class PoolStatistics:
 
 
 class _Connection:
-    """One upstream connection and its h11 state."""
+    """One upstream connection, its framer, and what it framed of the current response.
 
-    __slots__ = ("h11", "origin", "received", "stream")
+    It is the framer's listener: the head, the body pieces not yet handed
+    out and the end are kept here until the response reads them.
+    """
+
+    __slots__ = (
+        "chunks",
+        "ended",
+        "error",
+        "framer",
+        "head",
+        "keep_alive",
+        "origin",
+        "received",
+        "stream",
+    )
 
     def __init__(self, origin: Origin, stream: anyio.abc.ByteStream, max_head_size: int) -> None:
         self.origin = origin
         self.stream = stream
+        self.framer = ResponseFramer(self, max_head_size)
+        self.head: tuple[int, list[tuple[bytes, bytes]]] | None = None
+        self.chunks: deque[bytes] = deque()
+        self.ended = False
+        self.keep_alive = False
         self.received = False  # any byte of the current response yet
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_head_size)
+        # A framing failure found after pieces that are still to be read: raised after them.
+        self.error: UpstreamError | None = None
+
+    def start(self, method: bytes, closing: bool) -> None:
+        """Get ready for the response to the request about to be sent."""
+        self.framer.expect(method, closing)
+        self.head = None
+        self.ended = False
+        self.received = False
+
+    # -- the framer's listener --
+
+    def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.head = (status, headers)
+
+    def on_data(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    def on_end(self, keep_alive: bool) -> None:
+        self.ended = True
+        self.keep_alive = keep_alive
 
     def is_stale(self) -> bool:
         """An idle connection with something to read: the server closed it, usually."""
@@ -137,14 +156,15 @@ class UpstreamPool:
         ``headers`` are sent as given: they must contain Host and frame the
         body (``core.SendUpstreamRequest.headers`` do: the core adds
         Content-Length by its rule, ``core._headers.content_length``); a body
-        its headers do not frame is refused (``protocol``), never sent. A
+        its headers do not frame is refused (``protocol``) before a
+        connection is taken (``adapters._http1.encode`` says what is sent). A
         pooled connection found closed by the server is discarded; if writing
         to a reused connection fails, the request is sent once more on a new
         connection.
         """
+        request, closing = encode(method, target, headers, body)
         if self._aborted:
             await self._release_aborted()
-        request = _make_request(method, target, headers)
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()
@@ -153,24 +173,25 @@ class UpstreamPool:
                 await conn.aclose()
                 continue
             self._reused += 1
+            conn.start(method, closing)
             try:
-                await _send_request(conn, request, body)
-            except UpstreamError as exc:
-                if exc.kind != "reset":
-                    raise
+                await _send_request(conn, request)
+            except UpstreamError:  # "reset": sending fails no other way
                 self._retried += 1
                 break
             self._in_use += 1
             # Kept to send once more if the server closed this idle connection
             # as the request went out (see UpstreamResponse.receive_head).
-            return UpstreamResponse(self, conn, resend=(request, body, connect_timeout))
-        return UpstreamResponse(self, await self._send_new(origin, request, body, connect_timeout))
+            return UpstreamResponse(self, conn, resend=(request, method, closing, connect_timeout))
+        conn = await self._send_new(origin, request, method, closing, connect_timeout)
+        return UpstreamResponse(self, conn)
 
     async def _send_new(
-        self, origin: Origin, request: h11.Request, body: bytes, connect_timeout: float
+        self, origin: Origin, request: bytes, method: bytes, closing: bool, connect_timeout: float
     ) -> _Connection:
         conn = await self._connect(origin, connect_timeout)
-        await _send_request(conn, request, body)
+        conn.start(method, closing)
+        await _send_request(conn, request)
         self._in_use += 1
         return conn
 
@@ -222,19 +243,13 @@ class UpstreamPool:
     def _checkin(self, conn: _Connection) -> bool:
         """Pool a connection whose exchange ended cleanly; False if it must be closed."""
         self._in_use -= 1
-        h = conn.h11
-        if h.our_state is not _DONE or h.their_state is not _DONE:
-            return False
-        unread, eof = h.trailing_data
-        if unread or eof:  # bytes beyond the response, or a close-delimited body
+        if not conn.keep_alive:  # closing, close-delimited, or bytes after the response
             return False
         idle = self._idle.get(conn.origin)
         if idle is None:
             idle = self._idle[conn.origin] = []
         if len(idle) >= self._max_idle:
             return False
-        h.start_next_cycle()
-        conn.received = False
         idle.append(conn)
         return True
 
@@ -251,33 +266,32 @@ class UpstreamPool:
 class UpstreamResponse:
     """The response to one request: read the head, then the body, chunk by chunk."""
 
-    __slots__ = ("_conn", "_eof", "_finished", "_head_received", "_pool", "_resend")
+    __slots__ = ("_conn", "_finished", "_head_received", "_pool", "_resend")
 
     def __init__(
         self,
         pool: UpstreamPool,
         conn: _Connection,
         *,
-        resend: tuple[h11.Request, bytes, float] | None = None,
+        resend: tuple[bytes, bytes, bool, float] | None = None,
     ) -> None:
         self._pool = pool
         self._conn: _Connection | None = conn  # None once pooled again or closed
         self._head_received = False
-        self._eof = False
         self._finished = False
         self._resend = resend
 
     async def receive_head(self) -> tuple[int, list[tuple[bytes, bytes]]]:
         """Wait for the response head; return the status and headers (1xx are skipped).
 
-        Header names are as the upstream sent them (h11's ``raw_items``).
+        Header names are lower-cased, values as the upstream sent them.
         """
         if self._head_received:
             raise RuntimeError("receive_head() was already called")
         conn = self._usable()
-        while True:
+        while (head := conn.head) is None:
             try:
-                event = await self._next_event(conn)
+                await self._receive(conn)
             except UpstreamError as exc:
                 resend = self._resend
                 if resend is None or exc.kind != "reset" or conn.received:
@@ -286,21 +300,13 @@ class UpstreamResponse:
                 # byte of the answer: it never read the request (RFC 9112 9.3.1
                 # lets a client retry then). Once, on a new connection.
                 self._resend = None
-                self._eof = False
                 pool = self._pool
                 pool._retried += 1
-                request, body, connect_timeout = resend
-                conn = await pool._send_new(conn.origin, request, body, connect_timeout)
+                request, method, closing, connect_timeout = resend
+                conn = await pool._send_new(conn.origin, request, method, closing, connect_timeout)
                 self._conn = conn
-                continue
-            if type(event) is _RESPONSE:
-                self._head_received = True
-                return event.status_code, event.headers.raw_items()
-            if type(event) is not _INFORMATIONAL:
-                # PAUSED after a 101: the upstream switched protocols, which
-                # happens only if the caller forwarded an Upgrade header.
-                await self._fail(conn)
-                raise UpstreamError("protocol", f"{conn.origin} switched protocols: not supported")
+        self._head_received = True
+        return head
 
     async def receive_data(self) -> bytes:
         """Return the next body chunk as soon as it arrives; ``b""`` at the end of the body.
@@ -312,15 +318,16 @@ class UpstreamResponse:
         if self._finished:
             return b""
         conn = self._usable()
-        event = await self._next_event(conn)
-        if type(event) is _DATA:
-            return bytes(event.data)
-        # EndOfMessage: h11 has no other event for a response body.
-        self._finished = True
-        self._conn = None
-        if not self._pool._checkin(conn):
-            await conn.aclose()
-        return b""
+        chunks = conn.chunks
+        while not chunks:
+            if conn.ended:
+                self._finished = True
+                self._conn = None
+                if not self._pool._checkin(conn):
+                    await conn.aclose()
+                return b""
+            await self._receive(conn)
+        return chunks.popleft()
 
     async def aclose(self) -> None:
         """Release the connection; close it unless the body was read to its end.
@@ -332,8 +339,9 @@ class UpstreamResponse:
         if conn is None:
             return
         self._conn = None
-        if self._head_received and _ended_in_buffer(conn.h11):
+        if self._head_received and conn.ended:
             self._finished = True
+            conn.chunks.clear()
             if self._pool._checkin(conn):
                 return
         else:
@@ -361,44 +369,40 @@ class UpstreamResponse:
             raise UpstreamError("reset", "the response was closed before it was read")
         return conn
 
-    async def _next_event(
-        self, conn: _Connection
-    ) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
-        """The next h11 event (never NEED_DATA), reading as needed; failures close."""
-        h = conn.h11
-        while True:
-            try:
-                event = h.next_event()
-            except h11.RemoteProtocolError as exc:
-                await self._fail(conn)
-                if self._eof:
-                    raise UpstreamError(
-                        "reset", f"{conn.origin} closed the connection mid-response"
-                    ) from exc
-                raise UpstreamError(
-                    "protocol", f"malformed response from {conn.origin}: {exc}"
-                ) from exc
-            if event is not _NEED_DATA:
-                return event
-            try:
-                data = await conn.stream.receive(_RECEIVE_SIZE)
-            except anyio.EndOfStream:
-                data = b""
-                self._eof = True
-            except _IO_ERRORS as exc:
-                await self._fail(conn)
-                raise UpstreamError(
-                    "reset", f"connection to {conn.origin} broke: {_reason(exc)}"
-                ) from exc
-            except BaseException:
-                await self._fail(conn)
-                raise
-            if self._conn is not conn:
-                # abort() or aclose() ran while this task was reading.
-                raise UpstreamError("reset", "the response was closed while being read")
+    async def _receive(self, conn: _Connection) -> None:
+        """Read once and frame what came; failures close the connection and raise."""
+        error = conn.error
+        if error is not None:
+            await self._fail(conn)
+            raise error
+        try:
+            data = await conn.stream.receive(_RECEIVE_SIZE)
+        except anyio.EndOfStream:
+            data = b""
+        except _IO_ERRORS as exc:
+            await self._fail(conn)
+            raise UpstreamError(
+                "reset", f"connection to {conn.origin} broke: {_reason(exc)}"
+            ) from exc
+        except BaseException:
+            await self._fail(conn)
+            raise
+        if self._conn is not conn:
+            # abort() or aclose() ran while this task was reading.
+            raise UpstreamError("reset", "the response was closed while being read")
+        try:
             if data:
                 conn.received = True
-            h.receive_data(data)
+                conn.framer.feed(data)
+            else:
+                conn.framer.feed_eof()
+        except UpstreamError as exc:
+            if exc.kind == "reset":
+                message = f"{conn.origin} closed the connection mid-response"
+            else:
+                message = f"malformed response from {conn.origin}: {exc}"
+            # Raised once what was framed before it is read (the head, body pieces).
+            conn.error = UpstreamError(exc.kind, message)
 
     async def _fail(self, conn: _Connection) -> None:
         if self._conn is conn:
@@ -407,42 +411,10 @@ class UpstreamResponse:
             await conn.aclose()
 
 
-def _make_request(
-    method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]]
-) -> h11.Request:
+async def _send_request(conn: _Connection, request: bytes) -> None:
+    """Write the request in one send; any failure closes the connection."""
     try:
-        return h11.Request(method=method, target=target, headers=list(headers))
-    except h11.LocalProtocolError:
-        pass
-    # Raised outside the handler, so that h11's error, whose message may quote
-    # a header value (an API key), is not even kept as __context__.
-    raise UpstreamError(
-        "protocol", "invalid request: bad method, target or header (values not shown)"
-    )
-
-
-async def _send_request(conn: _Connection, request: h11.Request, body: bytes) -> None:
-    """Write head and body in one send; any failure closes the connection."""
-    h = conn.h11
-    try:
-        parts = h.send_with_data_passthrough(request)
-        assert parts is not None
-        if body:
-            more = h.send_with_data_passthrough(_DATA(data=body))
-            assert more is not None
-            parts += more
-        end = h.send_with_data_passthrough(_EOM)
-        assert end is not None
-        parts += end
-    except h11.LocalProtocolError:
-        parts = None
-    if parts is None:  # outside the handler: no __context__ quoting the request
-        await conn.aclose()
-        raise UpstreamError(
-            "protocol", "invalid request: the body does not match its framing headers"
-        )
-    try:
-        await conn.stream.send(b"".join(parts))
+        await conn.stream.send(request)
     except _IO_ERRORS as exc:
         await conn.aclose()
         raise UpstreamError(
@@ -456,17 +428,6 @@ async def _send_request(conn: _Connection, request: h11.Request, body: bytes) ->
         # and anyio's send() returns normally. The request did not go out.
         await conn.aclose()
         raise UpstreamError("reset", f"connection to {conn.origin} broke while sending")
-
-
-def _ended_in_buffer(h: h11.Connection) -> bool:
-    """Whether the rest of the body is already buffered (no I/O); consumes it."""
-    while True:
-        try:
-            event = h.next_event()
-        except h11.RemoteProtocolError:
-            return False
-        if type(event) is not _DATA:
-            return type(event) is h11.EndOfMessage
 
 
 def _reason(exc: BaseException) -> str:

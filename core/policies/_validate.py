@@ -100,6 +100,7 @@ from ._schema import REQUESTS as _REQUESTS
 
 __all__ = ["ValidateMiddleware"]
 
+
 #: What is checked, by endpoint: the pydantic validator, and the model (to name a param).
 #: The models are in ``_schema``.
 @functools.cache

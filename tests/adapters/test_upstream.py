@@ -389,43 +389,29 @@ async def test_request_framing(
 async def test_a_body_its_headers_do_not_frame_is_refused(
     pool: UpstreamPool, method: bytes
 ) -> None:
-    seen: list[Received | None] = []
-    done = anyio.Event()
-
-    async def handler(peer: Peer) -> None:
-        seen.append(await peer.read_request())
-        done.set()
-
-    async with serve(handler) as server:
+    async with serve(keep_alive) as server:
         with pytest.raises(UpstreamError) as caught:
             await pool.request(
                 server.origin, method, b"/", [(b"host", b"h")], b"abc", connect_timeout=5
             )
-        with anyio.fail_after(5):
-            await done.wait()
     assert caught.value.kind == "protocol"
     assert "framing" in str(caught.value)
-    assert seen == [None]  # the connection closed without a byte of the request
+    assert server.connections == 0  # refused before a byte of it was sent
     assert pool.statistics().in_use == 0
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(
-    ("headers", "still_pooled"),
+    "headers",
     [
-        # refused before a connection is taken: the idle one stays pooled
-        ([(b"host", b"h"), (b"authorization", b"Bearer sk-secret\r\nx: y")], True),
-        ([(b"authorization", b"Bearer sk-secret")], True),  # no Host
-        # found out while encoding on the connection: it is closed
-        (
-            [(b"host", b"h"), (b"authorization", b"Bearer sk-secret"), (b"content-length", b"99")],
-            False,
-        ),
+        [(b"host", b"h"), (b"authorization", b"Bearer sk-secret\r\nx: y")],
+        [(b"authorization", b"Bearer sk-secret")],  # no Host
+        [(b"host", b"h"), (b"authorization", b"Bearer sk-secret"), (b"content-length", b"99")],
     ],
     ids=["header-injection", "no-host", "wrong-length"],
 )
 async def test_invalid_request_is_refused_without_showing_headers(
-    pool: UpstreamPool, headers: list[tuple[bytes, bytes]], still_pooled: bool
+    pool: UpstreamPool, headers: list[tuple[bytes, bytes]]
 ) -> None:
     async with serve(keep_alive) as server:
         await get(pool, server.origin)
@@ -436,7 +422,8 @@ async def test_invalid_request_is_refused_without_showing_headers(
     assert caught.value.__cause__ is None
     assert caught.value.__context__ is None
     assert "sk-secret" not in str(caught.value)
-    assert idle == ({server.origin: 1} if still_pooled else {})
+    # refused before a connection is taken: the idle one stays pooled
+    assert idle == {server.origin: 1}
 
 
 # -- response bodies --------------------------------------------------------------------
@@ -504,7 +491,7 @@ async def test_head_response_has_no_body(pool: UpstreamPool) -> None:
 
 
 @pytest.mark.anyio
-async def test_header_names_keep_their_case(pool: UpstreamPool) -> None:
+async def test_header_names_are_lower_cased(pool: UpstreamPool) -> None:
     async def handler(peer: Peer) -> None:
         assert await peer.read_request()
         await peer.send(
@@ -516,10 +503,10 @@ async def test_header_names_keep_their_case(pool: UpstreamPool) -> None:
         status, headers, _ = await get(pool, server.origin)
     assert status == 201
     assert headers == [
-        (b"Content-Type", b"text/plain"),
-        (b"X-A", b"1"),
-        (b"X-A", b"2"),
-        (b"Content-Length", b"0"),
+        (b"content-type", b"text/plain"),
+        (b"x-a", b"1"),
+        (b"x-a", b"2"),
+        (b"content-length", b"0"),
     ]
 
 
