@@ -267,6 +267,11 @@ class Driver:
                         if timer.cancel_called:
                             return False
                     case AcquireQuota():
+                        # The memory store answers at once: no await, no timer.
+                        ready = self.store.acquire_nowait(cmd)
+                        if ready is not None:
+                            ex.handle(ready, now=now())
+                            continue
                         deadline = ex.get_timer()
                         timer.deadline = math.inf if deadline is None else deadline
                         answer = await self.store.acquire(cmd)

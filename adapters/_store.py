@@ -3,57 +3,69 @@
 The core decides; a store only keeps the books. ``acquire`` answers an
 ``AcquireQuota`` with ``QuotaAnswered`` or, when the backend cannot answer,
 ``QuotaFailed`` (the core then applies ``on_backend_error``): it never raises
-for backend trouble. ``settle`` records a ``SettleQuota`` without blocking and
-without raising; its failures are logged and counted. Both backends run
-``core``'s limiter: ``MemoryLimiter`` here, its Lua transcription in Redis, so
-they answer alike.
+for backend trouble. ``acquire_nowait`` answers at once when the store can
+(memory: always, no await), else returns None (Redis: await ``acquire``).
+``settle`` records a ``SettleQuota`` without blocking and without raising; its
+failures are logged and counted. Both backends run ``core``'s limiter:
+``MemoryLimiter`` here, its Lua transcription in Redis, so they answer alike.
 
-Redis: on asyncio, ``redis.asyncio``; elsewhere (trio) the sync client in a
-worker thread. Every call is bounded by ``timeout``. A call that gets no reply
-(refused, reset, timed out) opens a circuit breaker: for ``retry_interval``
-seconds calls fail at once, then one call tries Redis again and, if it
-answers, the store is back. A reply that says no (a malformed key, a script
-error) fails that call only. Settles go to a bounded queue drained by one
-daemon thread with the sync client; an acquire that checks a budget this
-process has just spent on waits (at most ``timeout``) for that settle, so a
-client's next request sees its own spend. Logs name Redis by host and port,
-never by its URL (which may hold a password).
+Redis: one round trip per acquire, the quota script (EVALSHA) that checks and
+charges. On asyncio, a lean client: one connection, calls pipelined on it,
+``hiredis`` parsing the replies (redis-py's asyncio client costs ~10x the CPU
+per call); elsewhere (trio), and for TLS, redis-py's sync client (hiredis
+too) in a worker thread. Every call is bounded by ``timeout``. A call that
+gets no reply (refused, reset, timed out) opens a circuit breaker: for
+``retry_interval`` seconds calls fail at once, then one call tries Redis again
+and, if it answers, the store is back. A reply that says no (a malformed key,
+a script error) fails that call only. Settles go to a bounded queue drained
+by one daemon thread with the sync client, in batches: what has queued up (at
+most ``_SETTLE_BATCH``) goes as one call of the settle-many script, which
+applies each settle and reports each failure (one round trip for many
+settles). An acquire that checks a budget this process has just spent on
+waits (at most ``timeout``) for that settle, so a client's next request sees
+its own spend. Logs name Redis by host and port, never by its URL (which may hold a password).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
+import hashlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import anyio
 import anyio.to_thread
+import hiredis
 import redis
-import redis.asyncio
-import redis.asyncio.retry
 import redis.retry
 import trio
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from core import AcquireQuota, QuotaAnswered, QuotaFailed, SettleQuota
 from core._config import LimitsConfig
 from core.policies import (
-    REDIS_QUOTA_SCRIPT,
-    REDIS_SETTLE_SCRIPT,
     Limit,
     MemoryLimiter,
     redis_quota_answer,
     redis_quota_args,
-    redis_settle_args,
+)
+from core.policies._limiter_redis import (
+    REDIS_QUOTA_SCRIPT,
+    REDIS_SETTLE_MANY_SCRIPT,
+    redis_settle_group,
+    redis_settle_many_answer,
+    redis_settle_many_args,
 )
 
 from ._logs import LogCollapser
@@ -72,6 +84,7 @@ logger = logging.getLogger("sansproxy.store")
 _SWEEP_EVERY = 1024  # memory: calls between sweeps, at least (then as many as keys held)
 _SPEND_KEYS = 1024  # redis: spend keys remembered before forgetting settled ones
 _LOG_EVERY = 10.0  # seconds between two log lines about the same kind of trouble
+_SETTLE_BATCH = 128  # redis: settles in one call of the settle-many script, at most
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,6 +107,10 @@ class StoreStatistics:
 
 class QuotaStore(Protocol):
     """What the driver needs from a store of rate limits and budgets."""
+
+    def acquire_nowait(self, cmd: AcquireQuota) -> QuotaAnswered | QuotaFailed | None:
+        """:meth:`acquire`'s answer at once, without waiting for anything; None when
+        the store cannot answer without waiting (then await :meth:`acquire`)."""
 
     async def acquire(self, cmd: AcquireQuota) -> QuotaAnswered | QuotaFailed:
         """Decide and charge; ``QuotaFailed`` when the backend cannot answer."""
@@ -146,18 +163,30 @@ class MemoryStore:
 
     def _tick(self, now: float) -> None:
         # A sweep costs one look at every key; at most one per as many calls as
-        # there are keys, so O(1) a call, and expired keys never pile up.
+        # there are keys, so O(1) a call, and expired keys never pile up. The
+        # callers count the calls down (_until_sweep) and call this at zero.
+        self.limiter.sweep(now=now)
+        self._until_sweep = max(_SWEEP_EVERY, len(self.limiter))
+
+    def acquire_nowait(self, cmd: AcquireQuota) -> QuotaAnswered:
+        """:meth:`core.MemoryLimiter.quota`, at once; ``ValueError`` on a malformed command."""
+        now = cmd.at
+        admitted, decisions, spent = self.limiter.quota(
+            [(c.key, c.limit, c.amount) for c in cmd.charges],
+            [(b.key, b.usd) for b in cmd.budgets] if cmd.budgets else (),
+            now=now,
+        )
+        self._answered += 1
         self._until_sweep -= 1
         if self._until_sweep <= 0:
-            self.limiter.sweep(now=now)
-            self._until_sweep = max(_SWEEP_EVERY, len(self.limiter))
+            self._tick(now)
+        return QuotaAnswered(
+            query_id=cmd.query_id, admitted=admitted, decisions=tuple(decisions), spent=tuple(spent)
+        )
 
     async def acquire(self, cmd: AcquireQuota) -> QuotaAnswered | QuotaFailed:
-        """:meth:`core.MemoryLimiter.quota`; ``ValueError`` on a malformed command."""
-        answer = self.limiter.quota(_charges(cmd), _budgets(cmd), now=cmd.at)
-        self._answered += 1
-        self._tick(cmd.at)
-        return _answer(cmd, answer)
+        """:meth:`acquire_nowait` (it never waits)."""
+        return self.acquire_nowait(cmd)
 
     def settle(self, cmd: SettleQuota) -> None:
         """:meth:`core.MemoryLimiter.settle`, at once; a bad command is logged."""
@@ -168,7 +197,9 @@ class MemoryStore:
             logger.error("quota settle failed: %s", exc)
             return
         self._settled += 1
-        self._tick(cmd.at)
+        self._until_sweep -= 1
+        if self._until_sweep <= 0:
+            self._tick(cmd.at)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Nothing waits: settles are applied when submitted."""
@@ -210,6 +241,179 @@ def _where_and_secrets(url: str, options: dict[str, Any]) -> tuple[str, tuple[st
     return where, tuple(s for s in secrets if isinstance(s, str) and s)
 
 
+def _pack(*parts: Any) -> bytes:
+    """A command in Redis's protocol (hiredis's encoder)."""
+    command: Any = parts  # its stub wants a 1-tuple
+    packed: bytes = hiredis.pack_command(command)
+    return packed
+
+
+def _closed() -> Exception:
+    return RedisConnectionError("Connection closed.")
+
+
+class _Replies(asyncio.Protocol):
+    """One connection to Redis: the commands of one event loop iteration written
+    together (pipelined, one write), replies parsed by hiredis and handed to the
+    waiting futures in order."""
+
+    def __init__(self) -> None:
+        self._reader = hiredis.Reader(replyError=ResponseError)
+        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._transport: asyncio.Transport | None = None
+        self._unsent: list[bytes] = []
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        waiting = self._waiting
+        try:
+            while (reply := reader.gets()) is not False:
+                future = waiting.popleft()
+                if not future.done():  # else its caller gave up: the reply is skipped
+                    future.set_result(reply)
+        except (hiredis.ProtocolError, IndexError):  # garbage, or a reply nobody asked for
+            self.close(functools.partial(RedisConnectionError, "Protocol error: not a reply"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close(functools.partial(RedisConnectionError, "Connection closed by server."))
+
+    def call(self, packed: bytes) -> asyncio.Future[Any]:
+        """Write a packed command; its reply (a ``ResponseError`` for an error reply)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if self.closed or self._transport is None:
+            future.set_exception(_closed())
+            return future
+        if not self._unsent:
+            loop.call_soon(self._write)
+        self._unsent.append(packed)
+        self._waiting.append(future)
+        return future
+
+    def _write(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        if not self.closed and self._transport is not None:
+            self._transport.write(b"".join(unsent))
+
+    def expire(self, future: asyncio.Future[Any]) -> None:
+        """The call's time is up: if it still waits, drop the connection (the calls
+        behind it wait for the same replies) and fail them all."""
+        if not future.done():
+            self.close(TimeoutError)
+
+    def close(self, error: Callable[[], Exception] = _closed) -> None:
+        """Drop the connection; every call still waiting fails with ``error()``."""
+        self.closed = True
+        if self._transport is not None:
+            self._transport.abort()
+        while self._waiting:
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(error())
+
+
+class _LeanClient:
+    """The quota script on asyncio, on one pipelined connection (made at the first
+    call, and again after a failure): AUTH, SELECT and SCRIPT LOAD once per
+    connection, then one EVALSHA per call. Each call (and the connection) is
+    bounded by ``timeout``; a call that times out drops the connection, while a
+    call cancelled from outside (its client gone) leaves it to the others: its
+    reply, when it comes, is skipped."""
+
+    def __init__(self, options: dict[str, Any], where: str, script: str, timeout: float) -> None:
+        self._options = options
+        self._where = where
+        self._timeout = timeout
+        self._script = script.encode()
+        self._sha = hashlib.sha1(self._script, usedforsecurity=False).hexdigest().encode()
+        self._conn: _Replies | None = None
+        self._connecting: asyncio.Future[_Replies] | None = None
+
+    async def _connect(self) -> _Replies:
+        async with asyncio.timeout(self._timeout):
+            return await self._handshake()
+
+    async def _handshake(self) -> _Replies:
+        loop = asyncio.get_running_loop()
+        options = self._options
+        try:
+            if "path" in options:
+                _, conn = await loop.create_unix_connection(_Replies, options["path"])
+            else:
+                _, conn = await loop.create_connection(
+                    _Replies, options.get("host", "localhost"), options.get("port", 6379)
+                )
+        except OSError as exc:
+            raise RedisConnectionError(
+                f"Error connecting to {self._where}: {exc.strerror or type(exc).__name__}"
+            ) from None
+        try:
+            hello: list[tuple[Any, ...]] = []
+            if options.get("password"):
+                user = options.get("username")
+                hello.append(
+                    ("AUTH", user, options["password"]) if user else ("AUTH", options["password"])
+                )
+            if options.get("db"):
+                hello.append(("SELECT", options["db"]))
+            hello.append(("SCRIPT", "LOAD", self._script))
+            replies = [conn.call(_pack(*cmd)) for cmd in hello]
+            for future in replies:
+                reply = await future
+                if isinstance(reply, ResponseError):
+                    raise RedisConnectionError(f"Redis refused the connection: {reply}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def call(self, keys: list[str], args: list[str]) -> Any:
+        """The script's reply; raises what redis-py would (``ResponseError`` for an
+        error reply, ``ConnectionError``...), ``TimeoutError`` after ``timeout``."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = await self._connection()
+        reply = await self._ask(conn, _pack("EVALSHA", self._sha, len(keys), *keys, *args))
+        if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
+            reply = await self._ask(conn, _pack("EVAL", self._script, len(keys), *keys, *args))
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+    async def _ask(self, conn: _Replies, packed: bytes) -> Any:
+        future = conn.call(packed)
+        timer = asyncio.get_running_loop().call_later(self._timeout, conn.expire, future)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
+    async def _connection(self) -> _Replies:
+        # Concurrent first calls share one connection attempt.
+        pending = self._connecting
+        if pending is None:
+            pending = self._connecting = asyncio.ensure_future(self._connect())
+            pending.add_done_callback(self._connected)
+        return await asyncio.shield(pending)
+
+    def _connected(self, attempt: asyncio.Future[_Replies]) -> None:
+        self._connecting = None
+        if not attempt.cancelled() and attempt.exception() is None:
+            self._conn = attempt.result()
+
+    def close(self) -> None:
+        """Drop the connection (a call still waiting fails)."""
+        if self._conn is not None:
+            self._conn.close()
+        if self._connecting is not None:
+            self._connecting.cancel()
+
+
 # A settle (with its number), a flush marker, the end.
 _Item = tuple[int, SettleQuota] | threading.Event | None
 
@@ -241,8 +445,9 @@ class RedisStore:
         self._retry_interval = retry_interval
         self._close_timeout = close_timeout
         self._clock = clock
+        self._options = options
         self._call: Callable[[list[str], list[str]], Any] | None = None
-        self._async_client: redis.asyncio.Redis | None = None
+        self._lean: _LeanClient | None = None
         # The breaker: while _clock() < _down_until, calls fail at once; after
         # it, one call (_probing) tries Redis.
         self._down_until: float | None = None
@@ -253,8 +458,9 @@ class RedisStore:
         # Repeated failures (each call while Redis is down): one line and a count.
         self._logs = LogCollapser(logger, interval=_LOG_EVERY, clock=clock)
         # Settles: a queue and one thread, started at the first. Only settle()
-        # (the loop's thread) adds settles, so it alone keeps the bound; flush
-        # markers and the final None never wait for room.
+        # (the loop's thread) adds settles, so it alone keeps the bound: at most
+        # max_queue settles not yet done, queued or in the batch being sent;
+        # flush markers and the final None never wait for room.
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._max_queue = max_queue
         self._thread: threading.Thread | None = None
@@ -293,17 +499,15 @@ class RedisStore:
 
     def _bind(self) -> Callable[[list[str], list[str]], Any]:
         """Choose the client for the running event loop, once."""
-        if using_asyncio():
-            self._async_client = redis.asyncio.Redis.from_url(
-                self._url,
-                retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
-                **self._client_options(),
+        plain = self._sync_client.connection_pool.connection_class in (
+            redis.Connection,
+            redis.UnixDomainSocketConnection,
+        )
+        if using_asyncio() and plain:
+            lean = self._lean = _LeanClient(
+                self._options, self.where, REDIS_QUOTA_SCRIPT, self._timeout
             )
-            script = self._async_client.register_script(REDIS_QUOTA_SCRIPT)
-
-            async def call(keys: list[str], args: list[str]) -> Any:
-                with anyio.fail_after(self._timeout):
-                    return await script(keys=keys, args=args)
+            call = lean.call
 
         else:
             sync_script = self._sync_client.register_script(REDIS_QUOTA_SCRIPT)
@@ -331,6 +535,10 @@ class RedisStore:
         return text
 
     # --- acquire --------------------------------------------------------------------
+
+    def acquire_nowait(self, cmd: AcquireQuota) -> QuotaAnswered | QuotaFailed | None:
+        """None: Redis's answer is always awaited (:meth:`acquire`)."""
+        return None
 
     async def acquire(self, cmd: AcquireQuota) -> QuotaAnswered | QuotaFailed:
         """The quota script, bounded by ``timeout``. ``ValueError`` on a malformed
@@ -410,7 +618,7 @@ class RedisStore:
         if self._closed:
             self._drop("the store is closed")
             return
-        if self._queue.qsize() >= self._max_queue:
+        if self._submitted - self._done >= self._max_queue:  # waiting, or being sent
             self._drop("the queue is full")
             return
         if self._thread is None:
@@ -432,39 +640,58 @@ class RedisStore:
         self._logs.log(logging.ERROR, "quota settle dropped: %s", why)
 
     def _run(self) -> None:
-        script = self._sync_client.register_script(REDIS_SETTLE_SCRIPT)
-        while (item := self._queue.get()) is not None:
+        script = self._sync_client.register_script(REDIS_SETTLE_MANY_SCRIPT)
+        get, get_nowait = self._queue.get, self._queue.get_nowait
+        while True:
+            # A batch: what has queued up, up to a flush marker or the end.
+            batch: list[tuple[int, SettleQuota]] = []
+            item = get()
+            while item is not None and not isinstance(item, threading.Event):
+                batch.append(item)
+                if len(batch) >= _SETTLE_BATCH:
+                    break
+                try:
+                    item = get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                if self._abandoned:
+                    self._settles_abandoned += len(batch)
+                else:
+                    self._settle_batch(script, [cmd for _, cmd in batch])
+                self._done = batch[-1][0]  # before looking for waiters: none is missed
+                if self._wake_event is not None and self._notify is not None:
+                    with contextlib.suppress(RuntimeError):  # the event loop is gone
+                        self._notify(self._wake)
             if isinstance(item, threading.Event):
                 item.set()
-                continue
-            number, cmd = item
-            if self._abandoned:
-                self._settles_abandoned += 1
-            else:
-                self._settle_one(script, cmd)
-            self._done = number  # before looking for waiters: none is missed
-            if self._wake_event is not None and self._notify is not None:
-                with contextlib.suppress(RuntimeError):  # the event loop is gone
-                    self._notify(self._wake)
+            elif item is None:
+                return
 
-    def _settle_one(self, script: Callable[..., Any], cmd: SettleQuota) -> None:
+    def _settle_batch(self, script: Callable[..., Any], cmds: Sequence[SettleQuota]) -> None:
         # The same breaker as acquire's, for this thread: while Redis is down,
         # settles fail at once instead of each waiting for the timeout.
         down = self._settle_down_until
         if down is not None and self._clock() < down:
-            self._settles_failed += 1
+            self._settles_failed += len(cmds)
+            return
+        groups = []
+        for cmd in cmds:
+            try:
+                groups.append(redis_settle_group(_adjustments(cmd), _spends(cmd), now=cmd.at))
+            except ValueError as exc:
+                self._settle_failed(str(exc))
+        if not groups:
             return
         try:
-            keys, args = redis_settle_args(_adjustments(cmd), _spends(cmd), now=cmd.at)
-            script(keys=keys, args=args)
+            keys, args = redis_settle_many_args(groups)
+            errors = redis_settle_many_answer(script(keys=keys, args=args), len(groups))
         except (ResponseError, ValueError) as exc:
-            self._settles_failed += 1
-            self._logs.log(
-                logging.ERROR, "redis %s: quota settle failed: %s", self.where, self._describe(exc)
-            )
+            self._settles_failed += len(groups) - 1
+            self._settle_failed(self._describe(exc))
             return
         except Exception as exc:
-            self._settles_failed += 1
+            self._settles_failed += len(groups)
             self._settle_down_until = self._clock() + self._retry_interval
             self._logs.log(
                 logging.ERROR,
@@ -475,7 +702,17 @@ class RedisStore:
             )
             return
         self._settle_down_until = None
-        self._settled += 1
+        for error in errors:
+            if error is None:
+                self._settled += 1
+            else:
+                self._settle_failed(error)
+
+    def _settle_failed(self, why: str) -> None:
+        self._settles_failed += 1
+        for secret in self._secrets:
+            why = why.replace(secret, "***")
+        self._logs.log(logging.ERROR, "redis %s: quota settle failed: %s", self.where, why)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Block until the settles queued so far are done (applied or failed); False
@@ -510,9 +747,8 @@ class RedisStore:
         """Finish the queued settles (at most ``close_timeout`` s), close the clients."""
         self._closed = True
         await anyio.to_thread.run_sync(self._stop_thread)
-        with anyio.move_on_after(self._close_timeout):
-            if self._async_client is not None:
-                await self._async_client.aclose()
+        if self._lean is not None:
+            self._lean.close()
         self._sync_client.close()
         self._logs.flush()
         stats = self.statistics()

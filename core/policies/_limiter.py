@@ -79,6 +79,31 @@ __all__ = [
 ]
 
 SLOTS = 60  # entries per window at most (+1): the log's resolution is window / SLOTS
+
+# A Decision built field by field through its slots: half the cost of its
+# frozen dataclass __init__ (object.__setattr__ by name, five times), and
+# quota() builds one per limit per request. Decision validates nothing
+# (tests/core/test_limiter.py holds the two ways to the same value).
+_new = object.__new__
+_set_allowed, _set_limit, _set_remaining, _set_reset_after, _set_retry_after = (
+    Decision.__dict__[name].__set__
+    for name in ("allowed", "limit", "remaining", "reset_after", "retry_after")
+)
+
+
+def _decision(
+    allowed: bool, limit: int, remaining: int, reset_after: float, retry_after: float
+) -> Decision:
+    """``Decision(allowed=..., ...)``, faster."""
+    made: Decision = _new(Decision)
+    _set_allowed(made, allowed)
+    _set_limit(made, limit)
+    _set_remaining(made, remaining)
+    _set_reset_after(made, reset_after)
+    _set_retry_after(made, retry_after)
+    return made
+
+
 _MAX_TTL = 1e10  # seconds: a spend's time to live at most (Redis's PX must be an integer)
 
 
@@ -146,12 +171,12 @@ def decision(
     limit: Limit, now: float, *, allowed: bool, used: int, reset_at: float, retry_at: float
 ) -> Decision:
     """One limit's :class:`Decision` from the usage left and the times found."""
-    return Decision(
-        allowed=allowed,
-        limit=limit.limit,
-        remaining=max(0, limit.limit - used),
-        reset_after=max(0.0, reset_at - now),
-        retry_after=0.0 if allowed else _after(now, retry_at),
+    return _decision(
+        allowed,
+        limit.limit,
+        max(0, limit.limit - used),
+        max(0.0, reset_at - now),
+        0.0 if allowed else _after(now, retry_at),
     )
 
 
@@ -194,8 +219,8 @@ def _add_spend(entry: _Spend | None, usd: float, now: float, ttl: float | None) 
 def distinct(charges: Iterable[tuple[str, Limit, int]]) -> list[tuple[str, Limit, int]]:
     """The charges of one request, in a list; ``ValueError`` if two share a key."""
     charges = list(charges)
-    keys = [key for key, _, _ in charges]
-    if len(set(keys)) != len(keys):
+    if len(charges) > 1 and len({charge[0] for charge in charges}) != len(charges):
+        keys = [key for key, _, _ in charges]
         raise ValueError(f"the charges of one request need distinct keys, not {keys!r}")
     return charges
 
@@ -288,12 +313,6 @@ class _Log:
         return self.times[i - 1] + limit.window
 
 
-def _amount(value: int) -> int:
-    if value.__class__ is int and value >= 0:
-        return value
-    return _integer("amount", value, minimum=0)
-
-
 class MemoryLimiter:
     """Limiter states and spends in dicts keyed by string: the ``memory`` backend, one
     per process.
@@ -368,24 +387,25 @@ class MemoryLimiter:
         states = self._states
         checks: list[tuple[_Log | None, float, int, int, int]] = []
         for key, limit, asked in charges:
-            amount = asked if asked.__class__ is int and asked >= 0 else _amount(asked)
+            amount = asked
+            if amount.__class__ is not int or amount < 0:
+                amount = _integer("amount", amount, minimum=0)
             log = states.get(key)
             if log is None:
                 checks.append((None, now, 0, 0, amount))
                 if amount > limit.limit:
                     allowed = False
                 continue
-            # log.peek, inlined
+            # log.peek, inlined (a log kept in _states is never empty)
             times = log.times
-            eff = times[-1] if times and times[-1] > now else now
+            eff = times[-1] if times[-1] > now else now
             first = 0
             used = log.used
-            if times:
-                window = limit.window
-                n = len(times)
-                while first < n and times[first] + window <= eff:
-                    used -= log.amounts[first]
-                    first += 1
+            window = limit.window
+            n = len(times)
+            while first < n and times[first] + window <= eff:
+                used -= log.amounts[first]
+                first += 1
             checks.append((log, eff, first, used, amount))
             if used + amount > limit.limit:
                 allowed = False
@@ -405,18 +425,17 @@ class MemoryLimiter:
             elif live + amount > most:
                 retry_at = math.inf if log is None else log.retry_at(first, live, limit, amount)
             if log is not None and len(log.times) > start:
+                # > 0: a live entry is still in the window at the key's time, >= now
                 reset_after = log.times[-1] + window - now
-                if not reset_after > 0.0:
-                    reset_after = 0.0
             else:
                 reset_after = 0.0
             decisions.append(
-                Decision(
-                    allowed=allowed,
-                    limit=most,
-                    remaining=most - used if used < most else 0,
-                    reset_after=reset_after,
-                    retry_after=0.0 if allowed else _after(now, retry_at),
+                _decision(
+                    allowed,
+                    most,
+                    most - used if used < most else 0,
+                    reset_after,
+                    0.0 if allowed else _after(now, retry_at),
                 )
             )
         return allowed, decisions, spent

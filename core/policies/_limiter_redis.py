@@ -360,7 +360,7 @@ def redis_quota_answer(
     size = 1 + 3 * len(charges) + len(budgets)
     if not isinstance(reply, list) or len(reply) != size:
         raise ValueError(f"not a quota reply for {len(charges)} charges: {reply!r}")
-    if any(isinstance(x, list) for x in reply) or reply[0] not in (0, 1):
+    if list in map(type, reply) or reply[0] not in (0, 1):
         raise ValueError(f"not a quota reply: {reply!r}")
     allowed = reply[0] == 1
     try:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import cast
 
 import anyio
+import anyio.abc
 import pytest
 import redis
 from hypothesis import given, settings
@@ -210,6 +211,21 @@ async def test_memory_store_forgets_expired_keys_at_a_bounded_cost() -> None:
     assert len(store.limiter) <= 1024 + 1
     store.settle(settle_cmd(T0, [], [("day", 1.0, 1.0)]))
     assert len(store.limiter) <= 1024 + 2
+
+
+def test_the_memory_store_answers_at_once() -> None:
+    # No event loop here: acquire_nowait is a plain call, and it is acquire's answer.
+    store = MemoryStore()
+    first = store.acquire_nowait(acquire_cmd(1, T0, [("now", RPM, 1)], [("now:day", 1.0)]))
+    assert first == QuotaAnswered(
+        query_id=1, admitted=True, decisions=first.decisions, spent=(0.0,)
+    )
+    assert [d.remaining for d in first.decisions] == [4]
+    for i in range(4):
+        assert admitted(store.acquire_nowait(acquire_cmd(2 + i, T0, [("now", RPM, 1)])))
+    refused = store.acquire_nowait(acquire_cmd(6, T0, [("now", RPM, 1)]))
+    assert (refused.admitted, refused.decisions[0].retry_after) == (False, 60.0)
+    assert store.statistics().answered == 6
 
 
 def test_make_store_follows_the_config() -> None:
@@ -582,15 +598,171 @@ async def test_the_password_never_reaches_a_log(
     assert good.statistics().settles_failed == wrong.statistics().settles_failed == 1
 
 
+def commandstats(client: redis.Redis) -> dict[str, int]:
+    """Redis's own count of the calls clients made, by command, since CONFIG RESETSTAT
+    (less INFO itself and what the scripts call: GET, SET, DEL)."""
+    stats = cast(dict[str, dict[str, int]], client.info("commandstats"))
+    skip = {"info", "config|resetstat", "get", "set", "del"}
+    return {
+        name.removeprefix("cmdstat_"): calls["calls"]
+        for name, calls in stats.items()
+        if name.removeprefix("cmdstat_") not in skip
+    }
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "anyio_backend",
+    ["asyncio", pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"), "trio"],
+)
+async def test_an_admitted_request_costs_one_round_trip(fresh: Server) -> None:
+    store = RedisStore(fresh.url(), timeout=5.0, retry_interval=1.0)
+    assert store.acquire_nowait(acquire_cmd(1, T0, [("{rt}:rpm", RPM, 1)])) is None
+    client = fresh.client()
+    limit = Limit(limit=100)
+    charges = [("{rt}:rpm", limit, 1), ("{rt}:tpm", limit, 2)]
+    assert admitted(await store.acquire(acquire_cmd(1, T0, charges, [("{rt}:day", 1.0)])))
+    client.config_resetstat()
+    for i in range(20):
+        answer = await store.acquire(acquire_cmd(i + 2, T0, charges, [("{rt}:day", 1.0)]))
+        assert admitted(answer)
+    assert commandstats(client) == {"evalsha": 20}  # the script: it checks and charges
+    # Scripts flushed (Redis restarted, say): the script is sent again, and answers.
+    client.script_flush()
+    answer = await store.acquire(acquire_cmd(30, T0, charges, [("{rt}:day", 1.0)]))
+    assert isinstance(answer, QuotaAnswered)
+    assert answer.decisions[1].remaining == 100 - 2 * 22
+    await store.aclose()
+    assert store.statistics().answered == 22
+    client.close()
+
+
+@pytest.mark.anyio
+async def test_a_client_gone_mid_acquire_leaves_the_others_alone(
+    server: Server, clock: Clock, anyio_backend: str
+) -> None:
+    # Its call cancelled, the store carries on: no failure, no open breaker.
+    store = RedisStore(server.url(), timeout=5.0, retry_interval=1.0, clock=clock)
+    limit = Limit(limit=10)
+    assert admitted(await store.acquire(acquire_cmd(1, T0, [("{gone}:rpm", limit, 1)])))
+    answers: list[QuotaAnswered | QuotaFailed] = []
+    scopes: dict[int, anyio.CancelScope] = {}
+
+    async def ask(i: int) -> None:
+        with anyio.CancelScope() as scopes[i]:
+            answers.append(await store.acquire(acquire_cmd(i, T0, [("{gone}:rpm", limit, 1)])))
+
+    server.pause()  # both calls wait for their replies
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask, 2)
+            tg.start_soon(ask, 3)
+            await anyio.wait_all_tasks_blocked()
+            scopes[2].cancel()  # its client went away
+            server.resume()
+    finally:
+        server.resume()
+    assert len(answers) == 1
+    assert admitted(answers[0])
+    answer = await store.acquire(acquire_cmd(4, T0, [("{gone}:rpm", limit, 1)]))
+    assert isinstance(answer, QuotaAnswered)
+    if anyio_backend == "asyncio":  # one connection, replies in order: it was charged first
+        assert answer.decisions[0].remaining == 10 - 4
+    await store.aclose()
+    assert (store.statistics().answered, store.statistics().failed) == (3, 0)
+
+
+@pytest.mark.anyio
+async def test_a_burst_of_settles_is_batched_and_exact(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    n = 300
+    client = server.client()
+    client.set("{b}:broken", "not a state")
+    client.rpush("{b}:list", "x")
+    store = RedisStore(server.url(), timeout=5.0, retry_interval=1.0)
+    tpm = Limit(limit=10**6)
+    assert admitted(await store.acquire(acquire_cmd(1, T0, [("{b}:tpm", tpm, 10 * n)])))
+    client.config_resetstat()
+    expected = 0.0
+    server.pause()  # the settle thread blocks on its first call; the rest queue up
+    try:
+        for i in range(n):
+            if i == 100:
+                store.settle(settle_cmd(T0, [("{b}:broken", tpm, -1, T0)], []))
+            if i == 200:
+                store.settle(settle_cmd(T0, [], [("{b}:list", 1.0, None)]))
+            store.settle(settle_cmd(T0 + 1, [("{b}:tpm", tpm, -3, T0)], [("{b}:day", 0.01, None)]))
+            expected += 0.01
+    finally:
+        server.resume()
+    await flushed(store)
+    stats = store.statistics()
+    assert (stats.settled, stats.settles_failed, stats.settles_dropped) == (n, 2, 0)
+    calls = commandstats(client)
+    assert calls.get("evalsha", 0) + calls.get("eval", 0) < n / 10  # round trips: a few
+    assert float(client.get("{b}:day") or b"") == expected  # each settle, once, in order
+    state = LimiterState.decode(client.get("{b}:tpm") or b"")
+    assert sum(state.amounts) == 10 * n - 3 * n
+    assert "WRONGTYPE" in caplog.text
+    assert "not a limiter state" in caplog.text
+    await store.aclose()
+    client.close()
+
+
+@pytest.mark.anyio
+async def test_a_unix_socket_and_a_database_number(tmp_path: Path) -> None:
+    require_redis()
+    path = tmp_path / "redis.sock"
+    with Server(tmp_path, "--unixsocket", str(path)) as server:
+        store = RedisStore(f"unix://{path}?db=3", timeout=5.0, retry_interval=1.0)
+        assert admitted(await store.acquire(acquire_cmd(1, T0, [("{u}:rpm", RPM, 1)])))
+        store.settle(settle_cmd(T0, [], [("{u}:day", 1.5, None)]))
+        await flushed(store)
+        await store.aclose()
+        client = redis.Redis(unix_socket_path=str(path), db=3)
+        assert (client.exists("{u}:rpm"), client.get("{u}:day")) == (1, b"1.5")
+        client.close()
+        assert server.client().dbsize() == 0  # database 0 untouched
+
+
+@pytest.mark.anyio
+async def test_a_server_that_does_not_speak_redis_fails_the_call(clock: Clock) -> None:
+    async def nonsense(stream: anyio.abc.ByteStream) -> None:
+        async with stream:
+            await stream.receive()
+            await stream.send(b"?what\r\n")
+
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, nonsense)
+            store = RedisStore(
+                f"redis://127.0.0.1:{port}", timeout=5.0, retry_interval=1.0, clock=clock
+            )
+            answer = await store.acquire(acquire_cmd(1, T0, [("{n}:rpm", RPM, 1)]))
+            assert isinstance(answer, QuotaFailed)
+            assert f"redis unavailable (127.0.0.1:{port})" in answer.message
+            await store.aclose()
+            tg.cancel_scope.cancel()
+
+
 # --- the driver -----------------------------------------------------------------------
 
 
 class Recorder:
     """A store that writes down what happens to it, in a log it shares with a client."""
 
-    def __init__(self, log: list[str], *, hang: bool = False) -> None:
+    def __init__(self, log: list[str], *, hang: bool = False, ready: bool = False) -> None:
         self.log = log
         self.hang = hang
+        self.ready = ready
+
+    def acquire_nowait(self, cmd: AcquireQuota) -> QuotaAnswered | None:
+        if not self.ready:
+            return None  # as Redis: the driver awaits acquire
+        self.log.append("acquire_nowait")
+        return QuotaAnswered(query_id=cmd.query_id, admitted=True, decisions=())
 
     async def acquire(self, cmd: AcquireQuota) -> QuotaAnswered | QuotaFailed:
         self.log.append("acquire")
@@ -668,9 +840,11 @@ class ScriptedExchange:
         self._respond(503)
 
 
-async def drive(ex: ScriptedExchange, *, gone: bool = False, hang: bool = False) -> list[str]:
+async def drive(
+    ex: ScriptedExchange, *, gone: bool = False, hang: bool = False, ready: bool = False
+) -> list[str]:
     log: list[str] = []
-    driver = Driver(Proxy(ProxyConfig()), store=Recorder(log, hang=hang))
+    driver = Driver(Proxy(ProxyConfig()), store=Recorder(log, hang=hang, ready=ready))
     await driver.run(cast(Exchange, ex), Client(log, gone=gone))
     await driver.aclose()
     return log
@@ -680,6 +854,14 @@ async def drive(ex: ScriptedExchange, *, gone: bool = False, hang: bool = False)
 async def test_the_driver_settles_after_the_client_flush() -> None:
     ex = ScriptedExchange()
     assert await drive(ex) == ["acquire", "start 200", "flush", "settle 1", "store closed"]
+    assert [type(e) for e in ex.events] == [QuotaAnswered]
+
+
+@pytest.mark.anyio
+async def test_the_driver_takes_an_answer_given_at_once() -> None:
+    ex = ScriptedExchange(timer=0.0)  # a timer already due: nothing waits, nothing times out
+    log = await drive(ex, ready=True)
+    assert log == ["acquire_nowait", "start 200", "flush", "settle 1", "store closed"]
     assert [type(e) for e in ex.events] == [QuotaAnswered]
 
 

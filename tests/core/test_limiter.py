@@ -20,8 +20,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.policies._limiter import SLOTS, Decision, Limit, LimiterState, MemoryLimiter
-from core.policies._limiter_redis import redis_quota_answer, redis_quota_args, redis_settle_args
+from core.policies._limiter import SLOTS, Decision, Limit, LimiterState, MemoryLimiter, _decision
+from core.policies._limiter_redis import (
+    redis_quota_answer,
+    redis_quota_args,
+    redis_settle_args,
+    redis_settle_many_answer,
+)
 from tests.support.limiter_reference import (
     acquire,
     adjust,
@@ -747,3 +752,64 @@ def test_memory_keeps_what_the_pure_functions_compute(
             assert m.snapshot(key, limit, now=now) == look
         for key in ("day", "month"):
             assert m.spent(key, now=now) == model_spent(spends, key, now)
+
+
+@given(
+    allowed=st.booleans(),
+    limit=st.integers(1, 10**9),
+    remaining=st.integers(0, 10**9),
+    reset_after=st.floats(0, 1e6),
+    retry_after=st.one_of(st.floats(0, 1e6), st.just(math.inf)),
+)
+def test_a_decision_built_through_its_slots_is_the_dataclass_s(
+    allowed: bool, limit: int, remaining: int, reset_after: float, retry_after: float
+) -> None:
+    # The limiter builds its decisions field by field (it is faster): the same values,
+    # the same frozen, hashable objects.
+    made = _decision(allowed, limit, remaining, reset_after, retry_after)
+    expected = Decision(
+        allowed=allowed,
+        limit=limit,
+        remaining=remaining,
+        reset_after=reset_after,
+        retry_after=retry_after,
+    )
+    assert (made, hash(made), repr(made)) == (expected, hash(expected), repr(expected))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.remaining = 0  # type: ignore[misc]
+
+
+def test_times_may_be_ints_and_must_be_finite() -> None:
+    m = MemoryLimiter()
+    limit = Limit(limit=2)
+    assert m.quota([("k", limit, 1)], now=100) == m.quota([("j", limit, 1)], now=100.0)
+    with pytest.raises(ValueError, match="now"):
+        m.quota([("k", limit, 1)], now=math.nan)
+    with pytest.raises(ValueError, match="amount"):
+        m.quota([("k", limit, True)], now=100.0)
+    m.settle([("k", limit, -1, 100)], [], now=101)  # ints: the same as floats
+    assert m.get("k") is None
+    with pytest.raises(ValueError, match="delta"):
+        m.settle([("k", limit, 1.0, 100.0)], [], now=101.0)  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="charged_at"):
+        m.settle([("k", limit, 1, math.inf)], [], now=101.0)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [None, [1], [1, 1, 1], [1, 0], [1, [b"x"]], [1, 2.0]],
+    ids=["none", "short", "long", "zero", "nested", "float"],
+)
+def test_a_redis_settle_reply_from_outside_is_checked(reply: object) -> None:
+    with pytest.raises(ValueError, match="not a settle reply"):
+        redis_settle_many_answer(reply, 2)
+
+
+def test_a_redis_settle_reply_says_which_failed() -> None:
+    answer = redis_settle_many_answer([1, b"user_script:1: sansproxy: not a spend", "", 1], 4)
+    assert answer == [
+        None,
+        "user_script:1: sansproxy: not a spend",
+        "an error without a message",
+        None,
+    ]
