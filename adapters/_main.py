@@ -1,8 +1,9 @@
 """The ``sansproxy`` command (installed by ``pip install``).
 
-    sansproxy serve [--adapter h11|asgi|trio] [flags]   serve (python -m adapters.<adapter>)
-    sansproxy keys new NAME | keys hash                 virtual keys (python -m adapters.keys)
-    sansproxy check-config FILE [flags]                 validate; print the effective config
+    sansproxy serve [--adapter h11|asgi|trio|httptools] [flags]
+                                            serve (python -m adapters.<adapter>)
+    sansproxy keys new NAME | keys hash     virtual keys (python -m adapters.keys)
+    sansproxy check-config FILE [flags]     validate; print the effective config
     sansproxy --version
 
 The ``python -m adapters.*`` commands stay as they are; this is one name for them.
@@ -22,10 +23,11 @@ from ._effective_config import effective_config
 __all__ = ["ADAPTERS", "build_parser", "main"]
 
 #: ``--adapter`` choices; the first is the default (the README's first command).
-ADAPTERS = ("h11", "asgi", "trio")
+ADAPTERS = ("h11", "asgi", "trio", "httptools")
 _ADAPTER_HELP = (
     "h11: our own HTTP/1.1 server on asyncio (uvloop); asgi: a Starlette app under "
-    "uvicorn (the one with --workers); trio: the h11 server on trio (default h11)"
+    "uvicorn (the one with --workers); trio: the h11 server on trio; httptools: our "
+    "server with llhttp as its request parser, the fastest (default h11)"
 )
 
 
@@ -48,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="subcommand", required=True, metavar="COMMAND")
     serve = commands.add_parser(
         "serve",
-        help="serve the proxy (what python -m adapters.h11_server|asgi|trio_runner does)",
+        help=(
+            "serve the proxy (what python -m "
+            "adapters.h11_server|asgi|trio_runner|httptools_server does)"
+        ),
         description="Serve the proxy until SIGINT/SIGTERM.",
         epilog=EPILOG,
     )
@@ -100,6 +105,10 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         from . import asgi  # noqa: PLC0415
 
         asgi.start(loaded)
+    elif args.adapter == "httptools":
+        from . import httptools_server  # noqa: PLC0415
+
+        httptools_server.start(loaded)
     else:
         from . import h11_server  # noqa: PLC0415
 

@@ -1,19 +1,23 @@
-"""sansproxy's own HTTP/1.1 server: anyio sockets + h11.
+"""sansproxy's own HTTP/1.1 server: h11 parses the requests.
 
     python -m adapters.h11_server --port 3000
+
+On asyncio (this command, and ``sansproxy serve``), it runs on
+``asyncio.Protocol`` callbacks: ``adapters._loop_server`` with its
+``H11Codec``, and the callback driver (``adapters._loop_driver``). On trio
+(``adapters.trio_runner``), ``H11Server`` below serves, on anyio streams
+with the anyio ``Driver``; both behave the same:
 
 Keep-alive and pipelining (requests answered in order), a deadline for each
 request head (slowloris), for each whole request (a trickled body) and for idle
 keep-alive connections, a bound on how long a write waits for the client to
 read, and a graceful stop on SIGINT/SIGTERM: stop accepting, let in-flight
-responses finish within the grace period, exit 0. The same code runs on trio
-(``adapters.trio_runner``).
+responses finish within the grace period, exit 0.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import math
 import signal
@@ -37,6 +41,7 @@ from core import (
     render_error,
 )
 
+from . import _loop_server
 from ._cli import Loaded, cannot_listen, log_startup, parse_args, setup_logging, stopped
 from ._driver import ClientDisconnected, Driver, stopped_reading
 from ._streams import AsyncioStream, PumpedStream, serve_tcp
@@ -482,17 +487,16 @@ def run(argv: Sequence[str] | None, *, adapter: str, backend: str) -> None:
 
 
 def start(loaded: Loaded, *, adapter: str, backend: str) -> None:
-    """Serve a loaded configuration on ``backend`` ("asyncio" or "trio") until stopped."""
+    """Serve a loaded configuration on ``backend`` ("asyncio" or "trio") until stopped.
+
+    On asyncio: the callback server (``adapters._loop_server``) with h11 as its parser.
+    """
+    if backend == "asyncio":
+        _loop_server.start(loaded, adapter=adapter, codec=_loop_server.H11Codec)
+        return
     setup_logging(loaded.config.log_level)
     driver = Driver(loaded.proxy)
-    options: dict[str, Any] = {}
-    if backend == "asyncio" and importlib.util.find_spec("uvloop") is not None:
-        options["use_uvloop"] = True
-    anyio.run(
-        lambda: serve(driver, loaded.config, adapter=adapter),
-        backend=backend,
-        backend_options=options,
-    )
+    anyio.run(lambda: serve(driver, loaded.config, adapter=adapter), backend=backend)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

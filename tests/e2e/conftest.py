@@ -1,7 +1,8 @@
 """Fixtures for the end-to-end suite: the proxy under each adapter, and a mock upstream.
 
-- `adapter`: "h11", "asgi" or "trio"; every test that uses `start_proxy` or `proxy`
-  runs once per adapter. Narrow it with ``@pytest.mark.parametrize("adapter", ["h11"])``.
+- `adapter`: "h11", "asgi", "trio" or "httptools"; every test that uses `start_proxy`
+  or `proxy` runs once per adapter (httptools: only in `HTTPTOOLS_MODULES`, see
+  `pytest_generate_tests`). Narrow it with ``@pytest.mark.parametrize("adapter", ["h11"])``.
 - `mock_upstream`: a fresh `MockUpstream` per test (tests/support/mock_upstream.py).
 - `start_proxy(*args, env=None, config=None, ...)`: start the proxy subprocess.
 - `proxy`: the proxy for the current adapter, forwarding to `mock_upstream` as openai.
@@ -26,10 +27,46 @@ from tests.support.proxy_process import (
     proxy_env,
 )
 
+#: The modules that exercise the wire and the server itself, where the httptools
+#: adapter runs too. It shares everything behind its request parser with the h11
+#: adapter (``adapters._loop_server``, the callback driver), which runs every module:
+#: the rest of the suite (gateway, policies, tracing, config) would test the same
+#: code again, for minutes of CI time.
+HTTPTOOLS_MODULES = frozenset(
+    {
+        "test_client_gone",
+        "test_failures",
+        "test_h11_server",
+        "test_json_limits",
+        "test_proxy",
+        "test_server_limits",
+        "test_streaming",
+        "test_wire_variants",
+    }
+)
 
-@pytest.fixture(params=list(ADAPTER_MODULES))
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run each test that uses `adapter` once per adapter, unless it names its own."""
+    if "adapter" not in metafunc.fixturenames:
+        return
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        if isinstance(names, str):
+            names = [name.strip() for name in names.split(",")]
+        if "adapter" in names:
+            return
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    metafunc.parametrize(
+        "adapter",
+        [name for name in ADAPTER_MODULES if name != "httptools" or module in HTTPTOOLS_MODULES],
+    )
+
+
+@pytest.fixture
 def adapter(request: pytest.FixtureRequest) -> str:
-    """The adapter under test: "h11" (adapters.h11_server), "asgi", "trio"."""
+    """The adapter under test: "h11" (adapters.h11_server), "asgi", "trio", "httptools"
+    (parametrized by `pytest_generate_tests`)."""
     name: str = request.param
     return name
 

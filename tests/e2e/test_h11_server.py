@@ -27,7 +27,7 @@ from tests.e2e._helpers import (
 from tests.support.mock_upstream import SCENARIO_HEADER, MockUpstream, slow_stream_pieces
 from tests.support.proxy_process import ProxyProcess, StartProxy
 
-pytestmark = pytest.mark.parametrize("adapter", ["h11", "trio"])
+pytestmark = pytest.mark.parametrize("adapter", ["h11", "trio", "httptools"])
 
 MALFORMED = [
     b"GARBAGE\r\n\r\n",

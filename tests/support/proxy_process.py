@@ -37,6 +37,7 @@ ADAPTER_MODULES: Final = {
     "h11": "adapters.h11_server",
     "asgi": "adapters.asgi",
     "trio": "adapters.trio_runner",
+    "httptools": "adapters.httptools_server",
 }
 START_TIMEOUT: Final = 15.0
 # How often a wait re-checks whether the child has exited, in case its pipes stay
