@@ -34,10 +34,10 @@ from adapters._driver import ClientDisconnected, Driver
 from adapters._store import (
     MemoryStore,
     QuotaStore,
-    RedisStore,
     StoreStatistics,
     make_store,
 )
+from adapters._store_redis import RedisStore
 from core import EndResponse, Exchange, Proxy, ProxyConfig, SendBody, StartResponse
 from core._commands import (
     AcquireQuota,
@@ -551,7 +551,7 @@ async def test_malformed_data_in_redis_fails_the_call_only(
     await store.aclose()
 
     # A reply the parser does not recognise is a failure too.
-    monkeypatch.setattr("adapters._store.REDIS_QUOTA_SCRIPT", "return {1, 'x'}")
+    monkeypatch.setattr("adapters._store_redis.REDIS_QUOTA_SCRIPT", "return {1, 'x'}")
     odd = RedisStore(fresh.url(), timeout=5.0, retry_interval=1.0, clock=clock)
     answer = await odd.acquire(acquire_cmd(4, T0, [("{bad}:ok", RPM, 1)]))
     assert isinstance(answer, QuotaFailed)

@@ -1,0 +1,638 @@
+"""The Redis quota store (imported by ``make_store`` only when the backend is redis).
+
+The core decides; a store only keeps the books. ``acquire`` answers an
+``AcquireQuota`` with ``QuotaAnswered`` or, when the backend cannot answer,
+``QuotaFailed`` (the core then applies ``on_backend_error``): it never raises
+for backend trouble. ``acquire_nowait`` answers at once when the store can
+(memory: always, no await), else returns None (Redis: await ``acquire``).
+``settle`` records a ``SettleQuota`` without blocking and without raising; its
+failures are logged and counted. Both backends run ``core``'s limiter:
+``MemoryLimiter`` here, its Lua transcription in Redis, so they answer alike.
+
+Redis: one round trip per acquire, the quota script (EVALSHA) that checks and
+charges. On asyncio, a lean client: one connection, calls pipelined on it,
+``hiredis`` parsing the replies (redis-py's asyncio client costs ~10x the CPU
+per call); elsewhere (trio), and for TLS, redis-py's sync client (hiredis
+too) in a worker thread. Every call is bounded by ``timeout``. A call that
+gets no reply (refused, reset, timed out) opens a circuit breaker: for
+``retry_interval`` seconds calls fail at once, then one call tries Redis again
+and, if it answers, the store is back. A reply that says no (a malformed key,
+a script error) fails that call only. Settles go to a bounded queue drained
+by one daemon thread with the sync client, in batches: what has queued up (at
+most ``_SETTLE_BATCH``) goes as one call of the settle-many script, which
+applies each settle and reports each failure (one round trip for many
+settles). An acquire that checks a budget this process has just spent on
+waits (at most ``timeout``) for that settle, so a client's next request sees
+its own spend. Logs name Redis by host and port, never by its URL (which may hold a password).
+
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import hashlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import anyio
+import anyio.to_thread
+import hiredis
+import redis
+import redis.retry
+import trio
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from core import AcquireQuota, QuotaAnswered, QuotaFailed, SettleQuota
+from core.policies import (
+    redis_quota_answer,
+    redis_quota_args,
+)
+from core.policies._limiter_redis import (
+    REDIS_QUOTA_SCRIPT,
+    REDIS_SETTLE_MANY_SCRIPT,
+    redis_settle_group,
+    redis_settle_many_answer,
+    redis_settle_many_args,
+)
+
+from ._logs import LogCollapser
+from ._store import (
+    StoreStatistics,
+    _adjustments,
+    _answer,
+    _budgets,
+    _charges,
+    _spends,
+)
+from ._streams import using_asyncio
+
+__all__ = ["RedisStore"]
+
+logger = logging.getLogger("sansproxy.store")
+_SPEND_KEYS = 1024  # spend keys remembered before forgetting settled ones
+_LOG_EVERY = 10.0  # seconds between two log lines about the same kind of trouble
+_SETTLE_BATCH = 128  # settles in one call of the settle-many script, at most
+
+
+def _notifier() -> Callable[[Callable[[], None]], object]:
+    """How another thread gets a callback run in this event loop."""
+    if using_asyncio():
+        return asyncio.get_running_loop().call_soon_threadsafe
+    return trio.lowlevel.current_trio_token().run_sync_soon
+
+
+def _where_and_secrets(url: str, options: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """Redis's host:port (or socket path) for logs, and what must never be logged."""
+    parts = urlsplit(url)
+    secrets = {options.get("password"), parts.password}
+    if parts.password:
+        secrets.add(unquote(parts.password))
+    secrets.update(parse_qs(parts.query).get("password", ()))
+    if "path" in options:
+        where = str(options["path"])
+    else:
+        where = f"{options.get('host', 'localhost')}:{options.get('port', 6379)}"
+    return where, tuple(s for s in secrets if isinstance(s, str) and s)
+
+
+def _pack(*parts: Any) -> bytes:
+    """A command in Redis's protocol (hiredis's encoder)."""
+    command: Any = parts  # its stub wants a 1-tuple
+    packed: bytes = hiredis.pack_command(command)
+    return packed
+
+
+def _closed() -> Exception:
+    return RedisConnectionError("Connection closed.")
+
+
+class _Replies(asyncio.Protocol):
+    """One connection to Redis: the commands of one event loop iteration written
+    together (pipelined, one write), replies parsed by hiredis and handed to the
+    waiting futures in order."""
+
+    def __init__(self) -> None:
+        self._reader = hiredis.Reader(replyError=ResponseError)
+        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._transport: asyncio.Transport | None = None
+        self._unsent: list[bytes] = []
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        reader.feed(data)
+        waiting = self._waiting
+        try:
+            while (reply := reader.gets()) is not False:
+                future = waiting.popleft()
+                if not future.done():  # else its caller gave up: the reply is skipped
+                    future.set_result(reply)
+        except (hiredis.ProtocolError, IndexError):  # garbage, or a reply nobody asked for
+            self.close(functools.partial(RedisConnectionError, "Protocol error: not a reply"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close(functools.partial(RedisConnectionError, "Connection closed by server."))
+
+    def call(self, packed: bytes) -> asyncio.Future[Any]:
+        """Write a packed command; its reply (a ``ResponseError`` for an error reply)."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if self.closed or self._transport is None:
+            future.set_exception(_closed())
+            return future
+        if not self._unsent:
+            loop.call_soon(self._write)
+        self._unsent.append(packed)
+        self._waiting.append(future)
+        return future
+
+    def _write(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        if not self.closed and self._transport is not None:
+            self._transport.write(b"".join(unsent))
+
+    def expire(self, future: asyncio.Future[Any]) -> None:
+        """The call's time is up: if it still waits, drop the connection (the calls
+        behind it wait for the same replies) and fail them all."""
+        if not future.done():
+            self.close(TimeoutError)
+
+    def close(self, error: Callable[[], Exception] = _closed) -> None:
+        """Drop the connection; every call still waiting fails with ``error()``."""
+        self.closed = True
+        if self._transport is not None:
+            self._transport.abort()
+        while self._waiting:
+            future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(error())
+
+
+class _LeanClient:
+    """The quota script on asyncio, on one pipelined connection (made at the first
+    call, and again after a failure): AUTH, SELECT and SCRIPT LOAD once per
+    connection, then one EVALSHA per call. Each call (and the connection) is
+    bounded by ``timeout``; a call that times out drops the connection, while a
+    call cancelled from outside (its client gone) leaves it to the others: its
+    reply, when it comes, is skipped."""
+
+    def __init__(self, options: dict[str, Any], where: str, script: str, timeout: float) -> None:
+        self._options = options
+        self._where = where
+        self._timeout = timeout
+        self._script = script.encode()
+        self._sha = hashlib.sha1(self._script, usedforsecurity=False).hexdigest().encode()
+        self._conn: _Replies | None = None
+        self._connecting: asyncio.Future[_Replies] | None = None
+
+    async def _connect(self) -> _Replies:
+        async with asyncio.timeout(self._timeout):
+            return await self._handshake()
+
+    async def _handshake(self) -> _Replies:
+        loop = asyncio.get_running_loop()
+        options = self._options
+        try:
+            if "path" in options:
+                _, conn = await loop.create_unix_connection(_Replies, options["path"])
+            else:
+                _, conn = await loop.create_connection(
+                    _Replies, options.get("host", "localhost"), options.get("port", 6379)
+                )
+        except OSError as exc:
+            raise RedisConnectionError(
+                f"Error connecting to {self._where}: {exc.strerror or type(exc).__name__}"
+            ) from None
+        try:
+            hello: list[tuple[Any, ...]] = []
+            if options.get("password"):
+                user = options.get("username")
+                hello.append(
+                    ("AUTH", user, options["password"]) if user else ("AUTH", options["password"])
+                )
+            if options.get("db"):
+                hello.append(("SELECT", options["db"]))
+            hello.append(("SCRIPT", "LOAD", self._script))
+            replies = [conn.call(_pack(*cmd)) for cmd in hello]
+            for future in replies:
+                reply = await future
+                if isinstance(reply, ResponseError):
+                    raise RedisConnectionError(f"Redis refused the connection: {reply}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def call(self, keys: list[str], args: list[str]) -> Any:
+        """The script's reply; raises what redis-py would (``ResponseError`` for an
+        error reply, ``ConnectionError``...), ``TimeoutError`` after ``timeout``."""
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = await self._connection()
+        reply = await self._ask(conn, _pack("EVALSHA", self._sha, len(keys), *keys, *args))
+        if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
+            reply = await self._ask(conn, _pack("EVAL", self._script, len(keys), *keys, *args))
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+    async def _ask(self, conn: _Replies, packed: bytes) -> Any:
+        future = conn.call(packed)
+        timer = asyncio.get_running_loop().call_later(self._timeout, conn.expire, future)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
+    async def _connection(self) -> _Replies:
+        # Concurrent first calls share one connection attempt.
+        pending = self._connecting
+        if pending is None:
+            pending = self._connecting = asyncio.ensure_future(self._connect())
+            pending.add_done_callback(self._connected)
+        return await asyncio.shield(pending)
+
+    def _connected(self, attempt: asyncio.Future[_Replies]) -> None:
+        self._connecting = None
+        if not attempt.cancelled() and attempt.exception() is None:
+            self._conn = attempt.result()
+
+    def close(self) -> None:
+        """Drop the connection (a call still waiting fails)."""
+        if self._conn is not None:
+            self._conn.close()
+        if self._connecting is not None:
+            self._connecting.cancel()
+
+
+# A settle (with its number), a flush marker, the end.
+_Item = tuple[int, SettleQuota] | threading.Event | None
+
+
+class RedisStore:
+    """Limits and budgets in a Redis shared by every worker (``limits.backend: redis``).
+
+    One store per event loop (the asyncio client binds to it). ``clock`` times
+    the circuit breaker (tests advance their own).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float,
+        retry_interval: float,
+        max_queue: int = 10_000,
+        close_timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._url = url
+        self._timeout = timeout
+        # For the settle thread, and for acquire off asyncio (thread-safe); a URL
+        # redis-py refuses is a ValueError here.
+        self._sync_client = self._new_sync_client()
+        options = self._sync_client.connection_pool.connection_kwargs
+        self.where, self._secrets = _where_and_secrets(url, options)
+        self._retry_interval = retry_interval
+        self._close_timeout = close_timeout
+        self._clock = clock
+        self._options = options
+        self._call: Callable[[list[str], list[str]], Any] | None = None
+        self._lean: _LeanClient | None = None
+        # The breaker: while _clock() < _down_until, calls fail at once; after
+        # it, one call (_probing) tries Redis.
+        self._down_until: float | None = None
+        self._probing = False
+        self._down_reason = ""
+        self._answered = 0
+        self._failed = 0
+        # Repeated failures (each call while Redis is down): one line and a count.
+        self._logs = LogCollapser(logger, interval=_LOG_EVERY, clock=clock)
+        # Settles: a queue and one thread, started at the first. Only settle()
+        # (the loop's thread) adds settles, so it alone keeps the bound: at most
+        # max_queue settles not yet done, queued or in the batch being sent;
+        # flush markers and the final None never wait for room.
+        self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        self._max_queue = max_queue
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self._abandoned = False  # closing gave up waiting: the thread drops the rest
+        self._settled = 0
+        self._settles_failed = 0
+        self._settles_dropped = 0  # by settle()
+        self._settles_abandoned = 0  # by the thread
+        self._settle_down_until: float | None = None
+        # Read your own spends: an acquire whose budget this process has spent
+        # on waits (at most ``timeout``) until that settle is done. Settles are
+        # numbered; _last_spend[key] is the last one adding to key; the thread
+        # sets _done and wakes the waiters through the event loop (_notify).
+        self._submitted = 0
+        self._done = 0
+        self._last_spend: dict[str, int] = {}
+        self._tidy_at = _SPEND_KEYS
+        self._wake_event: anyio.Event | None = None
+        self._notify: Callable[[Callable[[], None]], object] | None = None
+
+    # --- clients ------------------------------------------------------------------
+
+    def _client_options(self) -> dict[str, Any]:
+        return {
+            "socket_timeout": self._timeout,
+            "socket_connect_timeout": self._timeout,
+            "health_check_interval": 0,
+        }
+
+    def _new_sync_client(self) -> redis.Redis:
+        # No retries: a retried script could charge twice; the breaker retries later.
+        return redis.Redis.from_url(
+            self._url, retry=redis.retry.Retry(NoBackoff(), 0), **self._client_options()
+        )
+
+    def _bind(self) -> Callable[[list[str], list[str]], Any]:
+        """Choose the client for the running event loop, once."""
+        plain = self._sync_client.connection_pool.connection_class in (
+            redis.Connection,
+            redis.UnixDomainSocketConnection,
+        )
+        if using_asyncio() and plain:
+            lean = self._lean = _LeanClient(
+                self._options, self.where, REDIS_QUOTA_SCRIPT, self._timeout
+            )
+            call = lean.call
+
+        else:
+            sync_script = self._sync_client.register_script(REDIS_QUOTA_SCRIPT)
+
+            async def call(keys: list[str], args: list[str]) -> Any:
+                # The worker thread is abandoned at the deadline; its socket
+                # timeout (the same) ends it soon after.
+                with anyio.fail_after(self._timeout):
+                    return await anyio.to_thread.run_sync(
+                        functools.partial(sync_script, keys=keys, args=args),
+                        abandon_on_cancel=True,
+                    )
+
+        self._notify = _notifier()
+        self._call = call
+        return call
+
+    def _describe(self, exc: BaseException) -> str:
+        if isinstance(exc, TimeoutError) and not str(exc):
+            text = f"no reply within {self._timeout:g} s"
+        else:
+            text = f"{type(exc).__name__}: {exc}"
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    # --- acquire --------------------------------------------------------------------
+
+    def acquire_nowait(self, cmd: AcquireQuota) -> QuotaAnswered | QuotaFailed | None:
+        """None: Redis's answer is always awaited (:meth:`acquire`)."""
+        return None
+
+    async def acquire(self, cmd: AcquireQuota) -> QuotaAnswered | QuotaFailed:
+        """The quota script, bounded by ``timeout``. ``ValueError`` on a malformed
+        command; every trouble with Redis or its reply is a ``QuotaFailed``."""
+        charges, budgets = _charges(cmd), _budgets(cmd)
+        keys, args = redis_quota_args(charges, budgets, now=cmd.at)
+        probe = False
+        if self._down_until is not None:
+            if self._probing or self._clock() < self._down_until:
+                self._failed += 1
+                return QuotaFailed(query_id=cmd.query_id, message=self._down_reason)
+            self._probing = probe = True
+        call = self._call or self._bind()
+        if self._last_spend and budgets:
+            target = max(self._last_spend.get(key, 0) for key, _ in budgets)
+            if target > self._done:
+                await self._wait_settled(target)
+        try:
+            reply = await call(keys, args)
+            answer = redis_quota_answer(reply, charges, budgets, now=cmd.at)
+        except (ResponseError, ValueError) as exc:
+            # Redis answered, with an error or nonsense: this call fails, Redis is up.
+            self._failed += 1
+            detail = self._describe(exc)
+            self._logs.log(logging.ERROR, "redis %s: bad quota reply: %s", self.where, detail)
+            self._recovered()
+            return QuotaFailed(query_id=cmd.query_id, message=f"redis {self.where}: {detail}")
+        except Exception as exc:
+            return self._trip(cmd, exc)
+        finally:
+            if probe:
+                self._probing = False
+        self._recovered()
+        self._answered += 1
+        return _answer(cmd, answer)
+
+    async def _wait_settled(self, target: int) -> None:
+        """Until settle number ``target`` is done, or ``timeout`` has passed."""
+        with anyio.move_on_after(self._timeout):
+            while True:
+                event = self._wake_event
+                if event is None:
+                    event = self._wake_event = anyio.Event()
+                if self._done >= target:  # looked at once the event is there: no wake-up lost
+                    return
+                await event.wait()
+
+    def _wake(self) -> None:
+        # In the event loop, at the settle thread's request.
+        event, self._wake_event = self._wake_event, None
+        if event is not None:
+            event.set()
+
+    def _trip(self, cmd: AcquireQuota, exc: Exception) -> QuotaFailed:
+        self._failed += 1
+        detail = self._describe(exc)
+        self._down_until = self._clock() + self._retry_interval
+        self._down_reason = (
+            f"redis unavailable ({self.where}): {detail}; calls fail at once for "
+            f"{self._retry_interval:g} s after each failure"
+        )
+        self._logs.log(logging.ERROR, "%s", self._down_reason)
+        return QuotaFailed(query_id=cmd.query_id, message=self._down_reason)
+
+    def _recovered(self) -> None:
+        if self._down_until is not None:
+            self._down_until = None
+            logger.warning("redis %s answers again", self.where)
+
+    # --- settle ---------------------------------------------------------------------
+
+    def settle(self, cmd: SettleQuota) -> None:
+        """Queue the settle for the settle thread; never blocks. Call it from the
+        event loop's thread."""
+        if not (cmd.adjustments or cmd.spends):
+            return
+        if self._closed:
+            self._drop("the store is closed")
+            return
+        if self._submitted - self._done >= self._max_queue:  # waiting, or being sent
+            self._drop("the queue is full")
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="sansproxy-quota", daemon=True)
+            self._thread.start()
+        self._submitted += 1
+        number = self._submitted
+        last = self._last_spend
+        for spend in cmd.spends:
+            last[spend.key] = number
+        if len(last) >= self._tidy_at:  # forget the keys whose spends are all done
+            done = self._done
+            self._last_spend = {key: n for key, n in last.items() if n > done}
+            self._tidy_at = max(_SPEND_KEYS, 2 * len(self._last_spend))
+        self._queue.put((number, cmd))
+
+    def _drop(self, why: str) -> None:
+        self._settles_dropped += 1
+        self._logs.log(logging.ERROR, "quota settle dropped: %s", why)
+
+    def _run(self) -> None:
+        script = self._sync_client.register_script(REDIS_SETTLE_MANY_SCRIPT)
+        get, get_nowait = self._queue.get, self._queue.get_nowait
+        while True:
+            # A batch: what has queued up, up to a flush marker or the end.
+            batch: list[tuple[int, SettleQuota]] = []
+            item = get()
+            while item is not None and not isinstance(item, threading.Event):
+                batch.append(item)
+                if len(batch) >= _SETTLE_BATCH:
+                    break
+                try:
+                    item = get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                if self._abandoned:
+                    self._settles_abandoned += len(batch)
+                else:
+                    self._settle_batch(script, [cmd for _, cmd in batch])
+                self._done = batch[-1][0]  # before looking for waiters: none is missed
+                if self._wake_event is not None and self._notify is not None:
+                    with contextlib.suppress(RuntimeError):  # the event loop is gone
+                        self._notify(self._wake)
+            if isinstance(item, threading.Event):
+                item.set()
+            elif item is None:
+                return
+
+    def _settle_batch(self, script: Callable[..., Any], cmds: Sequence[SettleQuota]) -> None:
+        # The same breaker as acquire's, for this thread: while Redis is down,
+        # settles fail at once instead of each waiting for the timeout.
+        down = self._settle_down_until
+        if down is not None and self._clock() < down:
+            self._settles_failed += len(cmds)
+            return
+        groups = []
+        for cmd in cmds:
+            try:
+                groups.append(redis_settle_group(_adjustments(cmd), _spends(cmd), now=cmd.at))
+            except ValueError as exc:
+                self._settle_failed(str(exc))
+        if not groups:
+            return
+        try:
+            keys, args = redis_settle_many_args(groups)
+            errors = redis_settle_many_answer(script(keys=keys, args=args), len(groups))
+        except (ResponseError, ValueError) as exc:
+            self._settles_failed += len(groups) - 1
+            self._settle_failed(self._describe(exc))
+            return
+        except Exception as exc:
+            self._settles_failed += len(groups)
+            self._settle_down_until = self._clock() + self._retry_interval
+            self._logs.log(
+                logging.ERROR,
+                "redis unavailable (%s): quota settles fail for %g s: %s",
+                self.where,
+                self._retry_interval,
+                self._describe(exc),
+            )
+            return
+        self._settle_down_until = None
+        for error in errors:
+            if error is None:
+                self._settled += 1
+            else:
+                self._settle_failed(error)
+
+    def _settle_failed(self, why: str) -> None:
+        self._settles_failed += 1
+        for secret in self._secrets:
+            why = why.replace(secret, "***")
+        self._logs.log(logging.ERROR, "redis %s: quota settle failed: %s", self.where, why)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Block until the settles queued so far are done (applied or failed); False
+        if that takes more than ``timeout`` seconds."""
+        thread = self._thread
+        if thread is None:
+            return True
+        if self._closed:  # the thread ends after the last settle
+            thread.join(timeout)
+            return not thread.is_alive()
+        marker = threading.Event()
+        self._queue.put(marker)
+        return marker.wait(timeout)
+
+    # --- closing --------------------------------------------------------------------
+
+    def _stop_thread(self) -> None:
+        thread = self._thread
+        if thread is None:
+            return
+        self._queue.put(None)
+        thread.join(self._close_timeout)
+        if thread.is_alive():
+            self._abandoned = True
+            logger.error(
+                "redis %s: quota settles still queued after %g s are dropped",
+                self.where,
+                self._close_timeout,
+            )
+
+    async def aclose(self) -> None:
+        """Finish the queued settles (at most ``close_timeout`` s), close the clients."""
+        self._closed = True
+        await anyio.to_thread.run_sync(self._stop_thread)
+        if self._lean is not None:
+            self._lean.close()
+        self._sync_client.close()
+        self._logs.flush()
+        stats = self.statistics()
+        if stats.failed or stats.settles_failed or stats.settles_dropped:
+            logger.warning(
+                "redis %s: %d quota calls failed; settles: %d done, %d failed, %d dropped",
+                self.where,
+                stats.failed,
+                stats.settled,
+                stats.settles_failed,
+                stats.settles_dropped,
+            )
+
+    def statistics(self) -> StoreStatistics:
+        """The store's counters."""
+        return StoreStatistics(
+            answered=self._answered,
+            failed=self._failed,
+            settled=self._settled,
+            settles_failed=self._settles_failed,
+            settles_dropped=self._settles_dropped + self._settles_abandoned,
+            queued=self._queue.qsize(),
+        )
