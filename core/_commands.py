@@ -27,6 +27,7 @@ from ._events import (
     _check_int,
     _check_number,
     _check_str,
+    _exact_tuple,
     _fast_pairs,
     _header_pairs,
     _tuple_of,
@@ -244,9 +245,17 @@ class QuotaCharge:
     amount: int
 
     def __post_init__(self) -> None:
+        amount = self.amount
+        if (
+            type(self.key) is str
+            and type(self.limit) is Limit
+            and type(amount) is int
+            and amount >= 0
+        ):
+            return
         _check_str(self, "key", self.key)
         _check_instance(self, "limit", self.limit, Limit)
-        _check_int(self, "amount", self.amount, 0)
+        _check_int(self, "amount", amount, 0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -285,6 +294,18 @@ class AcquireQuota(Command):
     timeout: float
 
     def __post_init__(self) -> None:
+        query_id, at, timeout = self.query_id, self.at, self.timeout
+        if (  # the usual command, checked at once; anything else field by field
+            type(query_id) is int
+            and query_id >= 1
+            and type(at) is float
+            and math.isfinite(at)
+            and type(timeout) is float
+            and 0 < timeout < math.inf
+            and _exact_tuple(self.charges, QuotaCharge)
+            and _exact_tuple(self.budgets, BudgetCheck)
+        ):
+            return
         _check_int(self, "query_id", self.query_id, 1)
         _check_number(self, "at", self.at)
         object.__setattr__(self, "charges", _tuple_of(self, "charges", self.charges, QuotaCharge))
@@ -305,10 +326,19 @@ class QuotaAdjustment:
     charged_at: float
 
     def __post_init__(self) -> None:
+        at = self.charged_at
+        if (
+            type(self.key) is str
+            and type(self.limit) is Limit
+            and type(self.delta) is int
+            and type(at) is float
+            and math.isfinite(at)
+        ):
+            return
         _check_str(self, "key", self.key)
         _check_instance(self, "limit", self.limit, Limit)
         _check_int(self, "delta", self.delta, -math.inf)
-        _check_number(self, "charged_at", self.charged_at)
+        _check_number(self, "charged_at", at)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -341,7 +371,15 @@ class SettleQuota(Command):
     spends: tuple[SpendRecord, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_number(self, "at", self.at)
+        at = self.at
+        if (
+            type(at) is float
+            and math.isfinite(at)
+            and _exact_tuple(self.adjustments, QuotaAdjustment)
+            and _exact_tuple(self.spends, SpendRecord)
+        ):
+            return
+        _check_number(self, "at", at)
         adjustments = _tuple_of(self, "adjustments", self.adjustments, QuotaAdjustment)
         object.__setattr__(self, "adjustments", adjustments)
         object.__setattr__(self, "spends", _tuple_of(self, "spends", self.spends, SpendRecord))

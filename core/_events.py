@@ -188,6 +188,16 @@ def _fast_pairs(value: object, lower: bool) -> Headers | None:
     return value
 
 
+def _exact_tuple(value: object, cls: type[Any]) -> bool:
+    """Whether ``value`` is a tuple of items of exactly type ``cls`` (a fast path's test)."""
+    if type(value) is not tuple:
+        return False
+    for item in value:  # noqa: SIM110 -- a loop: twice as fast as all() over a generator
+        if type(item) is not cls:
+            return False
+    return True
+
+
 def _header_pairs(owner: object, field: str, value: object, *, lower: bool) -> Headers:
     """A sequence of (bytes, bytes) pairs (two-item lists too: ASGI servers may send
     them); with ``lower``, a new list of tuples with the names lower-cased."""
@@ -376,7 +386,17 @@ class QuotaAnswered(Event):
     spent: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_int(self, "query_id", self.query_id, 1)
+        query_id, decisions, spent = self.query_id, self.decisions, self.spent
+        if (  # the usual answer, checked at once; anything else field by field
+            type(query_id) is int
+            and query_id >= 1
+            and type(self.admitted) is bool
+            and _exact_tuple(decisions, Decision)
+            and _exact_tuple(spent, float)
+            and not any(map(math.isnan, spent))
+        ):
+            return
+        _check_int(self, "query_id", query_id, 1)
         _check_bool(self, "admitted", self.admitted)
         object.__setattr__(
             self, "decisions", _tuple_of(self, "decisions", self.decisions, Decision)

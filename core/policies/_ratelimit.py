@@ -72,21 +72,29 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
+_WHAT = (b"limit", b"remaining", b"reset")
+
+
 def ratelimit_headers(
     standing: dict[str, Decision],
 ) -> list[tuple[bytes, bytes]]:
     """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for each kind known."""
     out = []
-    for kind in ("requests", "tokens"):
+    for kind, (limit, remaining, reset) in _HEADER_NAMES:
         decision = standing.get(kind)
         if decision is None:
             continue
-        out.append((b"x-ratelimit-limit-" + kind.encode(), str(decision.limit).encode()))
-        out.append((b"x-ratelimit-remaining-" + kind.encode(), str(decision.remaining).encode()))
-        out.append(
-            (b"x-ratelimit-reset-" + kind.encode(), _duration(decision.reset_after).encode())
-        )
+        out.append((limit, b"%d" % decision.limit))
+        out.append((remaining, b"%d" % decision.remaining))
+        out.append((reset, _duration(decision.reset_after).encode()))
     return out
+
+
+#: Each kind's header names, encoded once.
+_HEADER_NAMES = tuple(
+    (kind, tuple(b"x-ratelimit-%s-%s" % (what, kind.encode()) for what in _WHAT))
+    for kind in ("requests", "tokens")
+)
 
 
 @dataclass(slots=True, kw_only=True)
