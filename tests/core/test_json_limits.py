@@ -32,7 +32,7 @@ from core import (
     UpstreamResponse,
     WriteTrace,
 )
-from core._json import MAX_JSON_DEPTH, JSONError, check_items, loads
+from core._json import MAX_JSON_DEPTH, JSONError, check_items, dumps, loads, redump
 from tests.support.fuzz import examples
 
 from .playbook import Playbook, client_view
@@ -552,3 +552,30 @@ def test_hooks_after_routing_still_read_the_body() -> None:
     pb.feed(UpstreamResponse(attempt=1, status=200, headers=JSON_HEAD))
     pb.feed(UpstreamData(attempt=1, data=answer("openai", "hi", 0)), UpstreamEnded(attempt=1))
     assert seen[0] == seen[1] == json.loads(request_body("gateway", "hi", None))
+
+
+@pytest.mark.parametrize(
+    ("source", "value", "written"),
+    [
+        # orjson's writer: the common case
+        (b'{"model":"a","n":1}', {"model": "b", "n": 1}, b'{"model":"b","n":1}'),
+        # NaN and Infinity are written back as read (orjson would write null)
+        (b'{"model":"a","t":NaN}', {"model": "b", "t": float("nan")}, b'{"model":"b","t":NaN}'),
+        (b'{"t":-Infinity}', {"t": float("-inf")}, b'{"t":-Infinity}'),
+        # an int beyond 64 bits, which orjson refuses
+        (b'{"n":1180591620717411303424}', {"n": 2**70}, b'{"n":1180591620717411303424}'),
+    ],
+)
+def test_a_body_written_again_keeps_its_values(source: bytes, value: Any, written: bytes) -> None:
+    assert redump(value, source) == written
+
+
+@given(st.text(st.characters(exclude_categories=())))  # lone surrogates too
+def test_dumps_writes_any_text_as_json_does(text: str) -> None:
+    try:
+        expected = json.dumps(text, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # a lone surrogate: no UTF-8 for it, either way
+        with pytest.raises(UnicodeEncodeError):
+            dumps(text)
+        return
+    assert dumps(text) == expected
