@@ -127,11 +127,12 @@ class Driver:
         """The event loop's time, the ``now`` every event is fed with."""
         return (self._clock or self._bind_clock())()
 
-    def new_exchange(self) -> Exchange:
-        """A fresh exchange with a process-unique id, started now."""
+    def new_exchange(self, now: float | None = None) -> Exchange:
+        """A fresh exchange with a process-unique id, started at ``now`` (the loop's
+        time if not given)."""
         return self.proxy.exchange(
             exchange_id=f"{self._prefix}{next(self._counter):06x}",
-            now=self.now(),
+            now=self.now() if now is None else now,
             wall_time=time.time(),
             rand=self._random(),
         )

@@ -4,10 +4,17 @@
 streams; this one runs it from ``asyncio.Protocol`` callbacks: an upstream
 event, a timer or the client's transport calls in, the exchange is fed, its
 commands are carried out, the client's bytes go out in one
-``transport.write``, and one ``loop.call_at`` timer is left armed. The
+``transport.write``, and the exchange's deadline is left with the timers. The
 process's trace writer, store and log collapser are the ``Driver``'s (one
 ``Driver`` per process, its clock bound at start-up); the upstream pool is
 ``adapters._loop_upstream.LoopPool``.
+
+Timers: a loop timer costs ~3 µs to arm and cancel, and most exchanges end
+long before their deadline. So a deadline more than a second away goes into
+the driver's slot for its whole second (one loop timer per slot, shared by
+every run due in it, a set add and discard per run); when the slot is due,
+each run still waiting gets a loop timer of its own at its exact deadline.
+A deadline within the current second gets its own timer at once.
 
 The semantics are ``Driver._step``'s: the exchange's timer measures waiting,
 not the proxy's own work (the time between an event and the end of its
@@ -95,12 +102,17 @@ class LoopDriver:
         self.traces = driver.traces
         self.write_timeout = driver.proxy.config.server.write_timeout
         # The memory store answers at once; Redis (None) in a task.
-        self.acquire_nowait: _Acquire | None = getattr(driver.store, "acquire_nowait", None)
+        self.acquire_nowait: _Acquire = driver.store.acquire_nowait
         self.runs = 0
+        # Driver.new_exchange: its ids and randomness, on this loop's clock.
+        self._new_exchange = driver.new_exchange
+        # Runs whose deadline falls in a second to come, by that second.
+        self._slots: dict[int, set[Run]] = {}
 
-    def new_exchange(self) -> Exchange:
-        """A fresh exchange (the ``Driver``'s ids, clock and randomness)."""
-        return self.driver.new_exchange()
+    def new_exchange(self, now: float | None = None) -> Exchange:
+        """A fresh exchange (the ``Driver``'s ids and randomness), started at ``now``
+        (the loop's time if not given)."""
+        return self._new_exchange(self.loop.time() if now is None else now)
 
     def start(self, ex: Exchange, sink: LoopSink, done: Callable[[], object]) -> Run:
         """Carry ``ex`` (its request fed) to its end; ``done()`` once it has ended and
@@ -114,6 +126,47 @@ class LoopDriver:
         """Close idle upstream connections, then the ``Driver`` (traces, store)."""
         self.pool.close()
         await self.driver.aclose()
+
+    # -- deadlines --
+
+    def _arm(self, run: Run, target: float, slot: int, now: float) -> None:
+        """Time ``run`` out at ``target`` (``slot``: its second); it has no loop timer."""
+        old = run.slot
+        if old >= 0:
+            if old <= slot:
+                return  # due early: the run is placed again then
+            runs = self._slots.get(old)
+            if runs is not None:
+                runs.discard(run)
+            run.slot = -1
+        if slot <= now:  # within this second: a timer of its own
+            run.timer = self.loop.call_at(target, run._on_timer)
+            run.timer_at = target
+            return
+        runs = self._slots.get(slot)
+        if runs is None:
+            runs = self._slots[slot] = set()
+            self.loop.call_at(slot, self._slot_due, slot)
+        runs.add(run)
+        run.slot = slot
+
+    def _slot_due(self, slot: int) -> None:
+        """A second with deadlines in it has come: each run still waiting gets its timer
+        (or a later slot, if its deadline moved)."""
+        runs = self._slots.pop(slot, None)
+        if not runs:
+            return
+        now = self.loop.time()
+        for run in runs:
+            run.slot = -1
+            target = run.target
+            if run.over or run.flushing or target is None:
+                continue  # placed again when its write ends, or never
+            try:
+                due = int(target)
+            except (OverflowError, ValueError):  # its deadline went to infinity
+                continue
+            self._arm(run, target, due, max(now, slot))
 
 
 class Run:
@@ -133,6 +186,7 @@ class Run:
         "resumed",
         "settles",
         "sink",
+        "slot",
         "stalled",
         "target",
         "timer",
@@ -152,7 +206,7 @@ class Run:
         self.quota: asyncio.Task[Any] | None = None
         self.settles: list[SettleQuota] = []
         self.flushing = False  # a write waits for the client to read
-        self.held: deque[_Fed] = deque()  # events that came while it waited
+        self.held: deque[_Fed] | None = None  # events that came while it waited
         self.over = False
         # The timer's account (see Driver._step): when the run last stopped
         # waiting, the exchange's deadline, the time not spent waiting since.
@@ -160,8 +214,9 @@ class Run:
         self.deadline: float | None = None
         self.stalled = 0.0
         self.target: float | None = None  # deadline + stalled: when the timer is due
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None  # a loop timer of its own
         self.timer_at = 0.0
+        self.slot = -1  # or the second of the driver's slot it waits in
         self.write_timer: asyncio.TimerHandle | None = None
 
     # -- events in --------------------------------------------------------------------
@@ -171,7 +226,7 @@ class Run:
         if self.over:
             return
         if self.flushing:
-            self.held.append(event)
+            self._hold(event)
             return
         try:
             self._handle(event)
@@ -190,13 +245,42 @@ class Run:
         self.ex.handle(event, now=now)
         self.step()
 
+    def _hold(self, event: _Fed) -> None:
+        """Keep an event that came while a write waits (made on the first one)."""
+        held = self.held
+        if held is None:
+            held = self.held = deque()
+        held.append(event)
+
     def upstream_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         """The upstream's response head (a ``LoopPool`` listener callback)."""
-        self.feed(UpstreamResponse(attempt=self.attempt, status=status, headers=headers))
+        if self.over:
+            return
+        event = UpstreamResponse(attempt=self.attempt, status=status, headers=headers)
+        if self.flushing:
+            self._hold(event)
+            return
+        try:  # feed() and _handle(), inline: once per response
+            self.resumed = now = self.owner.loop.time()
+            self.ex.handle(event, now=now)
+            self.step()
+        except Exception:
+            self._bug()
 
     def upstream_data(self, data: bytes) -> None:
         """A chunk of the upstream's body."""
-        self.feed(UpstreamData(attempt=self.attempt, data=data))
+        if self.over:
+            return
+        event = UpstreamData(attempt=self.attempt, data=data)
+        if self.flushing:
+            self._hold(event)
+            return
+        try:  # feed() and _handle(), inline: once per stream event
+            self.resumed = now = self.owner.loop.time()
+            self.ex.handle(event, now=now)
+            self.step()
+        except Exception:
+            self._bug()
 
     def upstream_end(self) -> None:
         """The upstream's body ended (its connection is released when this is fed)."""
@@ -327,10 +411,17 @@ class Run:
             return
         target = self.target = deadline + self.stalled
         timer = self.timer
-        # One timer, re-armed only when it would fire too late; early, it re-arms.
-        if timer is None or self.timer_at > target:
-            if timer is not None:
-                timer.cancel()
+        # One timer (or slot), re-armed only when it would fire too late; early,
+        # it re-arms.
+        if timer is None:
+            try:
+                slot = int(target)
+            except (OverflowError, ValueError):  # an infinite deadline: never due
+                return
+            if slot != self.slot:
+                self.owner._arm(self, target, slot, waiting)
+        elif self.timer_at > target:
+            timer.cancel()
             self.timer = loop.call_at(target, self._on_timer)
             self.timer_at = target
 
@@ -382,8 +473,7 @@ class Run:
 
     def _acquire(self, cmd: AcquireQuota) -> None:
         owner = self.owner
-        nowait = owner.acquire_nowait
-        answer = nowait(cmd) if nowait is not None else None
+        answer = owner.acquire_nowait(cmd)
         if answer is not None:
             self.resumed = now = owner.loop.time()
             self.ex.handle(answer, now=now)
@@ -420,15 +510,25 @@ class Run:
         if call is not None:
             self.call = None
             call.abort()
-        for handle in (self.timer, self.write_timer):
-            if handle is not None:
-                handle.cancel()
-        self.timer = self.write_timer = None
+        timer = self.timer
+        if timer is not None:
+            self.timer = None
+            timer.cancel()
+        slot = self.slot
+        if slot >= 0:
+            self.slot = -1
+            runs = self.owner._slots.get(slot)
+            if runs is not None:
+                runs.discard(self)
+        timer = self.write_timer
+        if timer is not None:
+            self.write_timer = None
+            timer.cancel()
         quota = self.quota
         if quota is not None:
             self.quota = None
             quota.cancel()
-        self.held.clear()
+        self.held = None
 
     def _bug(self, exc: BaseException | None = None) -> None:
         """A bug (here, or a store's): the exchange is recorded, the client connection closed."""

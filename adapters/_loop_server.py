@@ -75,6 +75,9 @@ _LINGER_BYTES = 16 << 20
 _HIGH_WATER = 1 << 20
 _LOW_WATER = 1 << 18
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+_STATUS_LINES = {
+    status: b"HTTP/1.1 %d %s\r\n" % (status, reason) for status, reason in _REASONS.items()
+}
 _ENDED = RequestEnded()
 
 
@@ -382,10 +385,11 @@ class HttptoolsCodec:
         hosts = 0
         continue_ = False
         for name, value in headers:
-            lower = name.lower()
-            if lower == b"host":
-                hosts += 1
-            elif lower == b"expect" and value.lower() == b"100-continue":
+            size = len(name)  # lower-cased only when it may be one of the two
+            if size == 4:
+                if name.lower() == b"host":
+                    hosts += 1
+            elif size == 6 and name.lower() == b"expect" and value.lower() == b"100-continue":
                 continue_ = http11
         if hosts > 1 or (http11 and not hosts):
             message = "Found multiple Host" if hosts else "Missing mandatory Host"  # as h11 says
@@ -393,9 +397,13 @@ class HttptoolsCodec:
             self._broken = True
             raise _Stop
         keep_alive = http11 and parser.should_keep_alive()
-        self._events.append(_Request(method == b"HEAD", http11, keep_alive, continue_))
-        self._events.append(
-            RequestReceived(method=method, target=b"".join(self._url), headers=headers)
+        url = self._url
+        events = self._events
+        events.append(_Request(method == b"HEAD", http11, keep_alive, continue_))
+        events.append(
+            RequestReceived(
+                method=method, target=url[0] if len(url) == 1 else b"".join(url), headers=headers
+            )
         )
 
     def on_body(self, body: bytes) -> None:
@@ -418,12 +426,14 @@ class HttptoolsCodec:
         length = chunked = False
         close = not request.keep_alive
         for name, value in headers:
-            lower = name.lower()
-            if lower == b"content-length":
-                length = True
-            elif lower == b"transfer-encoding":
-                chunked = b"chunked" in _tokens(value)
-            elif lower == b"connection" and b"close" in _tokens(value):
+            size = len(name)  # lower-cased only when it may be one of the three
+            if size == 14:
+                if name.lower() == b"content-length":
+                    length = True
+            elif size == 17:
+                if name.lower() == b"transfer-encoding":
+                    chunked = b"chunked" in _tokens(value)
+            elif size == 10 and name.lower() == b"connection" and b"close" in _tokens(value):
                 close = True
         # h11's rules: a HEAD is answered with the head a GET would have had.
         if status in (204, 304) or status < 200:
@@ -445,10 +455,17 @@ class HttptoolsCodec:
             self._close = True
             headers = [(n, v) for n, v in headers if n.lower() != b"connection"]
             headers.append(_CLOSE_HEADER)
-        parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))]
+        line = _STATUS_LINES.get(status)
+        if line is None:
+            line = b"HTTP/1.1 %d \r\n" % status
+        parts = [line]
+        append = parts.append
         for name, value in headers:
-            parts.append(name + b": " + value + b"\r\n")
-        parts.append(b"\r\n")
+            append(name)
+            append(b": ")
+            append(value)
+            append(b"\r\n")
+        append(b"\r\n")
         return b"".join(parts)
 
     def response_data(self, data: bytes) -> bytes:
@@ -525,11 +542,15 @@ class _Sink:
         self._out.append(self._codec.response_head(status, headers))
 
     def send(self, data: bytes) -> None:
-        self._out.append(self._codec.response_data(data))
+        piece = self._codec.response_data(data)
+        if piece:
+            self._out.append(piece)
 
     def end(self, complete: bool) -> None:
         if complete:
-            self._out.append(self._codec.response_end())
+            piece = self._codec.response_end()
+            if piece:  # nothing, when a length frames the body
+                self._out.append(piece)
         else:
             self.cut = True
 
@@ -745,7 +766,7 @@ class _ClientConnection(asyncio.Protocol):
         if self._state == _C_IDLE:  # a pipelined request, already here
             server.idle.discard(self)
             self._deadline = now + server.config.request_timeout
-        ex = server.driver.new_exchange()
+        ex = server.driver.new_exchange(now)
         ex.handle(event, now=now)
         self._ex = ex
         self._head = event.method == b"HEAD"

@@ -8,11 +8,13 @@ task and no await per request: a request is one ``transport.write`` and the
 response comes back as calls on a listener. Only opening a connection runs
 a task (``loop.create_connection``, bounded by ``connect_timeout``).
 
-A reused idle connection that the server had closed is detected before use
-(it is readable: see ``_Connection.is_stale``); one closed as the request went
-out, before a byte of the answer, is replaced by a new connection once, as
-RFC 9112 9.3.1 allows. A connection that fails in any way, or whose call is
-aborted, is closed, never pooled again.
+A reused idle connection that the server had closed is known before use: its
+protocol heard the close (or bytes, which an idle connection must not get) and
+it left the pool then, without a system call per reuse. One closed as the
+request went out, before a byte of the answer (a close the loop had not read
+yet, say), is replaced by a new connection once, as RFC 9112 9.3.1 allows.
+A connection that fails in any way, or whose call is aborted, is closed,
+never pooled again.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from core import Origin
 from core._events import FailureKind
 
 from ._http1 import ResponseFramer, UpstreamError, encode
-from ._streams import _poll_readable
 
 __all__ = ["LoopPool", "UpstreamCall", "UpstreamError", "UpstreamListener"]
 
@@ -244,15 +245,14 @@ class _Connection(asyncio.Protocol):
         self.pool._forget(self)
 
     def is_stale(self) -> bool:
-        """An idle connection with something to read: the server closed it, usually.
+        """An idle connection that cannot carry a request: closed, or closing.
 
-        Asks the kernel too: a FIN that arrived since the loop last polled has
-        not been seen yet.
+        No system call: its protocol heard the server's close, or bytes (then it
+        aborted it), and ``connection_lost`` took it out of the pool. A close the
+        loop has not read yet breaks the request before a byte of the answer,
+        which is then sent once more on a new connection.
         """
-        if self.closed or self.transport.is_closing():
-            return True
-        sock = self.transport.get_extra_info("socket")
-        return sock is None or _poll_readable(sock.fileno())
+        return self.closed or self.transport.is_closing()
 
     # -- the framer's listener --
 
@@ -316,7 +316,7 @@ class LoopPool:
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()
-            if conn.is_stale():
+            if conn.closed or conn.transport.is_closing():  # is_stale(), inline
                 self._stale_discarded += 1
                 conn.transport.abort()
                 continue
