@@ -1,7 +1,7 @@
 """HTTP/1.1 framing for upstream calls, without I/O: requests out, responses in.
 
-:func:`encode_request` turns a request into the one buffer to send (head and
-body), refusing what h11 refused, byte for byte what h11 wrote.
+:func:`encode` turns a request into the one buffer to send (head and body),
+refusing what h11 refused, byte for byte what h11 wrote.
 :class:`ResponseFramer` parses responses with ``httptools`` (llhttp): bytes
 in, ``on_head`` / ``on_data`` / ``on_end`` calls out on a listener. Both are
 shared by every upstream client (anyio streams or asyncio protocols).
@@ -24,7 +24,6 @@ __all__ = [
     "ResponseListener",
     "UpstreamError",
     "encode",
-    "encode_request",
 ]
 
 
@@ -74,34 +73,18 @@ def _unframed() -> UpstreamError:
     return UpstreamError("protocol", "invalid request: the body does not match its framing headers")
 
 
-def encode_request(
-    method: bytes,
-    target: bytes,
-    headers: Sequence[tuple[bytes, bytes]],
-    body: bytes,
-    host: bytes | None = None,
-) -> bytes:
-    """The request as one buffer: request line, headers (Host first), body.
-
-    See :func:`encode`, which also says whether the request asks to close.
-    """
-    return encode(method, target, headers, body, host)[0]
-
-
 def encode(
     method: bytes,
     target: bytes,
     headers: Sequence[tuple[bytes, bytes]],
     body: bytes,
-    host: bytes | None = None,
 ) -> tuple[bytes, bool]:
     """The request as one buffer, and whether it asks the server to close after it.
 
     ``headers`` are sent as given (names keep their case; h11 wrote the same
-    bytes): they must carry exactly one Host, unless ``host`` is given for a
-    request without one, and frame ``body`` (Content-Length, or
-    ``Transfer-Encoding: chunked`` whose body is then chunk-encoded here; no
-    framing header means no body). Raises ``UpstreamError("protocol")``
+    bytes): they must carry exactly one Host (the core's always do) and frame
+    ``body`` (Content-Length, or ``Transfer-Encoding: chunked`` whose body is
+    then chunk-encoded here; no framing header means no body). Raises ``UpstreamError("protocol")``
     otherwise, or for a name, value, method or target that is not valid
     HTTP/1.1 (header injection), without quoting any of them.
     """
@@ -167,10 +150,7 @@ def encode(
         append(value)
         append(_CRLF)
     if host_line is None:
-        if host is None or not host or host[0] in _SPACE_OR_TAB or host[-1] in _SPACE_OR_TAB:
-            raise _invalid()
-        lines += 1
-        host_line = b"Host: " + host + _CRLF
+        raise _invalid()
     parts[4] = host_line
     append(_CRLF)
     if not chunked and len(body) != (0 if length is None else int(length)):
