@@ -350,9 +350,7 @@ def test_requests_are_what_h11_wrote(
 )
 def test_repeated_equal_content_length_is_sent_once(headers: list[tuple[bytes, bytes]]) -> None:
     headers = [(b"host", b"h"), *headers]
-    assert _encoded(b"POST", b"/", headers, b"abc") == h11_bytes(
-        b"POST", b"/", headers, b"abc"
-    )
+    assert _encoded(b"POST", b"/", headers, b"abc") == h11_bytes(b"POST", b"/", headers, b"abc")
 
 
 def test_a_request_without_host_is_refused() -> None:
