@@ -48,7 +48,7 @@ from core import (
 from ._cli import Loaded, cannot_listen, log_startup, setup_logging, stopped
 from ._driver import Driver
 from ._loop_driver import LoopDriver, Run
-from ._streams import _AcceptBackoff
+from ._streams import _AcceptBackoff, accept, listen
 
 __all__ = [
     "CLOSED",
@@ -1019,15 +1019,7 @@ class LoopServer:
         factory = self._connection
         with listening:
             while True:
-                try:
-                    try:
-                        sock, _ = listening.accept()
-                    except BlockingIOError:
-                        sock, _ = await loop.sock_accept(listening)
-                except OSError as exc:
-                    await backoff.wait(exc)
-                    continue
-                backoff.accepted()
+                sock = await accept(listening, backoff)
                 loop.create_task(self._serve_socket(sock, factory))
 
     def _connection(self) -> _ClientConnection:
@@ -1060,7 +1052,7 @@ async def serve(driver: Driver, config: ProxyConfig, *, adapter: str, codec: typ
     anyio.current_time()
     failed: list[OSError] = []
     try:
-        listening = _listen(config.server.host, config.server.port)
+        listening = listen(config.server.host, config.server.port)
     except OSError as exc:
         failed.append(exc)
     else:
@@ -1074,15 +1066,6 @@ async def serve(driver: Driver, config: ProxyConfig, *, adapter: str, codec: typ
     for signum in handled:
         loop.remove_signal_handler(signum)
     stopped()
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    family, _, _, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    listening = socket.create_server(address, family=family, backlog=2048)
-    listening.setblocking(False)
-    return listening
 
 
 async def _serve_until_signal(

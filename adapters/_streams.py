@@ -34,9 +34,11 @@ __all__ = [
     "Clock",
     "clock",
     "abort",
+    "accept",
     "connect_tcp",
     "idle_is_readable",
     "is_closed",
+    "listen",
     "serve_tcp",
     "using_asyncio",
 ]
@@ -468,27 +470,41 @@ async def serve_tcp(
     # reserve), and on any other accept() error uvloop closes its listener for
     # good (uvloop/handles/streamserver.pyx: _fatal_error). Here they wait in
     # the backlog, and the listener lives.
-    loop = asyncio.get_running_loop()
+    listening = listen(host, port)
+    started(listening.getsockname()[1])
+    backoff = _AcceptBackoff()
+    with listening:
+        while True:
+            sock = await accept(listening, backoff)
+            task_group.start_soon(_serve_socket, sock, handler)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A non-blocking listening socket on ``host``:``port`` (backlog 2048), for
+    :func:`accept`. Raises ``OSError`` if it cannot listen."""
     family, _, _, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
     listening = socket.create_server(address, family=family, backlog=2048)
     listening.setblocking(False)
-    started(listening.getsockname()[1])
-    backoff = _AcceptBackoff()
-    with listening:
-        while True:
+    return listening
+
+
+async def accept(listening: socket.socket, backoff: _AcceptBackoff) -> socket.socket:
+    """The next connection on ``listening``, on asyncio: one already queued is taken
+    without a future; an ``accept()`` error (EMFILE ...) waits in ``backoff``."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
             try:
-                try:
-                    # What is already queued, without a future per connection.
-                    sock, _ = listening.accept()
-                except BlockingIOError:
-                    sock, _ = await loop.sock_accept(listening)
-            except OSError as exc:
-                await backoff.wait(exc)
-                continue
-            backoff.accepted()
-            task_group.start_soon(_serve_socket, sock, handler)
+                sock, _ = listening.accept()
+            except BlockingIOError:
+                sock, _ = await loop.sock_accept(listening)
+        except OSError as exc:
+            await backoff.wait(exc)
+            continue
+        backoff.accepted()
+        return sock
 
 
 async def _serve_socket(sock: socket.socket, handler: Handler) -> None:
