@@ -208,16 +208,8 @@ def _header_pairs(owner: object, field: str, value: object, *, lower: bool) -> H
         raise _refuse(owner, field, wanted, value)
     headers: Headers = value
     try:
-        if lower:
-            # Names already lower-case (h11's, an adapter's that lower-cased them) are
-            # kept as they are: a list of tuples is copied only when a name must change.
-            if type(headers) is list:
-                for pair in headers:
-                    if type(pair) is not tuple or not pair[0].islower():
-                        headers = lower_names(headers)
-                        break
-            else:
-                headers = lower_names(headers)
+        if lower:  # (a list of lower-case tuples took the fast path, _fast_pairs)
+            headers = lower_names(headers)
         for name, item in headers:
             if type(name) is not bytes or type(item) is not bytes:
                 raise _refuse(owner, field, wanted, (name, item))
