@@ -23,6 +23,7 @@ from core import (
     UpstreamResponse,
     WriteTrace,
 )
+from core.gateway import Router
 
 from .playbook import WALL, Playbook, client_view, header
 
@@ -578,3 +579,14 @@ def test_without_a_configured_key_the_clients_credential_is_carried_in_the_other
     # No credential at all: none is invented.
     cmd = sent(exchange(proxy).request(b"POST", b"/v1/chat/completions", chat("smart")))
     assert header(list(cmd.headers), b"x-api-key") is None
+
+
+def test_models_asked_by_name_resolve_alike_and_the_router_keeps_a_bounded_few() -> None:
+    router = Router(
+        ProxyConfig.model_validate({"upstream": {"base_url": "http://up.test:1", "type": "openai"}})
+    )
+    first = [router.resolve(f"model-{i}", 0.5) for i in range(3000)]
+    again = [router.resolve(f"model-{i}", 0.5) for i in range(3000)]
+    assert first == again  # the same deployment, kept or made anew
+    assert all(d is not None and d.model == f"model-{i}" for i, d in enumerate(again))
+    assert len(router._seen) == 1024  # clients choose the names: memory stays flat
