@@ -22,10 +22,13 @@ from core import (
     AcquireQuota,
     CancelUpstream,
     ClientGone,
+    CollectMetrics,
     EndResponse,
     Exchange,
     Log,
+    MetricsCollected,
     Proxy,
+    RecordExchange,
     SendBody,
     SendUpstreamRequest,
     SettleQuota,
@@ -38,6 +41,7 @@ from core import (
 )
 
 from ._logs import LogCollapser
+from ._sinks import Sinks
 from ._store import QuotaStore, make_store
 from ._streams import Clock, using_asyncio
 from ._streams import clock as loop_clock
@@ -100,6 +104,8 @@ class Driver:
         self.proxy = proxy
         self.pool = pool if pool is not None else UpstreamPool()
         self.traces = TraceWriter()
+        #: The observers of each exchange's record (access log, metrics, spans).
+        self.sinks = Sinks(proxy.config)
         self.store = store if store is not None else make_store(proxy.config.limits)
         self._prefix = secrets.token_hex(4)
         # Weighted routing draws here; the core stays deterministic.
@@ -142,6 +148,7 @@ class Driver:
         await self.pool.aclose()
         await self.store.aclose()
         await anyio.to_thread.run_sync(self.traces.close)
+        await anyio.to_thread.run_sync(self.sinks.close)
         self.logs.flush()
         stats = self.traces.statistics()
         if stats.written or stats.failed or stats.dropped:
@@ -184,6 +191,14 @@ class Driver:
         else:
             state.resumed = now()
             state.head_pending = True
+
+    def collect_metrics(self) -> MetricsCollected:
+        """The answer to ``CollectMetrics``: every worker's metrics, rendered."""
+        metrics = self.sinks.metrics
+        if metrics is None:  # an embedder's core with metrics its driver was not built for
+            return MetricsCollected(body=b"", content_type=b"text/plain; version=0.0.4")
+        body, content_type = metrics.render()
+        return MetricsCollected(body=body, content_type=content_type)
 
     def _log(self, cmd: Log) -> None:
         fields = cmd.fields
@@ -282,10 +297,14 @@ class Driver:
                             return False
                     case SettleQuota():
                         settles.append(cmd)  # once the client has its response
+                    case RecordExchange():
+                        self.sinks.submit(cmd.record)
                     case WriteTrace():
                         self.traces.submit(cmd)
                     case Log():
                         self._log(cmd)
+                    case CollectMetrics():
+                        ex.handle(self.collect_metrics(), now=now())
                     case CancelUpstream():
                         if state.response is not None:
                             state.response.abort()
@@ -360,6 +379,8 @@ class Driver:
         settles = state.settles
         while (cmd := ex.next_command()) is not None:
             match cmd:
+                case RecordExchange():
+                    self.sinks.submit(cmd.record)
                 case WriteTrace():
                     self.traces.submit(cmd)
                 case Log():

@@ -37,11 +37,13 @@ from core import (
     AcquireQuota,
     CancelUpstream,
     ClientGone,
+    CollectMetrics,
     EndResponse,
     Exchange,
     Log,
     QuotaAnswered,
     QuotaFailed,
+    RecordExchange,
     SendBody,
     SendUpstreamRequest,
     SettleQuota,
@@ -100,6 +102,7 @@ class LoopDriver:
         driver.now()  # binds the driver's clock, here where a task runs
         self.store = driver.store
         self.traces = driver.traces
+        self.sinks = driver.sinks
         self.write_timeout = driver.proxy.config.server.write_timeout
         # The memory store answers at once; Redis (None) in a task.
         self.acquire_nowait: _Acquire = driver.store.acquire_nowait
@@ -332,6 +335,8 @@ class Run:
         settles = self.settles
         while (cmd := ex.next_command()) is not None:
             match cmd:
+                case RecordExchange():
+                    owner.sinks.submit(cmd.record)
                 case WriteTrace():
                     owner.traces.submit(cmd)
                 case Log():
@@ -366,10 +371,14 @@ class Run:
                     self._acquire(cmd)
                 case SettleQuota():
                     self.settles.append(cmd)  # once the client has its response
+                case RecordExchange():
+                    owner.sinks.submit(cmd.record)
                 case WriteTrace():
                     owner.traces.submit(cmd)
                 case Log():
                     owner.driver._log(cmd)
+                case CollectMetrics():
+                    ex.handle(owner.driver.collect_metrics(), now=owner.loop.time())
                 case CancelUpstream():
                     call = self.call
                     if call is not None:

@@ -19,6 +19,7 @@ have their own; every ``_module`` is private and may change.
 from ._commands import (
     AcquireQuota,
     CancelUpstream,
+    CollectMetrics,
     Command,
     EndResponse,
     Log,
@@ -50,6 +51,7 @@ from ._errors import (
 from ._events import (
     ClientGone,
     Event,
+    MetricsCollected,
     QuotaAnswered,
     QuotaFailed,
     RequestData,
@@ -64,26 +66,31 @@ from ._events import (
 from ._exchange import Exchange
 from ._middleware import Attempt, Context, Middleware, Reply, Retry
 from ._proxy import Proxy
+from ._record import AttemptRecord, ExchangeRecord, RecordExchange
 from ._render import render_error
 from ._sse import SSEDecoder, SSEEvent, parse_block
 
 __all__ = [
     "AcquireQuota",
     "Attempt",
+    "AttemptRecord",
     "AuthenticationError",
     "BudgetExceededError",
     "CancelUpstream",
     "ClientGone",
     "ClientRateLimitError",
+    "CollectMetrics",
     "Command",
     "ContentPolicyError",
     "Context",
     "EndResponse",
     "Event",
     "Exchange",
+    "ExchangeRecord",
     "InternalError",
     "LocalProtocolError",
     "Log",
+    "MetricsCollected",
     "Middleware",
     "ModelNotFoundError",
     "NetworkError",
@@ -95,6 +102,7 @@ __all__ = [
     "ProxyConfig",
     "QuotaAnswered",
     "QuotaFailed",
+    "RecordExchange",
     "RemoteProtocolError",
     "Reply",
     "RequestData",

@@ -39,6 +39,7 @@ __all__ = [
     "AcquireQuota",
     "BudgetCheck",
     "CancelUpstream",
+    "CollectMetrics",
     "Command",
     "EndResponse",
     "Log",
@@ -214,6 +215,12 @@ class WriteTrace(Command):
         _check_choice(self, "rotate", self.rotate, _ROTATIONS)
         _check_number(self, "max_age", self.max_age, positive=True, finite=False, optional=True)
         _check_int(self, "max_bytes", self.max_bytes, 1, optional=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CollectMetrics(Command):
+    """Collect the process's metrics (every worker's) in an exposition format, and
+    answer with ``MetricsCollected``. Don't subclass."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

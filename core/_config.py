@@ -20,7 +20,9 @@ __all__ = [
     "DEFAULT_ORDER",
     "ConfigProblem",
     "DeploymentConfig",
+    "LangfuseConfig",
     "LimitsConfig",
+    "MetricsConfig",
     "ModelConfig",
     "RateLimitConfig",
     "PriceConfig",
@@ -28,6 +30,7 @@ __all__ = [
     "MockConfig",
     "ProxyConfig",
     "ServerConfig",
+    "TelemetryConfig",
     "UpstreamConfig",
     "format_path",
     "show",
@@ -285,6 +288,73 @@ class MockConfig(_Frozen):
     stream_delay: float = Field(default=0.02, ge=0, description="Seconds between stream events.")
 
 
+class MetricsConfig(_Frozen):
+    """Prometheus metrics, served at ``path`` (never forwarded)."""
+
+    enabled: bool = Field(default=False, description="Serve GET <path> in Prometheus's format.")
+    path: str = Field(default="/metrics", pattern=r"^/[^?#\s]*$", description="Where.")
+    admin_only: bool = Field(
+        default=False,
+        description="Only with the auth middleware's admin key (Authorization: Bearer ...).",
+    )
+
+
+class LangfuseConfig(_Frozen):
+    """Send the spans to Langfuse's OTLP endpoint too (``{host}/api/public/otel``)."""
+
+    host: str = Field(default="https://cloud.langfuse.com", description="Langfuse's base URL.")
+    public_key: str = Field(min_length=1)
+    secret_key: SecretStr
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http(s) URL, not {value!r}")
+        return value.rstrip("/")
+
+
+class TelemetryConfig(_Frozen):
+    """OpenTelemetry spans (GenAI conventions) over OTLP/HTTP, and Langfuse.
+
+    Spans are on when ``otlp_endpoint`` or ``langfuse`` is set (the adapters
+    also read ``OTEL_EXPORTER_OTLP_ENDPOINT``/``..._TRACES_ENDPOINT``).
+    """
+
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP base URL (spans go to <it>/v1/traces), or the full traces URL.",
+    )
+    headers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Headers sent with every export (credentials)."
+    )
+    service_name: str = Field(default="sansproxy", min_length=1)
+    capture_content: bool = Field(
+        default=False, description="Put the messages in the spans (after guardrails' redaction)."
+    )
+    sample_ratio: float = Field(default=1.0, ge=0, le=1, description="Share of new traces kept.")
+    session_header: str = Field(
+        default="x-session-id", min_length=1, description="Request header naming the session."
+    )
+    max_queue: int = Field(default=2048, ge=1, description="Spans waiting before drops.")
+    langfuse: LangfuseConfig | None = None
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"must be an http(s) URL, not {value!r}")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        """Whether spans are exported anywhere."""
+        return self.otlp_endpoint is not None or self.langfuse is not None
+
+
 class ProxyConfig(_Frozen):
     """Everything sansproxy needs to run."""
 
@@ -301,6 +371,17 @@ class ProxyConfig(_Frozen):
         "built-ins then run in DEFAULT_ORDER); name is a built-in or module:attr.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Log lines as text, or one JSON object per line."
+    )
+    access_log: bool = Field(default=False, description="One log line per exchange.")
+    metrics: MetricsConfig = MetricsConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
+
+    @property
+    def observed(self) -> bool:
+        """Whether anything consumes the record of each exchange."""
+        return self.access_log or self.metrics.enabled or self.telemetry.enabled
 
     @field_validator("middleware", mode="before")
     @classmethod

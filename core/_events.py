@@ -29,6 +29,7 @@ __all__ = [
     "QuotaAnswered",
     "QuotaFailed",
     "Headers",
+    "MetricsCollected",
     "RequestData",
     "RequestEnded",
     "RequestReceived",
@@ -407,3 +408,16 @@ class QuotaFailed(Event):
     def __post_init__(self) -> None:
         _check_int(self, "query_id", self.query_id, 1)
         _check_str(self, "message", self.message)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsCollected(Event):
+    """The answer to ``CollectMetrics``: the exposition ``body`` and its
+    ``content_type`` (Prometheus's text format, say). Don't subclass."""
+
+    body: bytes
+    content_type: bytes
+
+    def __post_init__(self) -> None:
+        _check_instance(self, "body", self.body, bytes)
+        _check_instance(self, "content_type", self.content_type, bytes)

@@ -18,6 +18,7 @@ from typing import NoReturn
 
 from ._commands import (
     AcquireQuota,
+    CollectMetrics,
     Command,
     Log,
     QuotaAdjustment,
@@ -29,17 +30,20 @@ from ._context import _END_OK, ExchangeContext
 from ._endpoints import ENDPOINTS, HEALTH_PATH, MODELS_PATH, ROUTED
 from ._errors import (
     FAILURES,
+    AuthenticationError,
     LocalProtocolError,
     ModelNotFoundError,
     NetworkError,
     ProtocolError,
     RemoteProtocolError,
+    ServiceUnavailableError,
     UpstreamTimeoutError,
     ValidationError,
 )
 from ._events import (
     ClientGone,
     Event,
+    MetricsCollected,
     QuotaAnswered,
     QuotaFailed,
     RequestData,
@@ -182,11 +186,60 @@ class Exchange(ExchangeContext):
             self._commands.append(_END_OK)
             self._complete("completed", now, hooks=False)
             return
+        if self.request_path == self._proxy.metrics_path:
+            self._metrics_request(now)
+            return
         found = ENDPOINTS.get((self.request_method, self.request_path))
         if found is not None:
             # Errors from here on are in the client's API's shape.
             self.client_api, self.endpoint = found
         self._continue_request(0, now)
+
+    def _metrics_request(self, now: float) -> None:
+        """``GET metrics.path``: the driver collects them (``CollectMetrics``)."""
+        guard = self._proxy.metrics_guard
+        if self.request_method not in (b"GET", b"HEAD"):
+            path = self.request_path.decode("latin-1")
+            self._fail(
+                ValidationError(f"{path} only answers GET", status=405, code="method_not_allowed"),
+                now,
+            )
+        elif guard is not None and not guard(self.request_headers):
+            self._fail(
+                AuthenticationError(
+                    "the metrics need the admin key: send it as 'Authorization: Bearer <key>'"
+                ),
+                now,
+            )
+        else:
+            self._commands.append(_COLLECT_METRICS)
+            self._deadline = now + _METRICS_TIMEOUT
+            self._set_state(State.AWAIT_METRICS)
+
+    def _on_metrics(self, event: MetricsCollected, now: float) -> None:
+        body = event.body
+        headers = [
+            (b"content-type", event.content_type),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        self._start_response(200, headers, hooks=False)
+        if not self._head:
+            self._commands.append(SendBody(data=body))
+        self._commands.append(_END_OK)
+        self._complete("completed", now, hooks=False)
+
+    def _on_metrics_timer(self, event: TimerFired, now: float) -> None:
+        deadline = self._deadline
+        if deadline is None or now < deadline:
+            return
+        self._fail(
+            ServiceUnavailableError(
+                f"the metrics were not collected within {_METRICS_TIMEOUT:g} s",
+                code="metrics_unavailable",
+            ),
+            now,
+        )
 
     def _continue_request(self, index: int, now: float) -> None:
         """Run the ``on_request`` hooks from ``index`` on, then route."""
@@ -368,7 +421,15 @@ class Exchange(ExchangeContext):
         if length is not None:  # a new list: a retry sends the plan again
             headers = [*headers, (b"content-length", length)]
         self._attempt += 1
+        proxy = self._proxy
+        if proxy.tracing:  # the attempt's span is the upstream's parent
+            traceparent = self.trace_ids().traceparent(self._attempt)
+            headers = [(n, v) for n, v in headers if n != b"traceparent"]
+            headers.append((b"traceparent", traceparent))
+        if proxy.observed:
+            self._note_request()
         deployment = self.deployment
+        origin = provider.origin
         self.attempts.append(
             Attempt(
                 number=self._attempt,
@@ -377,6 +438,9 @@ class Exchange(ExchangeContext):
                 upstream_model=None if deployment is None else deployment.model,
                 delay=delay,
                 started_at=now,
+                provider_type=provider.type,
+                host=origin.host,
+                port=origin.port,
             )
         )
         command = SendUpstreamRequest(
@@ -425,6 +489,7 @@ class Exchange(ExchangeContext):
             limits=self._proxy.limits,
             send_body=self._send_body,
             send_blocks=self._send_blocks,
+            capture=self._proxy.capture_content,
         )
         self.is_stream = relay.stream
         if relay.head is None:  # translated whole at its end
@@ -567,6 +632,8 @@ class Exchange(ExchangeContext):
 
 
 _TIMER_FIRED = TimerFired()
+_COLLECT_METRICS = CollectMetrics()
+_METRICS_TIMEOUT = 10.0  # seconds the driver may take to collect the metrics
 # The events the door checks against the running attempt, and against the query asked.
 _OF_ATTEMPT = frozenset({UpstreamResponse, UpstreamData, UpstreamEnded, UpstreamFailed})
 _ANSWERS = frozenset({QuotaAnswered, QuotaFailed})

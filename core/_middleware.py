@@ -114,6 +114,10 @@ class Attempt:
     status: int | None = None
     retry_after: float | None = None
     ended_at: float | None = None
+    #: The provider's API, and where it lives (for observers).
+    provider_type: Literal["openai", "anthropic"] = "openai"
+    host: str = ""
+    port: int = 0
 
     def record(self) -> dict[str, Any]:
         """The attempt as JSON for a trace."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from ._config import DEFAULT_ORDER, ConfigProblem, ProxyConfig
 from ._exchange import Exchange
+from ._headers import Headers
 from ._middleware import Pipeline, load_middleware
 from .gateway import Router
 from .policies import (
@@ -138,7 +139,20 @@ class Proxy:
     unknown option 'dri' (options: ...)``) on a middleware it cannot build.
     """
 
-    __slots__ = ("config", "limits", "mock_stream_delay", "pipeline", "router")
+    __slots__ = (
+        "capture_content",
+        "config",
+        "limits",
+        "metrics_guard",
+        "metrics_path",
+        "mock_stream_delay",
+        "observed",
+        "pipeline",
+        "router",
+        "sample_ratio",
+        "session_header",
+        "tracing",
+    )
 
     def __init__(self, config: ProxyConfig, *, middleware: Sequence[object] | None = None) -> None:
         self.config = config
@@ -157,6 +171,27 @@ class Proxy:
                         raise exc.within("middleware", i) from None
             middleware = built
         self.pipeline = Pipeline.build(middleware)
+        telemetry = config.telemetry
+        #: Whether each exchange ends with a ``RecordExchange`` (something observes it).
+        self.observed = config.observed
+        #: Whether exchanges carry a W3C trace context (sent upstream as ``traceparent``).
+        self.tracing = telemetry.enabled
+        self.sample_ratio = telemetry.sample_ratio
+        self.capture_content = telemetry.capture_content
+        self.session_header = telemetry.session_header.lower().encode("latin-1")
+        metrics = config.metrics
+        self.metrics_path = metrics.path.encode("latin-1") if metrics.enabled else None
+        #: Who may read the metrics: None (anyone), or a check of the request's headers.
+        self.metrics_guard: Callable[[Headers], bool] | None = None
+        if metrics.enabled and metrics.admin_only:
+            auth = next((m for m in middleware if isinstance(m, AuthMiddleware)), None)
+            if auth is None or not auth.has_admin_key:
+                raise ConfigProblem(
+                    ("metrics", "admin_only"),
+                    "is true, but no admin key is configured (set the auth middleware's "
+                    "admin_key_sha256)",
+                )
+            self.metrics_guard = auth.admin_key_in
 
     def exchange(
         self, *, exchange_id: str, now: float, wall_time: float, rand: float = 0.0

@@ -80,6 +80,7 @@ class Relay:
         limits: LimitsConfig,
         send_body: Callable[[bytes], None],
         send_blocks: Callable[[Sequence[bytes]], None],
+        capture: bool = False,
     ) -> None:
         self._plan = plan
         self._limits = limits
@@ -121,6 +122,8 @@ class Relay:
             self._decoder = SSEDecoder(max_event_size=limits.max_sse_event_size)
             if plan.usage_api is not None:
                 self._usage = StreamUsage(plan.usage_api, max_json_items=limits.max_json_items)
+                if capture:
+                    self._usage.texts = []
             if plan.stream_translator is not None:
                 self._translator = plan.stream_translator()
                 self.head = list(_SSE_HEADERS)
@@ -209,6 +212,56 @@ class Relay:
             return usage_from_openai(answer), False
         return usage_from_anthropic(answer), False
 
+    def response_info(self) -> tuple[str | None, str | None, tuple[str, ...]]:
+        """The upstream response's id, model and finish reasons, as far as they were read
+        (from the JSON answer, or the stream events parsed for their usage)."""
+        stream = self._usage
+        if stream is not None:
+            return stream.response_id, stream.response_model, tuple(stream.finish_reasons)
+        answer = self._answer
+        if not isinstance(answer, dict):
+            return None, None, ()
+        identity, model = answer.get("id"), answer.get("model")
+        reasons: list[str] = []
+        choices = answer.get("choices")
+        if isinstance(choices, list):
+            for choice in choices:
+                if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
+                    reasons.append(choice["finish_reason"])
+        elif isinstance(answer.get("stop_reason"), str):
+            reasons.append(answer["stop_reason"])
+        return (
+            identity if isinstance(identity, str) else None,
+            model if isinstance(model, str) else None,
+            tuple(reasons),
+        )
+
+    def output_text(self) -> str | None:
+        """The generated text, as far as it was read (for ``capture_content``)."""
+        stream = self._usage
+        if stream is not None:
+            if stream.texts is None:
+                return None
+            return "".join(_unescape(piece) for piece in stream.texts)
+        answer = self._answer
+        if not isinstance(answer, dict):
+            return None
+        choices = answer.get("choices")
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+            message = choices[0].get("message")
+            if isinstance(message, dict) and isinstance(message.get("content"), str):
+                return str(message["content"])
+            text = choices[0].get("text")
+            return text if isinstance(text, str) else None
+        content = answer.get("content")
+        if isinstance(content, list):
+            return "".join(
+                block["text"]
+                for block in content
+                if isinstance(block, dict) and isinstance(block.get("text"), str)
+            )
+        return None
+
     def _inflate(self, data: bytes) -> None:
         """Decode a gzip or deflate body in bounded pieces (no bomb fills memory)."""
         inflater = self._inflater
@@ -270,6 +323,15 @@ class Relay:
             blocks = [block for block in blocks if not _usage_only(block, max_items)]
         if blocks:
             self._send_blocks(blocks)
+
+
+def _unescape(piece: bytes) -> str:
+    """A JSON string's body as text (an invalid one as it came)."""
+    try:
+        value = loads(b'"' + piece + b'"')
+    except JSONError:
+        return piece.decode("utf-8", "replace")
+    return value if isinstance(value, str) else ""
 
 
 def _usage_only(block: bytes, max_items: int) -> bool:

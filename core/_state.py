@@ -12,6 +12,7 @@ moves the exchange to ``ERROR``, where it stays.
     AWAIT_UPSTREAM / RELAY --failure before the client saw a byte, retried--> BACKOFF
     BACKOFF --TimerFired--> AWAIT_UPSTREAM
     RECV_BODY --RequestEnded (local answer)--> LOCAL_STREAM --TimerFired...--> DONE
+    RECV_BODY --RequestEnded (GET metrics.path)--> AWAIT_METRICS --MetricsCollected--> DONE
     any live state --ClientGone / failure / timeout--> DONE
 """
 
@@ -22,6 +23,7 @@ import enum
 from ._events import (
     ClientGone,
     Event,
+    MetricsCollected,
     QuotaAnswered,
     QuotaFailed,
     RequestData,
@@ -47,6 +49,7 @@ class State(enum.Enum):
     RECV_HEAD = "RECV_HEAD"
     RECV_BODY = "RECV_BODY"
     AWAIT_QUOTA = "AWAIT_QUOTA"
+    AWAIT_METRICS = "AWAIT_METRICS"
     AWAIT_UPSTREAM = "AWAIT_UPSTREAM"
     BACKOFF = "BACKOFF"
     RELAY = "RELAY"
@@ -69,6 +72,11 @@ TRANSITIONS: dict[State, dict[type[Event], str]] = {
         QuotaAnswered: "_on_quota_answer",
         QuotaFailed: "_on_quota_answer",
         TimerFired: "_on_quota_timer",
+        ClientGone: "_on_client_gone",
+    },
+    State.AWAIT_METRICS: {
+        MetricsCollected: "_on_metrics",
+        TimerFired: "_on_metrics_timer",
         ClientGone: "_on_client_gone",
     },
     State.BACKOFF: {
@@ -108,6 +116,7 @@ TRANSITIONS: dict[State, dict[type[Event], str]] = {
         QuotaFailed: "_on_stale_answer",
         RequestData: "_ignore",
         RequestEnded: "_ignore",
+        MetricsCollected: "_ignore",
         ClientGone: "_ignore",
         TimerFired: "_ignore",
     },

@@ -263,7 +263,17 @@ class StreamUsage:
     far, for a stream that ends without it (see :meth:`settle`).
     """
 
-    __slots__ = ("_anthropic", "_max_items", "delta_tokens", "final", "usage")
+    __slots__ = (
+        "_anthropic",
+        "_max_items",
+        "delta_tokens",
+        "final",
+        "finish_reasons",
+        "response_id",
+        "response_model",
+        "texts",
+        "usage",
+    )
 
     def __init__(
         self, api: Literal["openai", "anthropic"], *, max_json_items: int = MAX_JSON_ITEMS
@@ -275,23 +285,61 @@ class StreamUsage:
         self.usage: Usage | None = None
         self.final = False
         self.delta_tokens = 0
+        #: What the events parsed for their usage said of the response (for observers).
+        self.response_id: str | None = None
+        self.response_model: str | None = None
+        self.finish_reasons: list[str] = []
+        #: The generated text's pieces (JSON string bodies), when a list is given to keep them.
+        self.texts: list[bytes] | None = None
 
     def feed(self, block: bytes) -> None:
         """Take the next block of the stream."""
         if _DELTA in block:
             self.delta_tokens += delta_tokens(block)
+            if self.texts is not None and len(block) <= _SCANNED:
+                self.texts.extend(_DELTA_TEXT.findall(block))
         if self._anthropic:
             if _may_carry_anthropic_usage(block):
                 event = _json_object(block, self._max_items)
                 usage = usage_from_anthropic(event)
                 self.usage = merge_usage(self.usage, usage)
+                if isinstance(event, dict):
+                    self._note_anthropic(event)
                 if usage is not None and event.get("type") == "message_delta":
                     self.final = True
-        elif has_usage_value(block):
-            usage = usage_from_openai(_json_object(block, self._max_items))
-            if usage is not None:
-                self.usage = usage
-                self.final = True
+        else:
+            if _FINISH in block:
+                self.finish_reasons.extend(
+                    reason.decode("utf-8", "replace") for reason in _FINISH_REASON.findall(block)
+                )
+            if has_usage_value(block):
+                event = _json_object(block, self._max_items)
+                usage = usage_from_openai(event)
+                if usage is not None:
+                    self.usage = usage
+                    self.final = True
+                    self._note_openai(event)
+
+    def _note_openai(self, event: Mapping[str, Any]) -> None:
+        response = event.get("response")  # the Responses API's response.completed
+        source = response if isinstance(response, dict) else event
+        identity, model = source.get("id"), source.get("model")
+        if isinstance(identity, str):
+            self.response_id = identity
+        if isinstance(model, str):
+            self.response_model = model
+
+    def _note_anthropic(self, event: Mapping[str, Any]) -> None:
+        message = event.get("message")
+        if isinstance(message, dict):  # message_start
+            identity, model = message.get("id"), message.get("model")
+            if isinstance(identity, str):
+                self.response_id = identity
+            if isinstance(model, str):
+                self.response_model = model
+        delta = event.get("delta")
+        if isinstance(delta, dict) and isinstance(delta.get("stop_reason"), str):
+            self.finish_reasons.append(delta["stop_reason"])
 
     def settle(self, input_estimate: int) -> tuple[Usage, bool]:
         """The stream's usage when it is over, and whether it is an estimate.
@@ -317,6 +365,8 @@ class StreamUsage:
 
 
 _DELTA = b'"delta"'
+_FINISH = b'"finish_reason":"'
+_FINISH_REASON = re.compile(rb'"finish_reason":"([a-z_]{1,40})"')
 # The string fields of a stream delta that carry generated text or arguments.
 # (The string's body is written unrolled, "normal* (escape normal*)*": a third
 # faster than "(?:[^"\\]|\\.)*", which steps into a group for every byte.)

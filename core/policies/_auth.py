@@ -244,6 +244,16 @@ class AuthMiddleware:
         stored, key = found
         return key if hmac.compare_digest(stored, digest) else None
 
+    def admin_key_in(self, headers: Headers) -> bool:
+        """Whether ``headers`` present the admin key (``GET /metrics`` behind it, say)."""
+        presented = presented_key(headers)
+        return presented is not None and self._is_admin(presented)
+
+    @property
+    def has_admin_key(self) -> bool:
+        """Whether an admin key is configured."""
+        return self._admin is not None
+
     def _is_admin(self, presented: bytes) -> bool:
         if self._admin is None:
             return False

@@ -24,12 +24,14 @@ from core import (
     AcquireQuota,
     CancelUpstream,
     ClientGone,
+    CollectMetrics,
     EndResponse,
     LocalProtocolError,
     Log,
     Origin,
     Proxy,
     QuotaAnswered,
+    MetricsCollected,
     QuotaFailed,
     RequestData,
     RequestEnded,
@@ -264,6 +266,7 @@ SPECS: dict[type[Any], dict[str, Spec]] = {
         "spent": SPENT,
     },
     QuotaFailed: {"query_id": ATTEMPT, "message": TEXT},
+    MetricsCollected: {"body": BYTES, "content_type": BYTES},
     # commands
     Origin: {"scheme": choice(("http", "https")), "host": NAME, "port": PORT},
     SendUpstreamRequest: {
@@ -287,6 +290,7 @@ SPECS: dict[type[Any], dict[str, Spec]] = {
         "max_bytes": MAX_BYTES,
     },
     Log: {"level": choice(get_args(LogLevel)), "message": TEXT, "fields": RECORD},
+    CollectMetrics: {},
 }
 
 

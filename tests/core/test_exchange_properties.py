@@ -11,6 +11,8 @@ from core import (
     EndResponse,
     Event,
     LocalProtocolError,
+    MetricsCollected,
+    RecordExchange,
     RequestData,
     RequestEnded,
     RequestReceived,
@@ -220,6 +222,9 @@ def _policy_proxy(on_backend_error: str) -> Proxy:
                 {"retry": {"attempts": 2, "backoff": 0.2, "max_backoff": 1, "timeout": 30}},
             ],
             limits={"on_backend_error": on_backend_error, "max_sse_event_size": 256},
+            # Observed: every exchange ends with its record (and upstreams get traceparent).
+            metrics={"enabled": True},
+            telemetry={"otlp_endpoint": "http://otel.test:4318"},
         )
     )
 
@@ -405,6 +410,18 @@ def test_quota_answers_timers_failures_and_leaving_never_break_the_client_stream
         assert isinstance(client[0], StartResponse)
     # Attempts are numbered 1, 2, ...; the quota is settled at most once.
     assert driver.attempts_sent == list(range(1, len(driver.attempts_sent) + 1))
+    # One record of the exchange, after everything the client was sent, saying what it saw.
+    records = [c.record for c in commands if isinstance(c, RecordExchange)]
+    assert len(records) == 1
+    record = records[0]
+    assert commands.index(client[-1]) < commands.index(records[0]) if client else True
+    assert record.outcome == ex.outcome and record.status == ex.response_status
+    assert [a.number for a in record.attempts] == driver.attempts_sent
+    assert record.retries == max(0, len(driver.attempts_sent) - 1)
+    assert record.key_name == "fuzz" or record.status in (None, 401)
+    assert record.usage == ex.usage and record.cost_usd == ex.cost_usd
+    span_ids = {record.span_id, *(a.span_id for a in record.attempts)}
+    assert len(span_ids) == 1 + len(record.attempts), "every span its own id"
     assert len([c for c in commands if isinstance(c, SettleQuota)]) <= 1
     # Nothing more happens once it is over.
     before = len(commands)
@@ -472,6 +489,11 @@ def _reach(state: State) -> Playbook:
         pb.request(body=_CHAT, headers=list(JSON))
         assert pb.ex.state is state
         return pb
+    if state is State.AWAIT_METRICS:
+        pb = Playbook(config(metrics={"enabled": True}))
+        pb.request(method=b"GET", target=b"/metrics")
+        assert pb.ex.state is state
+        return pb
     pb = Playbook(_POLICY_PROXIES["open"])
     if state is State.RECV_HEAD:
         return pb
@@ -511,6 +533,7 @@ _ONE_OF_EACH: list[Event] = [
     ClientGone(),
     QuotaAnswered(query_id=1, admitted=True, decisions=()),
     QuotaFailed(query_id=1, message="x"),
+    MetricsCollected(body=b"", content_type=b"text/plain"),
 ]
 
 

@@ -1,0 +1,68 @@
+"""The observers of exchanges: the consumers of the core's ``ExchangeRecord``.
+
+One record per exchange (``RecordExchange``) goes to each sink the
+configuration turns on: the access log, the Prometheus metrics, the span
+exporter (OpenTelemetry, Langfuse). ``submit`` never blocks nor raises: each
+sink queues the record (bounded, drops counted) and works off the response
+path. A sink's module is imported only when the configuration uses it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Protocol
+
+from core import ProxyConfig
+from core._record import ExchangeRecord
+
+if TYPE_CHECKING:
+    from ._metrics import Metrics
+
+__all__ = ["RecordSink", "Sinks"]
+
+logger = logging.getLogger("sansproxy")
+
+
+class RecordSink(Protocol):
+    """A consumer of exchange records."""
+
+    def submit(self, record: ExchangeRecord) -> None:
+        """Take one record; never block, never raise (drop and count instead)."""
+
+    def close(self) -> None:
+        """Deliver what is queued (bounded in time), then stop."""
+
+
+class Sinks:
+    """The sinks of one process, built from the configuration."""
+
+    def __init__(self, config: ProxyConfig) -> None:
+        self.metrics: Metrics | None = None
+        sinks: list[RecordSink] = []
+        if config.access_log:
+            from ._access_log import AccessLog  # noqa: PLC0415 (only if used)
+
+            sinks.append(AccessLog(config))
+        if config.metrics.enabled:
+            from ._metrics import Metrics  # noqa: PLC0415 (only if used)
+
+            self.metrics = Metrics(config)
+            sinks.append(self.metrics)
+        if config.telemetry.enabled:
+            from ._spans import SpanExporter  # noqa: PLC0415 (only if used)
+
+            sinks.append(SpanExporter(config))
+        self._sinks = tuple(sinks)
+
+    def submit(self, record: ExchangeRecord) -> None:
+        """Hand ``record`` to every sink."""
+        for sink in self._sinks:
+            sink.submit(record)
+
+    def close(self) -> None:
+        """Close every sink (at shutdown)."""
+        for sink in self._sinks:
+            try:
+                sink.close()
+            except Exception:  # one sink's failure must not keep the others from closing
+                logger.exception("closing %s failed", type(sink).__name__)
