@@ -25,6 +25,7 @@ from core import Proxy, ProxyConfig
 from core._config import ConfigProblem, format_path, show
 
 from ._config_errors import ConfigError, Loc, Origins, describe_problem, describe_validation, line
+from ._log_format import configure_logging
 
 __all__ = [
     "EPILOG",
@@ -58,6 +59,8 @@ _ENV_FLAT = {
     "TYPE": ("upstream", "type"),
     "API_KEY": ("upstream", "api_key"),
     "LOG_LEVEL": ("log_level",),
+    "LOG_FORMAT": ("log_format",),
+    "ACCESS_LOG": ("access_log",),
 }
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # ${VAR} may stand anywhere, even inside a YAML flow mapping ({api_key: ${KEY}}),
@@ -109,6 +112,16 @@ def add_flags(
     add("--api-key", metavar="KEY", help="upstream API key (prefer ${ENV} in YAML or the env)")
     add("--trace-dir", metavar="DIR", help="trace each request: JSON lines, hourly files in DIR")
     add("--log-level", choices=["debug", "info", "warning", "error"], help="default info")
+    add(
+        "--log-format",
+        choices=["text", "json"],
+        help="log lines as text, or one JSON object per line (default text)",
+    )
+    add(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        help="one log line per exchange, on the sansproxy.access logger (default off)",
+    )
     return parser
 
 
@@ -241,6 +254,28 @@ def _unmark(match: re.Match[str]) -> str:
     return f"${{{match.group(1)}}}"
 
 
+#: OpenTelemetry's standard variables, where sansproxy's own leave a value unset.
+_OTEL_ENV = (
+    ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", ("telemetry", "otlp_endpoint")),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", ("telemetry", "otlp_endpoint")),
+    ("OTEL_SERVICE_NAME", ("telemetry", "service_name")),
+)
+
+
+def _otel_environment(tree: dict[str, Any], environ: Mapping[str, str], origins: Origins) -> None:
+    """``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``..._TRACES_ENDPOINT``) turns the spans on,
+    ``OTEL_SERVICE_NAME`` names the service: below every sansproxy setting."""
+    for name, path in _OTEL_ENV:
+        value = environ.get(name)
+        section = tree.get(path[0])
+        if not value or (isinstance(section, dict) and section.get(path[1]) is not None):
+            continue
+        if section is not None and not isinstance(section, dict):
+            return  # a wrong telemetry value: validation says so
+        tree.setdefault(path[0], {})[path[1]] = value
+        origins.set(path, value, name)
+
+
 def _resolve(
     args: argparse.Namespace, environ: Mapping[str, str]
 ) -> tuple[ProxyConfig, dict[str, Any], Origins]:
@@ -263,6 +298,8 @@ def _resolve(
         ("type", ("upstream", "type")),
         ("api_key", ("upstream", "api_key")),
         ("log_level", ("log_level",)),
+        ("log_format", ("log_format",)),
+        ("access_log", ("access_log",)),
     ):
         value = getattr(args, flag, None)
         if value is not None:
@@ -274,6 +311,7 @@ def _resolve(
         _apply_trace_dir(tree, args.trace_dir, origins, "--trace-dir")
     elif trace_dir:
         _apply_trace_dir(tree, trace_dir, origins, "SANSPROXY_TRACE_DIR")
+    _otel_environment(tree, environ, origins)
     upstream = tree.get("upstream")
     if isinstance(upstream, dict) and "base_url" not in upstream:
         given = sorted(map(str, upstream))
@@ -353,17 +391,9 @@ def stopped() -> None:
     logger.info("stopped")
 
 
-def setup_logging(level: str) -> None:
-    """One line per record on stderr; uvicorn's loggers follow the same level."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("sansproxy").setLevel(level.upper())
-    # Where we listen is said whatever the level: with --port 0 it is the only
-    # way to learn the port.
-    logging.getLogger("sansproxy.startup").setLevel(logging.INFO)
+def setup_logging(config: ProxyConfig) -> None:
+    """Set up the process's logging (see ``adapters._log_format.configure_logging``)."""
+    configure_logging(config)
 
 
 def describe_upstream(config: ProxyConfig) -> str:

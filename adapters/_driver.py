@@ -40,6 +40,7 @@ from core import (
     WriteTrace,
 )
 
+from ._log_format import fields_extra
 from ._logs import LogCollapser
 from ._sinks import Sinks
 from ._store import QuotaStore, make_store
@@ -103,9 +104,9 @@ class Driver:
     ) -> None:
         self.proxy = proxy
         self.pool = pool if pool is not None else UpstreamPool()
-        self.traces = TraceWriter()
         #: The observers of each exchange's record (access log, metrics, spans).
         self.sinks = Sinks(proxy.config)
+        self.traces = TraceWriter(on_drop=self.sinks.on_drop("trace"))
         self.store = store if store is not None else make_store(proxy.config.limits)
         self._prefix = secrets.token_hex(4)
         # Weighted routing draws here; the core stays deterministic.
@@ -208,10 +209,14 @@ class Driver:
         # Its kind: the line without the exchange's id (nor the traceback).
         same = " ".join(f"{k}={v}" for k, v in fields.items() if k not in ("traceback", "exchange"))
         kind = f"{cmd.message} [{same}]"
+        # A JSON line takes the message bare and each field as a key.
+        extra = fields_extra(cmd.message, fields)
         if trace:
-            self.logs.log(level, "%s [%s]\n%s", cmd.message, text, trace, key=kind, text=kind)
+            self.logs.log(
+                level, "%s [%s]\n%s", cmd.message, text, trace, key=kind, text=kind, extra=extra
+            )
         else:
-            self.logs.log(level, "%s [%s]", cmd.message, text, key=kind, text=kind)
+            self.logs.log(level, "%s [%s]", cmd.message, text, key=kind, text=kind, extra=extra)
 
     async def run(self, ex: Exchange, client: ClientSink) -> None:
         """Carry the exchange to its end. Its request must have been fed already.
@@ -245,6 +250,9 @@ class Driver:
             # Cancelled (the adapter saw the client leave) or a bug: no await here.
             self._client_gone(ex, state)
             raise
+        finally:
+            if state.streaming and self.sinks.metrics is not None:
+                self.sinks.metrics.stream_ended()
 
     async def _step(
         self,
@@ -276,6 +284,9 @@ class Driver:
                         client.send(cmd.data)
                     case StartResponse():
                         client.start(cmd.status, list(cmd.headers))
+                        if ex.is_stream and self.sinks.metrics is not None:
+                            state.streaming = True
+                            self.sinks.metrics.stream_started()
                     case EndResponse():
                         client.end(cmd.complete)
                     case SendUpstreamRequest():
@@ -410,11 +421,13 @@ class _Upstream:
         "resumed",
         "settles",
         "stalled",
+        "streaming",
     )
 
     def __init__(self) -> None:
         self.response: PoolResponse | None = None
         self.attempt = 0
+        self.streaming = False  # counted in the streams-in-flight gauge
         self.head_pending = False
         self.settles: list[SettleQuota] = []
         self.flushing = False

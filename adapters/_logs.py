@@ -16,7 +16,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 
 __all__ = ["LogCollapser"]
 
@@ -58,7 +58,13 @@ class LogCollapser:
         self._lock = threading.Lock()
 
     def log(
-        self, level: int, msg: str, *args: object, key: Hashable = None, text: str | None = None
+        self,
+        level: int,
+        msg: str,
+        *args: object,
+        key: Hashable = None,
+        text: str | None = None,
+        extra: Mapping[str, object] | None = None,
     ) -> None:
         """Log ``msg % args``, unless a line of the same kind went out less than
         ``interval`` seconds ago: then count it.
@@ -89,7 +95,7 @@ class LogCollapser:
             self._windows[kind] = _Window(now, text)
             self._next_sweep = min(self._next_sweep, now + self.interval)
         self._emit(summaries)
-        self.logger.log(level, msg, *args, stacklevel=2)  # where the caller logs
+        self.logger.log(level, msg, *args, stacklevel=2, extra=extra)  # where the caller logs
 
     def flush(self) -> None:
         """Log the summary of every kind repeated since its first line."""

@@ -103,6 +103,7 @@ class LoopDriver:
         self.store = driver.store
         self.traces = driver.traces
         self.sinks = driver.sinks
+        self.metrics = driver.sinks.metrics
         self.write_timeout = driver.proxy.config.server.write_timeout
         # The memory store answers at once; Redis (None) in a task.
         self.acquire_nowait: _Acquire = driver.store.acquire_nowait
@@ -191,6 +192,7 @@ class Run:
         "sink",
         "slot",
         "stalled",
+        "streaming",
         "target",
         "timer",
         "timer_at",
@@ -211,6 +213,7 @@ class Run:
         self.flushing = False  # a write waits for the client to read
         self.held: deque[_Fed] | None = None  # events that came while it waited
         self.over = False
+        self.streaming = False  # counted in the streams-in-flight gauge
         # The timer's account (see Driver._step): when the run last stopped
         # waiting, the exchange's deadline, the time not spent waiting since.
         self.resumed = 0.0
@@ -363,6 +366,9 @@ class Run:
                     sink.send(cmd.data)
                 case StartResponse():
                     sink.start(cmd.status, list(cmd.headers))
+                    if ex.is_stream and owner.metrics is not None:
+                        self.streaming = True
+                        owner.metrics.stream_started()
                 case EndResponse():
                     sink.end(cmd.complete)
                 case SendUpstreamRequest():
@@ -515,6 +521,11 @@ class Run:
     def _end(self) -> None:
         """No more events: the upstream call, timers and the store query are dropped."""
         self.over = True
+        if self.streaming:
+            self.streaming = False
+            metrics = self.owner.metrics
+            if metrics is not None:
+                metrics.stream_ended()
         call = self.call
         if call is not None:
             self.call = None

@@ -624,6 +624,8 @@ class _ClientConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         server = self._server
         server.connections.add(self)
+        if server.metrics is not None:
+            server.metrics.connection_opened()
         now = server.loop.time()
         self._deadline = now + server.config.request_timeout
         self._arm(min(now + server.config.header_timeout, self._deadline))
@@ -979,10 +981,13 @@ class LoopServer:
         self.shutting_down = False
         self.connections: set[_ClientConnection] = set()
         self.idle: set[_ClientConnection] = set()
+        self.metrics = driver.sinks.metrics
         self._all_closed = asyncio.Event()
 
     def closed(self, conn: _ClientConnection) -> None:
         """A connection is gone."""
+        if conn in self.connections and self.metrics is not None:
+            self.metrics.connection_closed()
         self.connections.discard(conn)
         self.idle.discard(conn)
         if self.shutting_down and not self.connections:
@@ -1109,7 +1114,7 @@ async def _serve_until_signal(
 
 def start(loaded: Loaded, *, adapter: str, codec: type[Codec]) -> None:
     """Serve a loaded configuration on asyncio (uvloop if installed) until stopped."""
-    setup_logging(loaded.config.log_level)
+    setup_logging(loaded.config)
     driver = Driver(loaded.proxy)
     factory = None
     if importlib.util.find_spec("uvloop") is not None:

@@ -3,17 +3,19 @@
 One record per exchange (``RecordExchange``) goes to each sink the
 configuration turns on: the access log, the Prometheus metrics, the span
 exporter (OpenTelemetry, Langfuse). ``submit`` never blocks nor raises: each
-sink queues the record (bounded, drops counted) and works off the response
-path. A sink's module is imported only when the configuration uses it.
+sink queues the record (bounded, drops counted) or, for the metrics, only
+bumps counters. A sink's module is imported only when the configuration uses
+it. Every queue's drops are also counted in the metrics, when they are on
+(``sansproxy_dropped_records_total{sink}``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from core import ProxyConfig
-from core._record import ExchangeRecord
+from core import ExchangeRecord, ProxyConfig
 
 if TYPE_CHECKING:
     from ._metrics import Metrics
@@ -21,6 +23,9 @@ if TYPE_CHECKING:
 __all__ = ["RecordSink", "Sinks"]
 
 logger = logging.getLogger("sansproxy")
+
+#: What a queue calls with the number of records (or spans) it just dropped.
+DropCounter = Callable[[int], None]
 
 
 class RecordSink(Protocol):
@@ -39,20 +44,31 @@ class Sinks:
     def __init__(self, config: ProxyConfig) -> None:
         self.metrics: Metrics | None = None
         sinks: list[RecordSink] = []
-        if config.access_log:
-            from ._access_log import AccessLog  # noqa: PLC0415 (only if used)
-
-            sinks.append(AccessLog(config))
         if config.metrics.enabled:
             from ._metrics import Metrics  # noqa: PLC0415 (only if used)
 
             self.metrics = Metrics(config)
             sinks.append(self.metrics)
+        if config.access_log:
+            from ._access_log import AccessLog  # noqa: PLC0415 (only if used)
+
+            sinks.append(AccessLog(config, on_drop=self.on_drop("access_log")))
         if config.telemetry.enabled:
             from ._spans import SpanExporter  # noqa: PLC0415 (only if used)
 
-            sinks.append(SpanExporter(config))
+            sinks.append(SpanExporter(config, on_drop=self.on_drop("spans")))
         self._sinks = tuple(sinks)
+
+    def on_drop(self, sink: str) -> DropCounter | None:
+        """What queue ``sink`` calls with its drops: the metrics' counter, if on."""
+        metrics = self.metrics
+        if metrics is None:
+            return None
+
+        def count(n: int) -> None:
+            metrics.count_drops(sink, n)
+
+        return count
 
     def submit(self, record: ExchangeRecord) -> None:
         """Hand ``record`` to every sink."""

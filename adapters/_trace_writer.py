@@ -134,7 +134,9 @@ class TraceWriter:
         report_every: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        on_drop: Callable[[int], object] | None = None,
     ) -> None:
+        self._on_drop = on_drop
         # Records, and the markers flush() waits on.
         self._pending: collections.deque[WriteTrace | threading.Event] = collections.deque()
         self._max_queue = max_queue
@@ -187,6 +189,8 @@ class TraceWriter:
                 self._thread.start()
 
     def _drop(self, *, closed: bool) -> None:
+        if self._on_drop is not None:
+            self._on_drop(1)
         with self._drop_lock:
             self._dropped += 1
             if closed:

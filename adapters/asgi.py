@@ -14,14 +14,16 @@ import json
 import logging
 import os
 import resource
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from multiprocessing import resource_tracker
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
@@ -50,6 +52,10 @@ from core._config import ServerConfig
 
 from ._cli import Loaded, cannot_listen, log_startup, parse_args, setup_logging, stopped
 from ._driver import ClientDisconnected, Driver, stopped_reading
+from ._log_format import logging_config
+
+if TYPE_CHECKING:
+    from ._metrics import Metrics
 
 __all__ = [
     "RAW_TARGET",
@@ -126,10 +132,16 @@ class RawTargetProtocol(HttpToolsProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             _DESCRIPTORS.accepted(sock.fileno())
+        metrics = _OPEN_CONNECTIONS.metrics
+        if metrics is not None:
+            metrics.connection_opened()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         super().connection_lost(exc)
+        metrics = _OPEN_CONNECTIONS.metrics
+        if metrics is not None:
+            metrics.connection_closed()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -217,6 +229,19 @@ class _Descriptors:
 
 
 _DESCRIPTORS = _Descriptors()
+
+
+class _OpenConnections:
+    """Where uvicorn's protocol counts the process's client connections: the
+    metrics of the app this process serves (``create_app`` sets them)."""
+
+    __slots__ = ("metrics",)
+
+    def __init__(self) -> None:
+        self.metrics: Metrics | None = None
+
+
+_OPEN_CONNECTIONS = _OpenConnections()
 
 
 class _EarlySignals:
@@ -314,10 +339,36 @@ class _Supervisor(Multiprocess):
     """
 
     def __init__(
-        self, config: uvicorn.Config, sockets: list[socket.socket], early: _EarlySignals
+        self,
+        config: uvicorn.Config,
+        sockets: list[socket.socket],
+        early: _EarlySignals,
+        *,
+        metrics: bool = False,
     ) -> None:
         super().__init__(config, sockets)  # installs its own handlers
         self.signal_queue.extend(early.take())
+        self._metrics = metrics
+
+    # A worker that exits (dies and is replaced, or is retired by SIGHUP or
+    # SIGTTOU) leaves the sums of the live gauges: open connections, streams.
+    def keep_subprocess_alive(self) -> None:
+        with self._reaping():
+            super().keep_subprocess_alive()
+
+    def handle_signals(self) -> None:
+        with self._reaping():
+            super().handle_signals()
+
+    @contextlib.contextmanager
+    def _reaping(self) -> Iterator[None]:
+        before = {process.pid for process in self.processes}
+        yield
+        if self._metrics:
+            from prometheus_client.multiprocess import mark_process_dead  # noqa: PLC0415
+
+            for pid in before - {process.pid for process in self.processes}:
+                mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
     def init_processes(self) -> None:
         # Started by the first spawn, the resource tracker would unblock SIGINT.
@@ -508,6 +559,7 @@ async def _wait_disconnect(receive: Receive) -> None:
 def create_app(config: ProxyConfig, proxy: Proxy | None = None) -> Starlette:
     """The Starlette application serving ``config``."""
     driver = Driver(proxy if proxy is not None else Proxy(config))
+    _OPEN_CONNECTIONS.metrics = driver.sinks.metrics
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -531,7 +583,7 @@ def app_factory() -> Starlette:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     raw = os.environ.get(_CONFIG_ENV)
     config = ProxyConfig() if raw is None else ProxyConfig.model_validate(json.loads(raw))
-    setup_logging(config.log_level)
+    setup_logging(config)
     return create_app(config)
 
 
@@ -558,7 +610,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def start(loaded: Loaded) -> None:
     """Serve a loaded configuration under uvicorn until SIGINT/SIGTERM."""
     config = loaded.config
-    setup_logging(config.log_level)
+    setup_logging(config)
     early = _EarlySignals()
     early.install()
     server = config.server
@@ -589,14 +641,41 @@ def start(loaded: Loaded) -> None:
         http=RawTargetProtocol,
         server_header=False,
         date_header=False,
-        log_config=None,
+        # Applied by uvicorn in every process (each worker, from its first line).
+        log_config=logging_config(config),
     )
+    remove_metrics_dir = _metrics_dir(config)
     log_startup(config, adapter="asgi", port=port)
-    if server.workers > 1:
-        _Supervisor(uv_config, [sock], early).run()
-    else:
-        _Server(uv_config, early).run(sockets=[sock])
+    try:
+        if server.workers > 1:
+            _Supervisor(uv_config, [sock], early, metrics=config.metrics.enabled).run()
+        else:
+            _Server(uv_config, early).run(sockets=[sock])
+    finally:
+        remove_metrics_dir()
     stopped()
+
+
+def _metrics_dir(config: ProxyConfig) -> Callable[[], None]:
+    """With metrics and workers, prometheus-client's multiprocess mode: each worker
+    writes its values to files in ``PROMETHEUS_MULTIPROC_DIR`` and a scrape of any
+    worker sums them. Set before the workers start; a fresh directory, removed at
+    exit, unless the variable is set already (then the directory is the user's).
+    Returns what removes it."""
+    if not config.metrics.enabled or config.server.workers < 2:
+        return lambda: None
+    from ._metrics import MULTIPROC_DIR_ENV  # noqa: PLC0415 (only with metrics)
+
+    if os.environ.get(MULTIPROC_DIR_ENV):
+        return lambda: None
+    directory = tempfile.mkdtemp(prefix="sansproxy-metrics-")
+    os.environ[MULTIPROC_DIR_ENV] = directory
+
+    def remove() -> None:
+        os.environ.pop(MULTIPROC_DIR_ENV, None)
+        shutil.rmtree(directory, ignore_errors=True)
+
+    return remove
 
 
 if __name__ == "__main__":

@@ -148,6 +148,9 @@ class H11Server:
     async def handle(self, stream: anyio.abc.ByteStream) -> None:
         """Serve one client connection until it closes."""
         self._connections += 1
+        metrics = self.driver.sinks.metrics
+        if metrics is not None:
+            metrics.connection_opened()
         try:
             async with stream:
                 if isinstance(stream, AsyncioStream):
@@ -164,6 +167,8 @@ class H11Server:
         except Exception:  # a bug: this connection closes, the server and the others live on
             logger.exception("internal error on a client connection; closing it")
         finally:
+            if metrics is not None:
+                metrics.connection_closed()
             self._connections -= 1
             if self.shutting_down and self._connections == 0:
                 self._all_closed.set()
@@ -494,7 +499,7 @@ def start(loaded: Loaded, *, adapter: str, backend: str) -> None:
     if backend == "asyncio":
         _loop_server.start(loaded, adapter=adapter, codec=_loop_server.H11Codec)
         return
-    setup_logging(loaded.config.log_level)
+    setup_logging(loaded.config)
     driver = Driver(loaded.proxy)
     anyio.run(lambda: serve(driver, loaded.config, adapter=adapter), backend=backend)
 

@@ -300,3 +300,35 @@ def test_sansproxy_serve_takes_every_adapter_flag() -> None:
     assert resolve(command.parse_args(["serve", *argv]), {}) == resolve(
         build_parser("p", "", workers=True).parse_args(argv), {}
     )
+
+
+# -- log format and access log ------------------------------------------------------------
+
+
+def test_log_format_and_access_log_flags() -> None:
+    cfg = resolve(args(), {})
+    assert (cfg.log_format, cfg.access_log) == ("text", False)
+    cfg = resolve(args("--log-format", "json", "--access-log"), {})
+    assert (cfg.log_format, cfg.access_log) == ("json", True)
+    assert resolve(args("--no-access-log"), {}).access_log is False
+
+
+def test_log_format_and_access_log_from_env_yaml_and_flags(tmp_path: pathlib.Path) -> None:
+    env = {"SANSPROXY_LOG_FORMAT": "json", "SANSPROXY_ACCESS_LOG": "true"}
+    cfg = resolve(args(), env)
+    assert (cfg.log_format, cfg.access_log) == ("json", True)
+    config = write(tmp_path, "log_format: text\naccess_log: false\n")
+    cfg = resolve(args("--config", config), env)  # YAML over env
+    assert (cfg.log_format, cfg.access_log) == ("text", False)
+    cfg = resolve(args("--config", config, "--log-format", "json", "--access-log"), env)
+    assert (cfg.log_format, cfg.access_log) == ("json", True)  # flags over YAML
+
+
+def test_a_bad_log_format_is_one_readable_message(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        args("--log-format", "xml")
+    assert exited.value.code == 2
+    assert "--log-format: invalid choice: 'xml'" in capsys.readouterr().err
+    with pytest.raises(ConfigError) as caught:
+        resolve(args(), {"SANSPROXY_LOG_FORMAT": "xml"})
+    assert str(caught.value).startswith("SANSPROXY_LOG_FORMAT: log_format: invalid value 'xml'")

@@ -31,6 +31,21 @@ upstream in the same run, next to its plain pass-through:
   skipped, saying why, when ``redis-server`` is not on PATH. Its CPU per
   request is reported too (the proxy's own figure leaves it out).
 
+- the exporters (``--exporters``, on by default), each the routed config plus
+  one of them, the wrk phases, against the routed target (target: at most
+  ``EXPORTER_TARGETS`` of a pass-through request's CPU):
+  ``<adapter> access-log``: ``access_log: true`` at ``--log-level info`` (one
+  line per exchange on the proxy's stderr, which the bench drains; checked:
+  the lines written); ``<adapter> metrics``: ``metrics: {enabled: true}``
+  (checked: ``GET /metrics`` at the end answers 200 and counts at least the
+  requests wrk had answered); ``<adapter> tracing``: ``telemetry:
+  {otlp_endpoint}`` pointed at an OTLP/HTTP receiver (``tests.support.
+  otlp_receiver``) the bench starts for the target, ``OTEL_BSP_SCHEDULE_DELAY``
+  at ``BSP_SCHEDULE_DELAY_MS`` so that the spans flow during the phases
+  (checked: the receiver got a SERVER span per request; spans the proxy
+  dropped are reported). The receiver decodes in the bench's process: its CPU
+  is not the proxy's.
+
 Streams are measured two ways: the 50 events of a stream in one write (so
 many arrive in one read: ``streams``), and ``per read``: ``--per-read-streams``
 concurrent streams of ``--per-read-events`` events ``--per-read-delay-ms``
@@ -55,13 +70,14 @@ first): each figure with its ratio or difference to direct in the same run,
 and the gateway's costs against the same adapter's pass-through (routed,
 translated) or routed target (policies: what ``auth`` + ``rate_limit`` add
 per request, memory and Redis; target for the memory backend: at most
-``POLICIES_TARGET`` of a pass-through request). ``--json`` keeps every
-figure.
+``POLICIES_TARGET`` of a pass-through request; exporters: what each adds per
+request). ``--json`` keeps every figure.
 
     python -m tests.bench.run [--duration 5] [--adapters h11,asgi,trio,httptools] [--json PATH]
     python -m tests.bench.run --gateway-adapters h11   # routed/translated/policies: h11 only
     python -m tests.bench.run --adapters '' --target 'mine=python /tmp/proxy.py'
     python -m tests.bench.run --duration 3 --no-many-clients   # the quick phases only
+    python -m tests.bench.run --no-exporters   # without the access-log, metrics, tracing rows
 
 A benchmark, not a test: it asserts nothing about time.
 """
@@ -73,6 +89,7 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import http.client
 import importlib.util
 import json
 import os
@@ -90,7 +107,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from tests.bench.loadgen import (
     BENCH_KEY,
@@ -104,6 +121,9 @@ from tests.bench.loadgen import (
     raise_nofile,
 )
 from tests.bench.upstream import COMPLETION_BODY
+
+if TYPE_CHECKING:
+    from tests.support.otlp_receiver import OtlpReceiver
 
 __all__ = ["ADAPTERS", "Target", "main"]
 
@@ -119,6 +139,8 @@ ROUTED_MODEL = "fast"
 TRANSLATED_MODEL = "smart"
 SLOW_TRANSLATED_MODEL = "smart-slow"
 PER_READ_TRANSLATED_MODEL = "smart-per-read"
+#: what the access log's line of each bench request contains (text format)
+ACCESS_LINE = f"POST {PATH} "
 #: the keep-alive timeout (server.keepalive_timeout) of the many-clients servers
 MANY_KEEPALIVE_S = 600
 #: descriptors a process needs beside its connections
@@ -132,11 +154,30 @@ POLICIES_TARGET = 0.10
 POLICY_LIMITS = {"rpm": 10**9, "tpm": 10**12}
 
 Mode = Literal[
-    "direct", "passthrough", "routed", "policies", "policies-redis", "translated", "many", "idle"
+    "direct",
+    "passthrough",
+    "routed",
+    "policies",
+    "policies-redis",
+    "access-log",
+    "metrics",
+    "tracing",
+    "translated",
+    "many",
+    "idle",
 ]
-#: the modes measured by wrk only (the non-streaming phases), through the gateway
-WRK_ONLY: tuple[Mode, ...] = ("routed", "policies", "policies-redis")
 POLICIES: tuple[Mode, ...] = ("policies", "policies-redis")
+#: the routed config plus one exporter each
+EXPORTERS: tuple[Mode, ...] = ("access-log", "metrics", "tracing")
+#: what each exporter may add, as a share of the pass-through's CPU per request (None:
+#: no target, the figure only)
+EXPORTER_TARGETS: dict[Mode, float | None] = {"access-log": None, "metrics": 0.05, "tracing": 0.15}
+#: the span exporter's batch delay in the tracing targets (the SDK's default is 5 s)
+BSP_SCHEDULE_DELAY_MS = 200
+#: how long the tracing check waits for the last spans after the phases
+SPANS_WAIT_S = 10.0
+#: the modes measured by wrk only (the non-streaming phases), through the gateway
+WRK_ONLY: tuple[Mode, ...] = ("routed", *POLICIES, *EXPORTERS)
 
 #: adapter name -> (module, extra flags)
 ADAPTERS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -181,18 +222,23 @@ class Target:
 
 @dataclass(slots=True)
 class Server:
-    """A server subprocess with its stderr drained into a bounded tail."""
+    """A server subprocess with its stderr drained into a bounded tail; ``counted``: the
+    lines that contained ``count`` (if given)."""
 
     name: str
     proc: subprocess.Popen[bytes]
     port: int = 0
     tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=40))
     announced: threading.Event = field(default_factory=threading.Event)
+    count: str | None = None
+    counted: int = 0
 
     def drain(self, stream: IO[bytes]) -> None:
         for raw in stream:
             line = raw.decode("utf-8", "replace").rstrip()
             self.tail.append(line)
+            if self.count is not None and self.count in line:
+                self.counted += 1
             match = LISTENING.search(line)
             if match and not self.announced.is_set():
                 self.port = int(match["port"])
@@ -235,9 +281,10 @@ def start_server(
     port: int | None,
     cwd: Path = REPO_ROOT,
     env: dict[str, str] | None = None,
+    count: str | None = None,
 ) -> Server:
     """Start ``argv`` in ``cwd`` (with ``env`` added to the environment); wait for its
-    ``listening on`` line (or, with ``port``, for the port)."""
+    ``listening on`` line (or, with ``port``, for the port). ``count``: see `Server`."""
     proc = subprocess.Popen(
         argv,
         cwd=cwd,
@@ -247,7 +294,7 @@ def start_server(
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: stop() signals workers too
     )
-    server = Server(name=name, proc=proc)
+    server = Server(name=name, proc=proc, count=count)
     assert proc.stdout is not None
     threading.Thread(target=server.drain, args=(proc.stdout,), daemon=True).start()
     deadline = time.monotonic() + START_TIMEOUT
@@ -536,6 +583,93 @@ def _refused(target: Target, run: dict[str, Any]) -> None:
             f"{run['status_errors']} of {run['requests']} wrk requests were not 2xx "
             "(refused by auth or rate_limit? post.lua must send the bench key)"
         )
+
+
+def start_receiver() -> OtlpReceiver:
+    """An OTLP/HTTP receiver for a tracing target (BenchError if it cannot be had)."""
+    try:
+        from tests.support.otlp_receiver import OtlpReceiver  # only if used
+    except ImportError as exc:  # opentelemetry-proto: pip install -e '.[test]'
+        raise BenchError(f"no OTLP receiver: {exc}") from exc
+    return OtlpReceiver()
+
+
+def _wait_until(ready: Callable[[], bool], timeout: float) -> bool:
+    """Poll ``ready`` until it holds (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def scrape_metrics(port: int, path: str = "/metrics") -> tuple[int, float]:
+    """``GET path``: its status and the sum of its ``sansproxy_requests_total`` samples."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        body = response.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+    total = 0.0
+    for line in body.splitlines():
+        name, _, rest = line.partition("{")
+        if name == "sansproxy_requests_total" and rest:
+            total += float(rest.rpartition("} ")[2].split()[0])
+    return response.status, total
+
+
+def exporter_check(
+    target: Target,
+    port: int,
+    requests: int,
+    *,
+    server: Server | None,
+    receiver: OtlpReceiver | None,
+) -> dict[str, Any]:
+    """That the exporter of an exporter target ran during its phases, in which wrk had
+    ``requests`` answered (the sanity checks and the warm-up came on top): BenchError if
+    not. ``missing``: requests it has no trace of (dropped, most likely)."""
+    out: dict[str, Any] = {"requests": requests}
+    if target.mode == "access-log":
+        if server is None:
+            raise BenchError("access-log: no server output to count")
+        _wait_until(lambda: server.counted >= requests, 5.0)  # the queue's last lines
+        out["lines"] = seen = server.counted
+        what = f"{seen:,} access lines"
+    elif target.mode == "metrics":
+        status, counted = scrape_metrics(port)
+        if status != 200:
+            raise BenchError(f"metrics: GET /metrics answered {status}")
+        out["status"] = status
+        out["requests_total"] = counted
+        seen = int(counted)
+        what = f"GET /metrics {status}, sansproxy_requests_total {counted:,.0f}"
+    elif target.mode == "tracing":
+        if receiver is None:
+            raise BenchError("tracing: no OTLP receiver")
+
+        def server_spans() -> int:
+            return sum(1 for span in receiver.spans if span.kind == "SERVER")
+
+        _wait_until(lambda: server_spans() >= requests, SPANS_WAIT_S)
+        spans = receiver.spans
+        out["spans"] = len(spans)
+        out["server_spans"] = seen = server_spans()
+        out["exports"] = len(receiver.exports)
+        if receiver.errors:
+            raise BenchError(f"tracing: the receiver could not decode: {receiver.errors[0]}")
+        what = f"{len(spans):,} spans ({seen:,} SERVER) in {out['exports']:,} exports"
+    else:
+        raise BenchError(f"{target.mode} is not an exporter target")
+    if seen == 0:
+        raise BenchError(f"{target.mode}: nothing exported ({what}) for {requests:,} requests")
+    out["missing"] = max(requests - seen, 0)
+    missing = f", {out['missing']:,} MISSING (dropped?)" if out["missing"] else ""
+    _log(f"  {target.name} check: {what} for {requests:,} wrk requests{missing}")
+    return out
 
 
 def measure(
@@ -897,6 +1031,33 @@ def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _vs_routed(
+    row: dict[str, Any], routed: dict[str, Any], passthrough: dict[str, Any] | None, phase: str
+) -> dict[str, Any]:
+    """A wrk phase of a row against its adapter's routed row: what it adds per request,
+    and that as a share of the pass-through's CPU per request."""
+    rps = _float(_get(row, phase, "rps"))
+    routed_rps = _float(_get(routed, phase, "rps"))
+    added_cpu = _diff(
+        _float(_get(row, phase, "cpu_us_per_req")),
+        _float(_get(routed, phase, "cpu_us_per_req")),
+    )
+    pass_cpu = _float(_get(passthrough or {}, phase, "cpu_us_per_req"))
+    added_p50 = _diff(_float(_get(row, phase, "p50_us")), _float(_get(routed, phase, "p50_us")))
+    return {
+        "rps": rps,
+        "routed_rps": routed_rps,
+        "rps_ratio": _ratio(rps, routed_rps),
+        "cpu_us_per_req": _float(_get(row, phase, "cpu_us_per_req")),
+        "routed_cpu_us_per_req": _float(_get(routed, phase, "cpu_us_per_req")),
+        "added_cpu_us_per_req": added_cpu,
+        "redis_cpu_us_per_req": _float(_get(row, phase, "redis_cpu_us_per_req")),
+        "passthrough_cpu_us_per_req": pass_cpu,
+        "added_cpu_share_of_passthrough": _ratio(added_cpu, pass_cpu),
+        "added_p50_ms": None if added_p50 is None else added_p50 / 1000,
+    }
+
+
 def _policies_entry(
     row: dict[str, Any], routed: dict[str, Any], passthrough: dict[str, Any] | None, c: str
 ) -> dict[str, Any]:
@@ -908,26 +1069,7 @@ def _policies_entry(
         "backend": "redis" if row.get("mode") == "policies-redis" else "memory",
     }
     for phase in ("c1", c):
-        rps = _float(_get(row, phase, "rps"))
-        routed_rps = _float(_get(routed, phase, "rps"))
-        added_cpu = _diff(
-            _float(_get(row, phase, "cpu_us_per_req")),
-            _float(_get(routed, phase, "cpu_us_per_req")),
-        )
-        pass_cpu = _float(_get(passthrough or {}, phase, "cpu_us_per_req"))
-        added_p50 = _diff(_float(_get(row, phase, "p50_us")), _float(_get(routed, phase, "p50_us")))
-        entry[phase] = {
-            "rps": rps,
-            "routed_rps": routed_rps,
-            "rps_ratio": _ratio(rps, routed_rps),
-            "cpu_us_per_req": _float(_get(row, phase, "cpu_us_per_req")),
-            "routed_cpu_us_per_req": _float(_get(routed, phase, "cpu_us_per_req")),
-            "added_cpu_us_per_req": added_cpu,
-            "redis_cpu_us_per_req": _float(_get(row, phase, "redis_cpu_us_per_req")),
-            "passthrough_cpu_us_per_req": pass_cpu,
-            "added_cpu_share_of_passthrough": _ratio(added_cpu, pass_cpu),
-            "added_p50_ms": None if added_p50 is None else added_p50 / 1000,
-        }
+        entry[phase] = _vs_routed(row, routed, passthrough, phase)
     share = entry[c]["added_cpu_share_of_passthrough"]
     entry["target_share"] = POLICIES_TARGET
     entry["within_target"] = (
@@ -936,9 +1078,31 @@ def _policies_entry(
     return entry
 
 
+def _exporter_entry(
+    row: dict[str, Any], routed: dict[str, Any], passthrough: dict[str, Any] | None, c: str
+) -> dict[str, Any]:
+    """An exporter row against its adapter's routed row (and pass-through, for the share),
+    with its check (what the exporter was seen to export)."""
+    mode = row["mode"]
+    entry: dict[str, Any] = {
+        "target": row["target"],
+        "base": routed["target"],
+        "passthrough": None if passthrough is None else passthrough["target"],
+        "exporter": mode,
+        "check": row.get("exporter"),
+    }
+    for phase in ("c1", c):
+        entry[phase] = _vs_routed(row, routed, passthrough, phase)
+    share = entry[c]["added_cpu_share_of_passthrough"]
+    target = EXPORTER_TARGETS.get(mode)
+    entry["target_share"] = target
+    entry["within_target"] = None if share is None or target is None else share <= target
+    return entry
+
+
 def gateway_comparison(rows: list[dict[str, Any]], connections: int) -> dict[str, Any]:
-    """Routed and translated rows against their adapter's pass-through row, policies rows
-    against their adapter's routed row, same run.
+    """Routed and translated rows against their adapter's pass-through row, policies and
+    exporter rows against their adapter's routed row, same run.
 
     Costs are the differences: ``+`` means the gateway path costs that much more.
     """
@@ -947,6 +1111,7 @@ def gateway_comparison(rows: list[dict[str, Any]], connections: int) -> dict[str
     routed: list[dict[str, Any]] = []
     translated: list[dict[str, Any]] = []
     policies: list[dict[str, Any]] = []
+    exporters: list[dict[str, Any]] = []
     for row in rows:
         base = by_name.get(row.get("base") or "")
         if "error" in row or "skipped" in row or base is None:
@@ -954,6 +1119,9 @@ def gateway_comparison(rows: list[dict[str, Any]], connections: int) -> dict[str
         if row.get("mode") in POLICIES:
             passthrough = by_name.get(base.get("base") or "")
             policies.append(_policies_entry(row, base, passthrough, c))
+        elif row.get("mode") in EXPORTERS:
+            passthrough = by_name.get(base.get("base") or "")
+            exporters.append(_exporter_entry(row, base, passthrough, c))
         elif row.get("mode") == "routed":
             entry: dict[str, Any] = {"target": row["target"], "base": base["target"]}
             for phase in ("c1", c):
@@ -1035,7 +1203,12 @@ def gateway_comparison(rows: list[dict[str, Any]], connections: int) -> dict[str
                     else added_ttfe <= TTFE_TARGET_MS,
                 }
             )
-    return {"routed": routed, "translated": translated, "policies": policies}
+    return {
+        "routed": routed,
+        "translated": translated,
+        "policies": policies,
+        "exporters": exporters,
+    }
 
 
 def summary(
@@ -1056,7 +1229,9 @@ def summary(
             columns.append(col)
         by[col, row.get("mode") or "passthrough"] = row
     entries = {
-        e["target"]: e for kind in ("routed", "translated", "policies") for e in comparison[kind]
+        e["target"]: e
+        for kind in ("routed", "translated", "policies", "exporters")
+        for e in comparison[kind]
     }
     direct = by.get(("direct", "direct"))
 
@@ -1214,6 +1389,16 @@ def summary(
             f"({_num(None if fraction is None else fraction * 100, '.0f')} %)"
         )
 
+    def exporter(e: dict[str, Any]) -> str:
+        missing = int(_get(e, "check", "missing") or 0)
+        requests = int(_get(e, "check", "requests") or 0)
+        return share(e) + (f", {missing / requests:.0%} missing" if missing and requests else "")
+
+    def exporter_label(mode: Mode, what: str) -> str:
+        target = EXPORTER_TARGETS[mode]
+        bound = "" if target is None else f" <= {target:.0%}"
+        return f"{what}: +CPU/request {c} µs (% pass{bound})"
+
     pr = (
         f"{opts.per_read_streams:,} streams of {opts.per_read_events} events "
         f"{opts.per_read_delay_ms:g} ms apart"
@@ -1289,7 +1474,7 @@ def summary(
             ),
         ]
     gateway_lines: list[tuple[str, Cell | None]] = [
-        ("gateway: + vs the adapter's pass-through (policies: its routed)", None),
+        ("gateway: + vs the adapter's pass-through (policies, exporters: its routed)", None),
         (
             f"routed: +CPU/request {c} µs (x req/s)",
             gateway(
@@ -1347,6 +1532,16 @@ def summary(
             ),
         ),
     ]
+    named: tuple[tuple[Mode, str], ...] = (
+        ("access-log", "access log"),
+        ("metrics", "metrics"),
+        ("tracing", "tracing"),
+    )
+    gateway_lines += [
+        (exporter_label(mode, what), gateway(mode, exporter))
+        for mode, what in named
+        if any(r.get("mode") == mode for r in rows)
+    ]
     if any(r.get("mode") in (*WRK_ONLY, "translated") for r in rows):
         lines += gateway_lines
     lines += [
@@ -1385,8 +1580,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--gateway-adapters",
         metavar="ADAPTERS",
-        help="adapters also measured routed, translated and with policies (--config), next "
-        "to their pass-through; default: all of --adapters; '' for none",
+        help="adapters also measured routed, translated, with policies and with each "
+        "exporter (--config), next to their pass-through; default: all of --adapters; '' "
+        "for none",
     )
     parser.add_argument(
         "--target",
@@ -1433,6 +1629,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=True,
         help="the many-clients phases: slow streams and idle connections (default: on)",
     )
+    parser.add_argument(
+        "--exporters",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the gateway adapters also with the access log, the metrics and the tracing, "
+        "each alone (default: on)",
+    )
     parser.add_argument("--many-streams", type=int, default=5000, help="concurrent slow streams")
     parser.add_argument("--many-events", type=int, default=20, help="events per slow stream")
     parser.add_argument("--many-delay-ms", type=float, default=500.0)
@@ -1461,8 +1664,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def targets(opts: argparse.Namespace) -> list[Target]:
-    """direct, the chosen adapters (each followed by its routed, policies, translated
-    and many-clients runs), then any ``--target``; an adapter whose module is not there
+    """direct, the chosen adapters (each followed by its routed, policies, exporters,
+    translated and many-clients runs), then any ``--target``; an adapter whose module is not there
     is one target saying so."""
     found = [Target("direct", None, "direct", column="direct")]
     gateway = {a for a in opts.gateway_adapters.split(",") if a}
@@ -1475,7 +1678,8 @@ def targets(opts: argparse.Namespace) -> list[Target]:
             continue
         if name in gateway:
             found.append(Target(f"{name} routed", argv, "routed", name, name))
-            for mode in POLICIES:  # right after routed, their base
+            exporters = EXPORTERS if opts.exporters else ()
+            for mode in (*POLICIES, *exporters):  # right after routed, their base
                 found.append(Target(f"{name} {mode}", argv, mode, f"{name} routed", name))
             found.append(Target(f"{name} translated", argv, "translated", name, name))
         if opts.many_clients:  # each on a fresh server
@@ -1490,13 +1694,28 @@ def targets(opts: argparse.Namespace) -> list[Target]:
 
 
 def gateway_config(
-    mode: Mode, base_url: str, opts: argparse.Namespace, *, redis_url: str | None = None
+    mode: Mode,
+    base_url: str,
+    opts: argparse.Namespace,
+    *,
+    redis_url: str | None = None,
+    otlp_url: str | None = None,
 ) -> dict[str, Any]:
-    """The ``--config`` of a routed, policies or translated target (JSON is YAML)."""
+    """The ``--config`` of a routed, policies, exporter or translated target (JSON is
+    YAML); ``otlp_url``: where a tracing target sends its spans."""
     deployments = [{"provider": "up", "model": "gpt-4o-mini"}]
     providers = {"up": {"type": "openai", "base_url": base_url}}
+    routed = {"providers": providers, "models": {ROUTED_MODEL: deployments}}
     if mode == "routed":
-        return {"providers": providers, "models": {ROUTED_MODEL: deployments}}
+        return routed
+    if mode == "access-log":
+        return {**routed, "access_log": True}
+    if mode == "metrics":
+        return {**routed, "metrics": {"enabled": True}}
+    if mode == "tracing":
+        if otlp_url is None:
+            raise BenchError("tracing needs an otlp_url")
+        return {**routed, "telemetry": {"otlp_endpoint": otlp_url}}
     if mode in POLICIES:
         key = {
             "name": "bench",
@@ -1549,13 +1768,18 @@ def server_argv(
     opts: argparse.Namespace,
     *,
     redis_url: str | None = None,
+    otlp_url: str | None = None,
 ) -> list[str]:
-    """How to start ``target``: the pass-through shorthand, or a gateway ``--config``."""
+    """How to start ``target``: the pass-through shorthand, or a gateway ``--config``
+    (the access log's lines are INFO ones)."""
     assert target.argv is not None
-    argv = [*target.argv, "--host", HOST, "--port", str(port), "--log-level", "warning"]
+    level = "info" if target.mode == "access-log" else "warning"
+    argv = [*target.argv, "--host", HOST, "--port", str(port), "--log-level", level]
     if target.mode in (*WRK_ONLY, "translated"):  # many: the pass-through's
         config = config_dir / f"{target.name.replace(' ', '-')}.yaml"
-        settings = gateway_config(target.mode, base_url, opts, redis_url=redis_url)
+        settings = gateway_config(
+            target.mode, base_url, opts, redis_url=redis_url, otlp_url=otlp_url
+        )
         config.write_text(json.dumps(settings, indent=2))
         return [*argv, "--config", str(config)]
     return [*argv, "--base-url", base_url, "--type", "openai"]
@@ -1651,22 +1875,36 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 continue
             server: Server | None = None
+            receiver: OtlpReceiver | None = None
             try:
                 startup: dict[str, float] = {}
                 if target.argv is None:
                     port, pid = upstream.port, upstream.proc.pid
                 else:
                     port = _free_port()
+                    env: dict[str, str] | None = None
+                    if target.mode in ("many", "idle"):
+                        env = {"SANSPROXY_SERVER__KEEPALIVE_TIMEOUT": str(MANY_KEEPALIVE_S)}
+                    elif target.mode == "tracing":  # a receiver of its own, for its spans only
+                        receiver = start_receiver()
+                        env = {"OTEL_BSP_SCHEDULE_DELAY": str(BSP_SCHEDULE_DELAY_MS)}
                     argv = server_argv(
-                        target, port, base_url, Path(config_dir.name), opts, redis_url=redis_url
-                    )
-                    env = (
-                        {"SANSPROXY_SERVER__KEEPALIVE_TIMEOUT": str(MANY_KEEPALIVE_S)}
-                        if target.mode in ("many", "idle")
-                        else None
+                        target,
+                        port,
+                        base_url,
+                        Path(config_dir.name),
+                        opts,
+                        redis_url=redis_url,
+                        otlp_url=None if receiver is None else receiver.base_url,
                     )
                     spawned = time.perf_counter()
-                    server = start_server(target.name, argv, port=port, env=env)
+                    server = start_server(
+                        target.name,
+                        argv,
+                        port=port,
+                        env=env,
+                        count=ACCESS_LINE if target.mode == "access-log" else None,
+                    )
                     port, pid = server.port, server.proc.pid
                     startup = _startup(target, port, pid, spawned)
                 if target.mode in ("many", "idle"):
@@ -1688,6 +1926,14 @@ def main(argv: list[str] | None = None) -> int:
                     base_port=base_port,
                     redis_pid=redis_pid,
                 )
+                if target.mode in EXPORTERS:
+                    answered = sum(
+                        int(_get(measured, phase, "requests") or 0)
+                        for phase in ("c1", f"c{opts.connections}")
+                    )
+                    measured["exporter"] = exporter_check(
+                        target, port, answered, server=server, receiver=receiver
+                    )
                 rows.append({**measured, **startup})
             except (BenchError, subprocess.TimeoutExpired, OSError) as exc:
                 _log(f"  {target.name} FAILED: {exc}")
@@ -1705,6 +1951,8 @@ def main(argv: list[str] | None = None) -> int:
                         kept[target.name] = server
                     else:
                         server.stop()
+                if receiver is not None:
+                    receiver.close()
                 if target.mode == "translated" and target.base in kept:
                     kept.pop(target.base).stop()
             if upstream.proc.poll() is not None:
@@ -1747,6 +1995,11 @@ def main(argv: list[str] | None = None) -> int:
         f"+CPU vs the routed target; (% pass): of the pass-through's CPU/request "
         f"(memory target <= {POLICIES_TARGET:.0%}); (redis's): redis-server's CPU/request, "
         "not in the proxy's.\n"
+        "exporters: routed + one of access_log (at --log-level info, the bench reading the "
+        "lines), metrics, telemetry (OTLP/HTTP to a receiver in the bench's process, "
+        f"OTEL_BSP_SCHEDULE_DELAY={BSP_SCHEDULE_DELAY_MS} ms); +CPU vs the routed target, "
+        "% of the pass-through's CPU/request; missing: requests the exporter showed no "
+        "trace of (dropped).\n"
         "RSS idle: after the first answer; after: at the end; peak: VmHWM of the server "
         "process (MB)."
     )

@@ -411,9 +411,9 @@ def test_quota_answers_timers_failures_and_leaving_never_break_the_client_stream
     # Attempts are numbered 1, 2, ...; the quota is settled at most once.
     assert driver.attempts_sent == list(range(1, len(driver.attempts_sent) + 1))
     # One record of the exchange, after everything the client was sent, saying what it saw.
-    records = [c.record for c in commands if isinstance(c, RecordExchange)]
+    records = [c for c in commands if isinstance(c, RecordExchange)]
     assert len(records) == 1
-    record = records[0]
+    record = records[0].record
     assert commands.index(client[-1]) < commands.index(records[0]) if client else True
     assert record.outcome == ex.outcome and record.status == ex.response_status
     assert [a.number for a in record.attempts] == driver.attempts_sent

@@ -1,0 +1,292 @@
+"""The access log: one INFO line per exchange on the ``sansproxy.access`` logger.
+
+Text (``log_format: text``), the head then ``key=value`` fields, a field with
+no value left out::
+
+    POST /v1/chat/completions 200 completed 12.3ms exchange=3fa2b1c4000001
+    model=fast provider=oai upstream_ms=10.1 ttft_ms=4.2 tokens_in=12
+    tokens_out=40 cost_usd=0.00013 key_name=team-a retries=0
+
+JSON (``log_format: json``): the head as ``message`` and every field as a key
+(``null`` when it has no value). Never a key, a header or a body: the record
+holds none. A path, or a model name the client sent (not a configured one),
+is cut to ``MAX_VALUE`` characters; a value with spaces, quotes or control
+characters is quoted as a JSON string, so one exchange is always one line.
+The lines follow ``log_level``: at ``warning`` there are none.
+
+Off the response path: ``submit()`` appends to a bounded queue that one daemon
+thread drains. Beyond ``max_queue`` records waiting a record is dropped and
+counted (``dropped``); the drops are logged as one WARNING line at most every
+``report_every`` seconds. A blocked stderr (a full pipe, a stalled terminal)
+then costs dropped lines, never a stalled event loop. ``close()`` logs what
+is queued (for at most ``close_timeout`` seconds) and reports the drops.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from core import ProxyConfig
+from core._record import ExchangeRecord
+
+from ._log_format import fields_extra
+from ._logs import LogCollapser
+
+__all__ = ["MAX_VALUE", "AccessLog", "access_fields", "access_line"]
+
+logger = logging.getLogger("sansproxy.access")
+# Drops and failures are about the access log, not access lines: a reader that
+# keeps the ``sansproxy.access`` lines gets exchanges only.
+_status_logger = logging.getLogger("sansproxy")
+
+#: The longest value (a client's model name, a path) written as is, in characters.
+MAX_VALUE = 256
+_INFO = logging.INFO
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+def _cut(value: str | None) -> str | None:
+    if value is None or len(value) <= MAX_VALUE:
+        return value
+    return value[: MAX_VALUE - 1] + "…"
+
+
+def access_fields(record: ExchangeRecord) -> dict[str, Any]:
+    """The access line's fields of ``record``, in order (None: no value)."""
+    usage = record.usage
+    return {
+        "exchange": record.exchange_id,
+        "method": _cut(record.method),
+        "path": _cut(record.path),
+        "status": record.status,
+        "outcome": record.outcome,
+        "duration_ms": _ms(record.duration),
+        "model": record.model if record.model_configured else _cut(record.model),
+        "provider": record.provider,
+        "upstream_ms": _ms(record.upstream_duration),
+        "ttft_ms": _ms(record.time_to_first_token),
+        "tokens_in": None if usage is None else usage.input_tokens,
+        "tokens_out": None if usage is None else usage.output_tokens,
+        "cost_usd": record.cost_usd,
+        "key_name": record.key_name,
+        "retries": record.retries,
+        "error": record.error_code,
+    }
+
+
+# The fields the text line's head holds already.
+_HEAD = frozenset({"method", "path", "status", "outcome", "duration_ms"})
+
+
+# A value written bare: printable ASCII but for spaces, quotes, "=" and "\\".
+_BARE = re.compile(r"[!#-&(-<>-\[\]-~]+")
+
+
+def _text(value: object) -> str:
+    if type(value) is str:
+        text = value
+    elif type(value) is int:
+        return str(value)
+    elif type(value) is float:
+        return f"{value:.6g}" if abs(value) < 1e-3 and value else repr(value)
+    else:
+        text = str(value)
+    if _BARE.fullmatch(text):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def access_line(fields: dict[str, Any], *, whole: bool = True) -> tuple[str, str]:
+    """``(head, line)``: ``"<method> <path> <status> <outcome> <ms>ms"`` and the
+    text line (the head, then ``key=value`` for each other field with a value);
+    the line is the head alone unless ``whole`` (a JSON line has the fields as keys)."""
+    status = fields["status"]
+    head = " ".join(
+        (
+            _text(fields["method"]),
+            _text(fields["path"]),
+            "-" if status is None else str(status),
+            _text(fields["outcome"]),
+            f"{fields['duration_ms']:g}ms",
+        )
+    )
+    if not whole:
+        return head, head
+    rest = " ".join(
+        f"{key}={_text(value)}"
+        for key, value in fields.items()
+        if value is not None and key not in _HEAD
+    )
+    return head, f"{head} {rest}"  # never bare: the exchange's id is always there
+
+
+class AccessLog:
+    """A ``RecordSink``: one access line per exchange record, written by a thread.
+
+    ``dropped`` counts the records the full queue (or a closed log) turned
+    away; ``written`` the lines handed to the logger; ``failed`` the records
+    that could not be turned into a line (a bug: logged, the thread carries on).
+    """
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        max_queue: int = 10_000,
+        batch: int = 512,
+        report_every: float = 10.0,
+        close_timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_drop: Callable[[int], object] | None = None,
+    ) -> None:
+        self.dropped = 0
+        self._on_drop = on_drop
+        self.written = 0
+        self._text = config.log_format == "text"
+        self.failed = 0
+        self._max_queue = max_queue
+        self._batch = batch
+        self._report_every = report_every
+        self._close_timeout = close_timeout
+        self._clock = clock
+        self._pending: collections.deque[ExchangeRecord] = collections.deque()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._sleeping = False
+        self._closing = False
+        self._closed = False
+        self._logs = LogCollapser(_status_logger, interval=report_every, clock=clock)
+        # Drops: counted by submit(), reported by the thread (or close()).
+        self._drop_lock = threading.Lock()
+        self._unreported = 0
+        self._drops_since = 0.0
+        self._next_report = -math.inf
+
+    # --- the event loop's side ----------------------------------------------------------
+
+    def submit(self, record: ExchangeRecord) -> None:
+        """Queue ``record``'s line; never blocks, never raises."""
+        if not logger.isEnabledFor(_INFO):  # --log-level warning: no access lines
+            return
+        if self._closed or len(self._pending) >= self._max_queue:
+            self._drop()
+            return
+        self._pending.append(record)
+        if self._sleeping:
+            self._sleeping = False
+            self._wake.set()
+        elif self._thread is None:
+            self._start()
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is not None:
+                return
+            thread = threading.Thread(target=self._run, name="sansproxy-access-log", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had: drop what waits, try again later
+                count = len(self._pending)
+                self._pending.clear()
+                for _ in range(count):
+                    self._drop()
+                return
+            self._thread = thread
+
+    def _drop(self) -> None:
+        with self._drop_lock:
+            self.dropped += 1
+            if not self._unreported:
+                self._drops_since = self._clock()
+            self._unreported += 1
+        if self._on_drop is not None:
+            self._on_drop(1)
+
+    def close(self) -> None:
+        """Log every queued line (for at most ``close_timeout`` seconds), report the
+        drops, and turn later records away (counted as drops)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._closing = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(self._close_timeout)
+        self._report_drops(self._clock(), final=True)
+        self._logs.flush()
+
+    # --- the thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        pending = self._pending
+        while True:
+            if not pending and not self._closing:
+                self._wake.clear()
+                self._sleeping = True
+                if not pending and not self._closing:
+                    self._wake.wait(self._report_every)
+                self._sleeping = False
+            for _ in range(min(len(pending), self._batch)):
+                self._write(pending.popleft())
+            self._report_drops(self._clock())
+            if self._closing and not pending:
+                return
+
+    def _write(self, record: ExchangeRecord) -> None:
+        try:
+            fields = access_fields(record)
+            head, line = access_line(fields, whole=self._text)
+        except Exception as exc:  # a record no line can be made of: a bug, said once
+            self.failed += 1
+            self._logs.log(
+                logging.ERROR,
+                "access log: could not write the line of exchange %s: %s: %s",
+                getattr(record, "exchange_id", "?"),
+                type(exc).__name__,
+                exc,
+                key=type(exc).__name__,
+                text=f"access log: could not write a line: {type(exc).__name__}",
+            )
+            return
+        # As logger.info() would, less its search for the caller (a few µs).
+        logger.handle(
+            logger.makeRecord(
+                logger.name,
+                _INFO,
+                __file__,
+                0,
+                "%s",
+                (line,),
+                None,
+                extra=fields_extra(head, fields),
+            )
+        )
+        self.written += 1
+
+    def _report_drops(self, now: float, *, final: bool = False) -> None:
+        if now < self._next_report and not final:
+            return
+        with self._drop_lock:
+            count, since = self._unreported, self._drops_since
+            self._unreported = 0
+        if count:
+            seconds = max(1, math.ceil(now - since))
+            if not final:
+                seconds = min(seconds, math.ceil(self._report_every))
+            _status_logger.warning(
+                "%d access log lines dropped in the last %d s (queue full)", count, seconds
+            )
+            self._next_report = now + self._report_every

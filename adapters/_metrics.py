@@ -1,0 +1,359 @@
+"""Prometheus metrics: a consumer of the core's ``ExchangeRecord``.
+
+``Metrics`` counts each record into ``prometheus-client`` metrics (prefix
+``sansproxy_``, seconds, ``_total`` counters) and renders them for the core's
+``GET metrics.path``. Under ``--workers N`` each worker writes its own values to
+``PROMETHEUS_MULTIPROC_DIR`` (``python -m adapters.asgi`` makes one) and a
+scrape of any worker sums them all (``prometheus-client``'s multiprocess mode).
+
+``submit`` updates the metrics inline, with no queue nor thread, although the
+other sinks queue: an update is a dozen additions to floats in memory (``mmap``
+writes in multiprocess mode), measured at ~10 µs of CPU a record in one process
+and ~30 µs in multiprocess mode. Through a queue and a thread the same updates
+cost more CPU, not less (~14 µs: the thread runs them under the same GIL, and
+pays its wake-ups), and could drop records. It never blocks (no I/O; each lock
+is held for one addition) and never raises into the response path: an update
+that fails is logged once and counted as a drop (``sink="metrics"``).
+
+Label values are bounded: no ids, no keys (key *names* only, from the config),
+and a model is its public name only if the config names it, else ``other``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any, Final, NamedTuple
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.process_collector import ProcessCollector
+
+from core import ProxyConfig
+from core._record import ExchangeRecord
+
+__all__ = ["MULTIPROC_DIR_ENV", "SHORTHAND_MODELS", "Metrics"]
+
+logger = logging.getLogger("sansproxy")
+
+#: Where multiprocess mode keeps each process's values (prometheus-client's variable).
+MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+#: In the one-provider shorthand: how many distinct model names get their own label.
+SHORTHAND_MODELS: Final = 100
+# A model name longer than this is "other", even in the shorthand.
+_MODEL_NAME_MAX: Final = 128
+_NONE: Final = "none"
+_OTHER: Final = "other"
+
+# LLM calls take from a fraction of a second to minutes (long generations,
+# reasoning models); a time to first token, tens of ms to tens of seconds; the
+# proxy's own time, tens of microseconds to a few milliseconds.
+_EXCHANGE_BUCKETS: Final = (
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0
+)  # fmt: skip
+_FIRST_TOKEN_BUCKETS: Final = (
+    0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0
+)  # fmt: skip
+_OVERHEAD_BUCKETS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0
+)  # fmt: skip
+
+
+class _ModelLabel:
+    """The ``model`` label of a record's model: bounded.
+
+    With providers and models configured, a model the config names is its own
+    label and anything else a client sends is ``other``: the config bounds the
+    series. The one-provider shorthand (``upstream``, ``--base-url``) names no
+    model: every name the client sends goes to the one upstream, which alone
+    knows which exist. Labelling all of them ``other`` would leave the
+    shorthand's users (most of them) without any split by model, so the first
+    ``SHORTHAND_MODELS`` distinct names (of at most 128 characters) keep their
+    own label and later ones are ``other``: a client sending random names adds
+    at most that many series (per worker, each keeping its own first ones).
+    """
+
+    __slots__ = ("_lock", "_seen", "_shorthand")
+
+    def __init__(self, shorthand: bool) -> None:
+        self._shorthand = shorthand
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, model: str | None, configured: bool) -> str:
+        if model is None:
+            return _NONE
+        if configured:
+            return model
+        if not self._shorthand:
+            return _OTHER
+        if model in self._seen:
+            return model
+        with self._lock:
+            if len(self._seen) < SHORTHAND_MODELS and len(model) <= _MODEL_NAME_MAX:
+                self._seen.add(model)
+                return model
+        return _OTHER
+
+
+class Metrics:
+    """The Prometheus metrics of one process: a ``RecordSink``, and the gauges
+    the servers move. ``render()`` is the body of ``GET metrics.path``."""
+
+    def __init__(self, config: ProxyConfig) -> None:
+        self._model_label = _ModelLabel(shorthand=config.upstream is not None)
+        # No ``*_created`` series: twice the series for a timestamp Prometheus's
+        # text format does not use (and multiprocess mode never has).
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        directory = os.environ.get(MULTIPROC_DIR_ENV)
+        self._multiprocess = bool(directory)
+        self._scrape = CollectorRegistry(auto_describe=False)
+        if directory:
+            # Each process writes its own files; a scrape reads them all. The
+            # metrics themselves are registered nowhere (their values are files).
+            MultiProcessCollector(self._scrape, path=directory)  # type: ignore[no-untyped-call]
+            registry: CollectorRegistry | None = None
+        else:
+            ProcessCollector(registry=self._scrape)
+            registry = self._scrape
+        self._failed = False
+        # Label lookups cost more than updates: the children are kept, and the
+        # updates of each exchange's series are found with one lookup.
+        self._children: dict[tuple[Any, ...], Any] = {}
+        self._exchanges: dict[tuple[str, str, str, str, str], _ExchangeSeries] = {}
+        self._usages: dict[tuple[str, str], _UsageSeries] = {}
+
+        def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
+            return Counter(f"sansproxy_{name}", doc, labels, registry=registry)
+
+        def histogram(
+            name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...]
+        ) -> Histogram:
+            return Histogram(f"sansproxy_{name}", doc, labels, registry=registry, buckets=buckets)
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(f"sansproxy_{name}", doc, registry=registry, multiprocess_mode="livesum")
+
+        self._requests = counter(
+            "requests",
+            "Exchanges ended, by public model, provider, client API, status class and outcome.",
+            ("model", "provider", "client_api", "status_class", "outcome"),
+        )
+        self._duration = histogram(
+            "request_duration_seconds",
+            "Whole exchanges, from the request's first byte to the response's last.",
+            ("model", "provider"),
+            _EXCHANGE_BUCKETS,
+        )
+        self._upstream_duration = histogram(
+            "upstream_duration_seconds",
+            "Time spent in upstream attempts (their sum), for exchanges that made one.",
+            ("model", "provider"),
+            _EXCHANGE_BUCKETS,
+        )
+        self._overhead = histogram(
+            "overhead_seconds",
+            "The proxy's own time: an exchange's duration less its upstream duration.",
+            ("model", "provider"),
+            _OVERHEAD_BUCKETS,
+        )
+        self._first_token = histogram(
+            "time_to_first_token_seconds",
+            "Streams: from the request to the first event sent to the client.",
+            ("model", "provider"),
+            _FIRST_TOKEN_BUCKETS,
+        )
+        self._tokens = counter(
+            "tokens",
+            "Tokens by type (input, output, cache_read, cache_creation; input excludes "
+            "cached), by the public model that served them and the key's name.",
+            ("model", "key_name", "type"),
+        )
+        self._cost = counter(
+            "cost_usd",
+            "Cost in US dollars, by the public model that served it and the key's name.",
+            ("model", "key_name"),
+        )
+        self._refusals = counter(
+            "refusals",
+            "Requests the proxy's own limits refused, by kind (rate_limit, budget) and key name.",
+            ("kind", "key_name"),
+        )
+        self._retries = counter(
+            "retries", "Upstream attempts after the first, by public model.", ("model",)
+        )
+        self._fallbacks = counter(
+            "fallbacks", "Upstream attempts that served a fallback model.", ("model",)
+        )
+        self._upstream_failures = counter(
+            "upstream_failures",
+            "Failed upstream attempts, by provider and kind (status: an error status; "
+            "connect, timeout, reset, protocol).",
+            ("provider", "kind"),
+        )
+        self._drops = counter(
+            "dropped_records",
+            "Exchange records a sink dropped (its queue full, or failing).",
+            ("sink",),
+        )
+        self._connections = gauge("client_connections", "Open client connections.")
+        self._streams = gauge("streams_in_flight", "Streamed responses under way.")
+
+    # -- RecordSink --------------------------------------------------------------------
+
+    def submit(self, record: ExchangeRecord) -> None:
+        """Count ``record``; never blocks nor raises."""
+        try:
+            self._count(record)
+        except Exception:  # a bug here must not reach the response path
+            self._drops.labels("metrics").inc()
+            if not self._failed:
+                self._failed = True
+                logger.exception("metrics: counting an exchange failed (dropped, counted)")
+
+    def close(self) -> None:
+        """Nothing is queued. In multiprocess mode, this process's open connections
+        and streams leave the sums (its counters stay)."""
+        if self._multiprocess:
+            mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+    # -- the servers' gauges -----------------------------------------------------------
+
+    def connection_opened(self) -> None:
+        self._connections.inc()
+
+    def connection_closed(self) -> None:
+        self._connections.dec()
+
+    def stream_started(self) -> None:
+        self._streams.inc()
+
+    def stream_ended(self) -> None:
+        self._streams.dec()
+
+    def count_drops(self, sink: str, n: int = 1) -> None:
+        """Count ``n`` records another sink dropped (``sink``: its name, a constant)."""
+        self._child(self._drops, sink).inc(n)
+
+    # -- scrape ------------------------------------------------------------------------
+
+    def render(self) -> tuple[bytes, bytes]:
+        """The body of a scrape and its content type (Prometheus text format 0.0.4)."""
+        return generate_latest(self._scrape), _CONTENT_TYPE
+
+    # -- counting ----------------------------------------------------------------------
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, cached: the label lookup costs more than the update."""
+        key = (metric, *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
+    def _exchange_series(self, key: tuple[str, str, str, str, str]) -> _ExchangeSeries:
+        model, provider = key[0], key[1]
+        series = self._exchanges[key] = _ExchangeSeries(
+            self._child(self._requests, *key).inc,
+            self._child(self._duration, model, provider).observe,
+            self._child(self._upstream_duration, model, provider).observe,
+            self._child(self._overhead, model, provider).observe,
+            self._child(self._first_token, model, provider).observe,
+        )
+        return series
+
+    def _usage_series(self, key: tuple[str, str]) -> _UsageSeries:
+        tokens = self._tokens
+        series = self._usages[key] = _UsageSeries(
+            self._child(tokens, *key, "input").inc,
+            self._child(tokens, *key, "output").inc,
+            self._child(tokens, *key, "cache_read").inc,
+            self._child(tokens, *key, "cache_creation").inc,
+            self._child(self._cost, *key).inc,
+        )
+        return series
+
+    def _count(self, r: ExchangeRecord) -> None:
+        model = self._model_label(r.model, r.model_configured)
+        status = r.status
+        key = (
+            model,
+            r.provider or _NONE,
+            r.client_api,
+            _NONE if status is None else _STATUS_CLASSES.get(status // 100, _NONE),
+            r.outcome,
+        )
+        series = self._exchanges.get(key) or self._exchange_series(key)
+        series.requests(1)
+        duration = r.duration
+        series.duration(duration)
+        upstream = r.upstream_duration
+        if upstream is not None:
+            series.upstream(upstream)
+            series.overhead(duration - upstream if duration > upstream else 0.0)
+        if r.stream and r.time_to_first_token is not None:
+            series.first_token(r.time_to_first_token)
+        usage = r.usage
+        cost = r.cost_usd
+        if usage is not None or cost:
+            served = model
+            if r.fallbacks and r.attempts:  # a fallback is a public model the config names
+                served = r.attempts[-1].model or model
+            ukey = (served, r.key_name or _NONE)
+            spent = self._usages.get(ukey) or self._usage_series(ukey)
+            if usage is not None:
+                if usage.input_tokens:
+                    spent.input(usage.input_tokens)
+                if usage.output_tokens:
+                    spent.output(usage.output_tokens)
+                if usage.cached_input_tokens:
+                    spent.cache_read(usage.cached_input_tokens)
+                if usage.cache_creation_tokens:
+                    spent.cache_creation(usage.cache_creation_tokens)
+            if cost:
+                spent.cost(cost)
+        # Rarer: a refusal, a retry, a failed attempt.
+        if r.refusal is not None:
+            self._child(self._refusals, r.refusal, r.key_name or _NONE).inc()
+        if r.retries:
+            self._child(self._retries, model).inc(r.retries)
+        if r.fallbacks:
+            self._child(self._fallbacks, model).inc(r.fallbacks)
+        for attempt in r.attempts:
+            outcome = attempt.outcome
+            if outcome is not None and outcome != "ok":
+                self._child(self._upstream_failures, attempt.provider, outcome).inc()
+
+
+class _ExchangeSeries(NamedTuple):
+    """The updates of one (model, provider, client_api, status_class, outcome)."""
+
+    requests: Callable[[float], None]
+    duration: Callable[[float], None]
+    upstream: Callable[[float], None]
+    overhead: Callable[[float], None]
+    first_token: Callable[[float], None]
+
+
+class _UsageSeries(NamedTuple):
+    """The updates of one (model, key_name)."""
+
+    input: Callable[[float], None]
+    output: Callable[[float], None]
+    cache_read: Callable[[float], None]
+    cache_creation: Callable[[float], None]
+    cost: Callable[[float], None]
+
+
+_STATUS_CLASSES: Final = {n: f"{n}xx" for n in range(1, 6)}
+_CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4.encode("ascii")
