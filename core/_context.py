@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Protocol
 from ._commands import (
     AcquireQuota,
     CancelUpstream,
+    CollectMetrics,
     Command,
     EndResponse,
     Log,
@@ -28,19 +29,29 @@ from ._commands import (
 from ._config import LimitsConfig, ProxyConfig
 from ._endpoints import ApiName, Endpoint
 from ._errors import (
-    BudgetExceededError,
-    ClientRateLimitError,
+    AuthenticationError,
     InternalError,
     ProtocolError,
     RemoteProtocolError,
+    ServiceUnavailableError,
+    ValidationError,
 )
 from ._events import (
     Event,
+    MetricsCollected,
+    TimerFired,
 )
 from ._headers import Headers, header
 from ._http import parse_json_object
 from ._middleware import Attempt, Pipeline, Retry
-from ._record import AttemptRecord, ExchangeRecord, RecordExchange, TraceIds, trace_ids
+from ._record import (
+    ExchangeRecord,
+    RecordExchange,
+    RequestParams,
+    TraceIds,
+    build_record,
+    trace_ids,
+)
 from ._relay import Relay
 from ._render import error_headers, render_error, render_error_event
 from ._sse import is_final_event
@@ -88,92 +99,9 @@ def _outcome(error: ProtocolError) -> str:
     return "rejected"
 
 
-#: The GenAI operation (OpenTelemetry's ``gen_ai.operation.name``) of each endpoint.
-_OPERATIONS: Mapping[Endpoint | None, str] = {
-    "chat": "chat",
-    "messages": "chat",
-    "responses": "chat",
-    "completions": "text_completion",
-    "embeddings": "embeddings",
-}
-
-
-class _Params:
-    """What the request asks, as observers record it: read once from the parsed body."""
-
-    __slots__ = ("input_messages", "max_tokens", "model", "stream", "temperature", "top_p", "user")
-
-    def __init__(self, body: Mapping[str, Any] | None, *, capture: bool) -> None:
-        body = body or {}
-        model = body.get("model")
-        self.model = model if isinstance(model, str) and model else None
-        self.stream = body.get("stream") is True
-        self.max_tokens = _first_int(body, ("max_tokens", "max_completion_tokens"))
-        if self.max_tokens is None:
-            self.max_tokens = _first_int(body, ("max_output_tokens",))
-        self.temperature = _number(body.get("temperature"))
-        self.top_p = _number(body.get("top_p"))
-        user = body.get("user")
-        metadata = body.get("metadata")
-        if not isinstance(user, str) and isinstance(metadata, dict):
-            user = metadata.get("user_id")
-        self.user = user[:256] if isinstance(user, str) and user else None
-        self.input_messages = _input_messages(body) if capture else None
-
-
-def _first_int(body: Mapping[str, Any], names: Sequence[str]) -> int | None:
-    for name in names:
-        value = body.get(name)
-        if type(value) is int:
-            return value
-    return None
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return None
-
-
-def _parts(content: object) -> list[dict[str, Any]]:
-    """A message's content as OpenTelemetry GenAI message parts."""
-    if isinstance(content, str):
-        return [{"type": "text", "content": content}]
-    parts: list[dict[str, Any]] = []
-    if isinstance(content, list):
-        for block in content:
-            if isinstance(block, dict) and isinstance(block.get("text"), str):
-                parts.append({"type": "text", "content": block["text"]})
-            elif isinstance(block, dict):
-                parts.append({"type": str(block.get("type", "unknown"))})
-    return parts
-
-
-def _input_messages(body: Mapping[str, Any]) -> list[dict[str, Any]] | None:
-    """The request's messages as OpenTelemetry GenAI input messages (roles and text)."""
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        prompt = body.get("prompt", body.get("input"))
-        if isinstance(prompt, str):
-            return [{"role": "user", "parts": [{"type": "text", "content": prompt}]}]
-        return None
-    out: list[dict[str, Any]] = []
-    system = body.get("system")
-    if system is not None:
-        out.append({"role": "system", "parts": _parts(system)})
-    for message in messages:
-        if isinstance(message, dict):
-            role = message.get("role")
-            out.append(
-                {
-                    "role": role if isinstance(role, str) else "user",
-                    "parts": _parts(message.get("content")),
-                }
-            )
-    return out
-
-
 _END_OK = EndResponse(complete=True)
+_COLLECT_METRICS = CollectMetrics()
+_METRICS_TIMEOUT = 10.0  # seconds the driver may take to collect the metrics
 _END_CUT = EndResponse(complete=False)
 
 
@@ -300,7 +228,7 @@ class ExchangeContext:
         self.first_upstream_byte_at: float | None = None
         #: When the first stream event went to the client (time to first token).
         self.first_token_at: float | None = None
-        self._params: _Params | None = None
+        self._params: RequestParams | None = None
         self._trace: TraceIds | None = None
         self.ended_at: float | None = None
         self.outcome: str | None = None
@@ -498,7 +426,7 @@ class ExchangeContext:
         """Read what observers record of the request, once, while it is parsed."""
         if self._params is None and self._proxy.observed:
             parsed = self._request_object()
-            self._params = _Params(
+            self._params = RequestParams(
                 parsed if isinstance(parsed, dict) else None,
                 capture=self._proxy.capture_content,
             )
@@ -506,103 +434,65 @@ class ExchangeContext:
     def record(self) -> ExchangeRecord:
         """The exchange as observers see it (complete once it has ended)."""
         proxy = self._proxy
-        started = self.started_at
-        ended = self.now if self.ended_at is None else self.ended_at
-        wall = self.wall_time
-        attempts = tuple(
-            AttemptRecord(
-                number=a.number,
-                span_id=self.trace_ids().attempt_span_id(a.number) if proxy.tracing else "",
-                model=a.model,
-                provider=a.provider,
-                provider_type=a.provider_type,
-                upstream_model=a.upstream_model,
-                server_address=a.host,
-                server_port=a.port,
-                started=wall + (a.started_at - started),
-                duration=max(0.0, (ended if a.ended_at is None else a.ended_at) - a.started_at),
-                delay=a.delay,
-                status=a.status,
-                outcome=a.outcome,
-            )
-            for a in self.attempts
-        )
-        last = attempts[-1] if attempts else None
-        params = self._params
-        if params is None and self.request_body and self.endpoint is not None:
+        if self._params is None and self.request_body and self.endpoint is not None:
             self._note_request()
-            params = self._params
-        model = self.model if self.model is not None else None if params is None else params.model
-        error = self.error
-        relay = self._relay
-        response_id: str | None = None
-        response_model: str | None = None
-        reasons: tuple[str, ...] = ()
-        output = None
-        if relay is not None:
-            response_id, response_model, reasons = relay.response_info()
-            if proxy.capture_content:
-                text = relay.output_text()
-                if text is not None:
-                    message: dict[str, Any] = {
-                        "role": "assistant",
-                        "parts": [{"type": "text", "content": text}],
-                    }
-                    if reasons:
-                        message["finish_reason"] = reasons[0]
-                    output = [message]
-        ids = self.trace_ids() if proxy.tracing else None
-        session = header(self.request_headers, proxy.session_header)
-        first = self.first_upstream_byte_at
-        token = self.first_token_at
-        return ExchangeRecord(
-            exchange_id=self.exchange_id,
-            trace_id=None if ids is None else ids.trace_id,
-            span_id=None if ids is None else ids.span_id,
-            parent_span_id=None if ids is None else ids.parent_span_id,
-            sampled=ids is not None and ids.sampled,
-            method=self.request_method.decode("latin-1"),
-            path=self.request_path.decode("latin-1"),
-            client_api=self.client_api,
-            operation=_OPERATIONS.get(self.endpoint),
-            model=model,
-            model_configured=model is not None and model in proxy.router.models,
-            stream=self.is_stream,
-            max_tokens=None if params is None else params.max_tokens,
-            temperature=None if params is None else params.temperature,
-            top_p=None if params is None else params.top_p,
-            user=None if params is None else params.user,
-            session_id=None if session is None else session.decode("latin-1")[:256],
-            key_name=getattr(self.key, "name", None),
-            provider=None if last is None else last.provider,
-            provider_type=None if last is None else last.provider_type,
-            upstream_model=None if last is None else last.upstream_model,
-            attempts=attempts,
-            retries=max(0, len(attempts) - 1),
-            fallbacks=sum(1 for a in attempts if a.model != attempts[0].model),
-            status=self.response_status,
-            outcome=self.outcome or "error",
-            error_type=None if error is None else error.error_type,
-            error_code=None if error is None else error.code,
-            error_message=None if error is None else str(error),
-            refusal="rate_limit"
-            if isinstance(error, ClientRateLimitError)
-            else "budget"
-            if isinstance(error, BudgetExceededError)
-            else None,
-            usage=self.usage,
-            usage_estimated=self.usage_estimated,
-            cost_usd=self.cost_usd,
-            response_id=response_id,
-            response_model=response_model,
-            finish_reasons=reasons,
-            started=wall,
-            duration=max(0.0, ended - started),
-            upstream_duration=sum(a.duration for a in attempts) if attempts else None,
-            time_to_first_byte=None if first is None else first - started,
-            time_to_first_token=None if token is None or not self.is_stream else token - started,
-            input_messages=None if params is None else params.input_messages,
-            output_messages=output,
+        return build_record(
+            self,
+            now=self.now,
+            ids=self.trace_ids() if proxy.tracing else None,
+            params=self._params,
+            relay=self._relay,
+            first_token_at=self.first_token_at,
+            capture=proxy.capture_content,
+            session_header=proxy.session_header,
+        )
+
+    # -- a local answer: GET metrics.path -----------------------------------------------
+
+    def _metrics_request(self, now: float) -> None:
+        """``GET metrics.path``: the driver collects them (``CollectMetrics``)."""
+        guard = self._proxy.metrics_guard
+        if self.request_method not in (b"GET", b"HEAD"):
+            path = self.request_path.decode("latin-1")
+            self._fail(
+                ValidationError(f"{path} only answers GET", status=405, code="method_not_allowed"),
+                now,
+            )
+        elif guard is not None and not guard(self.request_headers):
+            self._fail(
+                AuthenticationError(
+                    "the metrics need the admin key: send it as 'Authorization: Bearer <key>'"
+                ),
+                now,
+            )
+        else:
+            self._commands.append(_COLLECT_METRICS)
+            self._deadline = now + _METRICS_TIMEOUT
+            self._set_state(State.AWAIT_METRICS)
+
+    def _on_metrics(self, event: MetricsCollected, now: float) -> None:
+        body = event.body
+        headers = [
+            (b"content-type", event.content_type),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+        ]
+        self._start_response(200, headers, hooks=False)
+        if not self._head:
+            self._commands.append(SendBody(data=body))
+        self._commands.append(_END_OK)
+        self._complete("completed", now, hooks=False)
+
+    def _on_metrics_timer(self, event: TimerFired, now: float) -> None:
+        deadline = self._deadline
+        if deadline is None or now < deadline:
+            return
+        self._fail(
+            ServiceUnavailableError(
+                f"the metrics were not collected within {_METRICS_TIMEOUT:g} s",
+                code="metrics_unavailable",
+            ),
+            now,
         )
 
     def _internal_error(self, exc: Exception, now: float) -> None:

@@ -18,7 +18,6 @@ from typing import NoReturn
 
 from ._commands import (
     AcquireQuota,
-    CollectMetrics,
     Command,
     Log,
     QuotaAdjustment,
@@ -30,20 +29,17 @@ from ._context import _END_OK, ExchangeContext
 from ._endpoints import ENDPOINTS, HEALTH_PATH, MODELS_PATH, ROUTED
 from ._errors import (
     FAILURES,
-    AuthenticationError,
     LocalProtocolError,
     ModelNotFoundError,
     NetworkError,
     ProtocolError,
     RemoteProtocolError,
-    ServiceUnavailableError,
     UpstreamTimeoutError,
     ValidationError,
 )
 from ._events import (
     ClientGone,
     Event,
-    MetricsCollected,
     QuotaAnswered,
     QuotaFailed,
     RequestData,
@@ -194,52 +190,6 @@ class Exchange(ExchangeContext):
             # Errors from here on are in the client's API's shape.
             self.client_api, self.endpoint = found
         self._continue_request(0, now)
-
-    def _metrics_request(self, now: float) -> None:
-        """``GET metrics.path``: the driver collects them (``CollectMetrics``)."""
-        guard = self._proxy.metrics_guard
-        if self.request_method not in (b"GET", b"HEAD"):
-            path = self.request_path.decode("latin-1")
-            self._fail(
-                ValidationError(f"{path} only answers GET", status=405, code="method_not_allowed"),
-                now,
-            )
-        elif guard is not None and not guard(self.request_headers):
-            self._fail(
-                AuthenticationError(
-                    "the metrics need the admin key: send it as 'Authorization: Bearer <key>'"
-                ),
-                now,
-            )
-        else:
-            self._commands.append(_COLLECT_METRICS)
-            self._deadline = now + _METRICS_TIMEOUT
-            self._set_state(State.AWAIT_METRICS)
-
-    def _on_metrics(self, event: MetricsCollected, now: float) -> None:
-        body = event.body
-        headers = [
-            (b"content-type", event.content_type),
-            (b"content-length", str(len(body)).encode()),
-            (b"cache-control", b"no-store"),
-        ]
-        self._start_response(200, headers, hooks=False)
-        if not self._head:
-            self._commands.append(SendBody(data=body))
-        self._commands.append(_END_OK)
-        self._complete("completed", now, hooks=False)
-
-    def _on_metrics_timer(self, event: TimerFired, now: float) -> None:
-        deadline = self._deadline
-        if deadline is None or now < deadline:
-            return
-        self._fail(
-            ServiceUnavailableError(
-                f"the metrics were not collected within {_METRICS_TIMEOUT:g} s",
-                code="metrics_unavailable",
-            ),
-            now,
-        )
 
     def _continue_request(self, index: int, now: float) -> None:
         """Run the ``on_request`` hooks from ``index`` on, then route."""
@@ -632,8 +582,7 @@ class Exchange(ExchangeContext):
 
 
 _TIMER_FIRED = TimerFired()
-_COLLECT_METRICS = CollectMetrics()
-_METRICS_TIMEOUT = 10.0  # seconds the driver may take to collect the metrics
+
 # The events the door checks against the running attempt, and against the query asked.
 _OF_ATTEMPT = frozenset({UpstreamResponse, UpstreamData, UpstreamEnded, UpstreamFailed})
 _ANSWERS = frozenset({QuotaAnswered, QuotaFailed})

@@ -11,13 +11,28 @@ the messages ``telemetry.capture_content`` asks for.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ._commands import Command
+from ._endpoints import Endpoint
+from ._errors import BudgetExceededError, ClientRateLimitError
+from ._headers import header
+from ._middleware import Context
+from ._relay import Relay
 from .gateway import Usage
 
-__all__ = ["AttemptRecord", "ExchangeRecord", "RecordExchange", "TraceIds", "trace_ids"]
+__all__ = [
+    "OPERATIONS",
+    "AttemptRecord",
+    "ExchangeRecord",
+    "RecordExchange",
+    "RequestParams",
+    "TraceIds",
+    "build_record",
+    "trace_ids",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -215,3 +230,195 @@ def trace_ids(
     # As OpenTelemetry's TraceIdRatioBased: the trace id's low 64 bits against the ratio.
     sampled = int(trace_id[16:], 16) < round(sample_ratio * (1 << 64))
     return TraceIds(trace_id, span_id, None, sampled, seed)
+
+
+#: The GenAI operation (OpenTelemetry's ``gen_ai.operation.name``) of each endpoint.
+OPERATIONS: Mapping[Endpoint | None, str] = {
+    "chat": "chat",
+    "messages": "chat",
+    "responses": "chat",
+    "completions": "text_completion",
+    "embeddings": "embeddings",
+}
+
+
+class RequestParams:
+    """What the request asks, as observers record it: read once from the parsed body."""
+
+    __slots__ = ("input_messages", "max_tokens", "model", "stream", "temperature", "top_p", "user")
+
+    def __init__(self, body: Mapping[str, Any] | None, *, capture: bool) -> None:
+        body = body or {}
+        model = body.get("model")
+        self.model = model if isinstance(model, str) and model else None
+        self.stream = body.get("stream") is True
+        self.max_tokens = _first_int(body, ("max_tokens", "max_completion_tokens"))
+        if self.max_tokens is None:
+            self.max_tokens = _first_int(body, ("max_output_tokens",))
+        self.temperature = _number(body.get("temperature"))
+        self.top_p = _number(body.get("top_p"))
+        user = body.get("user")
+        metadata = body.get("metadata")
+        if not isinstance(user, str) and isinstance(metadata, dict):
+            user = metadata.get("user_id")
+        self.user = user[:256] if isinstance(user, str) and user else None
+        self.input_messages = _input_messages(body) if capture else None
+
+
+def _first_int(body: Mapping[str, Any], names: Sequence[str]) -> int | None:
+    for name in names:
+        value = body.get(name)
+        if type(value) is int:
+            return value
+    return None
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _parts(content: object) -> list[dict[str, Any]]:
+    """A message's content as OpenTelemetry GenAI message parts."""
+    if isinstance(content, str):
+        return [{"type": "text", "content": content}]
+    parts: list[dict[str, Any]] = []
+    if isinstance(content, list):
+        for block in content:
+            if isinstance(block, dict) and isinstance(block.get("text"), str):
+                parts.append({"type": "text", "content": block["text"]})
+            elif isinstance(block, dict):
+                parts.append({"type": str(block.get("type", "unknown"))})
+    return parts
+
+
+def _input_messages(body: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The request's messages as OpenTelemetry GenAI input messages (roles and text)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        prompt = body.get("prompt", body.get("input"))
+        if isinstance(prompt, str):
+            return [{"role": "user", "parts": [{"type": "text", "content": prompt}]}]
+        return None
+    out: list[dict[str, Any]] = []
+    system = body.get("system")
+    if system is not None:
+        out.append({"role": "system", "parts": _parts(system)})
+    for message in messages:
+        if isinstance(message, dict):
+            role = message.get("role")
+            out.append(
+                {
+                    "role": role if isinstance(role, str) else "user",
+                    "parts": _parts(message.get("content")),
+                }
+            )
+    return out
+
+
+def build_record(
+    ex: Context,
+    *,
+    now: float,
+    ids: TraceIds | None,
+    params: RequestParams | None,
+    relay: Relay | None,
+    first_token_at: float | None,
+    capture: bool,
+    session_header: bytes,
+) -> ExchangeRecord:
+    """The record of exchange ``ex`` as it stands at ``now`` (complete once it ended):
+    ``params`` is what it asked, ``relay`` its last attempt's response."""
+    started = ex.started_at
+    ended = now if ex.ended_at is None else ex.ended_at
+    wall = ex.wall_time
+    attempts = tuple(
+        AttemptRecord(
+            number=a.number,
+            span_id="" if ids is None else ids.attempt_span_id(a.number),
+            model=a.model,
+            provider=a.provider,
+            provider_type=a.provider_type,
+            upstream_model=a.upstream_model,
+            server_address=a.host,
+            server_port=a.port,
+            started=wall + (a.started_at - started),
+            duration=max(0.0, (ended if a.ended_at is None else a.ended_at) - a.started_at),
+            delay=a.delay,
+            status=a.status,
+            outcome=a.outcome,
+        )
+        for a in ex.attempts
+    )
+    last = attempts[-1] if attempts else None
+    model = ex.model if ex.model is not None else None if params is None else params.model
+    error = ex.error
+    response_id: str | None = None
+    response_model: str | None = None
+    reasons: tuple[str, ...] = ()
+    output = None
+    if relay is not None:
+        response_id, response_model, reasons = relay.response_info()
+        if capture:
+            text = relay.output_text()
+            if text is not None:
+                message: dict[str, Any] = {
+                    "role": "assistant",
+                    "parts": [{"type": "text", "content": text}],
+                }
+                if reasons:
+                    message["finish_reason"] = reasons[0]
+                output = [message]
+    session = header(ex.request_headers, session_header)
+    first = ex.first_upstream_byte_at
+    token = first_token_at
+    return ExchangeRecord(
+        exchange_id=ex.exchange_id,
+        trace_id=None if ids is None else ids.trace_id,
+        span_id=None if ids is None else ids.span_id,
+        parent_span_id=None if ids is None else ids.parent_span_id,
+        sampled=ids is not None and ids.sampled,
+        method=ex.request_method.decode("latin-1"),
+        path=ex.request_path.decode("latin-1"),
+        client_api=ex.client_api,
+        operation=OPERATIONS.get(ex.endpoint),
+        model=model,
+        model_configured=model is not None and model in ex.router.models,
+        stream=ex.is_stream,
+        max_tokens=None if params is None else params.max_tokens,
+        temperature=None if params is None else params.temperature,
+        top_p=None if params is None else params.top_p,
+        user=None if params is None else params.user,
+        session_id=None if session is None else session.decode("latin-1")[:256],
+        key_name=getattr(ex.key, "name", None),
+        provider=None if last is None else last.provider,
+        provider_type=None if last is None else last.provider_type,
+        upstream_model=None if last is None else last.upstream_model,
+        attempts=attempts,
+        retries=max(0, len(attempts) - 1),
+        fallbacks=sum(1 for a in attempts if a.model != attempts[0].model),
+        status=ex.response_status,
+        outcome=ex.outcome or "error",
+        error_type=None if error is None else error.error_type,
+        error_code=None if error is None else error.code,
+        error_message=None if error is None else str(error),
+        refusal="rate_limit"
+        if isinstance(error, ClientRateLimitError)
+        else "budget"
+        if isinstance(error, BudgetExceededError)
+        else None,
+        usage=ex.usage,
+        usage_estimated=ex.usage_estimated,
+        cost_usd=ex.cost_usd,
+        response_id=response_id,
+        response_model=response_model,
+        finish_reasons=reasons,
+        started=wall,
+        duration=max(0.0, ended - started),
+        upstream_duration=sum(a.duration for a in attempts) if attempts else None,
+        time_to_first_byte=None if first is None else first - started,
+        time_to_first_token=None if token is None or not ex.is_stream else token - started,
+        input_messages=None if params is None else params.input_messages,
+        output_messages=output,
+    )
