@@ -20,7 +20,7 @@ from core import ExchangeRecord, ProxyConfig
 if TYPE_CHECKING:
     from ._metrics import Metrics
 
-__all__ = ["RecordSink", "Sinks"]
+__all__ = ["PROCESS_SINKS", "RecordSink", "Sinks"]
 
 logger = logging.getLogger("sansproxy")
 
@@ -82,3 +82,21 @@ class Sinks:
                 sink.close()
             except Exception:  # one sink's failure must not keep the others from closing
                 logger.exception("closing %s failed", type(sink).__name__)
+
+
+class ProcessSinks:
+    """The sinks of the app this process serves, for code with no driver at hand
+    (uvicorn's protocol counts connections in the metrics): set by the app.
+
+    A module-level holder: under ``python -m adapters.asgi`` the entry module is
+    ``__main__`` and uvicorn imports ``adapters.asgi`` again, so a global there
+    would be two.
+    """
+
+    __slots__ = ("metrics",)
+
+    def __init__(self) -> None:
+        self.metrics: Metrics | None = None
+
+
+PROCESS_SINKS = ProcessSinks()

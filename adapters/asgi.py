@@ -23,7 +23,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from multiprocessing import resource_tracker
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -53,9 +53,7 @@ from core._config import ServerConfig
 from ._cli import Loaded, cannot_listen, log_startup, parse_args, setup_logging, stopped
 from ._driver import ClientDisconnected, Driver, stopped_reading
 from ._log_format import logging_config
-
-if TYPE_CHECKING:
-    from ._metrics import Metrics
+from ._sinks import PROCESS_SINKS
 
 __all__ = [
     "RAW_TARGET",
@@ -132,14 +130,14 @@ class RawTargetProtocol(HttpToolsProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             _DESCRIPTORS.accepted(sock.fileno())
-        metrics = _OPEN_CONNECTIONS.metrics
+        metrics = PROCESS_SINKS.metrics
         if metrics is not None:
             metrics.connection_opened()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         super().connection_lost(exc)
-        metrics = _OPEN_CONNECTIONS.metrics
+        metrics = PROCESS_SINKS.metrics
         if metrics is not None:
             metrics.connection_closed()
 
@@ -229,19 +227,6 @@ class _Descriptors:
 
 
 _DESCRIPTORS = _Descriptors()
-
-
-class _OpenConnections:
-    """Where uvicorn's protocol counts the process's client connections: the
-    metrics of the app this process serves (``create_app`` sets them)."""
-
-    __slots__ = ("metrics",)
-
-    def __init__(self) -> None:
-        self.metrics: Metrics | None = None
-
-
-_OPEN_CONNECTIONS = _OpenConnections()
 
 
 class _EarlySignals:
@@ -559,7 +544,7 @@ async def _wait_disconnect(receive: Receive) -> None:
 def create_app(config: ProxyConfig, proxy: Proxy | None = None) -> Starlette:
     """The Starlette application serving ``config``."""
     driver = Driver(proxy if proxy is not None else Proxy(config))
-    _OPEN_CONNECTIONS.metrics = driver.sinks.metrics
+    PROCESS_SINKS.metrics = driver.sinks.metrics
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

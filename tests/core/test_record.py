@@ -326,3 +326,25 @@ def test_metrics_behind_an_admin_key_that_does_not_exist_is_a_config_error() -> 
 def test_metrics_off_leave_the_path_to_the_gateway() -> None:
     out = Playbook(upstream_config()).request(method=b"GET", target=b"/metrics")
     assert [type(c) for c in out] == [SendUpstreamRequest]
+
+
+def test_captured_messages_are_the_ones_guardrails_redacted() -> None:
+    pb = Playbook(
+        upstream_config(
+            middleware=[{"guardrails": {"redact_emails": True}}],
+            telemetry={"otlp_endpoint": "http://o.test", "capture_content": True},
+        )
+    )
+    sent = pb.request(
+        body=json.dumps(
+            {"model": "m", "messages": [{"role": "user", "content": "mail ann@example.com"}]}
+        ).encode(),
+        headers=list(JSON),
+    )
+    (request,) = [c for c in sent if isinstance(c, SendUpstreamRequest)]
+    assert b"ann@example.com" not in request.body
+    pb.feed(UpstreamResponse(attempt=1, status=200, headers=JSON))
+    record = record_of(pb.feed(UpstreamEnded(attempt=1)))
+    assert record.input_messages is not None
+    assert "ann@example.com" not in json.dumps(record.input_messages)
+    assert "[REDACTED]" in json.dumps(record.input_messages)

@@ -40,6 +40,7 @@ HTTPTOOLS_MODULES = frozenset(
         "test_json_limits",
         "test_proxy",
         "test_server_limits",
+        "test_spans",  # observability is asked of every adapter
         "test_streaming",
         "test_wire_variants",
     }

@@ -257,3 +257,29 @@ def test_without_prometheus_ci_fails_where_a_laptop_skips(
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception, match="apt-get install prometheus"):
         require_prometheus()
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_open_connections_and_streams_in_flight_are_gauged(start_proxy: StartProxy) -> None:
+    # The built-in mock provider streams an event every 0.2 s: long enough to look.
+    proxy = start_proxy(config={**METRICS, "mock": {"stream_delay": 0.2}})
+    streams = ("sansproxy_streams_in_flight", frozenset())
+    connections = ("sansproxy_client_connections", frozenset())
+    with http_client(proxy) as scraper, http_client(proxy) as streamer:
+        body = chat_body("mock-gpt", stream=True)
+        with streamer.stream("POST", CHAT, json=body) as response:
+            assert response.status_code == 200
+            events = iter_events(response)
+            next(events)  # the stream is under way
+            during = samples(scrape(scraper, None).text)
+            assert during[streams] == 1
+            assert during[connections] == 2  # the streamer's and the scraper's
+            assert [event.data for event in events][-1] == "[DONE]"
+        until(
+            lambda: samples(scrape(scraper, None).text)[streams] == 0,
+            READ_TIMEOUT,
+            "the stream to leave the gauge",
+        )
+    with http_client(proxy) as client:
+        after = samples(scrape(client, None).text)
+    assert after[streams] == 0 and after[connections] == 1  # the two are closed
