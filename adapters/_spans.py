@@ -41,12 +41,12 @@ from typing import Any, Final
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExporter as SdkSpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from core import ProxyConfig
-from core._record import AttemptRecord, ExchangeRecord
+from core import AttemptRecord, ExchangeRecord, ProxyConfig
 
 from ._logs import LogCollapser
 
@@ -87,17 +87,53 @@ def _queue_of(processor: BatchSpanProcessor) -> Sequence[object] | None:
     return queue if isinstance(queue, Sequence) else None
 
 
+class _Counted(SdkSpanExporter):
+    """An exporter that reports the spans it failed to deliver (``on_failed(n)``).
+
+    The SDK's batch processor takes a batch off its queue whether or not its
+    export succeeds: without this a collector that is down would lose every
+    span silently (the SDK's own lines are silenced, see ``SpanExporter``).
+    """
+
+    def __init__(self, inner: OTLPSpanExporter, on_failed: Callable[[int], None]) -> None:
+        self._inner = inner
+        self._on_failed = on_failed
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self._inner.export(spans)
+        except Exception:  # the SDK would log and carry on: count, and carry on
+            result = SpanExportResult.FAILURE
+        if result is not SpanExportResult.SUCCESS:
+            self._on_failed(len(spans))
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()  # type: ignore[no-untyped-call]
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
 class _Destination:
     """One ``BatchSpanProcessor`` and how full its queue may get."""
 
     __slots__ = ("limit", "name", "processor", "queue")
 
-    def __init__(self, name: str, exporter: OTLPSpanExporter, limit: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        exporter: OTLPSpanExporter,
+        limit: int,
+        on_failed: Callable[[str, int], None],
+    ) -> None:
         self.name = name
         # The batch delay is the SDK's (OTEL_BSP_SCHEDULE_DELAY, 5 s by default); a
         # batch is at most the queue.
         self.processor = BatchSpanProcessor(
-            exporter, max_queue_size=limit, max_export_batch_size=min(limit, _BATCH)
+            _Counted(exporter, lambda n: on_failed(name, n)),
+            max_queue_size=limit,
+            max_export_batch_size=min(limit, _BATCH),
         )
         self.queue = _queue_of(self.processor)
         self.limit = limit
@@ -125,6 +161,11 @@ class SpanExporter:
         self._resource = Resource.create({"service.name": telemetry.service_name})
         self._warnings = LogCollapser(logger, interval=30.0)
         self._closed = False
+        self._lock = threading.Lock()  # drops are counted by the export threads too
+        # The SDK logs each failed export with its URL and the collector's answer; the
+        # failures are counted and said here instead, naming the destination only.
+        logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)
+        logging.getLogger("opentelemetry.sdk.trace.export").setLevel(logging.CRITICAL)
         destinations: list[_Destination] = []
         if telemetry.otlp_endpoint is not None:
             headers = {name: value.get_secret_value() for name, value in telemetry.headers.items()}
@@ -133,11 +174,13 @@ class SpanExporter:
                 headers=headers or None,
                 timeout=EXPORT_TIMEOUT,
             )
-            destinations.append(_Destination("otlp", exporter, telemetry.max_queue))
+            destinations.append(_Destination("otlp", exporter, telemetry.max_queue, self._failed))
         elif any(os.environ.get(name) for name in _ENV_ENDPOINTS):
             # The SDK reads the endpoint, headers, timeout and TLS files from the
             # standard variables.
-            destinations.append(_Destination("otlp", OTLPSpanExporter(), telemetry.max_queue))
+            destinations.append(
+                _Destination("otlp", OTLPSpanExporter(), telemetry.max_queue, self._failed)
+            )
         if telemetry.langfuse is not None:
             lf = telemetry.langfuse
             token = f"{lf.public_key}:{lf.secret_key.get_secret_value()}".encode()
@@ -149,7 +192,9 @@ class SpanExporter:
                 },
                 timeout=EXPORT_TIMEOUT,
             )
-            destinations.append(_Destination("langfuse", exporter, telemetry.max_queue))
+            destinations.append(
+                _Destination("langfuse", exporter, telemetry.max_queue, self._failed)
+            )
         self._destinations = tuple(destinations)
 
     def submit(self, record: ExchangeRecord) -> None:
@@ -186,9 +231,23 @@ class SpanExporter:
                 destination.processor.on_end(span)
 
     def _drop(self, count: int) -> None:
-        self.dropped += count
+        with self._lock:
+            self.dropped += count
         if self._on_drop is not None:
             self._on_drop(count)
+
+    def _failed(self, destination: str, count: int) -> None:
+        """An export thread could not deliver ``count`` spans to ``destination``."""
+        self._drop(count)
+        self._warnings.log(
+            logging.WARNING,
+            "the %s span exporter could not deliver %d spans (the collector is down, slow "
+            "or refused them); dropped",
+            destination,
+            count,
+            key=("export", destination),
+            text=f"the {destination} span exporter could not deliver spans",
+        )
 
     def close(self) -> None:
         """Deliver the queued spans (at most ``CLOSE_TIMEOUT`` s per destination), then stop."""

@@ -1396,7 +1396,7 @@ def summary(
 
     def exporter_label(mode: Mode, what: str) -> str:
         target = EXPORTER_TARGETS[mode]
-        bound = "" if target is None else f" <= {target:.0%}"
+        bound = "" if target is None else f" <= {target * 100:.0f} %"
         return f"{what}: +CPU/request {c} µs (% pass{bound})"
 
     pr = (
@@ -1926,7 +1926,7 @@ def main(argv: list[str] | None = None) -> int:
                     base_port=base_port,
                     redis_pid=redis_pid,
                 )
-                if target.mode in EXPORTERS:
+                if target.mode in EXPORTERS:  # (--repeat: the kept runs', a lower bound)
                     answered = sum(
                         int(_get(measured, phase, "requests") or 0)
                         for phase in ("c1", f"c{opts.connections}")
