@@ -34,8 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from core import ProxyConfig
-from core._record import ExchangeRecord
+from core import ExchangeRecord, ProxyConfig
 
 from ._log_format import fields_extra
 from ._logs import LogCollapser

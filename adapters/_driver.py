@@ -284,7 +284,7 @@ class Driver:
                         client.send(cmd.data)
                     case StartResponse():
                         client.start(cmd.status, list(cmd.headers))
-                        if ex.is_stream and self.sinks.metrics is not None:
+                        if self.sinks.metrics is not None and ex.is_stream:
                             state.streaming = True
                             self.sinks.metrics.stream_started()
                     case EndResponse():

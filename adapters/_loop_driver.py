@@ -366,7 +366,7 @@ class Run:
                     sink.send(cmd.data)
                 case StartResponse():
                     sink.start(cmd.status, list(cmd.headers))
-                    if ex.is_stream and owner.metrics is not None:
+                    if owner.metrics is not None and ex.is_stream:
                         self.streaming = True
                         owner.metrics.stream_started()
                 case EndResponse():

@@ -39,8 +39,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.process_collector import ProcessCollector
 
-from core import ProxyConfig
-from core._record import ExchangeRecord
+from core import ExchangeRecord, ProxyConfig
 
 __all__ = ["MULTIPROC_DIR_ENV", "SHORTHAND_MODELS", "Metrics"]
 

@@ -9,7 +9,8 @@ continued), so the spans are built as finished ``ReadableSpan`` objects with
 their own ids and times, not through a ``Tracer``.
 
 The spans go through the official SDK: one ``BatchSpanProcessor`` (a bounded
-queue and a thread) and ``OTLPSpanExporter`` per destination: the OTLP
+queue and a thread) and ``OTLPSpanExporter`` per destination (its protobuf
+encoding done by ``adapters._otlp``, ~6x cheaper than the SDK's): the OTLP
 endpoint of ``telemetry.otlp_endpoint`` (or of the standard
 ``OTEL_EXPORTER_OTLP_*`` variables), and Langfuse's OTLP endpoint when
 ``telemetry.langfuse`` is set. A destination that is slow or down costs
@@ -49,6 +50,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from core import AttemptRecord, ExchangeRecord, ProxyConfig
 
 from ._logs import LogCollapser
+from ._otlp import LeanOTLPSpanExporter
 
 __all__ = ["SpanExporter"]
 
@@ -169,7 +171,7 @@ class SpanExporter:
         destinations: list[_Destination] = []
         if telemetry.otlp_endpoint is not None:
             headers = {name: value.get_secret_value() for name, value in telemetry.headers.items()}
-            exporter = OTLPSpanExporter(
+            exporter = LeanOTLPSpanExporter(
                 endpoint=traces_url(telemetry.otlp_endpoint),
                 headers=headers or None,
                 timeout=EXPORT_TIMEOUT,
@@ -179,12 +181,12 @@ class SpanExporter:
             # The SDK reads the endpoint, headers, timeout and TLS files from the
             # standard variables.
             destinations.append(
-                _Destination("otlp", OTLPSpanExporter(), telemetry.max_queue, self._failed)
+                _Destination("otlp", LeanOTLPSpanExporter(), telemetry.max_queue, self._failed)
             )
         if telemetry.langfuse is not None:
             lf = telemetry.langfuse
             token = f"{lf.public_key}:{lf.secret_key.get_secret_value()}".encode()
-            exporter = OTLPSpanExporter(
+            exporter = LeanOTLPSpanExporter(
                 endpoint=f"{lf.host}/api/public/otel/v1/traces",
                 headers={
                     "Authorization": "Basic " + base64.b64encode(token).decode("ascii"),

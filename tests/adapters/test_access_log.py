@@ -23,8 +23,7 @@ import pytest
 
 from adapters._access_log import MAX_VALUE, AccessLog, access_fields, access_line
 from adapters._log_format import TEXT_FORMAT, JsonFormatter, fields_extra, logging_config
-from core import ProxyConfig
-from core._record import ExchangeRecord
+from core import ExchangeRecord, ProxyConfig
 from core.gateway import Usage
 from tests.support.proxy_process import REPO_ROOT
 

@@ -20,8 +20,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters._metrics import SHORTHAND_MODELS, Metrics
-from core import ProxyConfig
-from core._record import AttemptRecord, ExchangeRecord
+from core import AttemptRecord, ExchangeRecord, ProxyConfig
 from core.gateway import Usage
 from tests.support.proxy_process import REPO_ROOT
 

@@ -263,8 +263,9 @@ def test_without_prometheus_ci_fails_where_a_laptop_skips(
 def test_open_connections_and_streams_in_flight_are_gauged(start_proxy: StartProxy) -> None:
     # The built-in mock provider streams an event every 0.2 s: long enough to look.
     proxy = start_proxy(config={**METRICS, "mock": {"stream_delay": 0.2}})
-    streams = ("sansproxy_streams_in_flight", frozenset())
-    connections = ("sansproxy_client_connections", frozenset())
+    no_labels: frozenset[tuple[str, str]] = frozenset()
+    streams = ("sansproxy_streams_in_flight", no_labels)
+    connections = ("sansproxy_client_connections", no_labels)
     with http_client(proxy) as scraper, http_client(proxy) as streamer:
         body = chat_body("mock-gpt", stream=True)
         with streamer.stream("POST", CHAT, json=body) as response:
