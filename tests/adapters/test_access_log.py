@@ -7,7 +7,6 @@ what a user's log collector would read.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import logging
@@ -80,7 +79,7 @@ def record(**changes: Any) -> ExchangeRecord:
         time_to_first_byte=0.003,
         time_to_first_token=0.0042,
     )
-    return dataclasses.replace(base, **changes)
+    return base._replace(**changes)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> None:

@@ -6,7 +6,6 @@ attributes); a receiver that is slow or down costs ``submit`` nothing but counte
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import logging
 import threading
@@ -305,8 +304,7 @@ def test_a_failed_exchange_is_an_error_on_both_spans(
     exporter = SpanExporter(config(otlp=receiver.base_url))
     exporters.append(exporter)
     record = exchange()
-    failed = dataclasses.replace(
-        record,
+    failed = record._replace(
         status=504,
         outcome="timeout",
         error_type="upstream_timeout",
@@ -315,7 +313,7 @@ def test_a_failed_exchange_is_an_error_on_both_spans(
         response_id=None,
         response_model=None,
         finish_reasons=(),
-        attempts=(dataclasses.replace(record.attempts[0], status=None, outcome="timeout"),),
+        attempts=(record.attempts[0]._replace(status=None, outcome="timeout"),),
     )
     exporter.submit(failed)
     spans = receiver.wait_for_spans(2)
@@ -352,7 +350,7 @@ def test_unsampled_records_send_nothing(
     exporter = SpanExporter(config(otlp=receiver.base_url))
     exporters.append(exporter)
     exporter.submit(exchange(traceparent=f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-00".encode()))
-    exporter.submit(dataclasses.replace(exchange(), trace_id=None, span_id=None))
+    exporter.submit(exchange()._replace(trace_id=None, span_id=None))
     marker = exchange(exchange_id="marker")
     exporter.submit(marker)
     spans = receiver.wait_for_spans(2)
