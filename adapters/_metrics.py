@@ -6,14 +6,17 @@
 ``PROMETHEUS_MULTIPROC_DIR`` (``python -m adapters.asgi`` makes one) and a
 scrape of any worker sums them all (``prometheus-client``'s multiprocess mode).
 
-``submit`` updates the metrics inline, with no queue nor thread, although the
-other sinks queue: an update is a dozen additions to floats in memory (``mmap``
-writes in multiprocess mode), measured at ~10 µs of CPU a record in one process
-and ~30 µs in multiprocess mode. Through a queue and a thread the same updates
-cost more CPU, not less (~14 µs: the thread runs them under the same GIL, and
-pays its wake-ups), and could drop records. It never blocks (no I/O; each lock
-is held for one addition) and never raises into the response path: an update
-that fails is logged once and counted as a drop (``sink="metrics"``).
+``submit`` adds a record to plain tallies (counts, sums, histogram buckets
+found by ``bisect``), under a lock held for those additions; a thread moves
+the tallies into the ``prometheus-client`` metrics every second, and a scrape
+or ``close()`` first. Updating the metrics inline cost ~10 µs of CPU a record
+(each update takes a lock; a histogram walks its buckets), ~30 µs in
+multiprocess mode (``mmap`` writes); a tally costs a few µs, the move a few
+µs per series a second. A scrape sees what the process counted up to then;
+another worker's last second may not be in it yet (and a worker killed
+outright loses its last second). It never blocks (no I/O)
+and never raises into the response path: an update that fails is logged once
+and counted as a drop (``sink="metrics"``).
 
 Label values are bounded: no ids, no keys (key *names* only, from the config),
 and a model is its public name only if the config names it, else ``other``.
@@ -21,11 +24,12 @@ and a model is its public name only if the config names it, else ``other``.
 
 from __future__ import annotations
 
+import atexit
+import bisect
 import logging
 import os
 import threading
-from collections.abc import Callable
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from prometheus_client import (
     CollectorRegistry,
@@ -41,12 +45,14 @@ from prometheus_client.process_collector import ProcessCollector
 
 from core import ExchangeRecord, ProxyConfig
 
-__all__ = ["MULTIPROC_DIR_ENV", "SHORTHAND_MODELS", "Metrics"]
+__all__ = ["EXCHANGE_BUCKETS", "MOVE_EVERY", "MULTIPROC_DIR_ENV", "SHORTHAND_MODELS", "Metrics"]
 
 logger = logging.getLogger("sansproxy")
 
 #: Where multiprocess mode keeps each process's values (prometheus-client's variable).
 MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+#: Seconds between two moves of the tallies into the metrics.
+MOVE_EVERY: Final = 1.0
 #: In the one-provider shorthand: how many distinct model names get their own label.
 SHORTHAND_MODELS: Final = 100
 # A model name longer than this is "other", even in the shorthand.
@@ -57,7 +63,7 @@ _OTHER: Final = "other"
 # LLM calls take from a fraction of a second to minutes (long generations,
 # reasoning models); a time to first token, tens of ms to tens of seconds; the
 # proxy's own time, tens of microseconds to a few milliseconds.
-_EXCHANGE_BUCKETS: Final = (
+EXCHANGE_BUCKETS: Final = (
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0
 )  # fmt: skip
 _FIRST_TOKEN_BUCKETS: Final = (
@@ -129,8 +135,12 @@ class Metrics:
         # Label lookups cost more than updates: the children are kept, and the
         # updates of each exchange's series are found with one lookup.
         self._children: dict[tuple[Any, ...], Any] = {}
-        self._exchanges: dict[tuple[str, str, str, str, str], _ExchangeSeries] = {}
-        self._usages: dict[tuple[str, str], _UsageSeries] = {}
+        self._exchanges: dict[tuple[str, str, str, str, str], _ExchangeTally] = {}
+        self._usages: dict[tuple[str, str], _UsageTally] = {}
+        # The tallies since the last move into the metrics (see ``flush``).
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._mover: threading.Thread | None = None
 
         def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
             return Counter(f"sansproxy_{name}", doc, labels, registry=registry)
@@ -152,13 +162,13 @@ class Metrics:
             "request_duration_seconds",
             "Whole exchanges, from the request's first byte to the response's last.",
             ("model", "provider"),
-            _EXCHANGE_BUCKETS,
+            EXCHANGE_BUCKETS,
         )
         self._upstream_duration = histogram(
             "upstream_duration_seconds",
             "Time spent in upstream attempts (their sum), for exchanges that made one.",
             ("model", "provider"),
-            _EXCHANGE_BUCKETS,
+            EXCHANGE_BUCKETS,
         )
         self._overhead = histogram(
             "overhead_seconds",
@@ -213,16 +223,48 @@ class Metrics:
     def submit(self, record: ExchangeRecord) -> None:
         """Count ``record``; never blocks nor raises."""
         try:
-            self._count(record)
+            with self._lock:
+                self._count(record)
+            if self._mover is None:
+                self._start()
         except Exception:  # a bug here must not reach the response path
             self._drops.labels("metrics").inc()
             if not self._failed:
                 self._failed = True
                 logger.exception("metrics: counting an exchange failed (dropped, counted)")
 
+    def _start(self) -> None:
+        mover = threading.Thread(target=self._move_every_second, name="sansproxy-metrics")
+        mover.daemon = True
+        self._mover = mover
+        mover.start()
+        # A process that exits without close() keeps what it counted (one killed
+        # outright loses its last second).
+        atexit.register(self.flush)
+
+    def _move_every_second(self) -> None:
+        while not self._stop.wait(MOVE_EVERY):
+            self.flush()
+
+    def flush(self) -> None:
+        """Move the tallies into the metrics (what a scrape reads)."""
+        try:
+            with self._lock:
+                for tally in self._exchanges.values():
+                    if tally.requests:
+                        tally.move()
+                for usage in self._usages.values():
+                    if not usage.moved:
+                        usage.move()
+        except Exception:
+            self._drops.labels("metrics").inc()
+            logger.exception("metrics: moving the tallies failed")
+
     def close(self) -> None:
-        """Nothing is queued. In multiprocess mode, this process's open connections
-        and streams leave the sums (its counters stay)."""
+        """Move what is tallied. In multiprocess mode, this process's open
+        connections and streams leave the sums (its counters stay)."""
+        self._stop.set()
+        self.flush()
         if self._multiprocess:
             mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
@@ -248,6 +290,7 @@ class Metrics:
 
     def render(self) -> tuple[bytes, bytes]:
         """The body of a scrape and its content type (Prometheus text format 0.0.4)."""
+        self.flush()
         return generate_latest(self._scrape), _CONTENT_TYPE
 
     # -- counting ----------------------------------------------------------------------
@@ -260,25 +303,27 @@ class Metrics:
             child = self._children[key] = metric.labels(*values)
         return child
 
-    def _exchange_series(self, key: tuple[str, str, str, str, str]) -> _ExchangeSeries:
+    def _exchange_series(self, key: tuple[str, str, str, str, str]) -> _ExchangeTally:
         model, provider = key[0], key[1]
-        series = self._exchanges[key] = _ExchangeSeries(
-            self._child(self._requests, *key).inc,
-            self._child(self._duration, model, provider).observe,
-            self._child(self._upstream_duration, model, provider).observe,
-            self._child(self._overhead, model, provider).observe,
-            self._child(self._first_token, model, provider).observe,
+        series = self._exchanges[key] = _ExchangeTally(
+            self._child(self._requests, *key),
+            _Tally(self._child(self._duration, model, provider), EXCHANGE_BUCKETS),
+            _Tally(self._child(self._upstream_duration, model, provider), EXCHANGE_BUCKETS),
+            _Tally(self._child(self._overhead, model, provider), _OVERHEAD_BUCKETS),
+            _Tally(self._child(self._first_token, model, provider), _FIRST_TOKEN_BUCKETS),
         )
         return series
 
-    def _usage_series(self, key: tuple[str, str]) -> _UsageSeries:
+    def _usage_series(self, key: tuple[str, str]) -> _UsageTally:
         tokens = self._tokens
-        series = self._usages[key] = _UsageSeries(
-            self._child(tokens, *key, "input").inc,
-            self._child(tokens, *key, "output").inc,
-            self._child(tokens, *key, "cache_read").inc,
-            self._child(tokens, *key, "cache_creation").inc,
-            self._child(self._cost, *key).inc,
+        series = self._usages[key] = _UsageTally(
+            (
+                self._child(tokens, *key, "input"),
+                self._child(tokens, *key, "output"),
+                self._child(tokens, *key, "cache_read"),
+                self._child(tokens, *key, "cache_creation"),
+                self._child(self._cost, *key),
+            )
         )
         return series
 
@@ -293,15 +338,15 @@ class Metrics:
             r.outcome,
         )
         series = self._exchanges.get(key) or self._exchange_series(key)
-        series.requests(1)
+        series.requests += 1
         duration = r.duration
-        series.duration(duration)
+        series.duration.observe(duration)
         upstream = r.upstream_duration
         if upstream is not None:
-            series.upstream(upstream)
-            series.overhead(duration - upstream if duration > upstream else 0.0)
+            series.upstream.observe(upstream)
+            series.overhead.observe(duration - upstream if duration > upstream else 0.0)
         if r.stream and r.time_to_first_token is not None:
-            series.first_token(r.time_to_first_token)
+            series.first_token.observe(r.time_to_first_token)
         usage = r.usage
         cost = r.cost_usd
         if usage is not None or cost:
@@ -310,17 +355,15 @@ class Metrics:
                 served = r.attempts[-1].model or model
             ukey = (served, r.key_name or _NONE)
             spent = self._usages.get(ukey) or self._usage_series(ukey)
+            pending = spent.pending
             if usage is not None:
-                if usage.input_tokens:
-                    spent.input(usage.input_tokens)
-                if usage.output_tokens:
-                    spent.output(usage.output_tokens)
-                if usage.cached_input_tokens:
-                    spent.cache_read(usage.cached_input_tokens)
-                if usage.cache_creation_tokens:
-                    spent.cache_creation(usage.cache_creation_tokens)
+                pending[0] += usage.input_tokens
+                pending[1] += usage.output_tokens
+                pending[2] += usage.cached_input_tokens
+                pending[3] += usage.cache_creation_tokens
             if cost:
-                spent.cost(cost)
+                pending[4] += cost
+            spent.moved = False
         # Rarer: a refusal, a retry, a failed attempt.
         if r.refusal is not None:
             self._child(self._refusals, r.refusal, r.key_name or _NONE).inc()
@@ -334,24 +377,80 @@ class Metrics:
                 self._child(self._upstream_failures, attempt.provider, outcome).inc()
 
 
-class _ExchangeSeries(NamedTuple):
-    """The updates of one (model, provider, client_api, status_class, outcome)."""
+class _Tally:
+    """A histogram's observations since the last move: their sum, and a count per
+    bucket (prometheus-client's own, non-cumulative, ``le`` order)."""
 
-    requests: Callable[[float], None]
-    duration: Callable[[float], None]
-    upstream: Callable[[float], None]
-    overhead: Callable[[float], None]
-    first_token: Callable[[float], None]
+    __slots__ = ("bounds", "counts", "histogram", "sum")
+
+    def __init__(self, histogram: Any, buckets: tuple[float, ...]) -> None:
+        self.histogram = histogram
+        self.bounds = (*buckets, float("inf"))
+        self.counts = [0] * len(self.bounds)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # The first bound >= value: the bucket Histogram.observe would count it in.
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def move(self) -> None:
+        counts = self.counts
+        if not any(counts):
+            return
+        # A histogram child's values (prometheus-client's own attributes, stable
+        # since its first releases; tests compare a scrape with observe()'s).
+        buckets = self.histogram._buckets
+        for i, count in enumerate(counts):
+            if count:
+                buckets[i].inc(count)
+        self.histogram._sum.inc(self.sum)
+        self.counts = [0] * len(counts)
+        self.sum = 0.0
 
 
-class _UsageSeries(NamedTuple):
-    """The updates of one (model, key_name)."""
+class _ExchangeTally:
+    """One (model, provider, client_api, status_class, outcome): exchanges ended
+    since the last move, and their timings."""
 
-    input: Callable[[float], None]
-    output: Callable[[float], None]
-    cache_read: Callable[[float], None]
-    cache_creation: Callable[[float], None]
-    cost: Callable[[float], None]
+    __slots__ = ("duration", "first_token", "overhead", "requests", "total", "upstream")
+
+    def __init__(
+        self, total: Any, duration: _Tally, upstream: _Tally, overhead: _Tally, first: _Tally
+    ) -> None:
+        self.total = total  # the requests counter's child
+        self.requests = 0
+        self.duration = duration
+        self.upstream = upstream
+        self.overhead = overhead
+        self.first_token = first
+
+    def move(self) -> None:
+        self.total.inc(self.requests)
+        self.requests = 0
+        self.duration.move()
+        self.upstream.move()
+        self.overhead.move()
+        self.first_token.move()
+
+
+class _UsageTally:
+    """One (model, key_name): tokens input, output, cache_read, cache_creation, and
+    cost since the last move."""
+
+    __slots__ = ("children", "moved", "pending")
+
+    def __init__(self, children: tuple[Any, ...]) -> None:
+        self.children = children
+        self.pending: list[float] = [0, 0, 0, 0, 0.0]
+        self.moved = True
+
+    def move(self) -> None:
+        for child, amount in zip(self.children, self.pending, strict=True):
+            if amount:
+                child.inc(amount)
+        self.pending = [0, 0, 0, 0, 0.0]
+        self.moved = True
 
 
 _STATUS_CLASSES: Final = {n: f"{n}xx" for n in range(1, 6)}

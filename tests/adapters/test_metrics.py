@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters._metrics import SHORTHAND_MODELS, Metrics
+from adapters._metrics import EXCHANGE_BUCKETS, SHORTHAND_MODELS, Metrics
 from core import AttemptRecord, ExchangeRecord, ProxyConfig
 from core.gateway import Usage
 from tests.support.proxy_process import REPO_ROOT
@@ -494,3 +497,50 @@ def test_multiprocess_a_closed_process_leaves_the_gauges_but_not_the_counters(
     assert s.value("sansproxy_client_connections") == 1
     assert s.value("sansproxy_streams_in_flight") == 0
     assert s.value("sansproxy_tokens_total", model="fast", key_name="team-a", type="input") == 10
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0, 700, allow_nan=False),  # whole exchange (s)
+            st.one_of(st.none(), st.floats(0, 700, allow_nan=False)),  # upstream
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    st.integers(0, 29),
+)
+def test_tallied_histograms_scrape_as_observe_would_count_them(
+    timings: list[tuple[float, float | None]], moved_after: int
+) -> None:
+    # The tallies move into prometheus-client's values now and then (and at a
+    # scrape): the scrape shows what observe() on each record would have counted.
+    metrics = fresh()
+    reference = CollectorRegistry()
+    exchange = Histogram(
+        "sansproxy_request_duration_seconds",
+        "",
+        ("model", "provider"),
+        registry=reference,
+        buckets=EXCHANGE_BUCKETS,
+    ).labels("fast", "oai")
+    upstream = Histogram(
+        "sansproxy_upstream_duration_seconds",
+        "",
+        ("model", "provider"),
+        registry=reference,
+        buckets=EXCHANGE_BUCKETS,
+    ).labels("fast", "oai")
+    for i, (duration, spent) in enumerate(timings):
+        metrics.submit(record(duration=duration, upstream_duration=spent))
+        exchange.observe(duration)
+        if spent is not None:
+            upstream.observe(spent)
+        if i == moved_after:
+            metrics.flush()
+    ours = scrape(metrics).samples
+    metrics.close()
+    theirs = Scrape(generate_latest(reference)).samples
+    for (name, labels), value in theirs.items():
+        if name.endswith(("_bucket", "_count", "_sum")) and ("model", "fast") in labels:
+            assert ours[(name, labels)] == pytest.approx(value), name
