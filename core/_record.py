@@ -353,8 +353,20 @@ def build_record(
         for a in ex.attempts
     )
     last = attempts[-1] if attempts else None
+    if len(attempts) < 2:
+        fallbacks = 0
+        upstream = None if last is None else last.duration
+    else:
+        fallbacks = sum(1 for a in attempts if a.model != attempts[0].model)
+        upstream = sum(a.duration for a in attempts)
     model = ex.model if ex.model is not None else None if params is None else params.model
     error = ex.error
+    refusal: Literal["rate_limit", "budget"] | None = None
+    if error is not None:
+        if isinstance(error, ClientRateLimitError):
+            refusal = "rate_limit"
+        elif isinstance(error, BudgetExceededError):
+            refusal = "budget"
     response_id: str | None = None
     response_model: str | None = None
     reasons: tuple[str, ...] = ()
@@ -398,17 +410,13 @@ def build_record(
         upstream_model=None if last is None else last.upstream_model,
         attempts=attempts,
         retries=max(0, len(attempts) - 1),
-        fallbacks=sum(1 for a in attempts if a.model != attempts[0].model),
+        fallbacks=fallbacks,
         status=ex.response_status,
         outcome=ex.outcome or "error",
         error_type=None if error is None else error.error_type,
         error_code=None if error is None else error.code,
         error_message=None if error is None else str(error),
-        refusal="rate_limit"
-        if isinstance(error, ClientRateLimitError)
-        else "budget"
-        if isinstance(error, BudgetExceededError)
-        else None,
+        refusal=refusal,
         usage=ex.usage,
         usage_estimated=ex.usage_estimated,
         cost_usd=ex.cost_usd,
@@ -417,7 +425,7 @@ def build_record(
         finish_reasons=reasons,
         started=wall,
         duration=max(0.0, ended - started),
-        upstream_duration=sum(a.duration for a in attempts) if attempts else None,
+        upstream_duration=upstream,
         time_to_first_byte=None if first is None else first - started,
         time_to_first_token=None if token is None or not ex.is_stream else token - started,
         input_messages=None if params is None else params.input_messages,
