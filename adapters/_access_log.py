@@ -27,7 +27,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import math
 import re
 import threading
 import time
@@ -37,7 +36,7 @@ from typing import Any
 from core import ExchangeRecord, ProxyConfig
 
 from ._log_format import fields_extra
-from ._logs import LogCollapser
+from ._logs import Drops, LogCollapser
 
 __all__ = ["MAX_VALUE", "AccessLog", "access_fields", "access_line"]
 
@@ -149,8 +148,6 @@ class AccessLog:
         clock: Callable[[], float] = time.monotonic,
         on_drop: Callable[[int], object] | None = None,
     ) -> None:
-        self.dropped = 0
-        self._on_drop = on_drop
         self.written = 0
         self._text = config.log_format == "text"
         self.failed = 0
@@ -168,10 +165,9 @@ class AccessLog:
         self._closed = False
         self._logs = LogCollapser(_status_logger, interval=report_every, clock=clock)
         # Drops: counted by submit(), reported by the thread (or close()).
-        self._drop_lock = threading.Lock()
-        self._unreported = 0
-        self._drops_since = 0.0
-        self._next_report = -math.inf
+        self._drops = Drops(
+            _status_logger, "access log lines", every=report_every, clock=clock, on_drop=on_drop
+        )
 
     # --- the event loop's side ----------------------------------------------------------
 
@@ -204,14 +200,13 @@ class AccessLog:
                 return
             self._thread = thread
 
+    @property
+    def dropped(self) -> int:
+        """Records dropped so far."""
+        return self._drops.total
+
     def _drop(self) -> None:
-        with self._drop_lock:
-            self.dropped += 1
-            if not self._unreported:
-                self._drops_since = self._clock()
-            self._unreported += 1
-        if self._on_drop is not None:
-            self._on_drop(1)
+        self._drops.add()
 
     def close(self) -> None:
         """Log every queued line (for at most ``close_timeout`` seconds), report the
@@ -224,7 +219,7 @@ class AccessLog:
         thread = self._thread
         if thread is not None:
             thread.join(self._close_timeout)
-        self._report_drops(self._clock(), final=True)
+        self._drops.report(self._clock(), final=True)
         self._logs.flush()
 
     # --- the thread ------------------------------------------------------------------------
@@ -240,7 +235,7 @@ class AccessLog:
                 self._sleeping = False
             for _ in range(min(len(pending), self._batch)):
                 self._write(pending.popleft())
-            self._report_drops(self._clock())
+            self._drops.report(self._clock())
             if self._closing and not pending:
                 return
 
@@ -274,18 +269,3 @@ class AccessLog:
             )
         )
         self.written += 1
-
-    def _report_drops(self, now: float, *, final: bool = False) -> None:
-        if now < self._next_report and not final:
-            return
-        with self._drop_lock:
-            count, since = self._unreported, self._drops_since
-            self._unreported = 0
-        if count:
-            seconds = max(1, math.ceil(now - since))
-            if not final:
-                seconds = min(seconds, math.ceil(self._report_every))
-            _status_logger.warning(
-                "%d access log lines dropped in the last %d s (queue full)", count, seconds
-            )
-            self._next_report = now + self._report_every

@@ -129,3 +129,60 @@ class LogCollapser:
                 seconds,
                 stacklevel=3,
             )
+
+
+class Drops:
+    """What a bounded queue dropped: counted by any thread, reported by one.
+
+    ``add(n)`` counts (and tells ``on_drop``, the metrics' counter, say);
+    ``report(now)`` logs ``"<n> <what> dropped in the last <s> s (queue full)"``
+    as one WARNING at most every ``every`` seconds (``final``: now, whatever is
+    left). ``total`` is every drop so far.
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        what: str,
+        *,
+        every: float,
+        clock: Callable[[], float],
+        on_drop: Callable[[int], object] | None = None,
+    ) -> None:
+        self.total = 0
+        self._logger = logger
+        self._what = what
+        self._every = every
+        self._clock = clock
+        self._on_drop = on_drop
+        self._lock = threading.Lock()
+        self._unreported = 0
+        self._since = 0.0
+        self._next_report = -math.inf
+
+    def add(self, n: int = 1, *, reported: bool = True) -> None:
+        """Count ``n`` drops (``reported=False``: counted, said elsewhere)."""
+        if self._on_drop is not None:
+            self._on_drop(n)
+        with self._lock:
+            self.total += n
+            if reported:
+                if not self._unreported:
+                    self._since = self._clock()
+                self._unreported += n
+
+    def report(self, now: float, *, final: bool = False) -> None:
+        """Log the drops not yet reported, if ``every`` seconds passed (or ``final``)."""
+        if now < self._next_report and not final:
+            return
+        with self._lock:
+            count, since = self._unreported, self._since
+            self._unreported = 0
+        if count:
+            seconds = max(1, math.ceil(now - since))
+            if not final:
+                seconds = min(seconds, math.ceil(self._every))
+            self._logger.warning(
+                "%d %s dropped in the last %d s (queue full)", count, self._what, seconds
+            )
+            self._next_report = now + self._every

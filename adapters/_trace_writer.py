@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from core import WriteTrace
 
-from ._logs import LogCollapser
+from ._logs import Drops, LogCollapser
 
 __all__ = ["TraceStatistics", "TraceWriter", "trace_file_key"]
 
@@ -136,7 +136,6 @@ class TraceWriter:
         wall: Callable[[], float] = time.time,
         on_drop: Callable[[int], object] | None = None,
     ) -> None:
-        self._on_drop = on_drop
         # Records, and the markers flush() waits on.
         self._pending: collections.deque[WriteTrace | threading.Event] = collections.deque()
         self._max_queue = max_queue
@@ -156,11 +155,9 @@ class TraceWriter:
         self._failed = 0
         self._deleted = 0
         # Drops: counted by submit(), reported by the thread (or close()).
-        self._drop_lock = threading.Lock()
-        self._dropped = 0
-        self._unreported = 0
-        self._drops_since = 0.0
-        self._next_report = -math.inf
+        self._drops = Drops(
+            logger, "trace records", every=report_every, clock=clock, on_drop=on_drop
+        )
 
     # --- the event loop's side ----------------------------------------------------------
 
@@ -189,29 +186,9 @@ class TraceWriter:
                 self._thread.start()
 
     def _drop(self, *, closed: bool) -> None:
-        if self._on_drop is not None:
-            self._on_drop(1)
-        with self._drop_lock:
-            self._dropped += 1
-            if closed:
-                self._logs.log(logging.WARNING, "trace record dropped: the writer is closed")
-                return
-            if not self._unreported:
-                self._drops_since = self._clock()
-            self._unreported += 1
-
-    def _report_drops(self, now: float, *, final: bool = False) -> None:
-        if now < self._next_report and not final:
-            return
-        with self._drop_lock:
-            count, since = self._unreported, self._drops_since
-            self._unreported = 0
-        if count:
-            seconds = max(1, math.ceil(now - since))
-            if not final:
-                seconds = min(seconds, math.ceil(self._report_every))
-            logger.warning("%d trace records dropped in the last %d s (queue full)", count, seconds)
-            self._next_report = now + self._report_every
+        self._drops.add(reported=not closed)
+        if closed:
+            self._logs.log(logging.WARNING, "trace record dropped: the writer is closed")
 
     # --- the thread ------------------------------------------------------------------------
 
@@ -240,7 +217,7 @@ class TraceWriter:
                     if marker is not None:
                         marker.set()
                 now = self._clock()
-                self._report_drops(now)
+                self._drops.report(now)
                 for directory in self._directories.values():
                     if now >= directory.next_maintenance and directory.made:
                         self._maintain(directory, now)
@@ -460,9 +437,8 @@ class TraceWriter:
                 left = sum(isinstance(item, WriteTrace) for item in self._pending)
                 self._pending.clear()
                 if left:
-                    with self._drop_lock:
-                        self._dropped += left
-        self._report_drops(self._clock(), final=True)
+                    self._drops.add(left, reported=False)
+        self._drops.report(self._clock(), final=True)
         self._logs.flush()
 
     def statistics(self) -> TraceStatistics:
@@ -470,7 +446,7 @@ class TraceWriter:
         return TraceStatistics(
             written=self._written,
             failed=self._failed,
-            dropped=self._dropped,
+            dropped=self._drops.total,
             queued=sum(isinstance(item, WriteTrace) for item in self._pending),
             deleted=self._deleted,
         )
