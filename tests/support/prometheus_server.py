@@ -7,9 +7,7 @@ turns that into a skip locally and a failure under CI (``CI`` set).
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -20,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+
+from tests.support.needs import free_port, require
 
 __all__ = ["PrometheusServer", "prometheus_missing", "require_prometheus"]
 
@@ -36,18 +36,7 @@ def prometheus_missing() -> str | None:
 
 def require_prometheus() -> None:
     """Skip the test without a Prometheus (with the reason); fail it under CI."""
-    reason = prometheus_missing()
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI needs a real Prometheus: {reason}")
-        pytest.skip(reason)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
+    require("a real Prometheus", prometheus_missing())
 
 
 class PrometheusServer:
@@ -64,7 +53,7 @@ class PrometheusServer:
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         job: dict[str, Any] = {
             "job_name": "sansproxy",

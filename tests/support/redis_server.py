@@ -9,7 +9,6 @@ into a skip locally and a failure under CI (``CI`` set), as the README promises.
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import signal
 import socket
@@ -20,6 +19,8 @@ from types import TracebackType
 
 import pytest
 import redis
+
+from tests.support.needs import require
 
 __all__ = ["RedisServer", "redis_missing", "require_redis"]
 
@@ -37,11 +38,7 @@ def redis_missing() -> str | None:
 
 def require_redis() -> None:
     """Skip the test without a Redis (with the reason); fail it under CI."""
-    reason = redis_missing()
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI needs a real Redis: {reason}")
-        pytest.skip(reason)
+    require("a real Redis", redis_missing())
 
 
 class RedisServer:

@@ -52,7 +52,6 @@ import os
 import queue
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -63,6 +62,8 @@ from typing import IO, Any, Final
 
 import httpx
 import pytest
+
+from tests.support.needs import free_port, require
 
 __all__ = [
     "ALL_CASINGS",
@@ -239,18 +240,7 @@ def upstream_missing(name: str) -> str | None:
 
 def require_upstream(name: str) -> None:
     """Skip the test when the upstream cannot run here (with the reason); fail it under CI."""
-    reason = upstream_missing(name)
-    if reason is not None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI needs the {name} interop upstream: {reason}")
-        pytest.skip(reason)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    require(f"the {name} interop upstream", upstream_missing(name))
 
 
 class RunningUpstream:
@@ -365,7 +355,7 @@ def start_upstream(name: str, directory: Path, timeout: float = START_TIMEOUT) -
         nginx = _nginx_binary()
         js_module = nginx_js_module()
         assert nginx is not None and js_module is not None
-        port = _free_port()
+        port = free_port()
         conf = _render_nginx_conf(directory, port, js_module)
         argv = [nginx, "-e", "stderr", "-p", str(directory), "-c", str(conf)]
         running = RunningUpstream(name, argv, cwd=directory)
