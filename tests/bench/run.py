@@ -32,8 +32,17 @@ upstream in the same run, next to its plain pass-through:
   request is reported too (the proxy's own figure leaves it out).
 
 - the exporters (``--exporters``, on by default), each the routed config plus
-  one of them, the wrk phases, against the routed target (target: at most
-  ``EXPORTER_TARGETS`` of a pass-through request's CPU):
+  one of them, measured paired with the routed target (target: at most
+  ``EXPORTER_TARGETS`` of a pass-through request's CPU). The routed server stays
+  up (idle) until its exporters are done; each exporter's server and it get a
+  wrk warm-up each, then ``--exporter-rounds`` rounds of wrk at ``--connections``
+  for ``--exporter-slice-s`` on one and then the other (alternating which goes
+  first, like the translated ``+ttfe``), each server's CPU read over its own
+  slice and on until it is idle again (a batch of spans, queued access lines
+  after the last answer are the exporter's); the row is the median over the
+  rounds of (exporter - routed) CPU per request, with the smallest and largest
+  difference (the noise): machine noise that drifts over seconds mostly cancels
+  out of it, where two phases minutes apart differed by more than the targets.
   ``<adapter> access-log``: ``access_log: true`` at ``--log-level info`` (one
   line per exchange on the proxy's stderr, which the bench drains; checked:
   the lines written); ``<adapter> metrics``: ``metrics: {enabled: true}``
@@ -41,10 +50,11 @@ upstream in the same run, next to its plain pass-through:
   requests wrk had answered); ``<adapter> tracing``: ``telemetry:
   {otlp_endpoint}`` pointed at an OTLP/HTTP receiver (``tests.support.
   otlp_receiver``) the bench starts for the target, ``OTEL_BSP_SCHEDULE_DELAY``
-  at ``BSP_SCHEDULE_DELAY_MS`` so that the spans flow during the phases
+  at ``BSP_SCHEDULE_DELAY_MS`` so that the spans flow during the slices
   (checked: the receiver got a SERVER span per request; spans the proxy
   dropped are reported). The receiver decodes in the bench's process: its CPU
-  is not the proxy's.
+  is not the proxy's. The checks count the requests of the exporter's slices
+  (the sanity checks and warm-up come on top).
 
 Streams are measured two ways: the 50 events of a stream in one write (so
 many arrive in one read: ``streams``), and ``per read``: ``--per-read-streams``
@@ -78,6 +88,7 @@ request). ``--json`` keeps every figure.
     python -m tests.bench.run --adapters '' --target 'mine=python /tmp/proxy.py'
     python -m tests.bench.run --duration 3 --no-many-clients   # the quick phases only
     python -m tests.bench.run --no-exporters   # without the access-log, metrics, tracing rows
+    python -m tests.bench.run --exporter-rounds 10 --exporter-slice-s 2   # more rounds
 
 A benchmark, not a test: it asserts nothing about time.
 """
@@ -99,6 +110,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -176,6 +188,15 @@ EXPORTER_TARGETS: dict[Mode, float | None] = {"access-log": None, "metrics": 0.0
 BSP_SCHEDULE_DELAY_MS = 200
 #: how long the tracing check waits for the last spans after the phases
 SPANS_WAIT_S = 10.0
+#: rounds of the exporter vs routed comparison, and the seconds of wrk per server a
+#: round (wrk takes whole seconds)
+EXPORTER_ROUNDS = 6
+EXPORTER_SLICE_S = 2
+#: after a slice, a server's CPU is read on until it uses at most a clock tick in a
+#: window this long (longer than the span batch delay), within SETTLE_TIMEOUT_S: what
+#: an exporter does after the last answer (a batch of spans, queued lines) is its own
+SETTLE_WINDOW_S = 0.3
+SETTLE_TIMEOUT_S = 3.0
 #: the modes measured by wrk only (the non-streaming phases), through the gateway
 WRK_ONLY: tuple[Mode, ...] = ("routed", *POLICIES, *EXPORTERS)
 
@@ -680,6 +701,7 @@ def measure(
     opts: argparse.Namespace,
     *,
     base_port: int | None = None,
+    base_pid: int | None = None,
     redis_pid: int | None = None,
 ) -> dict[str, Any]:
     """The target's phases; ``pid`` is the process to account.
@@ -687,7 +709,9 @@ def measure(
     direct and pass-through: all; routed and policies: the wrk phases (policies:
     sending the bench key, and accounting ``redis_pid`` too, if given);
     translated: the streams, and the time to first event in rounds alternating
-    with the pass-through server still listening on ``base_port``, if given.
+    with the pass-through server still listening on ``base_port``, if given;
+    exporters: `paired_rounds` with the routed server on ``base_port`` (process
+    ``base_pid``), which must be given.
     """
     name = target.name
     expect = sanity(target, port, opts)
@@ -699,7 +723,13 @@ def measure(
     }
     c = f"c{opts.connections}"
     phases: list[str] = []
-    if target.mode != "translated":
+    if target.mode in EXPORTERS:
+        if base_port is None or base_pid is None:
+            raise BenchError(f"no {target.base} server to measure {target.mode} against")
+        out["model"] = ROUTED_MODEL
+        out["paired"] = paired_rounds(name, port, pid, opts, base_port=base_port, base_pid=base_pid)
+        phases.append("paired")
+    elif target.mode != "translated":
         model = ROUTED_MODEL if target.mode in WRK_ONLY else DEFAULT_MODEL
         out["model"] = model
         # post.lua sends the same key; -H says so here, for the targets that need it
@@ -841,6 +871,110 @@ def measure(
     out["rss_mb"], out["peak_rss_mb"] = memory_mb(pid)
     out["errors"] = sum(int(_get(out, *phase.split("."), "errors")) for phase in phases) + int(
         _get(out, "ttfe", "pair", "errors") or 0
+    )
+    return out
+
+
+def settle(pid: int) -> float:
+    """The CPU seconds ``pid``'s tree goes on using from now until it is idle (at most
+    a clock tick in ``SETTLE_WINDOW_S``), or ``SETTLE_TIMEOUT_S`` passes."""
+    start = last = cpu_seconds(pid)
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        time.sleep(SETTLE_WINDOW_S)  # the window itself: nothing to poll for
+        now = cpu_seconds(pid)
+        if now - last <= 1.5 / CLK_TCK:
+            return now - start
+        last = now
+    return last - start
+
+
+def paired_rounds(
+    name: str, port: int, pid: int, opts: argparse.Namespace, *, base_port: int, base_pid: int
+) -> dict[str, Any]:
+    """An exporter target (``port``, process ``pid``) against its routed target
+    (``base_port``, ``base_pid``), both listening: a wrk warm-up on each, then
+    ``--exporter-rounds`` rounds of wrk at ``--connections`` for ``--exporter-slice-s``
+    on each, alternating which goes first, each server's CPU read over its own slice
+    and until it is idle again (`settle`: ``tail_cpu_s``), before the other's starts.
+
+    ``added_cpu_us_per_req`` is the median over the rounds of (exporter - routed) CPU
+    per request, which machine noise that drifts over seconds mostly cancels out of;
+    ``..._min``/``..._max`` the spread of those differences. ``requests``: what the
+    exporter's slices had answered (for its check)."""
+    conns = opts.connections
+    threads = opts.wrk_threads
+
+    def load(side_port: int, seconds: int) -> dict[str, Any]:
+        return wrk(
+            side_port,
+            connections=conns,
+            threads=threads,
+            duration=seconds,
+            model=ROUTED_MODEL,
+        )
+
+    if opts.warmup > 0:
+        load(base_port, opts.warmup)
+        load(port, opts.warmup)
+    sides = {"routed": (base_port, base_pid), "exporter": (port, pid)}
+    rounds: list[dict[str, Any]] = []
+    for i in range(opts.exporter_rounds):
+        order = ("routed", "exporter") if i % 2 == 0 else ("exporter", "routed")
+        got: dict[str, Any] = {"first": order[0]}
+        for side in order:
+            side_port, side_pid = sides[side]
+            with CpuMeter(side_pid) as cpu:
+                run = load(side_port, opts.exporter_slice_s)
+            tail = settle(side_pid)
+            got[side] = {
+                "requests": run["requests"],
+                "rps": run["rps"],
+                "p50_us": run["p50_us"],
+                "p99_us": run["p99_us"],
+                "errors": run["errors"],
+                "cpu_s": cpu.seconds,
+                "tail_cpu_s": tail,
+                "cpu_util": cpu.seconds / max(cpu.wall, 1e-9),
+                "cpu_us_per_req": (cpu.seconds + tail) / max(run["requests"], 1) * 1e6,
+            }
+        added = got["exporter"]["cpu_us_per_req"] - got["routed"]["cpu_us_per_req"]
+        got["added_cpu_us_per_req"] = added
+        rounds.append(got)
+        _log(
+            f"  {name} round {i + 1}/{opts.exporter_rounds} ({order[0]} first): "
+            f"routed {got['routed']['cpu_us_per_req']:.1f} µs CPU/req "
+            f"({got['routed']['rps']:,.0f} req/s), "
+            f"exporter {got['exporter']['cpu_us_per_req']:.1f} "
+            f"({got['exporter']['rps']:,.0f} req/s): {added:+.1f} µs"
+        )
+
+    def median(side: str, key: str) -> float:
+        return statistics.median(float(r[side][key]) for r in rounds)
+
+    diffs = [float(r["added_cpu_us_per_req"]) for r in rounds]
+    p50_diffs = [float(r["exporter"]["p50_us"] - r["routed"]["p50_us"]) for r in rounds]
+    out: dict[str, Any] = {
+        "rounds": rounds,
+        "slice_s": opts.exporter_slice_s,
+        "connections": conns,
+        "requests": sum(int(r["exporter"]["requests"]) for r in rounds),
+        "routed_requests": sum(int(r["routed"]["requests"]) for r in rounds),
+        "errors": sum(int(r[side]["errors"]) for r in rounds for side in sides),
+        "rps": median("exporter", "rps"),
+        "routed_rps": median("routed", "rps"),
+        "cpu_us_per_req": median("exporter", "cpu_us_per_req"),
+        "routed_cpu_us_per_req": median("routed", "cpu_us_per_req"),
+        "added_cpu_us_per_req": statistics.median(diffs),
+        "added_cpu_us_per_req_min": min(diffs),
+        "added_cpu_us_per_req_max": max(diffs),
+        "added_p50_ms": statistics.median(p50_diffs) / 1000,
+    }
+    _log(
+        f"  {name} vs routed, c{conns}, {len(rounds)} rounds of {opts.exporter_slice_s} s "
+        f"alternating: {out['added_cpu_us_per_req']:+.1f} µs CPU/req (median of the "
+        f"differences; {min(diffs):+.1f} to {max(diffs):+.1f}), routed "
+        f"{out['routed_cpu_us_per_req']:.1f}, {out['errors']} errors"
     )
     return out
 
@@ -1081,9 +1215,11 @@ def _policies_entry(
 def _exporter_entry(
     row: dict[str, Any], routed: dict[str, Any], passthrough: dict[str, Any] | None, c: str
 ) -> dict[str, Any]:
-    """An exporter row against its adapter's routed row (and pass-through, for the share),
-    with its check (what the exporter was seen to export)."""
+    """An exporter row's paired rounds against its adapter's routed server (the share:
+    of the pass-through row's CPU per request at ``c``), with its check (what the
+    exporter was seen to export)."""
     mode = row["mode"]
+    paired: dict[str, Any] = row.get("paired") or {}
     entry: dict[str, Any] = {
         "target": row["target"],
         "base": routed["target"],
@@ -1091,8 +1227,26 @@ def _exporter_entry(
         "exporter": mode,
         "check": row.get("exporter"),
     }
-    for phase in ("c1", c):
-        entry[phase] = _vs_routed(row, routed, passthrough, phase)
+    added = _float(paired.get("added_cpu_us_per_req"))
+    pass_cpu = _float(_get(passthrough or {}, c, "cpu_us_per_req"))
+    rps = _float(paired.get("rps"))
+    routed_rps = _float(paired.get("routed_rps"))
+    entry[c] = {
+        "paired": True,
+        "rounds": len(paired.get("rounds") or ()),
+        "slice_s": paired.get("slice_s"),
+        "rps": rps,
+        "routed_rps": routed_rps,
+        "rps_ratio": _ratio(rps, routed_rps),
+        "cpu_us_per_req": _float(paired.get("cpu_us_per_req")),
+        "routed_cpu_us_per_req": _float(paired.get("routed_cpu_us_per_req")),
+        "added_cpu_us_per_req": added,
+        "added_cpu_us_per_req_min": _float(paired.get("added_cpu_us_per_req_min")),
+        "added_cpu_us_per_req_max": _float(paired.get("added_cpu_us_per_req_max")),
+        "passthrough_cpu_us_per_req": pass_cpu,
+        "added_cpu_share_of_passthrough": _ratio(added, pass_cpu),
+        "added_p50_ms": _float(paired.get("added_p50_ms")),
+    }
     share = entry[c]["added_cpu_share_of_passthrough"]
     target = EXPORTER_TARGETS.get(mode)
     entry["target_share"] = target
@@ -1392,12 +1546,20 @@ def summary(
     def exporter(e: dict[str, Any]) -> str:
         missing = int(_get(e, "check", "missing") or 0)
         requests = int(_get(e, "check", "requests") or 0)
-        return share(e) + (f", {missing / requests:.0%} missing" if missing and requests else "")
+        fraction = e[c]["added_cpu_share_of_passthrough"]
+        ok = {True: ", yes", False: ", NO", None: ""}[e["within_target"]]
+        low, high = e[c]["added_cpu_us_per_req_min"], e[c]["added_cpu_us_per_req_max"]
+        return (
+            f"{_num(e[c]['added_cpu_us_per_req'], '+.1f')} "
+            f"({_num(None if fraction is None else fraction * 100, '.1f')} %{ok}) "
+            f"[{_num(low, '+.0f')}..{_num(high, '+.0f')}]"
+            + (f", {missing / requests:.0%} missing" if missing and requests else "")
+        )
 
     def exporter_label(mode: Mode, what: str) -> str:
         target = EXPORTER_TARGETS[mode]
         bound = "" if target is None else f" <= {target * 100:.0f} %"
-        return f"{what}: +CPU/request {c} µs (% pass{bound})"
+        return f"{what}: +CPU/request {c} µs (% pass{bound}) [spread]"
 
     pr = (
         f"{opts.per_read_streams:,} streams of {opts.per_read_events} events "
@@ -1636,6 +1798,19 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the gateway adapters also with the access log, the metrics and the tracing, "
         "each alone (default: on)",
     )
+    parser.add_argument(
+        "--exporter-rounds",
+        type=int,
+        default=EXPORTER_ROUNDS,
+        help="rounds of each exporter vs its routed target, alternating (default "
+        f"{EXPORTER_ROUNDS})",
+    )
+    parser.add_argument(
+        "--exporter-slice-s",
+        type=int,
+        default=EXPORTER_SLICE_S,
+        help=f"whole seconds of wrk per server per round (default {EXPORTER_SLICE_S})",
+    )
     parser.add_argument("--many-streams", type=int, default=5000, help="concurrent slow streams")
     parser.add_argument("--many-events", type=int, default=20, help="events per slow stream")
     parser.add_argument("--many-delay-ms", type=float, default=500.0)
@@ -1651,6 +1826,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     opts = parser.parse_args(argv)
     if opts.duration < 1 or opts.warmup < 0 or opts.connections < 1 or opts.repeat < 1:
         parser.error("--duration must be >= 1 s, --warmup >= 0, --connections, --repeat >= 1")
+    if opts.exporter_rounds < 1 or opts.exporter_slice_s < 1:
+        parser.error("--exporter-rounds and --exporter-slice-s must be >= 1")
     unknown = [a for a in opts.adapters.split(",") if a and a not in ADAPTERS]
     if unknown:
         parser.error(f"unknown adapter(s) {', '.join(unknown)}; choose from {', '.join(ADAPTERS)}")
@@ -1851,9 +2028,14 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     redis_url = f"redis://{HOST}:{redis.port}/0"
                     _log(f"redis-server at {HOST}:{redis.port} (pid {redis.proc.pid})")
-        # A pass-through server stays up (idle) until its translated target is done:
-        # the time to first event is measured on both, alternating.
-        compared = {t.base for t in all_targets if t.mode == "translated"}
+        # A pass-through server stays up (idle) until its translated target is done, a
+        # routed one until its last exporter target is: the time to first event and the
+        # exporters' CPU are measured on both, alternating. base -> its last such target
+        last_pairing = {
+            t.base: t.name
+            for t in all_targets
+            if t.base is not None and t.mode in ("translated", *EXPORTERS)
+        }
         for target in all_targets:
             _log(f"{target.name}:")
             if target.missing is not None:
@@ -1910,8 +2092,14 @@ def main(argv: list[str] | None = None) -> int:
                 if target.mode in ("many", "idle"):
                     rows.append({**measure_many(target, port, pid, opts), **startup})
                     continue
-                base = kept.get(target.base or "") if target.mode == "translated" else None
-                base_port = base.port if base is not None and base.proc.poll() is None else None
+                base = (
+                    kept.get(target.base or "")
+                    if target.mode in ("translated", *EXPORTERS)
+                    else None
+                )
+                alive = base is not None and base.proc.poll() is None
+                base_port = base.port if base is not None and alive else None
+                base_pid = base.proc.pid if base is not None and alive else None
                 redis_pid = (
                     redis.proc.pid
                     if redis is not None and target.mode == "policies-redis"
@@ -1924,13 +2112,11 @@ def main(argv: list[str] | None = None) -> int:
                     upstream.proc.pid,
                     opts,
                     base_port=base_port,
+                    base_pid=base_pid,
                     redis_pid=redis_pid,
                 )
-                if target.mode in EXPORTERS:  # (--repeat: the kept runs', a lower bound)
-                    answered = sum(
-                        int(_get(measured, phase, "requests") or 0)
-                        for phase in ("c1", f"c{opts.connections}")
-                    )
+                if target.mode in EXPORTERS:
+                    answered = int(measured["paired"]["requests"])
                     measured["exporter"] = exporter_check(
                         target, port, answered, server=server, receiver=receiver
                     )
@@ -1947,13 +2133,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
             finally:
                 if server is not None:
-                    if target.name in compared:
+                    if target.name in last_pairing:
                         kept[target.name] = server
                     else:
                         server.stop()
                 if receiver is not None:
                     receiver.close()
-                if target.mode == "translated" and target.base in kept:
+                if target.base in kept and last_pairing.get(target.base) == target.name:
                     kept.pop(target.base).stop()
             if upstream.proc.poll() is not None:
                 raise BenchError(upstream.describe_exit())
@@ -1997,9 +2183,13 @@ def main(argv: list[str] | None = None) -> int:
         "not in the proxy's.\n"
         "exporters: routed + one of access_log (at --log-level info, the bench reading the "
         "lines), metrics, telemetry (OTLP/HTTP to a receiver in the bench's process, "
-        f"OTEL_BSP_SCHEDULE_DELAY={BSP_SCHEDULE_DELAY_MS} ms); +CPU vs the routed target, "
-        "% of the pass-through's CPU/request; missing: requests the exporter showed no "
-        "trace of (dropped).\n"
+        f"OTEL_BSP_SCHEDULE_DELAY={BSP_SCHEDULE_DELAY_MS} ms); +CPU vs the routed server, "
+        f"both up: {opts.exporter_rounds} rounds of wrk -c{opts.connections} "
+        f"{opts.exporter_slice_s} s on each, alternating which goes first, each server's "
+        "CPU over its slice and until it is idle again; the median of the per-round "
+        "differences of CPU/request; % of the pass-through's CPU/request "
+        "(its own phase); [spread]: the smallest..largest per-round difference (the "
+        "noise); missing: requests the exporter showed no trace of (dropped).\n"
         "RSS idle: after the first answer; after: at the end; peak: VmHWM of the server "
         "process (MB)."
     )
