@@ -43,6 +43,11 @@ upstream in the same run, next to its plain pass-through:
   rounds of (exporter - routed) CPU per request, with the smallest and largest
   difference (the noise): machine noise that drifts over seconds mostly cancels
   out of it, where two phases minutes apart differed by more than the targets.
+  Then the same exporters ``in process`` (``tests.bench.exporters``): the core
+  and the driver's sinks without sockets, exporter and none in alternating
+  rounds, the process's CPU per exchange (the sinks' threads included): a few
+  µs of noise where the wrk rounds have tens; the share is of each column's
+  pass-through CPU/request.
   ``<adapter> access-log``: ``access_log: true`` at ``--log-level info`` (one
   line per exchange on the proxy's stderr, which the bench drains; checked:
   the lines written); ``<adapter> metrics``: ``metrics: {enabled: true}``
@@ -121,6 +126,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
+from tests.bench.exporters import measure as measure_exporters
 from tests.bench.loadgen import (
     BENCH_KEY,
     DEFAULT_MODEL,
@@ -1365,6 +1371,12 @@ def gateway_comparison(rows: list[dict[str, Any]], connections: int) -> dict[str
     }
 
 
+def _bound(mode: Mode) -> str:
+    """`` <= N %``: an exporter's target, if it has one."""
+    target = EXPORTER_TARGETS[mode]
+    return "" if target is None else f" <= {target * 100:.0f} %"
+
+
 def summary(
     rows: list[dict[str, Any]], comparison: dict[str, Any], opts: argparse.Namespace
 ) -> str:
@@ -1557,9 +1569,7 @@ def summary(
         )
 
     def exporter_label(mode: Mode, what: str) -> str:
-        target = EXPORTER_TARGETS[mode]
-        bound = "" if target is None else f" <= {target * 100:.0f} %"
-        return f"{what}: +CPU/request {c} µs (% pass{bound}) [spread]"
+        return f"{what}: +CPU/request {c} µs (% pass{_bound(mode)}) [spread]"
 
     pr = (
         f"{opts.per_read_streams:,} streams of {opts.per_read_events} events "
@@ -1703,6 +1713,37 @@ def summary(
         (exporter_label(mode, what), gateway(mode, exporter))
         for mode, what in named
         if any(r.get("mode") == mode for r in rows)
+    ]
+    in_process: dict[str, dict[str, float]] = comparison.get("exporters_in_process", {})
+
+    def in_process_cell(mode: Mode) -> Cell:
+        """The in-process figure, as a share of the column's pass-through CPU/request."""
+
+        def cell(col: str) -> str:
+            figures = in_process.get(mode)
+            row = by.get((col, "routed"))
+            base = main(col)
+            if col == "direct" or figures is None or row is None or base is None:
+                return "—" if col == "direct" else "-"
+            passthrough = _float(_get(base, c, "cpu_us_per_req"))
+            added = figures["added_cpu_us"]
+            target = EXPORTER_TARGETS[mode]
+            share = None if not passthrough else added / passthrough
+            ok = "" if target is None or share is None else (", yes" if share <= target else ", NO")
+            return (
+                f"{added:+.1f} ({_num(None if share is None else share * 100, '.1f')} %{ok}) "
+                f"[{figures['min']:+.0f}..{figures['max']:+.0f}]"
+            )
+
+        return cell
+
+    gateway_lines += [
+        (
+            f"{what}, in process: +CPU/exchange µs (% pass{_bound(mode)}) [spread]",
+            in_process_cell(mode),
+        )
+        for mode, what in named
+        if mode in in_process
     ]
     if any(r.get("mode") in (*WRK_ONLY, "translated") for r in rows):
         lines += gateway_lines
@@ -2150,8 +2191,14 @@ def main(argv: list[str] | None = None) -> int:
             redis.stop()
         upstream.stop()
         config_dir.cleanup()
+    if opts.exporters and any(r.get("mode") in EXPORTERS for r in rows):
+        _log("exporters in process (tests.bench.exporters): alternating rounds")
+        in_process = measure_exporters()
+    else:
+        in_process = {}
     elapsed = time.monotonic() - started
     comparison = gateway_comparison(rows, opts.connections)
+    comparison["exporters_in_process"] = in_process
 
     print()
     print(
