@@ -5,16 +5,24 @@ and one CLIENT span per upstream attempt, its child, named
 ``{gen_ai.operation.name} {gen_ai.request.model}`` with the ``gen_ai.*``
 attributes of the OpenTelemetry GenAI conventions. The ids are the ones the
 core chose and sent upstream in ``traceparent`` (a client's ``traceparent``
-continued), so the spans are built as finished ``ReadableSpan`` objects with
-their own ids and times, not through a ``Tracer``.
+continued). :meth:`SpanExporter.spans` says what they are as the SDK's
+``ReadableSpan`` objects: the reference.
 
-The spans go through the official SDK: one ``BatchSpanProcessor`` (a bounded
-queue and a thread) and ``OTLPSpanExporter`` per destination (its protobuf
-encoding done by ``adapters._otlp``, ~6x cheaper than the SDK's): the OTLP
-endpoint of ``telemetry.otlp_endpoint`` (or of the standard
-``OTEL_EXPORTER_OTLP_*`` variables), and Langfuse's OTLP endpoint when
+Why not the SDK's pipeline: its span objects, ``BatchSpanProcessor`` and
+encoder cost ~10x tracing's budget (~50 µs a request; it was ~290 µs). So
+``submit`` only appends the record to a bounded queue (``telemetry.max_queue``
+records; beyond, the record's spans are dropped and counted), and one thread
+per exporter, woken when a batch is ready (256 records) or every
+``OTEL_BSP_SCHEDULE_DELAY`` ms (5000 by default, as the SDK reads it), writes
+the batch once, straight to the OTLP protobuf bytes (``adapters._otlp``'s
+``RecordEncoder``: the message the SDK's encoder makes of the reference spans,
+a property test compares them), and sends the same bytes to every destination
+through the SDK's ``OTLPSpanExporter``'s HTTP client, which still does the
+HTTP: retries, headers, environment variables, TLS, compression. The
+destinations: the OTLP endpoint of ``telemetry.otlp_endpoint`` (or of the
+standard ``OTEL_EXPORTER_OTLP_*`` variables), and Langfuse's OTLP endpoint when
 ``telemetry.langfuse`` is set. A destination that is slow or down costs
-``submit`` nothing but the spans its full queue drops, counted in ``dropped``.
+``submit`` nothing but dropped spans, counted in ``dropped``.
 
 With Langfuse configured, the spans also carry the attributes Langfuse maps
 into its data model: the attempt spans are generations (model, usage and
@@ -22,35 +30,42 @@ the gateway's own cost, time of the first token), the SERVER span is a plain
 span (without ``langfuse.observation.type`` Langfuse would also take it for a
 generation by its model), and the trace is named. Both destinations get the same
 spans: the ``langfuse.*`` attributes are namespaced, other backends keep them as
-plain attributes, and one set of spans is built once per exchange instead of one
-per destination. Without Langfuse they are left out. ``user.id`` and
-``session.id`` are standard OpenTelemetry attributes and are always set.
+plain attributes, and one encoding serves both. Without Langfuse they are left
+out. ``user.id`` and ``session.id`` are standard OpenTelemetry attributes and
+are always set.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExportResult
-from opentelemetry.sdk.trace.export import SpanExporter as SdkSpanExporter
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from core import AttemptRecord, ExchangeRecord, ProxyConfig
 
 from ._logs import LogCollapser
-from ._otlp import LeanOTLPSpanExporter
+from ._otlp import (
+    LANGFUSE_TYPES,
+    SCOPE,
+    LeanOTLPSpanExporter,
+    RecordEncoder,
+    attempt_error,
+    attempt_name,
+    dumps,
+    server_error,
+    server_name,
+)
 
 __all__ = ["SpanExporter"]
 
@@ -58,16 +73,15 @@ logger = logging.getLogger("sansproxy.spans")
 
 #: Seconds one export request (retries included) may take before the batch is given up.
 EXPORT_TIMEOUT: Final = 5.0
-#: Seconds ``close()`` waits for each destination to deliver what is queued.
+#: Seconds ``close()`` waits for the queued records to be delivered.
 CLOSE_TIMEOUT: Final = 3.0
-_BATCH: Final = 512  # spans per export request, at most (the SDK's default)
+#: Records per export request, at most; a queue this long is sent at once.
+BATCH: Final = 256
+#: Milliseconds between exports (the SDK's default for ``OTEL_BSP_SCHEDULE_DELAY``).
+SCHEDULE_DELAY_MS: Final = 5000
 _SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
-_SCOPE: Final = InstrumentationScope("sansproxy")
 _OK_STATUS: Final = Status(StatusCode.UNSET)
 _ENV_ENDPOINTS: Final = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-#: Langfuse's observation type for each GenAI operation (others are generations).
-_LANGFUSE_TYPES: Final = {"embeddings": "embedding"}
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
 
 
 def traces_url(base: str) -> str:
@@ -76,80 +90,48 @@ def traces_url(base: str) -> str:
     return base if base.endswith("/v1/traces") else f"{base}/v1/traces"
 
 
-def _queue_of(processor: BatchSpanProcessor) -> Sequence[object] | None:
-    """The processor's queue (SDK internals, read-only: its length tells a drop).
-
-    The SDK drops the oldest span when a span arrives at a full queue and only
-    logs it; this is how the drops are counted. None if the SDK keeps it elsewhere.
-    """
-    inner = getattr(processor, "_batch_processor", processor)
-    queue = getattr(inner, "_queue", None)
-    if queue is None:
-        queue = getattr(inner, "queue", None)
-    return queue if isinstance(queue, Sequence) else None
-
-
-class _Counted(SdkSpanExporter):
-    """An exporter that reports the spans it failed to deliver (``on_failed(n)``).
-
-    The SDK's batch processor takes a batch off its queue whether or not its
-    export succeeds: without this a collector that is down would lose every
-    span silently (the SDK's own lines are silenced, see ``SpanExporter``).
-    """
-
-    def __init__(self, inner: OTLPSpanExporter, on_failed: Callable[[int], None]) -> None:
-        self._inner = inner
-        self._on_failed = on_failed
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            result = self._inner.export(spans)
-        except Exception:  # the SDK would log and carry on: count, and carry on
-            result = SpanExportResult.FAILURE
-        if result is not SpanExportResult.SUCCESS:
-            self._on_failed(len(spans))
-        return result
-
-    def shutdown(self) -> None:
-        self._inner.shutdown()  # type: ignore[no-untyped-call]
-
-    def force_flush(self, timeout_millis: int = 30_000) -> bool:
-        return self._inner.force_flush(timeout_millis)
+def schedule_delay() -> float:
+    """Seconds between exports: ``OTEL_BSP_SCHEDULE_DELAY`` (ms), read as the SDK reads it."""
+    value = os.environ.get("OTEL_BSP_SCHEDULE_DELAY")
+    if value is None:
+        return SCHEDULE_DELAY_MS / 1e3
+    try:
+        millis = int(value)
+    except ValueError:
+        millis = 0
+    if millis <= 0:
+        logger.warning(
+            "OTEL_BSP_SCHEDULE_DELAY is not a positive integer (%r); %d ms instead",
+            value,
+            SCHEDULE_DELAY_MS,
+        )
+        millis = SCHEDULE_DELAY_MS
+    return millis / 1e3
 
 
 class _Destination:
-    """One ``BatchSpanProcessor`` and how full its queue may get."""
+    """Where spans go: the SDK's exporter, and its HTTP client when it has one."""
 
-    __slots__ = ("limit", "name", "processor", "queue")
+    __slots__ = ("client", "exporter", "name")
 
-    def __init__(
-        self,
-        name: str,
-        exporter: OTLPSpanExporter,
-        limit: int,
-        on_failed: Callable[[str, int], None],
-    ) -> None:
+    def __init__(self, name: str, exporter: OTLPSpanExporter) -> None:
         self.name = name
-        # The batch delay is the SDK's (OTEL_BSP_SCHEDULE_DELAY, 5 s by default); a
-        # batch is at most the queue.
-        self.processor = BatchSpanProcessor(
-            _Counted(exporter, lambda n: on_failed(name, n)),
-            max_queue_size=limit,
-            max_export_batch_size=min(limit, _BATCH),
-        )
-        self.queue = _queue_of(self.processor)
-        self.limit = limit
+        self.exporter = exporter
+        # The SDK's own client (retries, headers, TLS, compression) sends our bytes;
+        # an SDK that keeps it elsewhere gets the reference spans through export().
+        client = getattr(exporter, "_client", None)
+        self.client: Any = client if callable(getattr(client, "export", None)) else None
 
 
 class SpanExporter:
     """The span sink (``RecordSink``): records in, spans out to OTLP and Langfuse.
 
-    ``submit`` builds the spans of a record and hands them to each destination's
-    queue; it never blocks nor raises. ``dropped`` counts the spans a full queue
-    dropped (each destination counts its own) and the records that could not be
-    turned into spans. ``close`` delivers what is queued, waiting at most
-    ``CLOSE_TIMEOUT`` seconds per destination. ``on_drop(n)``, if given, is told of
-    each drop as it happens (the metrics' count of dropped spans, say); it must not raise.
+    ``submit`` queues a sampled record; it never blocks nor raises. ``dropped``
+    counts the spans that were not delivered (each destination counts its own):
+    a full queue's, a failed export's, and the records that could not be turned
+    into spans (one each). ``close`` delivers what is queued, waiting at most
+    ``CLOSE_TIMEOUT`` seconds. ``on_drop(n)``, if given, is told of each drop as it
+    happens (the metrics' count of dropped spans, say); it must not raise.
     """
 
     def __init__(
@@ -161,13 +143,13 @@ class SpanExporter:
         self._on_drop = on_drop
         self._langfuse = telemetry.langfuse is not None
         self._resource = Resource.create({"service.name": telemetry.service_name})
+        self._encoder = RecordEncoder(self._resource, langfuse=self._langfuse)
         self._warnings = LogCollapser(logger, interval=30.0)
         self._closed = False
-        self._lock = threading.Lock()  # drops are counted by the export threads too
+        self._lock = threading.Lock()  # drops are counted by the export thread too
         # The SDK logs each failed export with its URL and the collector's answer; the
         # failures are counted and said here instead, naming the destination only.
         logging.getLogger("opentelemetry.exporter").setLevel(logging.CRITICAL)
-        logging.getLogger("opentelemetry.sdk.trace.export").setLevel(logging.CRITICAL)
         destinations: list[_Destination] = []
         if telemetry.otlp_endpoint is not None:
             headers = {name: value.get_secret_value() for name, value in telemetry.headers.items()}
@@ -176,13 +158,11 @@ class SpanExporter:
                 headers=headers or None,
                 timeout=EXPORT_TIMEOUT,
             )
-            destinations.append(_Destination("otlp", exporter, telemetry.max_queue, self._failed))
+            destinations.append(_Destination("otlp", exporter))
         elif any(os.environ.get(name) for name in _ENV_ENDPOINTS):
             # The SDK reads the endpoint, headers, timeout and TLS files from the
             # standard variables.
-            destinations.append(
-                _Destination("otlp", LeanOTLPSpanExporter(), telemetry.max_queue, self._failed)
-            )
+            destinations.append(_Destination("otlp", LeanOTLPSpanExporter()))
         if telemetry.langfuse is not None:
             lf = telemetry.langfuse
             token = f"{lf.public_key}:{lf.secret_key.get_secret_value()}".encode()
@@ -194,43 +174,37 @@ class SpanExporter:
                 },
                 timeout=EXPORT_TIMEOUT,
             )
-            destinations.append(
-                _Destination("langfuse", exporter, telemetry.max_queue, self._failed)
-            )
+            destinations.append(_Destination("langfuse", exporter))
         self._destinations = tuple(destinations)
+        self._queue: deque[ExchangeRecord] = deque()
+        # Nowhere to send: nothing is queued, nor counted as dropped.
+        self._limit = telemetry.max_queue if destinations else 0
+        self._ready = min(telemetry.max_queue, BATCH)
+        self._delay = schedule_delay()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sansproxy-spans", daemon=True)
+        if destinations:
+            self._thread.start()
 
     def submit(self, record: ExchangeRecord) -> None:
-        """Queue the spans of ``record`` (if it is sampled); never blocks nor raises."""
+        """Queue ``record`` (if it is sampled) for export; never blocks nor raises."""
         if not record.sampled or record.trace_id is None or record.span_id is None:
             return
-        if self._closed:
-            self._drop(1)
+        queue = self._queue
+        if len(queue) < self._limit and not self._closed:
+            queue.append(record)
+            if len(queue) == self._ready:
+                self._wake.set()
             return
-        try:
-            spans = self.spans(record)
-        except Exception as exc:  # a record the code below did not expect: drop it, go on
-            self._drop(1)
+        if not self._destinations:
+            return
+        self._drop((1 + len(record.attempts)) * len(self._destinations))
+        if not self._closed:
             self._warnings.log(
-                logging.ERROR,
-                "could not turn exchange %s into spans (%r); dropped",
-                record.exchange_id,
-                exc,
-                key="build",
-                text="could not turn an exchange into spans",
+                logging.WARNING,
+                "the span queue is full (%d records): dropping spans",
+                self._limit,
             )
-            return
-        for destination in self._destinations:
-            queue = destination.queue
-            for span in spans:
-                if queue is not None and len(queue) >= destination.limit:
-                    self._drop(1)
-                    self._warnings.log(
-                        logging.WARNING,
-                        "the %s span queue is full (%d spans): dropping spans",
-                        destination.name,
-                        destination.limit,
-                    )
-                destination.processor.on_end(span)
 
     def _drop(self, count: int) -> None:
         with self._lock:
@@ -238,9 +212,69 @@ class SpanExporter:
         if self._on_drop is not None:
             self._on_drop(count)
 
+    # -- the export thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        """Export what is queued when a batch is ready, every delay, and at close."""
+        queue = self._queue
+        while True:
+            if len(queue) < self._ready and not self._closed:
+                self._wake.wait(self._delay)
+            self._wake.clear()
+            closed = self._closed
+            waiting = len(queue)  # what came later waits for its batch
+            while waiting > 0:
+                batch = [queue.popleft() for _ in range(min(waiting, BATCH))]
+                waiting -= len(batch)
+                try:
+                    self._export(batch)
+                except Exception:  # never seen; the thread must live on: drop, say
+                    self._drop(sum(1 + len(r.attempts) for r in batch) * len(self._destinations))
+                    logger.exception("exporting spans failed; dropped")
+            if closed:
+                return
+
+    def _export(self, batch: list[ExchangeRecord]) -> None:
+        """Encode ``batch`` once, send the bytes to every destination."""
+        encoder = self._encoder
+        parts: list[bytes] = []
+        good: list[ExchangeRecord] = []
+        for record in batch:
+            try:
+                parts.append(encoder.record(record))
+            except Exception as exc:  # a record the encoder did not expect: drop it, go on
+                self._unreadable(record, exc)
+                continue
+            good.append(record)
+        if not parts:
+            return
+        data = encoder.request(parts)
+        spans = sum(1 + len(record.attempts) for record in good)
+        for destination in self._destinations:
+            try:
+                if destination.client is not None:
+                    delivered = bool(destination.client.export(data).success)
+                else:
+                    result = destination.exporter.export([s for r in good for s in self.spans(r)])
+                    delivered = result is SpanExportResult.SUCCESS
+            except Exception:  # the SDK would log and carry on: count, and carry on
+                delivered = False
+            if not delivered:
+                self._failed(destination.name, spans)
+
+    def _unreadable(self, record: ExchangeRecord, exc: Exception) -> None:
+        self._drop(1)
+        self._warnings.log(
+            logging.ERROR,
+            "could not turn exchange %s into spans (%r); dropped",
+            record.exchange_id,
+            exc,
+            key="build",
+            text="could not turn an exchange into spans",
+        )
+
     def _failed(self, destination: str, count: int) -> None:
-        """An export thread could not deliver ``count`` spans to ``destination``."""
-        self._drop(count)
+        """The export thread could not deliver ``count`` spans to ``destination``."""
         self._warnings.log(
             logging.WARNING,
             "the %s span exporter could not deliver %d spans (the collector is down, slow "
@@ -250,39 +284,35 @@ class SpanExporter:
             key=("export", destination),
             text=f"the {destination} span exporter could not deliver spans",
         )
+        self._drop(count)  # after the warning: who sees the count sees the warning
 
     def close(self) -> None:
-        """Deliver the queued spans (at most ``CLOSE_TIMEOUT`` s per destination), then stop."""
+        """Deliver the queued spans (within ``CLOSE_TIMEOUT`` s), then stop."""
         self._closed = True
-        # BatchSpanProcessor.shutdown() waits up to 30 s for a receiver that does not
-        # answer; it runs in a thread of its own so that shutdown waits a bounded time.
-        threads = [
-            threading.Thread(
-                target=destination.processor.shutdown,
-                name=f"sansproxy-spans-close-{destination.name}",
-                daemon=True,
-            )
-            for destination in self._destinations
-        ]
-        deadline = time.monotonic() + CLOSE_TIMEOUT
-        for thread in threads:
-            thread.start()
-        for destination, thread in zip(self._destinations, threads, strict=True):
-            thread.join(max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():
+        if self._destinations:
+            self._wake.set()
+            self._thread.join(CLOSE_TIMEOUT)
+            if self._thread.is_alive():
                 logger.warning(
-                    "the %s span exporter did not finish within %.0f s; its queued spans are lost",
-                    destination.name,
+                    "the span exporter did not finish within %.0f s; its queued spans are lost",
                     CLOSE_TIMEOUT,
                 )
+            for destination in self._destinations:
+                try:
+                    # Ends a retry's back-off, closes the session.
+                    destination.exporter.shutdown()  # type: ignore[no-untyped-call]
+                except Exception:  # closing must go on
+                    logger.debug("closing the %s span exporter failed", destination.name)
         self._warnings.flush()
         if self.dropped:
-            logger.warning("%d spans were dropped (queues full or exporters down)", self.dropped)
+            logger.warning("%d spans were dropped (queue full or exporters down)", self.dropped)
 
     # -- records to spans --------------------------------------------------------------
 
     def spans(self, record: ExchangeRecord) -> list[ReadableSpan]:
-        """The SERVER span of ``record`` and one CLIENT span per attempt (sampled records)."""
+        """The SERVER span of ``record`` and one CLIENT span per attempt (sampled records):
+        the reference the encoder is held to, and what an SDK without the exporter's
+        HTTP client is given."""
         assert record.trace_id is not None and record.span_id is not None
         trace_id = int(record.trace_id, 16)
         server = SpanContext(trace_id, int(record.span_id, 16), False, _SAMPLED)
@@ -299,7 +329,7 @@ class SpanExporter:
             common["session.id"] = record.session_id
         start = _ns(record.started)
         end = start + _ns(record.duration)
-        name = _server_name(record)
+        name = server_name(record)
         attributes = _server_attributes(record)
         attributes.update(common)
         if self._langfuse:
@@ -320,7 +350,7 @@ class SpanExporter:
                 status=_server_status(record),
                 start_time=start,
                 end_time=end,
-                instrumentation_scope=_SCOPE,
+                instrumentation_scope=SCOPE,
             )
         ]
         last = len(record.attempts) - 1
@@ -333,7 +363,7 @@ class SpanExporter:
             attempt_end = min(end, max(attempt_start, _ns(attempt.started + attempt.duration)))
             spans.append(
                 ReadableSpan(
-                    name=_attempt_name(record, attempt),
+                    name=attempt_name(record, attempt),
                     context=SpanContext(trace_id, int(attempt.span_id, 16), False, _SAMPLED),
                     parent=server,
                     resource=self._resource,
@@ -342,7 +372,7 @@ class SpanExporter:
                     status=_attempt_status(attempt),
                     start_time=attempt_start,
                     end_time=attempt_end,
-                    instrumentation_scope=_SCOPE,
+                    instrumentation_scope=SCOPE,
                 )
             )
         return spans
@@ -359,7 +389,7 @@ class SpanExporter:
         }
         if attempt.status is not None:
             attributes["http.response.status_code"] = attempt.status
-        error = _attempt_error(attempt)
+        error = attempt_error(attempt)
         if error is not None:
             attributes["error.type"] = error
         operation = record.operation
@@ -380,9 +410,9 @@ class SpanExporter:
         if record.stream:  # the convention: set if and only if the request streams
             attributes["gen_ai.request.stream"] = True
         if record.input_messages is not None:
-            attributes["gen_ai.input.messages"] = _dumps(record.input_messages)
+            attributes["gen_ai.input.messages"] = dumps(record.input_messages)
         if self._langfuse:
-            attributes["langfuse.observation.type"] = _LANGFUSE_TYPES.get(operation, "generation")
+            attributes["langfuse.observation.type"] = LANGFUSE_TYPES.get(operation, "generation")
             if model is not None:
                 attributes["langfuse.observation.model.name"] = model
         if not served:
@@ -405,7 +435,7 @@ class SpanExporter:
                 0.0, first_token - attempt.started
             )
         if record.output_messages is not None:
-            attributes["gen_ai.output.messages"] = _dumps(record.output_messages)
+            attributes["gen_ai.output.messages"] = dumps(record.output_messages)
         usage = record.usage
         if usage is not None:
             # The convention counts cache reads and writes in the input tokens.
@@ -425,9 +455,9 @@ class SpanExporter:
             if usage.cache_creation_tokens:
                 details["input_cache_creation"] = usage.cache_creation_tokens
             details["total"] = sum(details.values())
-            attributes["langfuse.observation.usage_details"] = _dumps(details)
+            attributes["langfuse.observation.usage_details"] = dumps(details)
         if record.cost_usd is not None:
-            attributes["langfuse.observation.cost_details"] = _dumps({"total": record.cost_usd})
+            attributes["langfuse.observation.cost_details"] = dumps({"total": record.cost_usd})
         if first_token is not None:
             attributes["langfuse.observation.completion_start_time"] = _iso(first_token)
         return attributes
@@ -441,12 +471,6 @@ def _iso(seconds: float) -> str:
     """ISO 8601 in UTC with milliseconds, as Langfuse reads it: ``2025-01-31T14:00:00.123Z``."""
     stamp = datetime.fromtimestamp(seconds, UTC)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
-
-
-def _server_name(record: ExchangeRecord) -> str:
-    """``{method} {route}`` for the model APIs' routes; the method alone for any other
-    path (a raw path is not a low-cardinality name)."""
-    return f"{record.method} {record.path}" if record.operation is not None else record.method
 
 
 def _server_attributes(record: ExchangeRecord) -> dict[str, Any]:
@@ -471,45 +495,18 @@ def _server_attributes(record: ExchangeRecord) -> dict[str, Any]:
         attributes["sansproxy.refusal"] = record.refusal
     if record.cost_usd is not None:
         attributes["sansproxy.cost_usd"] = record.cost_usd
-    error = _server_error(record)
+    error = server_error(record)
     if error is not None:
         attributes["error.type"] = error
     return attributes
 
 
-def _server_error(record: ExchangeRecord) -> str | None:
-    """The exchange's ``error.type``: an error the proxy answered with (5xx, as the HTTP
-    conventions have it for a server), or an exchange that failed after its head."""
-    if record.status is not None and record.status >= 500:
-        return record.error_type or str(record.status)
-    if record.outcome in ("timeout", "upstream_error", "error"):
-        return record.error_type or record.outcome
-    return None
-
-
 def _server_status(record: ExchangeRecord) -> Status:
-    if _server_error(record) is None:
+    if server_error(record) is None:
         return _OK_STATUS
     return Status(StatusCode.ERROR, record.error_message)
 
 
-def _attempt_name(record: ExchangeRecord, attempt: AttemptRecord) -> str:
-    if record.operation is None:
-        return record.method
-    if attempt.upstream_model is None:
-        return record.operation
-    return f"{record.operation} {attempt.upstream_model}"
-
-
-def _attempt_error(attempt: AttemptRecord) -> str | None:
-    """``error.type`` of a failed attempt: its status (``503``) or failure kind (``timeout``)."""
-    if attempt.outcome is None or attempt.outcome == "ok":
-        return None
-    if attempt.outcome == "status" and attempt.status is not None:
-        return str(attempt.status)
-    return attempt.outcome
-
-
 def _attempt_status(attempt: AttemptRecord) -> Status:
-    error = _attempt_error(attempt)
+    error = attempt_error(attempt)
     return _OK_STATUS if error is None else Status(StatusCode.ERROR, error)

@@ -505,27 +505,64 @@ def test_a_slow_receiver_costs_submit_nothing_but_counted_drops(
     receiver.hold()
     exporter.submit(exchange(exchange_id="first"))
     receiver.wait_for_arrivals(1)  # the exporter's thread now waits for an answer
-    # 5 records of 2 spans: 4 fit in the queue, 6 are dropped.
+    # The queue holds 4 records (of 2 spans): of 5 more, the last one's spans are dropped.
     _submit_in_thread(exporter, [exchange(exchange_id=f"r{n}") for n in range(5)])
-    assert exporter.dropped == sum(told) == 6
+    assert exporter.dropped == sum(told) == 2
     receiver.release()
-    spans = receiver.wait_for_spans(2 + 4)
-    assert len(spans) == 6
+    spans = receiver.wait_for_spans(2 + 4 * 2)
+    assert {s.attributes["sansproxy.exchange_id"] for s in by_kind(spans, "SERVER")} == {
+        "first",
+        *(f"r{n}" for n in range(4)),
+    }
     exporter.close()
-    assert len(receiver.spans) == 6, "what was dropped stays dropped"
+    assert len(receiver.spans) == 10, "what was dropped stays dropped"
+
+
+def test_a_full_batch_goes_at_once_and_close_delivers_the_rest(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "600000")  # ten minutes
+    exporter = SpanExporter(config(otlp=receiver.base_url))
+    try:
+        records = [exchange(exchange_id=f"r{n}") for n in range(_spans.BATCH + 3)]
+        for record in records[: _spans.BATCH]:
+            exporter.submit(record)
+        receiver.wait_for_spans(2 * _spans.BATCH)  # a batch is ready: sent at once
+        for record in records[_spans.BATCH :]:
+            exporter.submit(record)
+    finally:
+        exporter.close()
+    assert len(receiver.spans) == 2 * len(records), "close() delivered the queued records"
+    assert exporter.dropped == 0
+
+
+def test_an_sdk_without_the_exporters_http_client_gets_the_reference_spans(
+    receiver: OtlpReceiver, exporters: list[SpanExporter]
+) -> None:
+    exporter = SpanExporter(config(otlp=receiver.base_url))
+    exporters.append(exporter)
+    (destination,) = exporter._destinations
+    destination.client = None  # as an SDK version without OTLPSpanExporter._client
+    record = exchange(tries=2)
+    exporter.submit(record)
+    spans = receiver.wait_for_spans(3)
+    assert {s.span_id for s in spans} == {record.span_id, *(a.span_id for a in record.attempts)}
+    (server,) = by_kind(spans, "SERVER")
+    assert server.attributes["sansproxy.exchange_id"] == "ex-1"
 
 
 def test_a_receiver_that_is_down_costs_nothing_and_close_is_bounded(
     exporters: list[SpanExporter], caplog: pytest.LogCaptureFixture
 ) -> None:
     url = f"http://127.0.0.1:{closed_port()}"
-    exporter = SpanExporter(config(otlp=url, langfuse=url, max_queue=8))
+    exporter = SpanExporter(config(otlp=url, langfuse=url, max_queue=4))
     exporters.append(exporter)
     _submit_in_thread(exporter, [exchange(exchange_id=f"r{n}") for n in range(10)])
-    # Each destination queues at most 8 of its 20 spans (its thread takes batches
-    # meanwhile): the rest are dropped at once; what the thread fails to deliver is
-    # counted too (later), each span once at most.
-    assert 0 < exporter.dropped <= 2 * 20
+    # The queue holds 4 records; the thread takes at most 4 (a batch is ready) and then
+    # waits on its first destination's retries: at least 2 of the 10 records are
+    # dropped at once, 2 spans for each destination; what the thread fails to deliver
+    # is counted too (later), each span once at most.
+    assert 2 * 2 * 2 <= exporter.dropped <= 10 * 2 * 2
     closing = threading.Thread(target=exporter.close)
     closing.start()
     closing.join(_spans.CLOSE_TIMEOUT + 5)
@@ -538,10 +575,11 @@ def test_a_record_it_cannot_read_is_dropped_and_counted(
 ) -> None:
     exporter = SpanExporter(config(otlp=receiver.base_url))
     exporters.append(exporter)
-    exporter.submit(exchange(span_id="not-hex"))
-    assert exporter.dropped == 1
+    exporter.submit(exchange(exchange_id="unreadable", span_id="not-hex"))
     exporter.submit(exchange())
-    receiver.wait_for_spans(2)
+    spans = receiver.wait_for_spans(2)  # the same batch: the readable record's spans
+    assert [s.attributes["sansproxy.exchange_id"] for s in by_kind(spans, "SERVER")] == ["ex-1"]
+    assert exporter.dropped == 1
 
 
 def test_spans_a_collector_refuses_are_counted_and_said_without_its_url(
