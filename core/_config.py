@@ -337,7 +337,9 @@ class TelemetryConfig(_Frozen):
     session_header: str = Field(
         default="x-session-id", min_length=1, description="Request header naming the session."
     )
-    max_queue: int = Field(default=2048, ge=1, description="Spans waiting before drops.")
+    max_queue: int = Field(
+        default=2048, ge=1, description="Exchanges waiting for export; beyond, their spans drop."
+    )
     langfuse: LangfuseConfig | None = None
 
     @field_validator("otlp_endpoint")

@@ -167,10 +167,11 @@ class TraceIds:
     seed: bytes
 
     def attempt_span_id(self, number: int) -> str:
-        """The span id of upstream attempt ``number`` (a CLIENT span)."""
-        digest = hashlib.blake2b(number.to_bytes(4, "big"), digest_size=8, key=self.seed)
-        value = digest.hexdigest()
-        return value if value != "0" * 16 else "0" * 15 + "1"
+        """The span id of upstream attempt ``number`` (a CLIENT span): the seed's last
+        eight bytes stepped by a Weyl sequence (distinct for every attempt, from
+        each other and, but once in 2**64, from the exchange's span)."""
+        value = (int.from_bytes(self.seed[24:], "big") + number * _WEYL) & _MASK64
+        return f"{value or 1:016x}"
 
     def traceparent(self, number: int) -> bytes:
         """The ``traceparent`` header sent with upstream attempt ``number``."""
@@ -179,6 +180,8 @@ class TraceIds:
 
 
 _HEX = frozenset("0123456789abcdef")
+_WEYL = 0x9E3779B97F4A7C15  # 2**64 / the golden ratio, odd: number -> id is one to one
+_MASK64 = (1 << 64) - 1
 
 
 def _parse_traceparent(value: bytes | None) -> tuple[str, str, bool] | None:
