@@ -179,8 +179,11 @@ def test_the_example_gateway_block_loads(tmp_path: pathlib.Path) -> None:
     text = "\n".join(lines[:start] + lines[end:])
     text = text.replace('"<64 hex digits>"', '"' + "ab" * 32 + '"', 1)
     text = text.replace('"<64 hex digits>"', '"' + "cd" * 32 + '"', 1)
-    env = {"OPENAI_API_KEY": "sk-o", "ANTHROPIC_API_KEY": "sk-a"}
+    env = {"OPENAI_API_KEY": "sk-o", "ANTHROPIC_API_KEY": "sk-a", "LANGFUSE_SECRET_KEY": "sk-l"}
     loaded = load(args("--config", write(tmp_path, text)), env)
+    telemetry = loaded.config.telemetry
+    assert telemetry.langfuse is not None and telemetry.enabled
+    assert telemetry.langfuse.secret_key.get_secret_value() == "sk-l"
     router = loaded.proxy.router
     assert set(router.models) == {"fast", "smart", "mixed", "tuned", "best"}
     assert router.fallbacks["best"] == ("smart", "fast")

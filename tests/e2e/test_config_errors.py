@@ -31,7 +31,8 @@ PROGS = ("sansproxy", "python -m adapters.h11_server")
 
 PROVIDERS = "providers:\n  oai: {base_url: 'http://127.0.0.1:9'}\n"
 ROOT_OPTIONS = (
-    "server, upstream, providers, models, translation, limits, mock, middleware, log_level"
+    "server, upstream, providers, models, translation, limits, mock, middleware, log_level, "
+    "log_format, access_log, metrics, telemetry"
 )
 TRACE_OPTIONS = "dir, max_body, max_events, rotate, max_age, max_bytes"
 
