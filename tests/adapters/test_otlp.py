@@ -23,6 +23,7 @@ from core import ProxyConfig
 from core._record import AttemptRecord, ExchangeRecord
 from core.gateway import Usage
 from tests.e2e._helpers import closed_port
+from tests.support.fuzz import examples
 
 RESOURCE = Resource.create({"service.name": "sansproxy", "deployment.environment": "test"})
 SCOPE = InstrumentationScope("sansproxy", "1.0")
@@ -230,7 +231,7 @@ def references() -> Iterator[dict[bool, SpanExporter]]:
     with_langfuse.close()
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(100), suppress_health_check=[HealthCheck.too_slow])
 @given(records=st.lists(exchange_records(), max_size=4), langfuse=st.booleans())
 def test_records_are_written_as_the_sdk_writes_their_reference_spans(
     references: dict[bool, SpanExporter], records: list[ExchangeRecord], langfuse: bool
