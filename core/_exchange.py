@@ -440,6 +440,7 @@ class Exchange(ExchangeContext):
             send_body=self._send_body,
             send_blocks=self._send_blocks,
             capture=self._proxy.capture_content,
+            observed=self._proxy.observed,
         )
         self.is_stream = relay.stream
         if relay.head is None:  # translated whole at its end

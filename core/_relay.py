@@ -81,6 +81,7 @@ class Relay:
         send_body: Callable[[bytes], None],
         send_blocks: Callable[[Sequence[bytes]], None],
         capture: bool = False,
+        observed: bool = False,
     ) -> None:
         self._plan = plan
         self._limits = limits
@@ -122,6 +123,7 @@ class Relay:
             self._decoder = SSEDecoder(max_event_size=limits.max_sse_event_size)
             if plan.usage_api is not None:
                 self._usage = StreamUsage(plan.usage_api, max_json_items=limits.max_json_items)
+                self._usage.observed = observed
                 if capture:
                     self._usage.texts = []
             if plan.stream_translator is not None:

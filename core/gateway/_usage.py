@@ -269,6 +269,7 @@ class StreamUsage:
         "delta_tokens",
         "final",
         "finish_reasons",
+        "observed",
         "response_id",
         "response_model",
         "texts",
@@ -289,6 +290,8 @@ class StreamUsage:
         self.response_id: str | None = None
         self.response_model: str | None = None
         self.finish_reasons: list[str] = []
+        #: Whether to look for finish reasons in the events it does not parse (observers).
+        self.observed = False
         #: The generated text's pieces (JSON string bodies), when a list is given to keep them.
         self.texts: list[bytes] | None = None
 
@@ -308,7 +311,7 @@ class StreamUsage:
                 if usage is not None and event.get("type") == "message_delta":
                     self.final = True
         else:
-            if _FINISH in block:
+            if self.observed and _FINISH in block:
                 self.finish_reasons.extend(
                     reason.decode("utf-8", "replace") for reason in _FINISH_REASON.findall(block)
                 )
