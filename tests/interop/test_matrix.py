@@ -26,6 +26,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.proxy_process import ADAPTER_MODULES, ProxyProcess, proxy_argv, proxy_env
 from tests.support.traces import wait_for_trace
 
@@ -49,6 +50,7 @@ class Gateway:
     process: ProxyProcess
     traces: Path
     upstream: Upstream
+    spans: OtlpReceiver
 
     @property
     def base_url(self) -> str:
@@ -67,8 +69,19 @@ class Gateway:
         assert exchange_id, f"no x-sansproxy-id in {result.headers}"
         return wait_for_trace(self.traces, exchange_id, timeout=timeout)
 
+    def attempt_span(self, result: ClientResult) -> dict[str, Any]:
+        """The attributes of the CLIENT span of the exchange that gave `result`."""
+        exchange_id = result.headers.get("x-sansproxy-id")
+        (server,) = self.spans.wait_for_spans(
+            1, where=lambda s: s.attributes.get("sansproxy.exchange_id") == exchange_id
+        )
+        (attempt,) = self.spans.wait_for_spans(
+            1, where=lambda s: s.kind == "CLIENT" and s.parent_span_id == server.span_id
+        )
+        return attempt.attributes
 
-def gateway_config(upstream: Upstream, traces: Path) -> dict[str, Any]:
+
+def gateway_config(upstream: Upstream, traces: Path, otlp: str) -> dict[str, Any]:
     providers: dict[str, Any] = {}
     models: dict[str, Any] = {}
     for framing, casing, delivery in upstream.variants():
@@ -94,15 +107,19 @@ def gateway_config(upstream: Upstream, traces: Path) -> dict[str, Any]:
             {"trace": {"dir": str(traces)}},
             {"retry": {"attempts": 2, "backoff": 0.01, "on_status": [409, 429, 500]}},
         ],
+        # Observed: every upstream the project did not write gets a traceparent.
+        "metrics": {"enabled": True},
+        "telemetry": {"otlp_endpoint": otlp},
     }
 
 
 class Gateways:
     """The proxies of the session, one per (upstream, adapter), started when first asked."""
 
-    def __init__(self, request: pytest.FixtureRequest, root: Path) -> None:
+    def __init__(self, request: pytest.FixtureRequest, root: Path, spans: OtlpReceiver) -> None:
         self._request = request
         self._root = root
+        self._spans = spans
         self._running: dict[tuple[str, str], Gateway] = {}
 
     def get(self, upstream_name: str, adapter: str) -> Gateway:
@@ -113,11 +130,16 @@ class Gateways:
             directory.mkdir()
             traces = directory / "traces"
             config = directory / "gateway.yaml"
-            config.write_text(yaml.safe_dump(gateway_config(upstream, traces)), encoding="utf-8")
-            process = ProxyProcess(
-                proxy_argv(adapter, ["--config", str(config)], pick_port=True), env=proxy_env()
+            config.write_text(
+                yaml.safe_dump(gateway_config(upstream, traces, self._spans.base_url)),
+                encoding="utf-8",
             )
-            running = self._running[(upstream_name, adapter)] = Gateway(process, traces, upstream)
+            process = ProxyProcess(
+                proxy_argv(adapter, ["--config", str(config)], pick_port=True),
+                env=proxy_env({"OTEL_BSP_SCHEDULE_DELAY": "100"}),
+            )
+            running = Gateway(process, traces, upstream, self._spans)
+            self._running[(upstream_name, adapter)] = running
             process.wait_ready(30)
         return running
 
@@ -134,11 +156,12 @@ class Gateways:
 def gateways(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateways]:
-    running = Gateways(request, tmp_path_factory.mktemp("gateways"))
-    try:
-        yield running
-    finally:
-        running.close()
+    with OtlpReceiver() as spans:
+        running = Gateways(request, tmp_path_factory.mktemp("gateways"), spans)
+        try:
+            yield running
+        finally:
+            running.close()
 
 
 @pytest.fixture(params=UPSTREAMS)
@@ -211,6 +234,11 @@ def test_each_client_gets_the_answer_and_the_trace_its_usage(
     # What the client itself saw of the usage is exact too.
     assert result.usage == {"input_tokens": PROMPT_TOKENS, "output_tokens": COMPLETION_TOKENS}
     assert_traced(gateway.trace(result), stream=stream)
+    # So is its span's, though the upstream had a traceparent header more to read.
+    span = gateway.attempt_span(result)
+    assert span["gen_ai.usage.input_tokens"] == PROMPT_TOKENS
+    assert span["gen_ai.usage.output_tokens"] == COMPLETION_TOKENS
+    assert span["gen_ai.provider.name"] == api
 
 
 # -- the other API: translation both ways ------------------------------------------
