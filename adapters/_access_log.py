@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from core import ExchangeRecord, ProxyConfig
+from core import ExchangeRecord, ProxyConfig, RecordExchange
 
 from ._log_format import fields_extra
 from ._logs import Drops, LogCollapser
@@ -156,7 +156,7 @@ class AccessLog:
         self._report_every = report_every
         self._close_timeout = close_timeout
         self._clock = clock
-        self._pending: collections.deque[ExchangeRecord] = collections.deque()
+        self._pending: collections.deque[RecordExchange] = collections.deque()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._wake = threading.Event()
@@ -171,14 +171,14 @@ class AccessLog:
 
     # --- the event loop's side ----------------------------------------------------------
 
-    def submit(self, record: ExchangeRecord) -> None:
-        """Queue ``record``'s line; never blocks, never raises."""
+    def submit(self, exchange: RecordExchange) -> None:
+        """Queue the line of ``exchange``'s record; never blocks, never raises."""
         if not logger.isEnabledFor(_INFO):  # --log-level warning: no access lines
             return
         if self._closed or len(self._pending) >= self._max_queue:
             self._drop()
             return
-        self._pending.append(record)
+        self._pending.append(exchange)
         if self._sleeping:
             self._sleeping = False
             self._wake.set()
@@ -239,8 +239,10 @@ class AccessLog:
             if self._closing and not pending:
                 return
 
-    def _write(self, record: ExchangeRecord) -> None:
+    def _write(self, exchange: RecordExchange) -> None:
+        record: ExchangeRecord | None = None
         try:
+            record = exchange.record
             fields = access_fields(record)
             head, line = access_line(fields, whole=self._text)
         except Exception as exc:  # a record no line can be made of: a bug, said once

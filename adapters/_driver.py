@@ -309,7 +309,7 @@ class Driver:
                     case SettleQuota():
                         settles.append(cmd)  # once the client has its response
                     case RecordExchange():
-                        self.sinks.submit(cmd.record)
+                        self.sinks.submit(cmd)
                     case WriteTrace():
                         self.traces.submit(cmd)
                     case Log():
@@ -391,7 +391,7 @@ class Driver:
         while (cmd := ex.next_command()) is not None:
             match cmd:
                 case RecordExchange():
-                    self.sinks.submit(cmd.record)
+                    self.sinks.submit(cmd)
                 case WriteTrace():
                     self.traces.submit(cmd)
                 case Log():

@@ -339,7 +339,7 @@ class Run:
         while (cmd := ex.next_command()) is not None:
             match cmd:
                 case RecordExchange():
-                    owner.sinks.submit(cmd.record)
+                    owner.sinks.submit(cmd)
                 case WriteTrace():
                     owner.traces.submit(cmd)
                 case Log():
@@ -378,7 +378,7 @@ class Run:
                 case SettleQuota():
                     self.settles.append(cmd)  # once the client has its response
                 case RecordExchange():
-                    owner.sinks.submit(cmd.record)
+                    owner.sinks.submit(cmd)
                 case WriteTrace():
                     owner.traces.submit(cmd)
                 case Log():

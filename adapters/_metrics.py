@@ -6,17 +6,20 @@
 ``PROMETHEUS_MULTIPROC_DIR`` (``python -m adapters.asgi`` makes one) and a
 scrape of any worker sums them all (``prometheus-client``'s multiprocess mode).
 
-``submit`` adds a record to plain tallies (counts, sums, histogram buckets
-found by ``bisect``), under a lock held for those additions; a thread moves
-the tallies into the ``prometheus-client`` metrics every second, and a scrape
-or ``close()`` first. Updating the metrics inline cost ~10 µs of CPU a record
-(each update takes a lock; a histogram walks its buckets), ~30 µs in
-multiprocess mode (``mmap`` writes); a tally costs a few µs, the move a few
-µs per series a second. A scrape sees what the process counted up to then;
-another worker's last second may not be in it yet (and a worker killed
-outright loses its last second). It never blocks (no I/O)
-and never raises into the response path: an update that fails is logged once
-and counted as a drop (``sink="metrics"``).
+``submit`` only appends the core's ``RecordExchange`` to a list. A thread,
+every second (and a scrape or ``close()`` first), reads the records (the core
+builds each one then, off the response path), adds them to plain tallies
+(counts, sums, histogram buckets found by ``bisect``), and moves the tallies
+into the ``prometheus-client`` metrics. Updating the metrics inline cost ~10
+µs of CPU a record on the response path (each update takes a lock; a
+histogram walks its buckets), ~30 µs in multiprocess mode (``mmap`` writes);
+the record's build and tally, a few µs each in a batch, are now off it. A
+scrape sees what the process counted up to then; another worker's last
+second may not be in it yet (and a worker killed outright loses its last
+second). It never blocks (no I/O) and never raises into the response path: a
+record that cannot be counted is logged once and counted as a drop
+(``sink="metrics"``). A second's records wait in memory: a few hundred bytes
+each, nothing large (the core keeps no body in them).
 
 Label values are bounded: no ids, no keys (key *names* only, from the config),
 and a model is its public name only if the config names it, else ``other``.
@@ -25,10 +28,12 @@ and a model is its public name only if the config names it, else ``other``.
 from __future__ import annotations
 
 import atexit
-import bisect
 import logging
 import os
 import threading
+import time
+from bisect import bisect_left
+from collections import deque
 from typing import Any, Final
 
 from prometheus_client import (
@@ -43,9 +48,17 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.process_collector import ProcessCollector
 
-from core import ExchangeRecord, ProxyConfig
+from core import ExchangeRecord, ProxyConfig, RecordExchange
 
-__all__ = ["EXCHANGE_BUCKETS", "MOVE_EVERY", "MULTIPROC_DIR_ENV", "SHORTHAND_MODELS", "Metrics"]
+__all__ = [
+    "COUNT_EVERY",
+    "EXCHANGE_BUCKETS",
+    "MAX_PENDING",
+    "MOVE_EVERY",
+    "MULTIPROC_DIR_ENV",
+    "SHORTHAND_MODELS",
+    "Metrics",
+]
 
 logger = logging.getLogger("sansproxy")
 
@@ -53,6 +66,10 @@ logger = logging.getLogger("sansproxy")
 MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 #: Seconds between two moves of the tallies into the metrics.
 MOVE_EVERY: Final = 1.0
+#: Exchanges waiting when the thread is woken to count them.
+COUNT_EVERY: Final = 256
+#: Exchanges waiting to be counted, at most (beyond: dropped, counted).
+MAX_PENDING: Final = 200_000
 #: In the one-provider shorthand: how many distinct model names get their own label.
 SHORTHAND_MODELS: Final = 100
 # A model name longer than this is "other", even in the shorthand.
@@ -137,9 +154,12 @@ class Metrics:
         self._children: dict[tuple[Any, ...], Any] = {}
         self._exchanges: dict[tuple[str, str, str, str, str], _ExchangeTally] = {}
         self._usages: dict[tuple[str, str], _UsageTally] = {}
+        # The exchanges ended since the last flush, not yet counted.
+        self._pending: deque[RecordExchange] = deque()
         # The tallies since the last move into the metrics (see ``flush``).
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._mover: threading.Thread | None = None
 
         def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
@@ -220,20 +240,33 @@ class Metrics:
 
     # -- RecordSink --------------------------------------------------------------------
 
-    def submit(self, record: ExchangeRecord) -> None:
-        """Count ``record``; never blocks nor raises."""
-        try:
-            with self._lock:
-                self._count(record)
-            if self._mover is None:
-                self._start()
-        except Exception:  # a bug here must not reach the response path
-            self._drops.labels("metrics").inc()
+    def submit(self, exchange: RecordExchange) -> None:
+        """Count ``exchange``'s record (at the next flush); never blocks nor raises."""
+        pending = self._pending
+        waiting = len(pending)
+        if waiting < MAX_PENDING:
+            pending.append(exchange)
+            if waiting == COUNT_EVERY:
+                self._wake.set()
+        else:  # the mover is stuck or gone (a bug): drop, count, and say so once
+            self._child(self._drops, "metrics").inc()
             if not self._failed:
                 self._failed = True
-                logger.exception("metrics: counting an exchange failed (dropped, counted)")
+                logger.error("metrics: %d exchanges wait to be counted; dropping", MAX_PENDING)
+        if self._mover is None:
+            self._start()
 
     def _start(self) -> None:
+        try:
+            with self._lock:
+                if self._mover is None:
+                    self._start_mover()
+        except RuntimeError:  # no thread to be had: the records wait for a scrape
+            logger.exception(
+                "metrics: could not start the thread that counts exchanges (each scrape will)"
+            )
+
+    def _start_mover(self) -> None:
         mover = threading.Thread(target=self._move_every_second, name="sansproxy-metrics")
         mover.daemon = True
         self._mover = mover
@@ -243,11 +276,42 @@ class Metrics:
         atexit.register(self.flush)
 
     def _move_every_second(self) -> None:
-        while not self._stop.wait(MOVE_EVERY):
-            self.flush()
+        """Count the records when ``COUNT_EVERY`` wait (they are not kept long: a
+        record kept a second outlives the garbage collector's young generations,
+        and a full collection then walks them all), and move the tallies every
+        ``MOVE_EVERY`` seconds."""
+        wake, stop = self._wake, self._stop
+        move_at = time.monotonic() + MOVE_EVERY
+        while not stop.is_set():
+            wake.wait(max(0.0, move_at - time.monotonic()))
+            wake.clear()
+            if stop.is_set():
+                return
+            if time.monotonic() < move_at:
+                self._count_pending()
+            else:
+                self.flush()
+                move_at = time.monotonic() + MOVE_EVERY
+
+    def _count_pending(self) -> None:
+        """Add the records waiting to the tallies."""
+        with self._lock:
+            pending = self._pending
+            # What comes in meanwhile waits for the next flush.
+            for _ in range(len(pending)):
+                exchange = pending.popleft()
+                try:
+                    self._count(exchange.record)
+                except Exception:  # a bug: said once, counted, the others go on
+                    self._drops.labels("metrics").inc()
+                    if not self._failed:
+                        self._failed = True
+                        logger.exception("metrics: counting an exchange failed (dropped, counted)")
 
     def flush(self) -> None:
-        """Move the tallies into the metrics (what a scrape reads)."""
+        """Count the records waiting, and move the tallies into the metrics (what a
+        scrape reads)."""
+        self._count_pending()
         try:
             with self._lock:
                 for tally in self._exchanges.values():
@@ -264,6 +328,7 @@ class Metrics:
         """Move what is tallied. In multiprocess mode, this process's open
         connections and streams leave the sums (its counters stay)."""
         self._stop.set()
+        self._wake.set()
         self.flush()
         if self._multiprocess:
             mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
@@ -328,7 +393,11 @@ class Metrics:
         return series
 
     def _count(self, r: ExchangeRecord) -> None:
-        model = self._model_label(r.model, r.model_configured)
+        model = r.model
+        if model is None:
+            model = _NONE
+        elif not r.model_configured:
+            model = self._model_label(model, False)
         status = r.status
         key = (
             model,
@@ -339,14 +408,25 @@ class Metrics:
         )
         series = self._exchanges.get(key) or self._exchange_series(key)
         series.requests += 1
+        # Each histogram's tally, inline (as _Tally.observe: a call each costs more).
         duration = r.duration
-        series.duration.observe(duration)
+        tally = series.duration
+        tally.counts[bisect_left(tally.bounds, duration)] += 1
+        tally.sum += duration
         upstream = r.upstream_duration
         if upstream is not None:
-            series.upstream.observe(upstream)
-            series.overhead.observe(duration - upstream if duration > upstream else 0.0)
-        if r.stream and r.time_to_first_token is not None:
-            series.first_token.observe(r.time_to_first_token)
+            tally = series.upstream
+            tally.counts[bisect_left(tally.bounds, upstream)] += 1
+            tally.sum += upstream
+            overhead = duration - upstream if duration > upstream else 0.0
+            tally = series.overhead
+            tally.counts[bisect_left(tally.bounds, overhead)] += 1
+            tally.sum += overhead
+        first = r.time_to_first_token
+        if first is not None and r.stream:
+            tally = series.first_token
+            tally.counts[bisect_left(tally.bounds, first)] += 1
+            tally.sum += first
         usage = r.usage
         cost = r.cost_usd
         if usage is not None or cost:
@@ -391,7 +471,7 @@ class _Tally:
 
     def observe(self, value: float) -> None:
         # The first bound >= value: the bucket Histogram.observe would count it in.
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
     def move(self) -> None:

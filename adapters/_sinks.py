@@ -1,10 +1,11 @@
 """The observers of exchanges: the consumers of the core's ``ExchangeRecord``.
 
-One record per exchange (``RecordExchange``) goes to each sink the
-configuration turns on: the access log, the Prometheus metrics, the span
-exporter (OpenTelemetry, Langfuse). ``submit`` never blocks nor raises: each
-sink queues the record (bounded, drops counted) or, for the metrics, only
-bumps counters. A sink's module is imported only when the configuration uses
+One record per exchange (the core's ``RecordExchange`` command) goes to each
+sink the configuration turns on: the access log, the Prometheus metrics, the
+span exporter (OpenTelemetry, Langfuse). ``submit`` never blocks nor raises:
+each sink queues the command (bounded, drops counted), and reads its
+``record`` in its own thread: the record is built there, off the response
+path, once for all the sinks. A sink's module is imported only when the configuration uses
 it. Every queue's drops are also counted in the metrics, when they are on
 (``sansproxy_dropped_records_total{sink}``).
 """
@@ -15,7 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from core import ExchangeRecord, ProxyConfig
+from core import ProxyConfig, RecordExchange
 
 if TYPE_CHECKING:
     from ._metrics import Metrics
@@ -31,8 +32,9 @@ DropCounter = Callable[[int], None]
 class RecordSink(Protocol):
     """A consumer of exchange records."""
 
-    def submit(self, record: ExchangeRecord) -> None:
-        """Take one record; never block, never raise (drop and count instead)."""
+    def submit(self, exchange: RecordExchange) -> None:
+        """Take one exchange's record (``exchange.record``, to be read off the
+        response path); never block, never raise (drop and count instead)."""
 
     def close(self) -> None:
         """Deliver what is queued (bounded in time), then stop."""
@@ -70,10 +72,10 @@ class Sinks:
 
         return count
 
-    def submit(self, record: ExchangeRecord) -> None:
-        """Hand ``record`` to every sink."""
+    def submit(self, exchange: RecordExchange) -> None:
+        """Hand ``exchange``'s record to every sink."""
         for sink in self._sinks:
-            sink.submit(record)
+            sink.submit(exchange)
 
     def close(self) -> None:
         """Close every sink (at shutdown)."""

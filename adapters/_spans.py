@@ -52,7 +52,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from core import AttemptRecord, ExchangeRecord, ProxyConfig
+from core import AttemptRecord, ExchangeRecord, ProxyConfig, RecordExchange
 
 from ._logs import LogCollapser
 from ._otlp import (
@@ -176,7 +176,7 @@ class SpanExporter:
             )
             destinations.append(_Destination("langfuse", exporter))
         self._destinations = tuple(destinations)
-        self._queue: deque[ExchangeRecord] = deque()
+        self._queue: deque[RecordExchange] = deque()
         # Nowhere to send: nothing is queued, nor counted as dropped.
         self._limit = telemetry.max_queue if destinations else 0
         self._ready = min(telemetry.max_queue, BATCH)
@@ -186,19 +186,20 @@ class SpanExporter:
         if destinations:
             self._thread.start()
 
-    def submit(self, record: ExchangeRecord) -> None:
-        """Queue ``record`` (if it is sampled) for export; never blocks nor raises."""
-        if not record.sampled or record.trace_id is None or record.span_id is None:
+    def submit(self, exchange: RecordExchange) -> None:
+        """Queue ``exchange``'s record (if it is sampled) for export; never blocks nor
+        raises. The record is read in the export thread."""
+        if not exchange.sampled:
             return
         queue = self._queue
         if len(queue) < self._limit and not self._closed:
-            queue.append(record)
+            queue.append(exchange)
             if len(queue) == self._ready:
                 self._wake.set()
             return
         if not self._destinations:
             return
-        self._drop((1 + len(record.attempts)) * len(self._destinations))
+        self._drop(_span_count(exchange) * len(self._destinations))
         if not self._closed:
             self._warnings.log(
                 logging.WARNING,
@@ -229,18 +230,22 @@ class SpanExporter:
                 try:
                     self._export(batch)
                 except Exception:  # never seen; the thread must live on: drop, say
-                    self._drop(sum(1 + len(r.attempts) for r in batch) * len(self._destinations))
+                    self._drop(sum(map(_span_count, batch)) * len(self._destinations))
                     logger.exception("exporting spans failed; dropped")
             if closed:
                 return
 
-    def _export(self, batch: list[ExchangeRecord]) -> None:
+    def _export(self, batch: list[RecordExchange]) -> None:
         """Encode ``batch`` once, send the bytes to every destination."""
         encoder = self._encoder
         parts: list[bytes] = []
         good: list[ExchangeRecord] = []
-        for record in batch:
+        for exchange in batch:
+            record: ExchangeRecord | None = None
             try:
+                record = exchange.record
+                if record.trace_id is None or record.span_id is None:
+                    continue  # a record made by hand, sampled without ids: no spans
                 parts.append(encoder.record(record))
             except Exception as exc:  # a record the encoder did not expect: drop it, go on
                 self._unreadable(record, exc)
@@ -262,12 +267,12 @@ class SpanExporter:
             if not delivered:
                 self._failed(destination.name, spans)
 
-    def _unreadable(self, record: ExchangeRecord, exc: Exception) -> None:
+    def _unreadable(self, record: ExchangeRecord | None, exc: Exception) -> None:
         self._drop(1)
         self._warnings.log(
             logging.ERROR,
             "could not turn exchange %s into spans (%r); dropped",
-            record.exchange_id,
+            "?" if record is None else record.exchange_id,
             exc,
             key="build",
             text="could not turn an exchange into spans",
@@ -461,6 +466,11 @@ class SpanExporter:
         if first_token is not None:
             attributes["langfuse.observation.completion_start_time"] = _iso(first_token)
         return attributes
+
+
+def _span_count(exchange: RecordExchange) -> int:
+    """The spans of ``exchange``: its SERVER span and one per attempt."""
+    return 1 + exchange.attempt_count
 
 
 def _ns(seconds: float) -> int:

@@ -49,7 +49,8 @@ from ._record import (
     RecordExchange,
     RequestParams,
     TraceIds,
-    build_record,
+    _Source,
+    record_source,
     trace_ids,
 )
 from ._relay import Relay
@@ -125,6 +126,7 @@ class ExchangeContext:
         "_attempt",
         "_body_chunks",
         "_body_size",
+        "_client_traceparent",
         "_commands",
         "_deadline",
         "_dispatch",
@@ -230,6 +232,7 @@ class ExchangeContext:
         self.first_token_at: float | None = None
         self._params: RequestParams | None = None
         self._trace: TraceIds | None = None
+        self._client_traceparent = False
         self.ended_at: float | None = None
         self.outcome: str | None = None
         self.error: ProtocolError | None = None
@@ -408,14 +411,20 @@ class ExchangeContext:
             for hook in self._proxy.pipeline.on_complete:
                 hook(self)
             if self._proxy.observed:
-                self._commands.append(RecordExchange(self.record()))
+                source = self._record_source()
+                ids = source.ids
+                self._commands.append(
+                    RecordExchange.of(source, sampled=ids is not None and ids.sampled)
+                )
 
     def trace_ids(self) -> TraceIds:
         """The exchange's W3C trace context (the client's ``traceparent`` continued)."""
         ids = self._trace
         if ids is None:
+            traceparent = header(self.request_headers, b"traceparent")
+            self._client_traceparent = traceparent is not None
             ids = self._trace = trace_ids(
-                header(self.request_headers, b"traceparent"),
+                traceparent,
                 exchange_id=self.exchange_id,
                 rand=self._rand,
                 sample_ratio=self._proxy.sample_ratio,
@@ -433,10 +442,14 @@ class ExchangeContext:
 
     def record(self) -> ExchangeRecord:
         """The exchange as observers see it (complete once it has ended)."""
+        return self._record_source().build()
+
+    def _record_source(self) -> _Source:
+        """What the exchange's record is made of (cheap; the record is built later)."""
         proxy = self._proxy
         if self._params is None and self.request_body and self.endpoint is not None:
             self._note_request()
-        return build_record(
+        return record_source(
             self,
             now=self.now,
             ids=self.trace_ids() if proxy.tracing else None,

@@ -374,8 +374,11 @@ class Exchange(ExchangeContext):
         proxy = self._proxy
         if proxy.tracing:  # the attempt's span is the upstream's parent
             traceparent = self.trace_ids().traceparent(self._attempt)
-            headers = [(n, v) for n, v in headers if n != b"traceparent"]
-            headers.append((b"traceparent", traceparent))
+            if self._client_traceparent:  # forwarded with the client's headers: replaced
+                headers = [(n, v) for n, v in headers if n != b"traceparent"]
+                headers.append((b"traceparent", traceparent))
+            else:
+                headers = [*headers, (b"traceparent", traceparent)]
         if proxy.observed:
             self._note_request()
         deployment = self.deployment

@@ -11,15 +11,16 @@ the messages ``telemetry.capture_content`` asks for.
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, NamedTuple
 
 from ._commands import Command
 from ._endpoints import Endpoint
 from ._errors import BudgetExceededError, ClientRateLimitError
 from ._headers import header
-from ._middleware import Context
+from ._middleware import Attempt, Context
 from ._relay import Relay
 from .gateway import Usage
 
@@ -30,7 +31,7 @@ __all__ = [
     "RecordExchange",
     "RequestParams",
     "TraceIds",
-    "build_record",
+    "record_source",
     "trace_ids",
 ]
 
@@ -143,35 +144,78 @@ class ExchangeRecord(NamedTuple):
     output_messages: Any = None
 
 
-@dataclass(frozen=True, slots=True)
 class RecordExchange(Command):
     """The exchange is over: hand ``record`` to the observers. Fire and forget.
 
     Emitted once per exchange, last, when the configuration has an observer
-    (``ProxyConfig.observed``). Don't subclass.
+    (``ProxyConfig.observed``). The core takes what the record is made of when
+    the exchange ends (a few references); ``record`` is built the first time it
+    is read, by whichever thread reads it (the sinks read it in theirs, off the
+    response path), and the same record is returned after. Known without the
+    record: ``sampled`` (whether the exchange's spans are to be exported) and
+    ``attempt_count`` (``len(record.attempts)``).
+    ``RecordExchange(record)`` holds a record already built. Don't subclass.
     """
 
-    record: ExchangeRecord
+    __slots__ = ("_record", "_source", "sampled")
+
+    def __init__(self, record: ExchangeRecord) -> None:
+        self._record: ExchangeRecord | None = record
+        self._source: _Source | None = None
+        self.sampled: bool = record.sampled
+
+    @classmethod
+    def of(cls, source: _Source, sampled: bool) -> RecordExchange:
+        """The command of an exchange that ended: its record made from ``source`` when read."""
+        command = _new_command(cls)
+        command._record = None
+        command._source = source
+        command.sampled = sampled
+        return command
+
+    @property
+    def attempt_count(self) -> int:
+        """How many upstream attempts the exchange made (without building the record)."""
+        source = self._source
+        return len(source.attempts if source is not None else self.record.attempts)
+
+    @property
+    def record(self) -> ExchangeRecord:
+        """The exchange's record (built on first read)."""
+        record = self._record
+        if record is None:
+            assert self._source is not None
+            # Two threads reading at once build two equal records; either is kept.
+            record = self._record = self._source.build()
+        return record
+
+    def __repr__(self) -> str:
+        return f"RecordExchange({self.record!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RecordExchange):
+            return NotImplemented
+        return self.record == other.record
+
+    __hash__ = None  # type: ignore[assignment]
 
 
-@dataclass(frozen=True, slots=True)
-class TraceIds:
+class TraceIds(NamedTuple):
     """An exchange's W3C trace context: ``trace_id`` (32 hex), ``span_id`` (16 hex),
     ``parent_span_id`` (16 hex, or None for a new trace), ``sampled``, and the
-    seed its attempts' span ids are drawn from."""
+    64-bit ``seed`` its attempts' span ids are drawn from."""
 
     trace_id: str
     span_id: str
     parent_span_id: str | None
     sampled: bool
-    seed: bytes
+    seed: int
 
     def attempt_span_id(self, number: int) -> str:
-        """The span id of upstream attempt ``number`` (a CLIENT span): the seed's last
-        eight bytes stepped by a Weyl sequence (distinct for every attempt, from
-        each other and, but once in 2**64, from the exchange's span)."""
-        value = (int.from_bytes(self.seed[24:], "big") + number * _WEYL) & _MASK64
-        return f"{value or 1:016x}"
+        """The span id of upstream attempt ``number`` (a CLIENT span): the seed stepped
+        by a Weyl sequence (distinct for every attempt, from each other and, but
+        once in 2**64, from the exchange's span)."""
+        return f"{((self.seed + number * _WEYL) & _MASK64) or 1:016x}"
 
     def traceparent(self, number: int) -> bytes:
         """The ``traceparent`` header sent with upstream attempt ``number``."""
@@ -182,6 +226,10 @@ class TraceIds:
 _HEX = frozenset("0123456789abcdef")
 _WEYL = 0x9E3779B97F4A7C15  # 2**64 / the golden ratio, odd: number -> id is one to one
 _MASK64 = (1 << 64) - 1
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
+_PACK_DOUBLE = struct.Struct("<d").pack
+_new_ids = partial(tuple.__new__, TraceIds)
 
 
 def _parse_traceparent(value: bytes | None) -> tuple[str, str, bool] | None:
@@ -220,20 +268,22 @@ def trace_ids(
     The ids are drawn from the exchange's id and ``rand`` (the core draws no
     random numbers itself), so the same inputs give the same ids.
     """
-    seed = hashlib.blake2b(f"{exchange_id}/{rand!r}".encode(), digest_size=32).digest()
-    span_id = seed[16:24].hex()
-    if span_id == "0" * 16:
+    digest = hashlib.blake2b(exchange_id.encode() + _PACK_DOUBLE(rand), digest_size=32).hexdigest()
+    span_id = digest[32:48]
+    if span_id == _ZERO_SPAN:
         span_id = "0" * 15 + "1"
-    parent = _parse_traceparent(traceparent)
-    if parent is not None:
-        trace_id, parent_id, sampled = parent
-        return TraceIds(trace_id, span_id, parent_id, sampled, seed)
-    trace_id = seed[:16].hex()
-    if trace_id == "0" * 32:
+    seed = int(digest[48:], 16)
+    if traceparent is not None:
+        parent = _parse_traceparent(traceparent)
+        if parent is not None:
+            trace_id, parent_id, sampled = parent
+            return _new_ids((trace_id, span_id, parent_id, sampled, seed))
+    trace_id = digest[:32]
+    if trace_id == _ZERO_TRACE:
         trace_id = "0" * 31 + "1"
     # As OpenTelemetry's TraceIdRatioBased: the trace id's low 64 bits against the ratio.
-    sampled = int(trace_id[16:], 16) < round(sample_ratio * (1 << 64))
-    return TraceIds(trace_id, span_id, None, sampled, seed)
+    sampled = sample_ratio >= 1.0 or int(trace_id[16:], 16) < round(sample_ratio * (1 << 64))
+    return _new_ids((trace_id, span_id, None, sampled, seed))
 
 
 #: The GenAI operation (OpenTelemetry's ``gen_ai.operation.name``) of each endpoint.
@@ -247,40 +297,40 @@ OPERATIONS: Mapping[Endpoint | None, str] = {
 
 
 class RequestParams:
-    """What the request asks, as observers record it: read once from the parsed body."""
+    """What the request asks, as observers record it: read once from the parsed body.
+
+    Read on the response path, so kept to the few lookups it needs: an int is an
+    ``int`` (not a ``bool``), a number an ``int`` or ``float``, a string non-empty.
+    """
 
     __slots__ = ("input_messages", "max_tokens", "model", "stream", "temperature", "top_p", "user")
 
     def __init__(self, body: Mapping[str, Any] | None, *, capture: bool) -> None:
-        body = body or {}
-        model = body.get("model")
-        self.model = model if isinstance(model, str) and model else None
-        self.stream = body.get("stream") is True
-        self.max_tokens = _first_int(body, ("max_tokens", "max_completion_tokens"))
-        if self.max_tokens is None:
-            self.max_tokens = _first_int(body, ("max_output_tokens",))
-        self.temperature = _number(body.get("temperature"))
-        self.top_p = _number(body.get("top_p"))
-        user = body.get("user")
-        metadata = body.get("metadata")
-        if not isinstance(user, str) and isinstance(metadata, dict):
-            user = metadata.get("user_id")
-        self.user = user[:256] if isinstance(user, str) and user else None
+        if not body:
+            self.model = self.max_tokens = self.temperature = self.top_p = self.user = None
+            self.stream = False
+            self.input_messages = None
+            return
+        get = body.get
+        model = get("model")
+        self.model = model if type(model) is str and model else None
+        self.stream = get("stream") is True
+        value = get("max_tokens")
+        if type(value) is not int:
+            value = get("max_completion_tokens")
+            if type(value) is not int:
+                value = get("max_output_tokens")
+        self.max_tokens = value if type(value) is int else None
+        value = get("temperature")
+        self.temperature = float(value) if type(value) is float or type(value) is int else None
+        value = get("top_p")
+        self.top_p = float(value) if type(value) is float or type(value) is int else None
+        user = get("user")
+        if type(user) is not str:
+            metadata = get("metadata")
+            user = metadata.get("user_id") if type(metadata) is dict else None
+        self.user = user[:256] if type(user) is str and user else None
         self.input_messages = _input_messages(body) if capture else None
-
-
-def _first_int(body: Mapping[str, Any], names: Sequence[str]) -> int | None:
-    for name in names:
-        value = body.get(name)
-        if type(value) is int:
-            return value
-    return None
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return None
 
 
 def _parts(content: object) -> list[dict[str, Any]]:
@@ -321,7 +371,147 @@ def _input_messages(body: Mapping[str, Any]) -> list[dict[str, Any]] | None:
     return out
 
 
-def build_record(
+class _Source(NamedTuple):
+    """What an exchange's record is made of, taken when it ends (``capture``): a
+    tuple of references and small values, cheap to take on the response path.
+    Nothing in it is mutated once the exchange has ended, and it holds nothing
+    large (no body, no parsed JSON, no traceback): the sinks may keep it a while.
+    ``build`` makes the record."""
+
+    exchange_id: str
+    ids: TraceIds | None
+    method: bytes
+    path: bytes
+    client_api: Literal["openai", "anthropic"]
+    endpoint: Endpoint | None
+    model: str | None
+    models: Mapping[str, Any]
+    params: RequestParams | None
+    stream: bool
+    session: bytes | None
+    key_name: str | None
+    attempts: Sequence[Attempt]
+    status: int | None
+    outcome: str | None
+    error: tuple[str, str | None, str, Literal["rate_limit", "budget"] | None] | None
+    usage: Usage | None
+    usage_estimated: bool
+    cost_usd: float | None
+    response: tuple[str | None, str | None, tuple[str, ...]] | None
+    output_text: str | None
+    started_at: float
+    ended_at: float
+    wall_time: float
+    first_byte_at: float | None
+    first_token_at: float | None
+
+    def build(self) -> ExchangeRecord:
+        """The record (see ``ExchangeRecord``)."""
+        started = self.started_at
+        ended = self.ended_at
+        wall = self.wall_time
+        ids = self.ids
+        attempts = tuple(
+            _new_attempt(
+                (
+                    a.number,
+                    "" if ids is None else ids.attempt_span_id(a.number),
+                    a.model,
+                    a.provider,
+                    a.provider_type,
+                    a.upstream_model,
+                    a.host,
+                    a.port,
+                    wall + (a.started_at - started),
+                    max(0.0, (ended if a.ended_at is None else a.ended_at) - a.started_at),
+                    a.delay,
+                    a.status,
+                    a.outcome,
+                )
+            )
+            for a in self.attempts
+        )
+        last = attempts[-1] if attempts else None
+        if len(attempts) < 2:
+            fallbacks = 0
+            upstream = None if last is None else last.duration
+        else:
+            fallbacks = sum(1 for a in attempts if a.model != attempts[0].model)
+            upstream = sum(a.duration for a in attempts)
+        params = self.params
+        model = self.model if self.model is not None else None if params is None else params.model
+        error = self.error
+        response_id, response_model, reasons = self.response or (None, None, ())
+        output = None
+        if self.output_text is not None:
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "parts": [{"type": "text", "content": self.output_text}],
+            }
+            if reasons:
+                message["finish_reason"] = reasons[0]
+            output = [message]
+        session = self.session
+        first = self.first_byte_at
+        token = self.first_token_at
+        return _new_record(
+            (
+                self.exchange_id,
+                None if ids is None else ids.trace_id,
+                None if ids is None else ids.span_id,
+                None if ids is None else ids.parent_span_id,
+                ids is not None and ids.sampled,
+                self.method.decode("latin-1"),
+                self.path.decode("latin-1"),
+                self.client_api,
+                OPERATIONS.get(self.endpoint),
+                model,
+                model is not None and model in self.models,
+                self.stream,
+                None if params is None else params.max_tokens,
+                None if params is None else params.temperature,
+                None if params is None else params.top_p,
+                None if params is None else params.user,
+                None if session is None else session.decode("latin-1")[:256],
+                self.key_name,
+                None if last is None else last.provider,
+                None if last is None else last.provider_type,
+                None if last is None else last.upstream_model,
+                attempts,
+                max(0, len(attempts) - 1),
+                fallbacks,
+                self.status,
+                self.outcome or "error",
+                None if error is None else error[0],
+                None if error is None else error[1],
+                None if error is None else error[2],
+                None if error is None else error[3],
+                self.usage,
+                self.usage_estimated,
+                self.cost_usd,
+                response_id,
+                response_model,
+                reasons,
+                wall,
+                max(0.0, ended - started),
+                upstream,
+                None if first is None else first - started,
+                None if token is None or not self.stream else token - started,
+                None if params is None else params.input_messages,
+                output,
+            )
+        )
+
+
+# Named tuples built from a tuple of every field, in order, without the keyword
+# handling of their constructors (a third of the instructions on a 43-field one).
+_new_source = partial(tuple.__new__, _Source)
+_new_attempt = partial(tuple.__new__, AttemptRecord)
+_new_record = partial(tuple.__new__, ExchangeRecord)
+_new_command = object.__new__
+
+
+def record_source(
     ex: Context,
     *,
     now: float,
@@ -331,106 +521,47 @@ def build_record(
     first_token_at: float | None,
     capture: bool,
     session_header: bytes,
-) -> ExchangeRecord:
-    """The record of exchange ``ex`` as it stands at ``now`` (complete once it ended):
-    ``params`` is what it asked, ``relay`` its last attempt's response."""
-    started = ex.started_at
-    ended = now if ex.ended_at is None else ex.ended_at
-    wall = ex.wall_time
-    attempts = tuple(
-        AttemptRecord(
-            number=a.number,
-            span_id="" if ids is None else ids.attempt_span_id(a.number),
-            model=a.model,
-            provider=a.provider,
-            provider_type=a.provider_type,
-            upstream_model=a.upstream_model,
-            server_address=a.host,
-            server_port=a.port,
-            started=wall + (a.started_at - started),
-            duration=max(0.0, (ended if a.ended_at is None else a.ended_at) - a.started_at),
-            delay=a.delay,
-            status=a.status,
-            outcome=a.outcome,
-        )
-        for a in ex.attempts
-    )
-    last = attempts[-1] if attempts else None
-    if len(attempts) < 2:
-        fallbacks = 0
-        upstream = None if last is None else last.duration
-    else:
-        fallbacks = sum(1 for a in attempts if a.model != attempts[0].model)
-        upstream = sum(a.duration for a in attempts)
-    model = ex.model if ex.model is not None else None if params is None else params.model
+) -> _Source:
+    """What the record of exchange ``ex`` is made of, as it stands at ``now``
+    (complete once it ended): ``params`` is what it asked, ``relay`` its last
+    attempt's response. Cheap: the record is built from it later (``build``)."""
     error = ex.error
-    refusal: Literal["rate_limit", "budget"] | None = None
+    failure = None
     if error is not None:
+        refusal: Literal["rate_limit", "budget"] | None = None
         if isinstance(error, ClientRateLimitError):
             refusal = "rate_limit"
         elif isinstance(error, BudgetExceededError):
             refusal = "budget"
-    response_id: str | None = None
-    response_model: str | None = None
-    reasons: tuple[str, ...] = ()
-    output = None
-    if relay is not None:
-        response_id, response_model, reasons = relay.response_info()
-        if capture:
-            text = relay.output_text()
-            if text is not None:
-                message: dict[str, Any] = {
-                    "role": "assistant",
-                    "parts": [{"type": "text", "content": text}],
-                }
-                if reasons:
-                    message["finish_reason"] = reasons[0]
-                output = [message]
-    session = header(ex.request_headers, session_header)
-    first = ex.first_upstream_byte_at
-    token = first_token_at
-    return ExchangeRecord(
-        exchange_id=ex.exchange_id,
-        trace_id=None if ids is None else ids.trace_id,
-        span_id=None if ids is None else ids.span_id,
-        parent_span_id=None if ids is None else ids.parent_span_id,
-        sampled=ids is not None and ids.sampled,
-        method=ex.request_method.decode("latin-1"),
-        path=ex.request_path.decode("latin-1"),
-        client_api=ex.client_api,
-        operation=OPERATIONS.get(ex.endpoint),
-        model=model,
-        model_configured=model is not None and model in ex.router.models,
-        stream=ex.is_stream,
-        max_tokens=None if params is None else params.max_tokens,
-        temperature=None if params is None else params.temperature,
-        top_p=None if params is None else params.top_p,
-        user=None if params is None else params.user,
-        session_id=None if session is None else session.decode("latin-1")[:256],
-        key_name=getattr(ex.key, "name", None),
-        provider=None if last is None else last.provider,
-        provider_type=None if last is None else last.provider_type,
-        upstream_model=None if last is None else last.upstream_model,
-        attempts=attempts,
-        retries=max(0, len(attempts) - 1),
-        fallbacks=fallbacks,
-        status=ex.response_status,
-        outcome=ex.outcome or "error",
-        error_type=None if error is None else error.error_type,
-        error_code=None if error is None else error.code,
-        error_message=None if error is None else str(error),
-        refusal=refusal,
-        usage=ex.usage,
-        usage_estimated=ex.usage_estimated,
-        cost_usd=ex.cost_usd,
-        response_id=response_id,
-        response_model=response_model,
-        finish_reasons=reasons,
-        started=wall,
-        duration=max(0.0, ended - started),
-        upstream_duration=upstream,
-        time_to_first_byte=None if first is None else first - started,
-        time_to_first_token=None if token is None or not ex.is_stream else token - started,
-        input_messages=None if params is None else params.input_messages,
-        output_messages=output,
+        failure = (error.error_type, error.code, str(error), refusal)
+    key = ex.key
+    return _new_source(
+        (
+            ex.exchange_id,
+            ids,
+            ex.request_method,
+            ex.request_path,
+            ex.client_api,
+            ex.endpoint,
+            ex.model,
+            ex.router.models,
+            params,
+            ex.is_stream,
+            header(ex.request_headers, session_header),
+            None if key is None else getattr(key, "name", None),
+            ex.attempts,
+            ex.response_status,
+            ex.outcome,
+            failure,
+            ex.usage,
+            ex.usage_estimated,
+            ex.cost_usd,
+            None if relay is None else relay.response_info(),
+            relay.output_text() if capture and relay is not None else None,
+            ex.started_at,
+            now if ex.ended_at is None else ex.ended_at,
+            ex.wall_time,
+            ex.first_upstream_byte_at,
+            first_token_at,
+        ),
     )

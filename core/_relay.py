@@ -221,21 +221,25 @@ class Relay:
         if stream is not None:
             return stream.response_id, stream.response_model, tuple(stream.finish_reasons)
         answer = self._answer
-        if not isinstance(answer, dict):
+        if type(answer) is not dict:
             return None, None, ()
-        identity, model = answer.get("id"), answer.get("model")
-        reasons: list[str] = []
-        choices = answer.get("choices")
-        if isinstance(choices, list):
+        get = answer.get
+        identity, model = get("id"), get("model")
+        reasons: tuple[str, ...] = ()
+        choices = get("choices")
+        if type(choices) is list:
             for choice in choices:
-                if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
-                    reasons.append(choice["finish_reason"])
-        elif isinstance(answer.get("stop_reason"), str):
-            reasons.append(answer["stop_reason"])
+                reason = choice.get("finish_reason") if type(choice) is dict else None
+                if type(reason) is str:
+                    reasons += (reason,)
+        else:
+            reason = get("stop_reason")
+            if type(reason) is str:
+                reasons = (reason,)
         return (
-            identity if isinstance(identity, str) else None,
-            model if isinstance(model, str) else None,
-            tuple(reasons),
+            identity if type(identity) is str else None,
+            model if type(model) is str else None,
+            reasons,
         )
 
     def output_text(self) -> str | None:

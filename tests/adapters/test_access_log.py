@@ -22,7 +22,7 @@ import pytest
 
 from adapters._access_log import MAX_VALUE, AccessLog, access_fields, access_line
 from adapters._log_format import TEXT_FORMAT, JsonFormatter, fields_extra, logging_config
-from core import ExchangeRecord, ProxyConfig
+from core import ExchangeRecord, ProxyConfig, RecordExchange
 from core.gateway import Usage
 from tests.support.proxy_process import REPO_ROOT
 
@@ -250,8 +250,8 @@ def test_one_info_line_per_record_off_the_caller_s_thread(
     captured: pytest.LogCaptureFixture,
 ) -> None:
     log = AccessLog(TEXT)
-    log.submit(record())
-    log.submit(record(exchange_id="3fa2b1c4000002", status=429, outcome="rejected"))
+    log.submit(RecordExchange(record()))
+    log.submit(RecordExchange(record(exchange_id="3fa2b1c4000002", status=429, outcome="rejected")))
     log.close()
     lines = access_records(captured)
     assert [r.levelname for r in lines] == ["INFO", "INFO"]
@@ -263,7 +263,7 @@ def test_one_info_line_per_record_off_the_caller_s_thread(
 
 def test_in_json_the_fields_are_keys(captured: pytest.LogCaptureFixture) -> None:
     log = AccessLog(JSON)
-    log.submit(record())
+    log.submit(RecordExchange(record()))
     log.close()
     (rec,) = access_records(captured)
     assert rec.getMessage() == "POST /v1/chat/completions 200 completed 12.3ms"
@@ -296,12 +296,14 @@ def test_no_secret_reaches_an_access_line(captured: pytest.LogCaptureFixture) ->
     # Whatever a record's free text holds, the access line carries none of it.
     log = AccessLog(JSON)
     log.submit(
-        record(
-            error_message=f"upstream said: bad key {PROVIDER_KEY}",
-            user=CLIENT_KEY,
-            session_id=CLIENT_KEY,
-            input_messages=[{"role": "user", "content": CLIENT_KEY}],
-            output_messages=[{"role": "assistant", "content": PROVIDER_KEY}],
+        RecordExchange(
+            record(
+                error_message=f"upstream said: bad key {PROVIDER_KEY}",
+                user=CLIENT_KEY,
+                session_id=CLIENT_KEY,
+                input_messages=[{"role": "user", "content": CLIENT_KEY}],
+                output_messages=[{"role": "assistant", "content": PROVIDER_KEY}],
+            )
         )
     )
     log.close()
@@ -356,10 +358,10 @@ def test_a_stalled_stderr_costs_counted_drops_never_a_blocked_caller(
 ) -> None:
     clock = _Clock()
     log = AccessLog(TEXT, max_queue=3, report_every=5.0, clock=clock)
-    log.submit(record(exchange_id="first"))
+    log.submit(RecordExchange(record(exchange_id="first")))
     gate.wait_entered(1)  # the thread is stuck writing "first"
     for n in range(50):
-        log.submit(record(exchange_id=f"e{n}"))
+        log.submit(RecordExchange(record(exchange_id=f"e{n}")))
     # Every submit returned while the writer was still stuck on its first line.
     assert (log.written, log.dropped) == (0, 47)
     clock.now = 103.0
@@ -378,16 +380,16 @@ def test_drops_are_reported_at_most_once_per_interval(
 ) -> None:
     clock = _Clock()
     log = AccessLog(TEXT, max_queue=1, report_every=5.0, clock=clock)
-    log.submit(record(exchange_id="a"))
+    log.submit(RecordExchange(record(exchange_id="a")))
     gate.wait_entered(1)
-    log.submit(record(exchange_id="b"))  # queued
+    log.submit(RecordExchange(record(exchange_id="b")))  # queued
     for _ in range(3):
-        log.submit(record())  # dropped
+        log.submit(RecordExchange(record()))  # dropped
     gate.permits.release()  # "a" written; the 3 drops reported; stuck on "b"
     gate.wait_entered(2)
-    log.submit(record(exchange_id="c"))  # queued
+    log.submit(RecordExchange(record(exchange_id="c")))  # queued
     for _ in range(2):
-        log.submit(record())  # dropped, less than 5 s after the report
+        log.submit(RecordExchange(record()))  # dropped, less than 5 s after the report
     gate.permits.release()  # "b" written; too soon to report; stuck on "c"
     gate.wait_entered(3)
     clock.now = 106.0
@@ -410,9 +412,11 @@ def test_no_thread_to_be_had_is_a_counted_drop_not_an_error(
     log = AccessLog(TEXT)
     with monkeypatch.context() as patched:
         patched.setattr(threading.Thread, "start", refuse)
-        log.submit(record())
+        log.submit(RecordExchange(record()))
     assert log.dropped == 1 and not log._pending
-    log.submit(record(exchange_id="later"))  # threads are back: the next one starts it
+    log.submit(
+        RecordExchange(record(exchange_id="later"))
+    )  # threads are back: the next one starts it
     log.close()
     (line,) = access_records(captured)
     assert "exchange=later" in line.getMessage() and log.dropped == 1
@@ -421,7 +425,7 @@ def test_no_thread_to_be_had_is_a_counted_drop_not_an_error(
 def test_after_close_a_record_is_a_counted_drop(captured: pytest.LogCaptureFixture) -> None:
     log = AccessLog(TEXT)
     log.close()
-    log.submit(record())
+    log.submit(RecordExchange(record()))
     log.close()  # twice is fine
     assert access_records(captured) == [] and log.dropped == 1
 
@@ -429,7 +433,7 @@ def test_after_close_a_record_is_a_counted_drop(captured: pytest.LogCaptureFixtu
 def test_below_info_there_are_no_access_lines(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="sansproxy"):
         log = AccessLog(TEXT)
-        log.submit(record())
+        log.submit(RecordExchange(record()))
         log.close()
     assert access_records(caplog) == [] and (log.written, log.dropped) == (0, 0)
 
@@ -438,8 +442,8 @@ def test_a_record_no_line_can_be_made_of_is_logged_and_skipped(
     captured: pytest.LogCaptureFixture,
 ) -> None:
     log = AccessLog(TEXT)
-    log.submit(record(exchange_id="bad", duration=None))
-    log.submit(record(exchange_id="good"))
+    log.submit(RecordExchange(record(exchange_id="bad", duration=None)))
+    log.submit(RecordExchange(record(exchange_id="good")))
     log.close()
     (line,) = access_records(captured)
     assert "exchange=good" in line.getMessage()
@@ -456,6 +460,7 @@ _CHILD = """
 import logging, sys, threading, warnings
 from adapters._access_log import AccessLog
 from adapters._cli import load, build_parser
+from core import RecordExchange
 from tests.adapters.test_access_log import record
 loaded = load(build_parser("t", "t").parse_args(sys.argv[1:]), {})
 from adapters._cli import setup_logging
@@ -466,7 +471,7 @@ logging.getLogger("uvicorn.error").info("Started server process [1]")
 logging.getLogger("uvicorn.access").info('127.0.0.1 - "GET / HTTP/1.1" 200')
 logging.getLogger("some.library").warning("multi\\nline")
 access = AccessLog(loaded.config)
-access.submit(record())
+access.submit(RecordExchange(record()))
 access.close()
 warnings.warn("deprecated thing")
 class Bad:

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from adapters._metrics import EXCHANGE_BUCKETS, SHORTHAND_MODELS, Metrics
-from core import AttemptRecord, ExchangeRecord, ProxyConfig
+from core import AttemptRecord, ExchangeRecord, ProxyConfig, RecordExchange
 from core.gateway import Usage
 from tests.support.proxy_process import REPO_ROOT
 
@@ -162,12 +162,18 @@ REQUEST = {"model": "fast", "provider": "oai", "client_api": "openai"}
 def test_requests_are_counted_by_model_provider_api_status_class_and_outcome() -> None:
     metrics = fresh()
     for _ in range(3):
-        metrics.submit(record())
-    metrics.submit(record(status=429, outcome="upstream_error"))
-    metrics.submit(record(client_api="anthropic", status=502, outcome="upstream_error"))
-    metrics.submit(record(status=None, outcome="client_gone", usage=None, cost_usd=None))
+        metrics.submit(RecordExchange(record()))
+    metrics.submit(RecordExchange(record(status=429, outcome="upstream_error")))
     metrics.submit(
-        record(model=None, model_configured=False, provider=None, status=404, attempts=())
+        RecordExchange(record(client_api="anthropic", status=502, outcome="upstream_error"))
+    )
+    metrics.submit(
+        RecordExchange(record(status=None, outcome="client_gone", usage=None, cost_usd=None))
+    )
+    metrics.submit(
+        RecordExchange(
+            record(model=None, model_configured=False, provider=None, status=404, attempts=())
+        )
     )
     s = scrape(metrics)
     assert s.types["sansproxy_requests"] == "counter"
@@ -191,14 +197,20 @@ def test_requests_are_counted_by_model_provider_api_status_class_and_outcome() -
 
 def test_histograms_time_the_exchange_the_upstream_the_proxy_and_the_first_token() -> None:
     metrics = fresh()
-    metrics.submit(record(duration=0.6, upstream_duration=0.5))
+    metrics.submit(RecordExchange(record(duration=0.6, upstream_duration=0.5)))
     metrics.submit(
-        record(duration=2.003, upstream_duration=2.0, stream=True, time_to_first_token=0.3)
+        RecordExchange(
+            record(duration=2.003, upstream_duration=2.0, stream=True, time_to_first_token=0.3)
+        )
     )
     # No upstream (a refusal): no upstream time, nor a proxy overhead against it.
-    metrics.submit(record(duration=0.0004, upstream_duration=None, attempts=(), status=401))
+    metrics.submit(
+        RecordExchange(record(duration=0.0004, upstream_duration=None, attempts=(), status=401))
+    )
     # A time to first token is a stream's only.
-    metrics.submit(record(duration=1.0, upstream_duration=0.9, time_to_first_token=0.2))
+    metrics.submit(
+        RecordExchange(record(duration=1.0, upstream_duration=0.9, time_to_first_token=0.2))
+    )
     s = scrape(metrics)
     labels = {"model": "fast", "provider": "oai"}
     for name in ("request_duration", "upstream_duration", "overhead", "time_to_first_token"):
@@ -227,7 +239,7 @@ def test_histograms_time_the_exchange_the_upstream_the_proxy_and_the_first_token
 
 def test_overhead_is_never_negative() -> None:
     metrics = fresh()
-    metrics.submit(record(duration=0.5, upstream_duration=0.5000001))
+    metrics.submit(RecordExchange(record(duration=0.5, upstream_duration=0.5000001)))
     s = scrape(metrics)
     assert s.value("sansproxy_overhead_seconds_sum", model="fast", provider="oai") == 0
     assert (
@@ -237,18 +249,29 @@ def test_overhead_is_never_negative() -> None:
 
 def test_tokens_and_cost_by_model_and_key_name() -> None:
     metrics = fresh()
-    metrics.submit(record(usage=Usage(input_tokens=10, output_tokens=5), cost_usd=0.25))
     metrics.submit(
-        record(
-            usage=Usage(
-                input_tokens=7, output_tokens=3, cached_input_tokens=100, cache_creation_tokens=20
-            ),
-            cost_usd=0.5,
+        RecordExchange(record(usage=Usage(input_tokens=10, output_tokens=5), cost_usd=0.25))
+    )
+    metrics.submit(
+        RecordExchange(
+            record(
+                usage=Usage(
+                    input_tokens=7,
+                    output_tokens=3,
+                    cached_input_tokens=100,
+                    cache_creation_tokens=20,
+                ),
+                cost_usd=0.5,
+            )
         )
     )
-    metrics.submit(record(key_name="team-b", usage=Usage(input_tokens=1, output_tokens=2)))
     metrics.submit(
-        record(key_name=None, usage=Usage(input_tokens=4, output_tokens=4), cost_usd=None)
+        RecordExchange(record(key_name="team-b", usage=Usage(input_tokens=1, output_tokens=2)))
+    )
+    metrics.submit(
+        RecordExchange(
+            record(key_name=None, usage=Usage(input_tokens=4, output_tokens=4), cost_usd=None)
+        )
     )
     s = scrape(metrics)
     tokens = "sansproxy_tokens_total"
@@ -271,13 +294,15 @@ def test_a_fallbacks_tokens_count_for_the_model_that_served_them() -> None:
     failed = attempt(model="smart", provider="ant", status=529, outcome="status")
     served = attempt(number=2, model="fast", provider="oai")
     metrics.submit(
-        record(
-            model="smart",
-            attempts=(failed, served),
-            retries=1,
-            fallbacks=1,
-            usage=Usage(input_tokens=10, output_tokens=5),
-            cost_usd=0.01,
+        RecordExchange(
+            record(
+                model="smart",
+                attempts=(failed, served),
+                retries=1,
+                fallbacks=1,
+                usage=Usage(input_tokens=10, output_tokens=5),
+                cost_usd=0.01,
+            )
         )
     )
     s = scrape(metrics)
@@ -293,18 +318,28 @@ def test_a_fallbacks_tokens_count_for_the_model_that_served_them() -> None:
 
 def test_refusals_retries_and_upstream_failures_by_kind() -> None:
     metrics = fresh()
-    metrics.submit(record(refusal="rate_limit", status=429, outcome="rejected", attempts=()))
-    metrics.submit(record(refusal="rate_limit", status=429, outcome="rejected", attempts=()))
-    metrics.submit(record(refusal="budget", key_name="team-b", status=429, attempts=()))
+    metrics.submit(
+        RecordExchange(record(refusal="rate_limit", status=429, outcome="rejected", attempts=()))
+    )
+    metrics.submit(
+        RecordExchange(record(refusal="rate_limit", status=429, outcome="rejected", attempts=()))
+    )
+    metrics.submit(
+        RecordExchange(record(refusal="budget", key_name="team-b", status=429, attempts=()))
+    )
     attempts = (
         attempt(outcome="connect", status=None),
         attempt(number=2, outcome="timeout", status=None),
         attempt(number=3, outcome="status", status=503),
         attempt(number=4),
     )
-    metrics.submit(record(attempts=attempts, retries=3))
+    metrics.submit(RecordExchange(record(attempts=attempts, retries=3)))
     # An attempt the client's leaving cut short (outcome None) is no upstream failure.
-    metrics.submit(record(attempts=(attempt(outcome=None, status=None),), outcome="client_gone"))
+    metrics.submit(
+        RecordExchange(
+            record(attempts=(attempt(outcome=None, status=None),), outcome="client_gone")
+        )
+    )
     s = scrape(metrics)
     assert s.value("sansproxy_refusals_total", kind="rate_limit", key_name="team-a") == 2
     assert s.value("sansproxy_refusals_total", kind="budget", key_name="team-b") == 1
@@ -348,8 +383,10 @@ def test_other_sinks_drops_are_counted() -> None:
 def test_a_model_the_config_does_not_name_is_other() -> None:
     metrics = fresh()
     for i in range(50):
-        metrics.submit(record(model=f"client-made-{i}", model_configured=False, status=404))
-    metrics.submit(record(model="smart"))
+        metrics.submit(
+            RecordExchange(record(model=f"client-made-{i}", model_configured=False, status=404))
+        )
+    metrics.submit(RecordExchange(record(model="smart")))
     s = scrape(metrics)
     assert s.label_values("sansproxy_requests_total", "model") == {"other", "smart"}
     assert s.total("sansproxy_requests_total", model="other") == 50
@@ -359,8 +396,12 @@ def test_the_shorthand_keeps_the_first_hundred_model_names() -> None:
     metrics = fresh(SHORTHAND)
     names = [f"model-{i}" for i in range(SHORTHAND_MODELS + 20)]
     for name in names + names:  # twice: a name seen keeps its label
-        metrics.submit(record(model=name, model_configured=False, provider="upstream"))
-    metrics.submit(record(model="x" * 129, model_configured=False, provider="upstream"))
+        metrics.submit(
+            RecordExchange(record(model=name, model_configured=False, provider="upstream"))
+        )
+    metrics.submit(
+        RecordExchange(record(model="x" * 129, model_configured=False, provider="upstream"))
+    )
     s = scrape(metrics)
     models = s.label_values("sansproxy_requests_total", "model")
     assert models == {*names[:SHORTHAND_MODELS], "other"}
@@ -382,17 +423,19 @@ def test_no_secret_nor_id_in_a_scrape() -> None:
         "client's model": "sk-client-key-as-model-SECRET",
     }
     metrics.submit(
-        record(
-            exchange_id=secrets["exchange id"],
-            trace_id=secrets["trace id"],
-            span_id=secrets["span id"],
-            response_id=secrets["response id"],
-            user=secrets["user"],
-            session_id=secrets["session"],
-            error_message=secrets["error"],
-            model=secrets["client's model"],
-            model_configured=False,
-            attempts=(attempt(span_id="c3c3c3c3c3c3c3c3"),),
+        RecordExchange(
+            record(
+                exchange_id=secrets["exchange id"],
+                trace_id=secrets["trace id"],
+                span_id=secrets["span id"],
+                response_id=secrets["response id"],
+                user=secrets["user"],
+                session_id=secrets["session"],
+                error_message=secrets["error"],
+                model=secrets["client's model"],
+                model_configured=False,
+                attempts=(attempt(span_id="c3c3c3c3c3c3c3c3"),),
+            )
         )
     )
     text = scrape(metrics).text
@@ -408,9 +451,9 @@ def test_submit_never_raises_a_failure_is_a_counted_drop(caplog: pytest.LogCaptu
     metrics = fresh()
     broken = record(duration="not a number")
     with caplog.at_level(logging.ERROR, logger="sansproxy"):
-        metrics.submit(broken)
-        metrics.submit(broken)
-    metrics.submit(record())
+        metrics.submit(RecordExchange(broken))
+        metrics.submit(RecordExchange(broken))
+    metrics.submit(RecordExchange(record()))
     s = scrape(metrics)
     assert s.value("sansproxy_dropped_records_total", sink="metrics") == 2
     assert s.total("sansproxy_requests_total", status_class="2xx") >= 1
@@ -421,7 +464,7 @@ def test_submit_never_raises_a_failure_is_a_counted_drop(caplog: pytest.LogCaptu
 
 def test_each_instance_keeps_its_own_values() -> None:
     one, two = fresh(), fresh()
-    one.submit(record())
+    one.submit(RecordExchange(record()))
     assert scrape(two).total("sansproxy_requests_total") == 0
     assert scrape(one).total("sansproxy_requests_total") == 1
     one.close()  # nothing queued: close returns at once, values stay readable
@@ -433,7 +476,7 @@ def test_each_instance_keeps_its_own_values() -> None:
 _WORKER = """
 import json, sys
 from adapters._metrics import Metrics
-from core import ProxyConfig
+from core import ProxyConfig, RecordExchange
 from core.gateway import Usage
 from tests.adapters.test_metrics import record
 
@@ -442,7 +485,7 @@ metrics = Metrics(config)
 for step in json.loads(sys.argv[2]):
     kind, arg = step
     if kind == "submit":
-        metrics.submit(record(usage=Usage(input_tokens=arg, output_tokens=1)))
+        metrics.submit(RecordExchange(record(usage=Usage(input_tokens=arg, output_tokens=1))))
     elif kind == "connection":
         metrics.connection_opened()
     elif kind == "stream":
@@ -532,7 +575,7 @@ def test_tallied_histograms_scrape_as_observe_would_count_them(
         buckets=EXCHANGE_BUCKETS,
     ).labels("fast", "oai")
     for i, (duration, spent) in enumerate(timings):
-        metrics.submit(record(duration=duration, upstream_duration=spent))
+        metrics.submit(RecordExchange(record(duration=duration, upstream_duration=spent)))
         exchange.observe(duration)
         if spent is not None:
             upstream.observe(spent)

@@ -18,7 +18,7 @@ import pytest
 
 from adapters import _spans
 from adapters._spans import SpanExporter, traces_url
-from core import ProxyConfig
+from core import ProxyConfig, RecordExchange
 from core._record import AttemptRecord, ExchangeRecord, trace_ids
 from core.gateway import Usage
 from tests.e2e._helpers import closed_port
@@ -174,7 +174,7 @@ def test_a_streamed_translated_call_is_a_server_span_and_a_client_span_per_conve
     exporter = SpanExporter(config(otlp=receiver.base_url, service_name="gw-test"))
     exporters.append(exporter)
     record = exchange()
-    exporter.submit(record)
+    exporter.submit(RecordExchange(record))
     spans = receiver.wait_for_spans(2)
     (server,) = by_kind(spans, "SERVER")
     (client,) = by_kind(spans, "CLIENT")
@@ -258,7 +258,7 @@ def test_a_non_streamed_openai_call_has_no_stream_attribute_and_the_request_user
             ),
         ),
     )
-    exporter.submit(record)
+    exporter.submit(RecordExchange(record))
     (client,) = receiver.wait_for_spans(where=lambda s: s.kind == "CLIENT")
     assert client.name == "chat gpt-upstream"
     assert client.attributes["gen_ai.provider.name"] == "openai"
@@ -278,7 +278,7 @@ def test_retries_are_attempt_spans_and_failures_are_errors(
     exporter = SpanExporter(config(otlp=receiver.base_url))
     exporters.append(exporter)
     record = exchange(tries=3)
-    exporter.submit(record)
+    exporter.submit(RecordExchange(record))
     spans = receiver.wait_for_spans(4)
     (server,) = by_kind(spans, "SERVER")
     clients = by_kind(spans, "CLIENT")
@@ -315,7 +315,7 @@ def test_a_failed_exchange_is_an_error_on_both_spans(
         finish_reasons=(),
         attempts=(record.attempts[0]._replace(status=None, outcome="timeout"),),
     )
-    exporter.submit(failed)
+    exporter.submit(RecordExchange(failed))
     spans = receiver.wait_for_spans(2)
     (server,) = by_kind(spans, "SERVER")
     (client,) = by_kind(spans, "CLIENT")
@@ -334,7 +334,7 @@ def test_a_client_traceparent_is_continued(
     exporter = SpanExporter(config(otlp=receiver.base_url))
     exporters.append(exporter)
     record = exchange(traceparent=f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-01".encode())
-    exporter.submit(record)
+    exporter.submit(RecordExchange(record))
     spans = receiver.wait_for_spans(2)
     (server,) = by_kind(spans, "SERVER")
     (client,) = by_kind(spans, "CLIENT")
@@ -349,10 +349,12 @@ def test_unsampled_records_send_nothing(
 ) -> None:
     exporter = SpanExporter(config(otlp=receiver.base_url))
     exporters.append(exporter)
-    exporter.submit(exchange(traceparent=f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-00".encode()))
-    exporter.submit(exchange()._replace(trace_id=None, span_id=None))
+    exporter.submit(
+        RecordExchange(exchange(traceparent=f"00-{CLIENT_TRACE}-{CLIENT_PARENT}-00".encode()))
+    )
+    exporter.submit(RecordExchange(exchange()._replace(trace_id=None, span_id=None)))
     marker = exchange(exchange_id="marker")
-    exporter.submit(marker)
+    exporter.submit(RecordExchange(marker))
     spans = receiver.wait_for_spans(2)
     assert {s.trace_id for s in spans} == {marker.trace_id}
     exporter.close()
@@ -372,7 +374,9 @@ def test_captured_messages_are_json_on_the_attempt_span(
             "finish_reason": "stop",
         }
     ]
-    exporter.submit(exchange(input_messages=messages_in, output_messages=messages_out))
+    exporter.submit(
+        RecordExchange(exchange(input_messages=messages_in, output_messages=messages_out))
+    )
     (client,) = receiver.wait_for_spans(where=lambda s: s.kind == "CLIENT")
     assert json.loads(client.attributes["gen_ai.input.messages"]) == messages_in
     assert json.loads(client.attributes["gen_ai.output.messages"]) == messages_out
@@ -385,7 +389,7 @@ def test_otlp_headers_are_sent_and_no_secret_is_in_a_span(
         config(otlp=receiver.base_url, headers={"authorization": f"Bearer {HEADER_SECRET}"})
     )
     exporters.append(exporter)
-    exporter.submit(exchange())
+    exporter.submit(RecordExchange(exchange()))
     spans = receiver.wait_for_spans(2)
     assert receiver.exports[0].headers["authorization"] == f"Bearer {HEADER_SECRET}"
     assert HEADER_SECRET not in all_text(spans)
@@ -399,7 +403,7 @@ def test_the_standard_environment_variables_name_the_endpoint(
     # No endpoint in the configuration: the destination comes from the environment.
     exporter = SpanExporter(config())
     exporters.append(exporter)
-    exporter.submit(exchange())
+    exporter.submit(RecordExchange(exchange()))
     spans = receiver.wait_for_spans(2)
     assert {s.path for s in spans} == {OTLP_PATH}
     assert receiver.exports[0].headers["x-tenant"] == "acme"
@@ -414,7 +418,7 @@ def test_langfuse_gets_basic_auth_the_ingestion_version_and_a_generation(
     exporter = SpanExporter(config(langfuse=receiver.base_url + "/"))
     exporters.append(exporter)
     record = exchange()
-    exporter.submit(record)
+    exporter.submit(RecordExchange(record))
     spans = receiver.wait_for_spans(2)
     assert {s.path for s in spans} == {LANGFUSE_PATH}
     headers = receiver.exports[0].headers
@@ -456,7 +460,7 @@ def test_a_failed_attempt_is_a_generation_without_usage_or_cost(
 ) -> None:
     exporter = SpanExporter(config(langfuse=receiver.base_url))
     exporters.append(exporter)
-    exporter.submit(exchange(tries=2))
+    exporter.submit(RecordExchange(exchange(tries=2)))
     spans = receiver.wait_for_spans(3)
     failed, served = by_kind(spans, "CLIENT")
     assert failed.attributes["langfuse.observation.type"] == "generation"
@@ -471,7 +475,7 @@ def test_both_destinations_get_the_same_spans(
 ) -> None:
     exporter = SpanExporter(config(otlp=receiver.base_url, langfuse=receiver.base_url))
     exporters.append(exporter)
-    exporter.submit(exchange())
+    exporter.submit(RecordExchange(exchange()))
     spans = receiver.wait_for_spans(4)
     otlp = sorted((s.span_id, s.attributes.items()) for s in spans if s.path == OTLP_PATH)
     langfuse = sorted((s.span_id, s.attributes.items()) for s in spans if s.path == LANGFUSE_PATH)
@@ -488,7 +492,7 @@ def _submit_in_thread(exporter: SpanExporter, records: list[ExchangeRecord]) -> 
 
     def submit_all() -> None:
         for record in records:
-            exporter.submit(record)
+            exporter.submit(RecordExchange(record))
 
     done = threading.Thread(target=submit_all)
     done.start()
@@ -503,7 +507,7 @@ def test_a_slow_receiver_costs_submit_nothing_but_counted_drops(
     exporter = SpanExporter(config(otlp=receiver.base_url, max_queue=4), on_drop=told.append)
     exporters.append(exporter)
     receiver.hold()
-    exporter.submit(exchange(exchange_id="first"))
+    exporter.submit(RecordExchange(exchange(exchange_id="first")))
     receiver.wait_for_arrivals(1)  # the exporter's thread now waits for an answer
     # The queue holds 4 records (of 2 spans): of 5 more, the last one's spans are dropped.
     _submit_in_thread(exporter, [exchange(exchange_id=f"r{n}") for n in range(5)])
@@ -526,10 +530,10 @@ def test_a_full_batch_goes_at_once_and_close_delivers_the_rest(
     try:
         records = [exchange(exchange_id=f"r{n}") for n in range(_spans.BATCH + 3)]
         for record in records[: _spans.BATCH]:
-            exporter.submit(record)
+            exporter.submit(RecordExchange(record))
         receiver.wait_for_spans(2 * _spans.BATCH)  # a batch is ready: sent at once
         for record in records[_spans.BATCH :]:
-            exporter.submit(record)
+            exporter.submit(RecordExchange(record))
     finally:
         exporter.close()
     assert len(receiver.spans) == 2 * len(records), "close() delivered the queued records"
@@ -544,7 +548,7 @@ def test_an_sdk_without_the_exporters_http_client_gets_the_reference_spans(
     (destination,) = exporter._destinations
     destination.client = None  # as an SDK version without OTLPSpanExporter._client
     record = exchange(tries=2)
-    exporter.submit(record)
+    exporter.submit(RecordExchange(record))
     spans = receiver.wait_for_spans(3)
     assert {s.span_id for s in spans} == {record.span_id, *(a.span_id for a in record.attempts)}
     (server,) = by_kind(spans, "SERVER")
@@ -575,8 +579,8 @@ def test_a_record_it_cannot_read_is_dropped_and_counted(
 ) -> None:
     exporter = SpanExporter(config(otlp=receiver.base_url))
     exporters.append(exporter)
-    exporter.submit(exchange(exchange_id="unreadable", span_id="not-hex"))
-    exporter.submit(exchange())
+    exporter.submit(RecordExchange(exchange(exchange_id="unreadable", span_id="not-hex")))
+    exporter.submit(RecordExchange(exchange()))
     spans = receiver.wait_for_spans(2)  # the same batch: the readable record's spans
     assert [s.attributes["sansproxy.exchange_id"] for s in by_kind(spans, "SERVER")] == ["ex-1"]
     assert exporter.dropped == 1
@@ -593,7 +597,7 @@ def test_spans_a_collector_refuses_are_counted_and_said_without_its_url(
     exporters.append(exporter)
     receiver.status = 400  # refused: not retried
     with caplog.at_level(logging.WARNING):
-        exporter.submit(exchange(exchange_id="refused"))
+        exporter.submit(RecordExchange(exchange(exchange_id="refused")))
         receiver.wait_for_arrivals(1)
         deadline = time.monotonic() + 10
         while exporter.dropped < 2:  # the export thread counts the refused batch

@@ -110,7 +110,7 @@ def _exchanges(proxy: Proxy, sinks: Sinks | None, n: int, offset: int) -> None:
         ex.handle(UpstreamEnded(attempt=1), now=0.002)
         while (cmd := ex.next_command()) is not None:
             if sinks is not None and type(cmd) is RecordExchange:
-                sinks.submit(cmd.record)
+                sinks.submit(cmd)
 
 
 def _round(proxy: Proxy, make_sinks: Callable[[], Sinks] | None, n: int, offset: int) -> float:
