@@ -160,6 +160,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._start_lock = threading.Lock()
         self._mover: threading.Thread | None = None
 
         def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
@@ -258,7 +259,7 @@ class Metrics:
 
     def _start(self) -> None:
         try:
-            with self._lock:
+            with self._start_lock:
                 if self._mover is None:
                     self._start_mover()
         except RuntimeError:  # no thread to be had: the records wait for a scrape

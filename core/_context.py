@@ -414,7 +414,7 @@ class ExchangeContext:
                 source = self._record_source()
                 ids = source.ids
                 self._commands.append(
-                    RecordExchange.of(source, sampled=ids is not None and ids.sampled)
+                    RecordExchange._of(source, sampled=ids is not None and ids.sampled)
                 )
 
     def trace_ids(self) -> TraceIds:

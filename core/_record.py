@@ -14,7 +14,7 @@ import hashlib
 import struct
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 from ._commands import Command
 from ._endpoints import Endpoint
@@ -165,7 +165,7 @@ class RecordExchange(Command):
         self.sampled: bool = record.sampled
 
     @classmethod
-    def of(cls, source: _Source, sampled: bool) -> RecordExchange:
+    def _of(cls, source: _Source, sampled: bool) -> RecordExchange:
         """The command of an exchange that ended: its record made from ``source`` when read."""
         command = _new_command(cls)
         command._record = None
@@ -296,41 +296,71 @@ OPERATIONS: Mapping[Endpoint | None, str] = {
 }
 
 
+# What a request's parameters are read from, in the order RequestParams.values uses.
+_PARAM_KEYS: Final = (
+    "model",
+    "stream",
+    "max_tokens",
+    "max_completion_tokens",
+    "max_output_tokens",
+    "temperature",
+    "top_p",
+    "user",
+)
+_NO_PARAMS: Final = (None,) * len(_PARAM_KEYS)
+
+
 class RequestParams:
     """What the request asks, as observers record it: read once from the parsed body.
 
-    Read on the response path, so kept to the few lookups it needs: an int is an
-    ``int`` (not a ``bool``), a number an ``int`` or ``float``, a string non-empty.
+    On the response path only the raw values are taken (one lookup each, in C);
+    ``values()`` checks them when the record is built, off it. The values are
+    scalars (a client's odd ``temperature`` object is dropped at ``values()``;
+    meanwhile it is a part of the body already parsed).
     """
 
-    __slots__ = ("input_messages", "max_tokens", "model", "stream", "temperature", "top_p", "user")
+    __slots__ = ("input_messages", "raw")
 
     def __init__(self, body: Mapping[str, Any] | None, *, capture: bool) -> None:
         if not body:
-            self.model = self.max_tokens = self.temperature = self.top_p = self.user = None
-            self.stream = False
+            self.raw: tuple[Any, ...] = _NO_PARAMS
             self.input_messages = None
             return
-        get = body.get
-        model = get("model")
-        self.model = model if type(model) is str and model else None
-        self.stream = get("stream") is True
-        value = get("max_tokens")
-        if type(value) is not int:
-            value = get("max_completion_tokens")
-            if type(value) is not int:
-                value = get("max_output_tokens")
-        self.max_tokens = value if type(value) is int else None
-        value = get("temperature")
-        self.temperature = float(value) if type(value) is float or type(value) is int else None
-        value = get("top_p")
-        self.top_p = float(value) if type(value) is float or type(value) is int else None
-        user = get("user")
-        if type(user) is not str:
-            metadata = get("metadata")
-            user = metadata.get("user_id") if type(metadata) is dict else None
-        self.user = user[:256] if type(user) is str and user else None
+        raw = tuple(map(body.get, _PARAM_KEYS))
+        if type(raw[7]) is not str:  # no user: Anthropic's metadata.user_id, then
+            metadata = body.get("metadata")
+            if type(metadata) is dict:
+                raw = (*raw[:7], metadata.get("user_id"))
+        self.raw = raw
         self.input_messages = _input_messages(body) if capture else None
+
+    @property
+    def model(self) -> str | None:
+        """The model asked for (a non-empty string), or None."""
+        model = self.raw[0]
+        return model if type(model) is str and model else None
+
+    def values(
+        self,
+    ) -> tuple[str | None, bool, int | None, float | None, float | None, str | None]:
+        """``(model, stream, max_tokens, temperature, top_p, user)``, checked: an int
+        is an ``int`` (not a ``bool``), a number an ``int`` or ``float``, a string
+        non-empty (a user cut to 256 characters)."""
+        model, stream, tokens, completion, output, temperature, top_p, user = self.raw
+        if type(tokens) is not int:
+            tokens = completion if type(completion) is int else output
+        return (
+            model if type(model) is str and model else None,
+            stream is True,
+            tokens if type(tokens) is int else None,
+            float(temperature) if type(temperature) in _NUMBERS else None,
+            float(top_p) if type(top_p) in _NUMBERS else None,
+            user[:256] if type(user) is str and user else None,
+        )
+
+
+_NUMBERS: Final = (int, float)
+_NO_VALUES: Final = (None, False, None, None, None, None)
 
 
 def _parts(content: object) -> list[dict[str, Any]]:
@@ -439,7 +469,10 @@ class _Source(NamedTuple):
             fallbacks = sum(1 for a in attempts if a.model != attempts[0].model)
             upstream = sum(a.duration for a in attempts)
         params = self.params
-        model = self.model if self.model is not None else None if params is None else params.model
+        asked, _, max_tokens, temperature, top_p, user = (
+            _NO_VALUES if params is None else params.values()
+        )
+        model = self.model if self.model is not None else asked
         error = self.error
         response_id, response_model, reasons = self.response or (None, None, ())
         output = None
@@ -468,10 +501,10 @@ class _Source(NamedTuple):
                 model,
                 model is not None and model in self.models,
                 self.stream,
-                None if params is None else params.max_tokens,
-                None if params is None else params.temperature,
-                None if params is None else params.top_p,
-                None if params is None else params.user,
+                max_tokens,
+                temperature,
+                top_p,
+                user,
                 None if session is None else session.decode("latin-1")[:256],
                 self.key_name,
                 None if last is None else last.provider,

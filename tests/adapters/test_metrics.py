@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from adapters import _metrics as metrics_module
 from adapters._metrics import EXCHANGE_BUCKETS, SHORTHAND_MODELS, Metrics
 from core import AttemptRecord, ExchangeRecord, ProxyConfig, RecordExchange
 from core.gateway import Usage
@@ -460,6 +461,23 @@ def test_submit_never_raises_a_failure_is_a_counted_drop(caplog: pytest.LogCaptu
     assert [r.message for r in caplog.records].count(
         "metrics: counting an exchange failed (dropped, counted)"
     ) == 1
+
+
+def test_exchanges_waiting_beyond_the_bound_are_counted_drops(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(metrics_module, "MAX_PENDING", 3)
+    metrics = fresh()
+    with caplog.at_level(logging.ERROR, logger="sansproxy"), metrics._lock:
+        # The thread that counts them is held: they wait, three of them.
+        for _ in range(5):
+            metrics.submit(RecordExchange(record()))
+    s = scrape(metrics)
+    assert s.total("sansproxy_requests_total") == 3
+    assert s.value("sansproxy_dropped_records_total", sink="metrics") == 2
+    assert [r.message for r in caplog.records] == [
+        "metrics: 3 exchanges wait to be counted; dropping"
+    ]
 
 
 def test_each_instance_keeps_its_own_values() -> None:

@@ -3,8 +3,10 @@ context, and ``GET /metrics``: no sockets, the exact commands."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import types
 from typing import Any
 
 import pytest
@@ -26,7 +28,7 @@ from core import (
     UpstreamResponse,
 )
 from core._config import ConfigProblem
-from core._record import trace_ids
+from core._record import RequestParams, trace_ids
 from core._state import State
 
 from .playbook import WALL, Playbook, config, header, upstream_config
@@ -348,3 +350,117 @@ def test_captured_messages_are_the_ones_guardrails_redacted() -> None:
     assert record.input_messages is not None
     assert "ann@example.com" not in json.dumps(record.input_messages)
     assert "[REDACTED]" in json.dumps(record.input_messages)
+
+
+# -- the record is built when first read, from what the exchange left ------------------
+
+
+def _reachable(root: object, depth: int = 6) -> list[object]:
+    """Every object ``root`` holds, ``depth`` references deep (not through classes,
+    modules or functions: what a record's source keeps alive)."""
+    seen: dict[int, object] = {}
+    layer = [root]
+    for _ in range(depth):
+        following = []
+        for obj in layer:
+            for ref in gc.get_referents(obj):
+                if id(ref) in seen or isinstance(ref, type | types.ModuleType | types.FunctionType):
+                    continue
+                seen[id(ref)] = ref
+                following.append(ref)
+        layer = following
+    return list(seen.values())
+
+
+def test_the_record_is_built_once_when_first_read_and_keeps_no_body() -> None:
+    pb = Playbook(gateway())
+    prompt = "a long prompt " * 5000
+    body = chat(
+        temperature=0.5, max_tokens=7, user="u2", messages=[{"role": "user", "content": prompt}]
+    )
+    pb.request(body=body)
+    pb.feed(UpstreamResponse(attempt=1, status=200, headers=JSON), now=0.25)
+    answer = json.dumps(
+        {
+            "id": "r1",
+            "model": "gpt-x-1",
+            "choices": [{"message": {"content": "Hello " * 2000}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 2},
+        }
+    ).encode()
+    pb.feed(UpstreamData(attempt=1, data=answer), now=0.5)
+    out = pb.feed(UpstreamEnded(attempt=1), now=0.75)
+    (command,) = [c for c in out if isinstance(c, RecordExchange)]
+    assert command.sampled and command.attempt_count == 1  # known before it is built
+    # What it waits in the sinks' queues with: nothing of the bodies (nor the exchange).
+    held = _reachable(command)
+    assert not any(obj is pb.ex for obj in held)
+    big = [obj for obj in held if isinstance(obj, bytes | str) and len(obj) > 2000]
+    assert big == []
+    record = command.record
+    assert command.record is record, "built once"
+    assert (record.max_tokens, record.temperature, record.user) == (7, 0.5, "u2")
+    assert (record.response_id, record.finish_reasons) == ("r1", ("stop",))
+    assert record.sampled == command.sampled and len(record.attempts) == command.attempt_count
+    assert command == RecordExchange(record) and repr(command) == repr(RecordExchange(record))
+
+
+PARAM_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=300),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2),
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "model",
+                "stream",
+                "max_tokens",
+                "max_completion_tokens",
+                "max_output_tokens",
+                "temperature",
+                "top_p",
+                "user",
+                "metadata",
+            ]
+        ),
+        PARAM_VALUES,
+    ),
+    st.one_of(st.none(), st.text(max_size=300)),
+)
+def test_request_parameters_keep_only_values_of_their_type(
+    body: dict[str, Any], user_id: str | None
+) -> None:
+    if user_id is not None:
+        body["metadata"] = {"user_id": user_id}
+    model, stream, max_tokens, temperature, top_p, user = RequestParams(
+        body, capture=False
+    ).values()
+
+    def of(value: object, kinds: tuple[type, ...]) -> bool:
+        return type(value) in kinds
+
+    expected_tokens = next(
+        (
+            body[name]
+            for name in ("max_tokens", "max_completion_tokens", "max_output_tokens")
+            if of(body.get(name), (int,))
+        ),
+        None,
+    )
+    asked_user = body.get("user") if of(body.get("user"), (str,)) else user_id
+    assert model == (body["model"] if of(body.get("model"), (str,)) and body["model"] else None)
+    assert stream is (body.get("stream") is True)
+    assert max_tokens == expected_tokens
+    for value, name in ((temperature, "temperature"), (top_p, "top_p")):
+        raw = body.get(name)
+        assert value == (float(raw) if of(raw, (int, float)) else None)
+        assert value is None or type(value) is float
+    assert user == (asked_user[:256] if isinstance(asked_user, str) and asked_user else None)
