@@ -45,7 +45,7 @@ from core import (
     render_error,
 )
 
-from ._cli import Loaded, cannot_listen, log_startup, setup_logging, stopped
+from ._cli import Loaded, cannot_listen, freeze_heap, log_startup, setup_logging, stopped
 from ._driver import Driver
 from ._loop_driver import LoopDriver, Run
 from ._streams import _AcceptBackoff, accept, listen
@@ -1051,6 +1051,7 @@ async def serve(driver: Driver, config: ProxyConfig, *, adapter: str, codec: typ
 
     def started(port: int) -> None:
         log_startup(config, adapter=adapter, port=port)
+        freeze_heap()
 
     # What serving out of descriptors needs is loaded now (anyio loads its backend
     # on first use, and importing opens files).

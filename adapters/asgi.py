@@ -50,7 +50,15 @@ from core import (
 )
 from core._config import ServerConfig
 
-from ._cli import Loaded, cannot_listen, log_startup, parse_args, setup_logging, stopped
+from ._cli import (
+    Loaded,
+    cannot_listen,
+    freeze_heap,
+    log_startup,
+    parse_args,
+    setup_logging,
+    stopped,
+)
 from ._driver import ClientDisconnected, Driver, stopped_reading
 from ._log_format import logging_config
 from ._sinks import PROCESS_SINKS
@@ -552,6 +560,7 @@ def create_app(config: ProxyConfig, proxy: Proxy | None = None) -> Starlette:
         # files: done now, not by a first request that finds the process out
         # of descriptors.
         await anyio.lowlevel.checkpoint()
+        freeze_heap()  # each worker's start-up is over
         yield
         await driver.aclose()
 

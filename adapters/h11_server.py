@@ -42,7 +42,15 @@ from core import (
 )
 
 from . import _loop_server
-from ._cli import Loaded, cannot_listen, log_startup, parse_args, setup_logging, stopped
+from ._cli import (
+    Loaded,
+    cannot_listen,
+    freeze_heap,
+    log_startup,
+    parse_args,
+    setup_logging,
+    stopped,
+)
 from ._driver import ClientDisconnected, Driver, stopped_reading
 from ._streams import AsyncioStream, PumpedStream, serve_tcp
 
@@ -424,6 +432,7 @@ async def serve(
 
     def started(port: int) -> None:
         log_startup(config, adapter=adapter, port=port)
+        freeze_heap()
 
     failed: list[OSError] = []
     # Signals are received until the end, so a third Ctrl-C while the traces are
