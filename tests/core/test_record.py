@@ -461,6 +461,8 @@ def test_request_parameters_keep_only_values_of_their_type(
     assert max_tokens == expected_tokens
     for value, name in ((temperature, "temperature"), (top_p, "top_p")):
         raw = body.get(name)
-        assert value == (float(raw) if type(raw) in (int, float) else None)
+        assert value == (
+            float(raw) if isinstance(raw, int | float) and type(raw) is not bool else None
+        )
         assert value is None or type(value) is float
     assert user == (asked_user[:256] if isinstance(asked_user, str) and asked_user else None)
