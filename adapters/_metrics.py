@@ -7,19 +7,21 @@
 scrape of any worker sums them all (``prometheus-client``'s multiprocess mode).
 
 ``submit`` only appends the core's ``RecordExchange`` to a list. A thread,
-every second (and a scrape or ``close()`` first), reads the records (the core
-builds each one then, off the response path), adds them to plain tallies
-(counts, sums, histogram buckets found by ``bisect``), and moves the tallies
-into the ``prometheus-client`` metrics. Updating the metrics inline cost ~10
-µs of CPU a record on the response path (each update takes a lock; a
-histogram walks its buckets), ~30 µs in multiprocess mode (``mmap`` writes);
+woken when ``COUNT_EVERY`` wait (and a scrape or ``close()`` first), reads the
+records (the core builds each one then, off the response path) and adds them
+to plain tallies (counts, sums, histogram buckets found by ``bisect``); every
+second it moves the tallies into the ``prometheus-client`` metrics. Updating
+the metrics inline cost ~10 µs of CPU a record on the response path (each
+update takes a lock; a histogram walks its buckets), ~30 µs in multiprocess
+mode (``mmap`` writes);
 the record's build and tally, a few µs each in a batch, are now off it. A
 scrape sees what the process counted up to then; another worker's last
 second may not be in it yet (and a worker killed outright loses its last
 second). It never blocks (no I/O) and never raises into the response path: a
 record that cannot be counted is logged once and counted as a drop
-(``sink="metrics"``). A second's records wait in memory: a few hundred bytes
-each, nothing large (the core keeps no body in them).
+(``sink="metrics"``). Up to ``COUNT_EVERY`` records wait (a second's when
+traffic is slow; ``MAX_PENDING`` at most): a few hundred bytes each, nothing
+large (the core keeps no body in them).
 
 Label values are bounded: no ids, no keys (key *names* only, from the config),
 and a model is its public name only if the config names it, else ``other``.
@@ -304,7 +306,7 @@ class Metrics:
                 try:
                     self._count(exchange.record)
                 except Exception:  # a bug: said once, counted, the others go on
-                    self._drops.labels("metrics").inc()
+                    self._child(self._drops, "metrics").inc()
                     if not self._failed:
                         self._failed = True
                         logger.exception("metrics: counting an exchange failed (dropped, counted)")

@@ -5,9 +5,9 @@ sink the configuration turns on: the access log, the Prometheus metrics, the
 span exporter (OpenTelemetry, Langfuse). ``submit`` never blocks nor raises:
 each sink queues the command (bounded, drops counted), and reads its
 ``record`` in its own thread: the record is built there, off the response
-path, once for all the sinks. A sink's module is imported only when the configuration uses
-it. Every queue's drops are also counted in the metrics, when they are on
-(``sansproxy_dropped_records_total{sink}``).
+path, once for all the sinks. A sink's module is imported only when the
+configuration uses it. Every queue's drops are also counted in the metrics,
+when they are on (``sansproxy_dropped_records_total{sink}``).
 """
 
 from __future__ import annotations

@@ -14,13 +14,14 @@ import hashlib
 import struct
 from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any, Final, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from ._commands import Command
 from ._endpoints import Endpoint
 from ._errors import BudgetExceededError, ClientRateLimitError
 from ._headers import header
 from ._middleware import Attempt, Context
+from ._params import NO_VALUES, RequestParams
 from ._relay import Relay
 from .gateway import Usage
 
@@ -167,7 +168,7 @@ class RecordExchange(Command):
     @classmethod
     def _of(cls, source: _Source, sampled: bool) -> RecordExchange:
         """The command of an exchange that ended: its record made from ``source`` when read."""
-        command = _new_command(cls)
+        command = object.__new__(cls)
         command._record = None
         command._source = source
         command.sampled = sampled
@@ -296,111 +297,6 @@ OPERATIONS: Mapping[Endpoint | None, str] = {
 }
 
 
-# What a request's parameters are read from, in the order RequestParams.values uses.
-_PARAM_KEYS: Final = (
-    "model",
-    "stream",
-    "max_tokens",
-    "max_completion_tokens",
-    "max_output_tokens",
-    "temperature",
-    "top_p",
-    "user",
-)
-_NO_PARAMS: Final = (None,) * len(_PARAM_KEYS)
-
-
-class RequestParams:
-    """What the request asks, as observers record it: read once from the parsed body.
-
-    On the response path only the raw values are taken (one lookup each, in C);
-    ``values()`` checks them when the record is built, off it. The values are
-    scalars (a client's odd ``temperature`` object is dropped at ``values()``;
-    meanwhile it is a part of the body already parsed).
-    """
-
-    __slots__ = ("input_messages", "raw")
-
-    def __init__(self, body: Mapping[str, Any] | None, *, capture: bool) -> None:
-        if not body:
-            self.raw: tuple[Any, ...] = _NO_PARAMS
-            self.input_messages = None
-            return
-        raw = tuple(map(body.get, _PARAM_KEYS))
-        if type(raw[7]) is not str:  # no user: Anthropic's metadata.user_id, then
-            metadata = body.get("metadata")
-            if type(metadata) is dict:
-                raw = (*raw[:7], metadata.get("user_id"))
-        self.raw = raw
-        self.input_messages = _input_messages(body) if capture else None
-
-    @property
-    def model(self) -> str | None:
-        """The model asked for (a non-empty string), or None."""
-        model = self.raw[0]
-        return model if type(model) is str and model else None
-
-    def values(
-        self,
-    ) -> tuple[str | None, bool, int | None, float | None, float | None, str | None]:
-        """``(model, stream, max_tokens, temperature, top_p, user)``, checked: an int
-        is an ``int`` (not a ``bool``), a number an ``int`` or ``float``, a string
-        non-empty (a user cut to 256 characters)."""
-        model, stream, tokens, completion, output, temperature, top_p, user = self.raw
-        if type(tokens) is not int:
-            tokens = completion if type(completion) is int else output
-        return (
-            model if type(model) is str and model else None,
-            stream is True,
-            tokens if type(tokens) is int else None,
-            float(temperature) if type(temperature) in _NUMBERS else None,
-            float(top_p) if type(top_p) in _NUMBERS else None,
-            user[:256] if type(user) is str and user else None,
-        )
-
-
-_NUMBERS: Final = (int, float)
-_NO_VALUES: Final = (None, False, None, None, None, None)
-
-
-def _parts(content: object) -> list[dict[str, Any]]:
-    """A message's content as OpenTelemetry GenAI message parts."""
-    if isinstance(content, str):
-        return [{"type": "text", "content": content}]
-    parts: list[dict[str, Any]] = []
-    if isinstance(content, list):
-        for block in content:
-            if isinstance(block, dict) and isinstance(block.get("text"), str):
-                parts.append({"type": "text", "content": block["text"]})
-            elif isinstance(block, dict):
-                parts.append({"type": str(block.get("type", "unknown"))})
-    return parts
-
-
-def _input_messages(body: Mapping[str, Any]) -> list[dict[str, Any]] | None:
-    """The request's messages as OpenTelemetry GenAI input messages (roles and text)."""
-    messages = body.get("messages")
-    if not isinstance(messages, list):
-        prompt = body.get("prompt", body.get("input"))
-        if isinstance(prompt, str):
-            return [{"role": "user", "parts": [{"type": "text", "content": prompt}]}]
-        return None
-    out: list[dict[str, Any]] = []
-    system = body.get("system")
-    if system is not None:
-        out.append({"role": "system", "parts": _parts(system)})
-    for message in messages:
-        if isinstance(message, dict):
-            role = message.get("role")
-            out.append(
-                {
-                    "role": role if isinstance(role, str) else "user",
-                    "parts": _parts(message.get("content")),
-                }
-            )
-    return out
-
-
 class _Source(NamedTuple):
     """What an exchange's record is made of, taken when it ends (``capture``): a
     tuple of references and small values, cheap to take on the response path.
@@ -470,7 +366,7 @@ class _Source(NamedTuple):
             upstream = sum(a.duration for a in attempts)
         params = self.params
         asked, _, max_tokens, temperature, top_p, user = (
-            _NO_VALUES if params is None else params.values()
+            NO_VALUES if params is None else params.values()
         )
         model = self.model if self.model is not None else asked
         error = self.error
@@ -541,7 +437,6 @@ class _Source(NamedTuple):
 _new_source = partial(tuple.__new__, _Source)
 _new_attempt = partial(tuple.__new__, AttemptRecord)
 _new_record = partial(tuple.__new__, ExchangeRecord)
-_new_command = object.__new__
 
 
 def record_source(
@@ -567,7 +462,6 @@ def record_source(
         elif isinstance(error, BudgetExceededError):
             refusal = "budget"
         failure = (error.error_type, error.code, str(error), refusal)
-    key = ex.key
     return _new_source(
         (
             ex.exchange_id,
@@ -581,7 +475,7 @@ def record_source(
             params,
             ex.is_stream,
             header(ex.request_headers, session_header),
-            None if key is None else getattr(key, "name", None),
+            getattr(ex.key, "name", None),
             ex.attempts,
             ex.response_status,
             ex.outcome,

@@ -376,7 +376,11 @@ def test_the_record_is_built_once_when_first_read_and_keeps_no_body() -> None:
     pb = Playbook(gateway())
     prompt = "a long prompt " * 5000
     body = chat(
-        temperature=0.5, max_tokens=7, user="u2", messages=[{"role": "user", "content": prompt}]
+        temperature=0.5,
+        max_tokens=7,
+        user="u2",
+        top_p=["not a number " * 500],
+        messages=[{"role": "user", "content": prompt}],
     )
     pb.request(body=body)
     pb.feed(UpstreamResponse(attempt=1, status=200, headers=JSON), now=0.25)
@@ -400,6 +404,7 @@ def test_the_record_is_built_once_when_first_read_and_keeps_no_body() -> None:
     record = command.record
     assert command.record is record, "built once"
     assert (record.max_tokens, record.temperature, record.user) == (7, 0.5, "u2")
+    assert record.top_p is None
     assert (record.response_id, record.finish_reasons) == ("r1", ("stop",))
     assert record.sampled == command.sampled and len(record.attempts) == command.attempt_count
     assert command == RecordExchange(record) and repr(command) == repr(RecordExchange(record))
