@@ -66,7 +66,7 @@ from ._events import (
 from ._exchange import Exchange
 from ._middleware import Attempt, Context, Middleware, Reply, Retry
 from ._proxy import Proxy
-from ._record import AttemptRecord, ExchangeRecord, RecordExchange
+from ._record import AttemptRecord, ExchangeRecord, ExchangeTotals, RecordExchange
 from ._render import render_error
 from ._sse import SSEDecoder, SSEEvent, parse_block
 
@@ -87,6 +87,7 @@ __all__ = [
     "Event",
     "Exchange",
     "ExchangeRecord",
+    "ExchangeTotals",
     "InternalError",
     "LocalProtocolError",
     "Log",

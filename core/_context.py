@@ -432,13 +432,18 @@ class ExchangeContext:
         return ids
 
     def _note_request(self) -> None:
-        """Read what observers record of the request, once, while it is parsed."""
-        if self._params is None and self._proxy.observed:
+        """Read what observers record of the request, once, while it is parsed: its
+        parameters when spans are exported (which alone show them), else the model."""
+        proxy = self._proxy
+        if self._params is not None or not proxy.observed:
+            return
+        if proxy.tracing:
             parsed = self._request_object()
-            self._params = RequestParams(
-                parsed if isinstance(parsed, dict) else None,
-                capture=self._proxy.capture_content,
-            )
+            body = parsed if type(parsed) is dict else None
+            self._params = RequestParams(body, capture=proxy.capture_content)
+        elif self.model is None:  # not routed: the model asked is the record's
+            parsed = self._request_object()
+            self._params = RequestParams.asking(parsed if type(parsed) is dict else None)
 
     def record(self) -> ExchangeRecord:
         """The exchange as observers see it (complete once it has ended)."""
@@ -457,7 +462,7 @@ class ExchangeContext:
             relay=self._relay,
             first_token_at=self.first_token_at,
             capture=proxy.capture_content,
-            session_header=proxy.session_header,
+            session_header=proxy.session_header if proxy.tracing else None,
         )
 
     # -- a local answer: GET metrics.path -----------------------------------------------

@@ -58,6 +58,18 @@ class RequestParams:
         self.raw = raw
         self.input_messages = _input_messages(body) if capture else None
 
+    @classmethod
+    def asking(cls, body: Mapping[str, Any] | None) -> RequestParams:
+        """Only the model asked for (what the record needs when no span shows the rest)."""
+        params = object.__new__(cls)
+        params.input_messages = None
+        if not body:
+            params.raw = _NO_PARAMS
+        else:
+            model = body.get("model")
+            params.raw = (model if type(model) is str else None, *_NO_PARAMS[1:])
+        return params
+
     @property
     def model(self) -> str | None:
         """The model asked for (a non-empty string), or None."""

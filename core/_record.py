@@ -10,8 +10,6 @@ the messages ``telemetry.capture_content`` asks for.
 
 from __future__ import annotations
 
-import hashlib
-import struct
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any, Literal, NamedTuple
@@ -23,12 +21,14 @@ from ._headers import header
 from ._middleware import Attempt, Context
 from ._params import NO_VALUES, RequestParams
 from ._relay import Relay
+from ._traceids import TraceIds, trace_ids
 from .gateway import Usage
 
 __all__ = [
     "OPERATIONS",
     "AttemptRecord",
     "ExchangeRecord",
+    "ExchangeTotals",
     "RecordExchange",
     "RequestParams",
     "TraceIds",
@@ -98,6 +98,10 @@ class ExchangeRecord(NamedTuple):
     ``started``, ``None`` where there was none.
 
     ``input_messages``/``output_messages``: only with ``telemetry.capture_content``.
+    What only spans show is read only when they are exported (``telemetry``
+    on): ``max_tokens``, ``temperature``, ``top_p``, ``user``, ``session_id``,
+    ``response_id``, ``response_model`` are None and ``finish_reasons`` empty
+    otherwise.
     """
 
     exchange_id: str
@@ -145,6 +149,73 @@ class ExchangeRecord(NamedTuple):
     output_messages: Any = None
 
 
+class ExchangeTotals(NamedTuple):
+    """What a counter needs of an exchange (the metrics): 18 of its record's
+    fields, or what follows from them, made without building the record.
+
+    ``model``, ``model_configured``, ``provider``, ``client_api``, ``status``,
+    ``outcome``, ``key_name``, ``stream``, ``duration``, ``upstream_duration``,
+    ``time_to_first_token``, ``usage``, ``cost_usd``, ``refusal``, ``retries``
+    and ``fallbacks`` are the record's; ``served_model`` is the public model
+    that answered (the last attempt's on a fallback, else ``model``);
+    ``failures`` the ``(provider, outcome)`` of each attempt that failed
+    (an outcome neither ``ok`` nor ``None``), in order.
+    """
+
+    model: str | None
+    model_configured: bool
+    provider: str | None
+    client_api: Literal["openai", "anthropic"]
+    status: int | None
+    outcome: str
+    key_name: str | None
+    stream: bool
+    duration: float
+    upstream_duration: float | None
+    time_to_first_token: float | None
+    usage: Usage | None
+    cost_usd: float | None
+    refusal: Literal["rate_limit", "budget"] | None
+    retries: int
+    fallbacks: int
+    served_model: str | None
+    failures: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, record: ExchangeRecord) -> ExchangeTotals:
+        """The totals of a record already built."""
+        attempts = record.attempts
+        served = record.model
+        if record.fallbacks and attempts:
+            served = attempts[-1].model or served
+        return _new_totals(
+            (
+                record.model,
+                record.model_configured,
+                record.provider,
+                record.client_api,
+                record.status,
+                record.outcome,
+                record.key_name,
+                record.stream,
+                record.duration,
+                record.upstream_duration,
+                record.time_to_first_token,
+                record.usage,
+                record.cost_usd,
+                record.refusal,
+                record.retries,
+                record.fallbacks,
+                served,
+                tuple(
+                    (a.provider, a.outcome)
+                    for a in attempts
+                    if a.outcome is not None and a.outcome != "ok"
+                ),
+            )
+        )
+
+
 class RecordExchange(Command):
     """The exchange is over: hand ``record`` to the observers. Fire and forget.
 
@@ -153,8 +224,9 @@ class RecordExchange(Command):
     the exchange ends (a few references); ``record`` is built the first time it
     is read, by whichever thread reads it (the sinks read it in theirs, off the
     response path), and the same record is returned after. Known without the
-    record: ``sampled`` (whether the exchange's spans are to be exported) and
-    ``attempt_count`` (``len(record.attempts)``).
+    record: ``sampled`` (whether the exchange's spans are to be exported),
+    ``attempt_count`` (``len(record.attempts)``) and ``totals`` (what the
+    metrics count: an ``ExchangeTotals``, made in a third of the record's time).
     ``RecordExchange(record)`` holds a record already built. Don't subclass.
     """
 
@@ -181,6 +253,12 @@ class RecordExchange(Command):
         return len(source.attempts if source is not None else self.record.attempts)
 
     @property
+    def totals(self) -> ExchangeTotals:
+        """What a counter needs of the exchange (without building the record)."""
+        source = self._source
+        return source.totals() if source is not None else ExchangeTotals.of(self.record)
+
+    @property
     def record(self) -> ExchangeRecord:
         """The exchange's record (built on first read)."""
         record = self._record
@@ -199,92 +277,6 @@ class RecordExchange(Command):
         return self.record == other.record
 
     __hash__ = None  # type: ignore[assignment]
-
-
-class TraceIds(NamedTuple):
-    """An exchange's W3C trace context: ``trace_id`` (32 hex), ``span_id`` (16 hex),
-    ``parent_span_id`` (16 hex, or None for a new trace), ``sampled``, and the
-    64-bit ``seed`` its attempts' span ids are drawn from."""
-
-    trace_id: str
-    span_id: str
-    parent_span_id: str | None
-    sampled: bool
-    seed: int
-
-    def attempt_span_id(self, number: int) -> str:
-        """The span id of upstream attempt ``number`` (a CLIENT span): the seed stepped
-        by a Weyl sequence (distinct for every attempt, from each other and, but
-        once in 2**64, from the exchange's span)."""
-        return f"{((self.seed + number * _WEYL) & _MASK64) or 1:016x}"
-
-    def traceparent(self, number: int) -> bytes:
-        """The ``traceparent`` header sent with upstream attempt ``number``."""
-        flags = "01" if self.sampled else "00"
-        return f"00-{self.trace_id}-{self.attempt_span_id(number)}-{flags}".encode("ascii")
-
-
-_HEX = frozenset("0123456789abcdef")
-_WEYL = 0x9E3779B97F4A7C15  # 2**64 / the golden ratio, odd: number -> id is one to one
-_MASK64 = (1 << 64) - 1
-_ZERO_TRACE = "0" * 32
-_ZERO_SPAN = "0" * 16
-_PACK_DOUBLE = struct.Struct("<d").pack
-_new_ids = partial(tuple.__new__, TraceIds)
-
-
-def _parse_traceparent(value: bytes | None) -> tuple[str, str, bool] | None:
-    """``(trace_id, parent_id, sampled)`` from a valid W3C ``traceparent``, else None."""
-    if value is None or len(value) < 55:
-        return None
-    try:
-        text = value.decode("ascii").strip().lower()
-    except UnicodeDecodeError:
-        return None
-    parts = text.split("-")
-    if len(parts) < 4:
-        return None
-    version, trace_id, parent_id, flags = parts[:4]
-    if (
-        len(version) != 2
-        or version == "ff"
-        or len(trace_id) != 32
-        or len(parent_id) != 16
-        or len(flags) != 2
-        or not _HEX.issuperset(version + trace_id + parent_id + flags)
-        or trace_id == "0" * 32
-        or parent_id == "0" * 16
-        or (version == "00" and len(parts) != 4)
-    ):
-        return None
-    return trace_id, parent_id, bool(int(flags, 16) & 1)
-
-
-def trace_ids(
-    traceparent: bytes | None, *, exchange_id: str, rand: float, sample_ratio: float
-) -> TraceIds:
-    """The trace context of an exchange: the client's ``traceparent`` continued
-    (its sampling decision kept), or a new trace sampled at ``sample_ratio``.
-
-    The ids are drawn from the exchange's id and ``rand`` (the core draws no
-    random numbers itself), so the same inputs give the same ids.
-    """
-    digest = hashlib.blake2b(exchange_id.encode() + _PACK_DOUBLE(rand), digest_size=32).hexdigest()
-    span_id = digest[32:48]
-    if span_id == _ZERO_SPAN:
-        span_id = "0" * 15 + "1"
-    seed = int(digest[48:], 16)
-    if traceparent is not None:
-        parent = _parse_traceparent(traceparent)
-        if parent is not None:
-            trace_id, parent_id, sampled = parent
-            return _new_ids((trace_id, span_id, parent_id, sampled, seed))
-    trace_id = digest[:32]
-    if trace_id == _ZERO_TRACE:
-        trace_id = "0" * 31 + "1"
-    # As OpenTelemetry's TraceIdRatioBased: the trace id's low 64 bits against the ratio.
-    sampled = sample_ratio >= 1.0 or int(trace_id[16:], 16) < round(sample_ratio * (1 << 64))
-    return _new_ids((trace_id, span_id, None, sampled, seed))
 
 
 #: The GenAI operation (OpenTelemetry's ``gen_ai.operation.name``) of each endpoint.
@@ -331,6 +323,60 @@ class _Source(NamedTuple):
     first_byte_at: float | None
     first_token_at: float | None
 
+    def totals(self) -> ExchangeTotals:
+        """The exchange's ``ExchangeTotals``: as ``ExchangeTotals.of(self.build())``."""
+        started = self.started_at
+        ended = self.ended_at
+        attempts = self.attempts
+        model = self.model
+        if model is None:
+            params = self.params
+            model = None if params is None else params.model
+        served = model
+        retries = fallbacks = 0
+        failures: tuple[tuple[str, str], ...] = ()
+        if not attempts:
+            provider = upstream = None
+        else:
+            last = attempts[-1]
+            provider = last.provider
+            upstream = _attempt_duration(last, ended)
+            for a in attempts:
+                outcome = a.outcome
+                if outcome is not None and outcome != "ok":
+                    failures += ((a.provider, outcome),)
+            if len(attempts) > 1:
+                retries = len(attempts) - 1
+                first = attempts[0].model
+                fallbacks = sum(1 for a in attempts if a.model != first)
+                upstream = sum(_attempt_duration(a, ended) for a in attempts)
+                if fallbacks:
+                    served = last.model or model
+        error = self.error
+        token = self.first_token_at
+        return _new_totals(
+            (
+                model,
+                model is not None and model in self.models,
+                provider,
+                self.client_api,
+                self.status,
+                self.outcome or "error",
+                self.key_name,
+                self.stream,
+                max(0.0, ended - started),
+                upstream,
+                None if token is None or not self.stream else token - started,
+                self.usage,
+                self.cost_usd,
+                None if error is None else error[3],
+                retries,
+                fallbacks,
+                served,
+                failures,
+            )
+        )
+
     def build(self) -> ExchangeRecord:
         """The record (see ``ExchangeRecord``)."""
         started = self.started_at
@@ -349,7 +395,7 @@ class _Source(NamedTuple):
                     a.host,
                     a.port,
                     wall + (a.started_at - started),
-                    max(0.0, (ended if a.ended_at is None else a.ended_at) - a.started_at),
+                    _attempt_duration(a, ended),
                     a.delay,
                     a.status,
                     a.outcome,
@@ -437,6 +483,13 @@ class _Source(NamedTuple):
 _new_source = partial(tuple.__new__, _Source)
 _new_attempt = partial(tuple.__new__, AttemptRecord)
 _new_record = partial(tuple.__new__, ExchangeRecord)
+_new_totals = partial(tuple.__new__, ExchangeTotals)
+
+
+def _attempt_duration(attempt: Attempt, ended: float) -> float:
+    """An attempt's duration (to the exchange's end if it was still running)."""
+    end = attempt.ended_at
+    return max(0.0, (ended if end is None else end) - attempt.started_at)
 
 
 def record_source(
@@ -448,11 +501,13 @@ def record_source(
     relay: Relay | None,
     first_token_at: float | None,
     capture: bool,
-    session_header: bytes,
+    session_header: bytes | None,
 ) -> _Source:
     """What the record of exchange ``ex`` is made of, as it stands at ``now``
     (complete once it ended): ``params`` is what it asked, ``relay`` its last
-    attempt's response. Cheap: the record is built from it later (``build``)."""
+    attempt's response (read for its id, model and finish reasons when
+    ``session_header`` is given: when spans are exported, which alone show
+    them). Cheap: the record is built from it later (``build``)."""
     error = ex.error
     failure = None
     if error is not None:
@@ -474,7 +529,7 @@ def record_source(
             ex.router.models,
             params,
             ex.is_stream,
-            header(ex.request_headers, session_header),
+            None if session_header is None else header(ex.request_headers, session_header),
             getattr(ex.key, "name", None),
             ex.attempts,
             ex.response_status,
@@ -483,7 +538,7 @@ def record_source(
             ex.usage,
             ex.usage_estimated,
             ex.cost_usd,
-            None if relay is None else relay.response_info(),
+            None if relay is None or session_header is None else relay.response_info(),
             relay.output_text() if capture and relay is not None else None,
             ex.started_at,
             now if ex.ended_at is None else ex.ended_at,

@@ -10,6 +10,7 @@ from core import (
     Command,
     EndResponse,
     Event,
+    ExchangeTotals,
     LocalProtocolError,
     MetricsCollected,
     RecordExchange,
@@ -420,6 +421,7 @@ def test_quota_answers_timers_failures_and_leaving_never_break_the_client_stream
     assert record.retries == max(0, len(driver.attempts_sent) - 1)
     assert record.key_name == "fuzz" or record.status in (None, 401)
     assert record.usage == ex.usage and record.cost_usd == ex.cost_usd
+    assert records[0].totals == ExchangeTotals.of(record), "the metrics count what it says"
     span_ids = {record.span_id, *(a.span_id for a in record.attempts)}
     assert len(span_ids) == 1 + len(record.attempts), "every span its own id"
     assert len([c for c in commands if isinstance(c, SettleQuota)]) <= 1

@@ -17,6 +17,7 @@ from core import (
     CollectMetrics,
     EndResponse,
     ExchangeRecord,
+    ExchangeTotals,
     MetricsCollected,
     RecordExchange,
     SendBody,
@@ -49,10 +50,13 @@ def chat(**fields: Any) -> bytes:
 
 
 def record_of(commands: list[Any]) -> ExchangeRecord:
-    records = [c.record for c in commands if isinstance(c, RecordExchange)]
-    assert len(records) == 1, commands
+    recorded = [c for c in commands if isinstance(c, RecordExchange)]
+    assert len(recorded) == 1, commands
     assert commands[-1] is not None and isinstance(commands[-1], RecordExchange), "it comes last"
-    return records[0]
+    (command,) = recorded
+    # What the metrics count, made without the record, is what the record says.
+    assert command.totals == ExchangeTotals.of(command.record)
+    return command.record
 
 
 def gateway(**extra: Any) -> Any:
@@ -151,6 +155,10 @@ def test_a_fallback_is_a_second_attempt_with_its_own_span() -> None:
         (2, "backup", "q", "ok"),
     ]
     assert (record.retries, record.fallbacks) == (1, 1)
+    totals = ExchangeTotals.of(record)
+    assert (totals.model, totals.served_model, totals.provider) == ("smart", "backup", "q")
+    assert totals.failures == (("p", "connect"),)
+    assert totals.upstream_duration == pytest.approx(sum(a.duration for a in record.attempts))
     assert (record.provider, record.provider_type, record.response_id) == (
         "q",
         "anthropic",
@@ -221,6 +229,28 @@ def test_content_is_captured_only_when_asked() -> None:
             "finish_reason": "stop",
         }
     ]
+
+
+@pytest.mark.parametrize("observer", [{"metrics": {"enabled": True}}, {"access_log": True}])
+def test_without_spans_the_record_reads_only_what_logs_and_metrics_show(
+    observer: dict[str, Any],
+) -> None:
+    pb = Playbook(upstream_config(**observer))  # not routed: the model is the one asked
+    pb.request(body=chat(temperature=0.5, max_tokens=7, user="u2"), headers=list(JSON))
+    pb.feed(UpstreamResponse(attempt=1, status=200, headers=JSON))
+    pb.feed(
+        UpstreamData(
+            attempt=1,
+            data=b'{"id":"r1","model":"m","choices":[{"message":{"content":"x"},'
+            b'"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1}}',
+        )
+    )
+    record = record_of(pb.feed(UpstreamEnded(attempt=1)))
+    assert (record.model, record.status, record.outcome) == ("smart", 200, "completed")
+    assert record.usage is not None and record.usage.output_tokens == 1
+    assert (record.trace_id, record.sampled) == (None, False)
+    assert (record.max_tokens, record.temperature, record.user) == (None, None, None)
+    assert (record.response_id, record.finish_reasons) == (None, ())
 
 
 def test_nothing_is_recorded_when_nothing_observes() -> None:
