@@ -156,7 +156,8 @@ class ExchangeTotals(NamedTuple):
     ``model``, ``model_configured``, ``provider``, ``client_api``, ``status``,
     ``outcome``, ``key_name``, ``stream``, ``duration``, ``upstream_duration``,
     ``time_to_first_token``, ``usage``, ``cost_usd``, ``refusal``, ``retries``
-    and ``fallbacks`` are the record's; ``served_model`` is the public model
+    and ``fallbacks`` are the record's (a time to first token only for a
+    stream); ``served_model`` is the public model
     that answered (the last attempt's on a fallback, else ``model``);
     ``failures`` the ``(provider, outcome)`` of each attempt that failed
     (an outcome neither ``ok`` nor ``None``), in order.
@@ -200,7 +201,7 @@ class ExchangeTotals(NamedTuple):
                 record.stream,
                 record.duration,
                 record.upstream_duration,
-                record.time_to_first_token,
+                record.time_to_first_token if record.stream else None,
                 record.usage,
                 record.cost_usd,
                 record.refusal,

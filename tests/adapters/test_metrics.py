@@ -605,3 +605,71 @@ def test_tallied_histograms_scrape_as_observe_would_count_them(
     for (name, labels), value in theirs.items():
         if name.endswith(("_bucket", "_count", "_sum")) and ("model", "fast") in labels:
             assert ours[(name, labels)] == pytest.approx(value), name
+
+
+EXCHANGES = st.builds(
+    lambda model, key, status, usage, failed, refused: record(
+        model=model,
+        model_configured=model in ("fast", "smart"),
+        key_name=key,
+        status=status,
+        outcome="completed" if status == 200 else "upstream_error",
+        usage=usage,
+        cost_usd=None if usage is None else usage.output_tokens / 1000,
+        refusal=refused,
+        attempts=(
+            *(attempt(number=1, provider="ant", model="smart", outcome="timeout"),)[:failed],
+            attempt(number=1 + failed, model="fast"),
+        ),
+        retries=failed,
+        fallbacks=failed if model == "smart" else 0,
+    ),
+    st.sampled_from(["fast", "smart", "mystery", None]),
+    st.sampled_from(["team-a", "team-b", None]),
+    st.sampled_from([200, 429, 502, None]),
+    st.one_of(
+        st.none(),
+        st.builds(Usage, input_tokens=st.integers(0, 99), output_tokens=st.integers(0, 99)),
+    ),
+    st.integers(0, 1),
+    st.sampled_from([None, None, "rate_limit"]),
+)
+
+
+@given(st.lists(EXCHANGES, max_size=40))
+def test_a_batch_counts_what_each_record_says(records: list[ExchangeRecord]) -> None:
+    # Counted together (grouped by series, in C loops): the same sums as record by record.
+    metrics = fresh()
+    for r in records:
+        metrics.submit(RecordExchange(r))
+    s = scrape(metrics)
+    metrics.close()
+    requests: dict[tuple[str, ...], int] = {}
+    tokens: dict[tuple[str, str], int] = {}
+    failures = retries = 0
+    for r in records:
+        model = "none" if r.model is None else r.model if r.model_configured else "other"
+        status = "none" if r.status is None else f"{r.status // 100}xx"
+        key = (model, r.provider or "none", status, r.outcome)
+        requests[key] = requests.get(key, 0) + 1
+        if r.usage is not None:
+            served = r.attempts[-1].model if r.fallbacks else model
+            spent = (str(served), r.key_name or "none")
+            tokens[spent] = tokens.get(spent, 0) + r.usage.output_tokens
+        failures += sum(a.outcome == "timeout" for a in r.attempts)
+        retries += r.retries
+    for (model, provider, status, outcome), n in requests.items():
+        labels = {"model": model, "provider": provider, "status_class": status}
+        assert (
+            s.value("sansproxy_requests_total", **labels, client_api="openai", outcome=outcome) == n
+        )
+        assert s.total("sansproxy_request_duration_seconds_count", model=model) >= n
+    for (model, key_name), n in tokens.items():
+        got = s.value("sansproxy_tokens_total", model=model, key_name=key_name, type="output")
+        assert got == n
+        cost = s.value("sansproxy_cost_usd_total", model=model, key_name=key_name) or 0.0
+        assert cost == pytest.approx(n / 1000)
+    assert s.total("sansproxy_tokens_total", type="output") == sum(tokens.values())
+    assert s.total("sansproxy_upstream_failures_total", kind="timeout") == failures
+    assert s.total("sansproxy_retries_total") == retries
+    assert s.total("sansproxy_refusals_total") == sum(r.refusal is not None for r in records)
