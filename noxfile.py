@@ -41,13 +41,18 @@ def bench(session: nox.Session) -> None:
     """The benchmark (not a test), one table: ``nox -s bench -- --duration 3 --adapters
     h11,asgi``; ``-- --no-many-clients`` leaves out the 5,000 streams and 10,000 idle
     connections. Without ``redis-server`` (installed here when run as root) the Redis
-    policies row says it was skipped."""
+    policies row says it was skipped. ``-- --instructions`` adds instruction counts
+    under cachegrind (valgrind, installed here as root)."""
     session.install("-e", ".[test]")
     if shutil.which("wrk") is None:
         if os.geteuid() != 0:
             session.error("wrk is not installed: apt-get install wrk (or run this as root)")
         session.run("apt-get", "update", external=True)
         session.run("apt-get", "install", "-y", "wrk", external=True)
+    if "--instructions" in session.posargs and shutil.which("valgrind") is None:
+        if os.geteuid() != 0:
+            session.error("valgrind is not installed: apt-get install valgrind")
+        session.run("apt-get", "install", "-y", "valgrind", external=True)
     if shutil.which("redis-server") is None and os.geteuid() == 0:
         # best effort: without it the Redis row is skipped, saying why
         session.run(

@@ -71,6 +71,7 @@ _ANSWER_HEAD = [
 ]
 #: What each exporter adds to the routed configuration.
 EXPORTERS: dict[str, dict[str, Any]] = {
+    "none": {},  # the noise floor: nothing observes (base against base)
     "access-log": {"access_log": True},
     "metrics": {"metrics": {"enabled": True}},
     "tracing": {"telemetry": {"otlp_endpoint": "OTLP"}},

@@ -43,11 +43,19 @@ upstream in the same run, next to its plain pass-through:
   rounds of (exporter - routed) CPU per request, with the smallest and largest
   difference (the noise): machine noise that drifts over seconds mostly cancels
   out of it, where two phases minutes apart differed by more than the targets.
+  ``<adapter> none`` is a second routed server measured the same way: the
+  noise floor of the run (what the difference of two equal servers came to),
+  in process too (nothing observing against nothing).
   Then the same exporters ``in process`` (``tests.bench.exporters``): the core
   and the driver's sinks without sockets, exporter and none in alternating
   rounds, the process's CPU per exchange (the sinks' threads included): a few
   µs of noise where the wrk rounds have tens; the share is of each column's
   pass-through CPU/request.
+  With ``--instructions``, ``tests.bench.instructions`` counts the instructions
+  of a pass-through, a routed, a metrics and a tracing request through
+  httptools under cachegrind (the same to 0.1 % from run to run, the kernel's
+  work left out); what each exporter adds to routed, as a share of the
+  pass-through request's.
   ``<adapter> access-log``: ``access_log: true`` at ``--log-level info`` (one
   line per exchange on the proxy's stderr, which the bench drains; checked:
   the lines written); ``<adapter> metrics``: ``metrics: {enabled: true}``
@@ -94,6 +102,7 @@ request). ``--json`` keeps every figure.
     python -m tests.bench.run --duration 3 --no-many-clients   # the quick phases only
     python -m tests.bench.run --no-exporters   # without the access-log, metrics, tracing rows
     python -m tests.bench.run --exporter-rounds 10 --exporter-slice-s 2   # more rounds
+    python -m tests.bench.run --instructions   # + instructions per request (cachegrind)
 
 A benchmark, not a test: it asserts nothing about time.
 """
@@ -177,6 +186,7 @@ Mode = Literal[
     "routed",
     "policies",
     "policies-redis",
+    "none",
     "access-log",
     "metrics",
     "tracing",
@@ -185,11 +195,17 @@ Mode = Literal[
     "idle",
 ]
 POLICIES: tuple[Mode, ...] = ("policies", "policies-redis")
-#: the routed config plus one exporter each
-EXPORTERS: tuple[Mode, ...] = ("access-log", "metrics", "tracing")
+#: the routed config plus one exporter each; ``none``: a second routed server, no
+#: exporter (the noise floor: what a difference of two equal servers is in this run)
+EXPORTERS: tuple[Mode, ...] = ("none", "access-log", "metrics", "tracing")
 #: what each exporter may add, as a share of the pass-through's CPU per request (None:
 #: no target, the figure only)
-EXPORTER_TARGETS: dict[Mode, float | None] = {"access-log": None, "metrics": 0.05, "tracing": 0.15}
+EXPORTER_TARGETS: dict[Mode, float | None] = {
+    "none": None,
+    "access-log": None,
+    "metrics": 0.05,
+    "tracing": 0.15,
+}
 #: the span exporter's batch delay in the tracing targets (the SDK's default is 5 s)
 BSP_SCHEDULE_DELAY_MS = 200
 #: how long the tracing check waits for the last spans after the phases
@@ -660,6 +676,9 @@ def exporter_check(
     ``requests`` answered (the sanity checks and the warm-up came on top): BenchError if
     not. ``missing``: requests it has no trace of (dropped, most likely)."""
     out: dict[str, Any] = {"requests": requests}
+    if target.mode == "none":  # nothing to export: the noise floor
+        out["missing"] = 0
+        return out
     if target.mode == "access-log":
         if server is None:
             raise BenchError("access-log: no server output to count")
@@ -1705,6 +1724,7 @@ def summary(
         ),
     ]
     named: tuple[tuple[Mode, str], ...] = (
+        ("none", "none (routed vs routed: the noise)"),
         ("access-log", "access log"),
         ("metrics", "metrics"),
         ("tracing", "tracing"),
@@ -1745,6 +1765,40 @@ def summary(
         for mode, what in named
         if mode in in_process
     ]
+    instructions: dict[str, Any] = comparison.get("instructions", {})
+
+    def instructions_cell(mode: str) -> Cell:
+        """Instructions per request of the httptools server (cachegrind): a figure for
+        the httptools column only."""
+
+        def cell(col: str) -> str:
+            if col != "httptools":
+                return "—" if col == "direct" else "-"
+            if "error" in instructions:
+                return "FAILED"
+            figures = instructions.get(mode)
+            if figures is None:
+                return "-"
+            if "added" not in figures:
+                return f"{figures['per_request']:,.0f}"
+            target = EXPORTER_TARGETS.get(mode)  # type: ignore[call-overload]
+            ok = "" if target is None else (", yes" if figures["share"] <= target else ", NO")
+            return f"{figures['added']:+,.0f} ({figures['share'] * 100:.1f} %{ok})"
+
+        return cell
+
+    if instructions:
+        gateway_lines += [
+            ("pass-through: instructions/request (cachegrind)", instructions_cell("passthrough")),
+            ("routed: instructions/request (cachegrind)", instructions_cell("routed")),
+            *(
+                (
+                    f"{mode}: +instructions/request (% pass{_bound(mode)})",
+                    instructions_cell(mode),
+                )
+                for mode in ("metrics", "tracing")
+            ),
+        ]
     if any(r.get("mode") in (*WRK_ONLY, "translated") for r in rows):
         lines += gateway_lines
     lines += [
@@ -1863,6 +1917,15 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--idle-connections", type=int, default=10_000)
     parser.add_argument("--idle-hold-s", type=float, default=2.0)
+    parser.add_argument(
+        "--instructions",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also count the instructions of a pass-through, routed, metrics and tracing "
+        "request through "
+        "httptools under cachegrind (tests.bench.instructions: deterministic, ~5 min; needs "
+        "valgrind)",
+    )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also save the results here")
     opts = parser.parse_args(argv)
     if opts.duration < 1 or opts.warmup < 0 or opts.connections < 1 or opts.repeat < 1:
@@ -1924,7 +1987,7 @@ def gateway_config(
     deployments = [{"provider": "up", "model": "gpt-4o-mini"}]
     providers = {"up": {"type": "openai", "base_url": base_url}}
     routed = {"providers": providers, "models": {ROUTED_MODEL: deployments}}
-    if mode == "routed":
+    if mode in ("routed", "none"):
         return routed
     if mode == "access-log":
         return {**routed, "access_log": True}
@@ -2196,9 +2259,20 @@ def main(argv: list[str] | None = None) -> int:
         in_process = measure_exporters()
     else:
         in_process = {}
+    instructions: dict[str, Any] = {}
+    if opts.instructions:
+        _log("instructions per request, httptools under cachegrind (tests.bench.instructions)")
+        from tests.bench.instructions import measure as count_instructions
+
+        try:
+            instructions = count_instructions(["passthrough", "routed", "metrics", "tracing"])
+        except BenchError as exc:
+            _log(f"  instructions FAILED: {exc}")
+            instructions = {"error": str(exc)}
     elapsed = time.monotonic() - started
     comparison = gateway_comparison(rows, opts.connections)
     comparison["exporters_in_process"] = in_process
+    comparison["instructions"] = instructions
 
     print()
     print(
@@ -2228,7 +2302,8 @@ def main(argv: list[str] | None = None) -> int:
         f"+CPU vs the routed target; (% pass): of the pass-through's CPU/request "
         f"(memory target <= {POLICIES_TARGET:.0%}); (redis's): redis-server's CPU/request, "
         "not in the proxy's.\n"
-        "exporters: routed + one of access_log (at --log-level info, the bench reading the "
+        "exporters: routed + nothing (none: the noise floor, two equal servers) or one "
+        "of access_log (at --log-level info, the bench reading the "
         "lines), metrics, telemetry (OTLP/HTTP to a receiver in the bench's process, "
         f"OTEL_BSP_SCHEDULE_DELAY={BSP_SCHEDULE_DELAY_MS} ms); +CPU vs the routed server, "
         f"both up: {opts.exporter_rounds} rounds of wrk -c{opts.connections} "
