@@ -59,6 +59,13 @@ def record_of(commands: list[Any]) -> ExchangeRecord:
     return command.record
 
 
+def answered(pb: Playbook, answer: bytes) -> ExchangeRecord:
+    """The record of ``pb``'s request once the upstream answered ``answer`` (JSON, 200)."""
+    pb.feed(UpstreamResponse(attempt=1, status=200, headers=JSON))
+    pb.feed(UpstreamData(attempt=1, data=answer))
+    return record_of(pb.feed(UpstreamEnded(attempt=1)))
+
+
 def gateway(**extra: Any) -> Any:
     return config(
         providers={
@@ -208,15 +215,11 @@ def test_content_is_captured_only_when_asked() -> None:
         upstream_config(telemetry={"otlp_endpoint": "http://o.test", "capture_content": True})
     )
     pb.request(body=chat(system="be brief"), headers=list(JSON))
-    pb.feed(UpstreamResponse(attempt=1, status=200, headers=JSON))
-    pb.feed(
-        UpstreamData(
-            attempt=1,
-            data=b'{"id":"x","choices":[{"message":{"content":"hello"},"finish_reason":"stop"}],'
-            b'"usage":{"prompt_tokens":1,"completion_tokens":1}}',
-        )
+    record = answered(
+        pb,
+        b'{"id":"x","choices":[{"message":{"content":"hello"},"finish_reason":"stop"}],'
+        b'"usage":{"prompt_tokens":1,"completion_tokens":1}}',
     )
-    record = record_of(pb.feed(UpstreamEnded(attempt=1)))
     assert record.model == "smart" and not record.model_configured
     assert record.input_messages == [
         {"role": "system", "parts": [{"type": "text", "content": "be brief"}]},
@@ -237,15 +240,11 @@ def test_without_spans_the_record_reads_only_what_logs_and_metrics_show(
 ) -> None:
     pb = Playbook(upstream_config(**observer))  # not routed: the model is the one asked
     pb.request(body=chat(temperature=0.5, max_tokens=7, user="u2"), headers=list(JSON))
-    pb.feed(UpstreamResponse(attempt=1, status=200, headers=JSON))
-    pb.feed(
-        UpstreamData(
-            attempt=1,
-            data=b'{"id":"r1","model":"m","choices":[{"message":{"content":"x"},'
-            b'"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1}}',
-        )
+    record = answered(
+        pb,
+        b'{"id":"r1","model":"m","choices":[{"message":{"content":"x"},'
+        b'"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1}}',
     )
-    record = record_of(pb.feed(UpstreamEnded(attempt=1)))
     assert (record.model, record.status, record.outcome) == ("smart", 200, "completed")
     assert record.usage is not None and record.usage.output_tokens == 1
     assert (record.trace_id, record.sampled) == (None, False)
