@@ -156,6 +156,8 @@ class Metrics:
         self._children: dict[tuple[Any, ...], Any] = {}
         self._exchanges: dict[tuple[str, str, str, str, str], _ExchangeTally] = {}
         self._usages: dict[tuple[str, str], _UsageTally] = {}
+        # The series of the first six values of an exchange's totals (``_series``).
+        self._by_raw: dict[tuple[Any, ...], _ExchangeTally] = {}
         # The exchanges ended since the last flush, not yet counted.
         self._pending: deque[RecordExchange] = deque()
         # The tallies since the last move into the metrics (see ``flush``).
@@ -374,11 +376,14 @@ class Metrics:
     def _exchange_series(self, key: tuple[str, str, str, str, str]) -> _ExchangeTally:
         model, provider = key[0], key[1]
         series = self._exchanges[key] = _ExchangeTally(
+            model,
             self._child(self._requests, *key),
-            _Tally(self._child(self._duration, model, provider), EXCHANGE_BUCKETS),
-            _Tally(self._child(self._upstream_duration, model, provider), EXCHANGE_BUCKETS),
-            _Tally(self._child(self._overhead, model, provider), _OVERHEAD_BUCKETS),
-            _Tally(self._child(self._first_token, model, provider), _FIRST_TOKEN_BUCKETS),
+            duration=_Tally(self._child(self._duration, model, provider), EXCHANGE_BUCKETS),
+            upstream=_Tally(
+                self._child(self._upstream_duration, model, provider), EXCHANGE_BUCKETS
+            ),
+            overhead=_Tally(self._child(self._overhead, model, provider), _OVERHEAD_BUCKETS),
+            first=_Tally(self._child(self._first_token, model, provider), _FIRST_TOKEN_BUCKETS),
         )
         return series
 
@@ -395,20 +400,25 @@ class Metrics:
         )
         return series
 
-    def _count(self, r: ExchangeTotals) -> None:
-        model = r.model
+    def _series(self, raw: tuple[Any, ...]) -> _ExchangeTally:
+        """The series of the exchanges whose totals begin with ``raw`` (model,
+        configured, provider, client API, status, outcome): its labels bounded (a
+        model the config does not name is ``other``), found once per ``raw``."""
+        model, configured, provider, client_api, status, outcome = raw
         if model is None:
             model = _NONE
-        elif not r.model_configured:
+        elif not configured:
             model = self._model_label(model, False)
-        key = (
-            model,
-            r.provider or _NONE,
-            r.client_api,
-            _STATUS_CLASSES.get(r.status, _NONE),
-            r.outcome,
-        )
+        key = (model, provider or _NONE, client_api, _STATUS_CLASSES.get(status, _NONE), outcome)
         series = self._exchanges.get(key) or self._exchange_series(key)
+        if len(self._by_raw) < _RAW_SERIES_MAX:  # clients' model names are unbounded
+            self._by_raw[raw] = series
+        return series
+
+    def _count(self, r: ExchangeTotals) -> None:
+        raw = r[:6]
+        series = self._by_raw.get(raw) or self._series(raw)
+        model = series.model
         series.requests += 1
         # Each histogram's tally, inline (as _Tally.observe: a call each costs more).
         duration = r.duration
@@ -492,11 +502,19 @@ class _ExchangeTally:
     """One (model, provider, client_api, status_class, outcome): exchanges ended
     since the last move, and their timings."""
 
-    __slots__ = ("duration", "first_token", "overhead", "requests", "total", "upstream")
+    __slots__ = ("duration", "first_token", "model", "overhead", "requests", "total", "upstream")
 
     def __init__(
-        self, total: Any, duration: _Tally, upstream: _Tally, overhead: _Tally, first: _Tally
+        self,
+        model: str,
+        total: Any,
+        *,
+        duration: _Tally,
+        upstream: _Tally,
+        overhead: _Tally,
+        first: _Tally,
     ) -> None:
+        self.model = model  # the model label
         self.total = total  # the requests counter's child
         self.requests = 0
         self.duration = duration
@@ -532,6 +550,8 @@ class _UsageTally:
         self.moved = True
 
 
+#: Distinct first values of totals (``Metrics._series``) whose series are kept.
+_RAW_SERIES_MAX: Final = 4096
 # A status's class label: one lookup (a status is an int in 100..599, else None).
 _STATUS_CLASSES: Final[dict[int | None, str]] = {n: f"{n // 100}xx" for n in range(100, 600)}
 _CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4.encode("ascii")
