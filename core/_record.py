@@ -338,21 +338,27 @@ class _Source(NamedTuple):
         failures: tuple[tuple[str, str], ...] = ()
         if not attempts:
             provider = upstream = None
+        elif len(attempts) == 1:  # most exchanges: as below, without the loops
+            last = attempts[0]
+            provider = last.provider
+            end = last.ended_at
+            upstream = max(0.0, (ended if end is None else end) - last.started_at)
+            outcome = last.outcome
+            if outcome is not None and outcome != "ok":
+                failures = ((provider, outcome),)
         else:
             last = attempts[-1]
             provider = last.provider
-            upstream = _attempt_duration(last, ended)
             for a in attempts:
                 outcome = a.outcome
                 if outcome is not None and outcome != "ok":
                     failures += ((a.provider, outcome),)
-            if len(attempts) > 1:
-                retries = len(attempts) - 1
-                first = attempts[0].model
-                fallbacks = sum(1 for a in attempts if a.model != first)
-                upstream = sum(_attempt_duration(a, ended) for a in attempts)
-                if fallbacks:
-                    served = last.model or model
+            retries = len(attempts) - 1
+            first = attempts[0].model
+            fallbacks = sum(1 for a in attempts if a.model != first)
+            upstream = sum(_attempt_duration(a, ended) for a in attempts)
+            if fallbacks:
+                served = last.model or model
         error = self.error
         token = self.first_token_at
         return _new_totals(
