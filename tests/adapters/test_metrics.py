@@ -618,11 +618,14 @@ EXCHANGES = st.builds(
         cost_usd=None if usage is None else usage.output_tokens / 1000,
         refusal=refused,
         attempts=(
-            *(attempt(number=1, provider="ant", model="smart", outcome="timeout"),)[:failed],
+            *(
+                attempt(number=n + 1, provider="ant", model="smart", outcome="timeout")
+                for n in range(failed)
+            ),
             attempt(number=1 + failed, model="fast"),
         ),
         retries=failed,
-        fallbacks=failed if model == "smart" else 0,
+        fallbacks=min(failed, 1) if model == "smart" else 0,
     ),
     st.sampled_from(["fast", "smart", "mystery", None]),
     st.sampled_from(["team-a", "team-b", None]),
@@ -631,7 +634,7 @@ EXCHANGES = st.builds(
         st.none(),
         st.builds(Usage, input_tokens=st.integers(0, 99), output_tokens=st.integers(0, 99)),
     ),
-    st.integers(0, 1),
+    st.integers(0, 2),
     st.sampled_from([None, None, "rate_limit"]),
 )
 
