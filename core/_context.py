@@ -435,15 +435,17 @@ class ExchangeContext:
         """Read what observers record of the request, once, while it is parsed: its
         parameters when spans are exported (which alone show them), else the model."""
         proxy = self._proxy
+        # Not routed, the model asked is the record's: read even without spans.
         if self._params is not None or not proxy.observed:
             return
-        if proxy.tracing:
+        if proxy.tracing or self.model is None:
             parsed = self._request_object()
             body = parsed if type(parsed) is dict else None
-            self._params = RequestParams(body, capture=proxy.capture_content)
-        elif self.model is None:  # not routed: the model asked is the record's
-            parsed = self._request_object()
-            self._params = RequestParams.asking(parsed if type(parsed) is dict else None)
+            self._params = (
+                RequestParams(body, capture=proxy.capture_content)
+                if proxy.tracing
+                else RequestParams.asking(body)
+            )
 
     def record(self) -> ExchangeRecord:
         """The exchange as observers see it (complete once it has ended)."""
@@ -459,7 +461,9 @@ class ExchangeContext:
             now=self.now,
             ids=self.trace_ids() if proxy.tracing else None,
             params=self._params,
-            relay=self._relay,
+            # What only spans show (the response's id, model, finish reasons, the
+            # session) is read only when they are exported.
+            relay=self._relay if proxy.tracing else None,
             first_token_at=self.first_token_at,
             capture=proxy.capture_content,
             session_header=proxy.session_header if proxy.tracing else None,

@@ -100,8 +100,8 @@ class ExchangeRecord(NamedTuple):
     ``input_messages``/``output_messages``: only with ``telemetry.capture_content``.
     What only spans show is read only when they are exported (``telemetry``
     on): ``max_tokens``, ``temperature``, ``top_p``, ``user``, ``session_id``,
-    ``response_id``, ``response_model`` are None and ``finish_reasons`` empty
-    otherwise.
+    ``response_id``, ``response_model`` and the messages are None and
+    ``finish_reasons`` empty otherwise.
     """
 
     exchange_id: str
@@ -512,9 +512,9 @@ def record_source(
 ) -> _Source:
     """What the record of exchange ``ex`` is made of, as it stands at ``now``
     (complete once it ended): ``params`` is what it asked, ``relay`` its last
-    attempt's response (read for its id, model and finish reasons when
-    ``session_header`` is given: when spans are exported, which alone show
-    them). Cheap: the record is built from it later (``build``)."""
+    attempt's response (its id, model and finish reasons; None: not read),
+    ``session_header`` the header naming a session (None: not read). Cheap: the
+    record is built from it later (``build``)."""
     error = ex.error
     failure = None
     if error is not None:
@@ -545,7 +545,7 @@ def record_source(
             ex.usage,
             ex.usage_estimated,
             ex.cost_usd,
-            None if relay is None or session_header is None else relay.response_info(),
+            None if relay is None else relay.response_info(),
             relay.output_text() if capture and relay is not None else None,
             ex.started_at,
             now if ex.ended_at is None else ex.ended_at,
