@@ -55,7 +55,6 @@ from ._record import (
 )
 from ._relay import Relay
 from ._render import error_headers, render_error, render_error_event
-from ._sse import is_final_event
 from ._state import State
 from .gateway import Deployment, Router, Usage, cost_usd
 from .gateway._plan import Plan
@@ -130,11 +129,11 @@ class ExchangeContext:
         "_commands",
         "_deadline",
         "_dispatch",
-        "_final_sent",
         "_head",
         "_hook_index",
         "_json",
         "_json_for",
+        "_last_block",
         "_local_blocks",
         "_params",
         "_plan",
@@ -203,7 +202,7 @@ class ExchangeContext:
         self.deployment: Deployment | None = None
         self.usage: Usage | None = None
         self.usage_estimated = False
-        self._final_sent = False
+        self._last_block = b""  # the last SSE block sent: the stream's final event?
         self._head = False  # a HEAD request: every answer is sent without its body
         self.cost_usd: float | None = None
         self.exchange_id = exchange_id
@@ -362,8 +361,7 @@ class ExchangeContext:
                 self.first_token_at = self.now
             data = blocks[0] if len(blocks) == 1 else b"".join(blocks)
             self._commands.append(SendBody(data=data))
-            if is_final_event(blocks[-1]):
-                self._final_sent = True
+            self._last_block = blocks[-1]  # judged only if the client leaves
 
     def _stream_hooks(
         self, hooks: tuple[Callable[[Any, bytes], bytes | None], ...], block: bytes

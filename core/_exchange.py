@@ -55,6 +55,7 @@ from ._headers import content_length, header, parse_retry_after
 from ._http import split_target
 from ._middleware import Attempt, Reply, Retry
 from ._relay import Relay
+from ._sse import is_final_event
 from ._state import TRANSITIONS, State
 from .gateway import Deployment
 from .gateway._mock import MockAnswer, mock_answer
@@ -571,7 +572,7 @@ class Exchange(ExchangeContext):
 
     def _on_client_gone(self, event: ClientGone, now: float) -> None:
         self._cancel_upstream()
-        if self._final_sent:
+        if is_final_event(self._last_block):
             # The client had the stream's last event ([DONE], message_stop)
             # and hung up before the upstream's end of body: it is complete.
             self._complete("completed", now)

@@ -26,10 +26,10 @@ from ._config import LimitsConfig
 from ._errors import NetworkError, RemoteProtocolError
 from ._headers import HOP_BY_HOP, Headers, connection_tokens
 from ._json import JSONError, dumps, loads
-from ._sse import SSEDecoder, parse_block
+from ._sse import SSEDecoder
 from .gateway import Usage
 from .gateway._plan import Plan, StreamTranslator
-from .gateway._usage import StreamUsage, has_usage_value, usage_from_anthropic, usage_from_openai
+from .gateway._usage import StreamUsage, usage_from_anthropic, usage_from_openai
 
 __all__ = ["Relay"]
 
@@ -63,6 +63,7 @@ class Relay:
         "_send_blocks",
         "_send_body",
         "_settled",
+        "_strip",
         "_translator",
         "_usage",
         "head",
@@ -96,6 +97,7 @@ class Relay:
         self._usage: StreamUsage | None = None
         self._answer: Any = None  # the JSON answer, parsed at the end (or why not)
         self._settled = plan.usage_api is None
+        self._strip = plan.strip_usage
         self.status = status
         #: Whether the answer is an event stream.
         self.stream = False
@@ -311,8 +313,11 @@ class Relay:
         """Whole upstream SSE blocks: read usage, translate or strip, send."""
         usage = self._usage
         if usage is not None:
-            for block in blocks:
-                usage.feed(block)
+            if self._strip:  # the usage-only chunk the client did not ask for
+                blocks = [block for block in blocks if not usage.feed(block)]
+            else:
+                for block in blocks:
+                    usage.feed(block)
         translator = self._translator
         if translator is not None:
             out: list[bytes] = []
@@ -324,9 +329,6 @@ class Relay:
                     self._send_blocks(out)
                 raise
             blocks = out
-        elif self._plan.strip_usage:
-            max_items = self._limits.max_json_items
-            blocks = [block for block in blocks if not _usage_only(block, max_items)]
         if blocks:
             self._send_blocks(blocks)
 
@@ -338,19 +340,3 @@ def _unescape(piece: bytes) -> str:
     except JSONError:
         return piece.decode("utf-8", "replace")
     return value if isinstance(value, str) else ""
-
-
-def _usage_only(block: bytes, max_items: int) -> bool:
-    """Whether an OpenAI stream block is the usage-only chunk (``choices: []``)."""
-    # Every chunk of an include_usage stream says "usage":null: look before parsing.
-    # A chunk with a delta has a choice: not the usage-only one (the cheap test first).
-    if b'"delta"' in block or b'"choices"' not in block or not has_usage_value(block):
-        return False
-    event = parse_block(block)
-    if not event.data.startswith("{"):
-        return False
-    try:
-        chunk = loads(event.data, max_items=max_items)
-    except JSONError:
-        return False
-    return chunk.get("choices") == [] and bool(chunk.get("usage"))

@@ -295,12 +295,14 @@ class StreamUsage:
         #: The generated text's pieces (JSON string bodies), when a list is given to keep them.
         self.texts: list[bytes] | None = None
 
-    def feed(self, block: bytes) -> None:
-        """Take the next block of the stream."""
-        if _DELTA in block:
-            self.delta_tokens += delta_tokens(block)
+    def feed(self, block: bytes) -> bool:
+        """Take the next block of the stream; True if it is OpenAI's usage-only chunk
+        (``"choices": []`` and a usage: what ``include_usage`` adds to a stream)."""
+        start = block.find(_DELTA)  # the text fields come after it
+        if start >= 0:
+            self.delta_tokens += delta_tokens(block, start)
             if self.texts is not None and len(block) <= _SCANNED:
-                self.texts.extend(_DELTA_TEXT.findall(block))
+                self.texts.extend(_DELTA_TEXT.findall(block, start))
         if self._anthropic:
             if _may_carry_anthropic_usage(block):
                 event = _json_object(block, self._max_items)
@@ -310,18 +312,25 @@ class StreamUsage:
                     self._note_anthropic(event)
                 if usage is not None and event.get("type") == "message_delta":
                     self.final = True
-        else:
-            if self.observed and _FINISH in block:
-                self.finish_reasons.extend(
-                    reason.decode("utf-8", "replace") for reason in _FINISH_REASON.findall(block)
-                )
-            if has_usage_value(block):
-                event = _json_object(block, self._max_items)
-                usage = usage_from_openai(event)
-                if usage is not None:
-                    self.usage = usage
-                    self.final = True
-                    self._note_openai(event)
+            return False
+        if self.observed and _FINISH in block:
+            self.finish_reasons.extend(
+                reason.decode("utf-8", "replace") for reason in _FINISH_REASON.findall(block)
+            )
+        if not has_usage_value(block):
+            return False
+        event = _json_object(block, self._max_items)
+        usage = usage_from_openai(event)
+        if usage is not None:
+            self.usage = usage
+            self.final = True
+            self._note_openai(event)
+        return (
+            start < 0
+            and type(event) is dict
+            and event.get("choices") == []
+            and bool(event.get("usage"))
+        )
 
     def _note_openai(self, event: Mapping[str, Any]) -> None:
         response = event.get("response")  # the Responses API's response.completed
@@ -378,17 +387,21 @@ _DELTA_TEXT = re.compile(
 )
 
 
-def delta_tokens(block: bytes) -> int:
+def delta_tokens(block: bytes, start: int = 0) -> int:
     """An estimate of the output tokens one stream delta event carries.
 
     About four characters a token, at least one for a delta with any text
     (providers stream a token or a few per event); 0 for a delta without text
-    (a role, a finish reason). Reads the bytes; never parses the JSON.
+    (a role, a finish reason). Reads the bytes from ``start`` (where
+    ``"delta"`` is); never parses the JSON.
     """
     if len(block) > _SCANNED:
         # A huge event is almost all text: no regex over megabytes on the loop.
         return len(block) // 4
-    chars = sum(len(text) for text in _DELTA_TEXT.findall(block))
+    texts = _DELTA_TEXT.findall(block, start)
+    if not texts:
+        return 0
+    chars = len(texts[0]) if len(texts) == 1 else sum(map(len, texts))
     return (chars + 2) // 4 or 1 if chars else 0
 
 
