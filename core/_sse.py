@@ -170,6 +170,17 @@ class SSEDecoder:
         if not data:
             return []
         buf = self._buf
+        # The usual chunk: one whole block, nothing pending (an event per read).
+        n = len(data)
+        if (
+            not (buf or self._at_start or self._after_cr)
+            and n > 2
+            and data.find(b"\n\n") == n - 2
+            and data[0] != _LF
+            and n <= self._max + 1
+            and b"\r" not in data
+        ):
+            return [data]
         if self._at_start:
             if buf:
                 data = bytes(buf) + data
