@@ -33,7 +33,6 @@ from core import (
     SendUpstreamRequest,
     SettleQuota,
     StartResponse,
-    UpstreamData,
     UpstreamEnded,
     UpstreamFailed,
     UpstreamResponse,
@@ -355,7 +354,7 @@ class Driver:
                 await anyio.sleep_forever()  # until the timer fires
                 continue  # pragma: no cover - sleep_forever only ends by cancellation
             attempt = state.attempt
-            event: UpstreamResponse | UpstreamData | UpstreamEnded | UpstreamFailed
+            event: UpstreamResponse | UpstreamEnded | UpstreamFailed | None = None
             try:
                 if state.head_pending:
                     status, headers = await response.receive_head()
@@ -363,16 +362,17 @@ class Driver:
                     event = UpstreamResponse(attempt=attempt, status=status, headers=headers)
                 else:
                     data = await response.receive_data()
-                    if data:
-                        event = UpstreamData(attempt=attempt, data=data)
-                    else:
+                    if not data:
                         event = UpstreamEnded(attempt=attempt)
                         state.response = None
             except UpstreamError as exc:
                 state.response = None
                 event = UpstreamFailed(attempt=attempt, kind=exc.kind, message=str(exc))
             state.resumed = now()
-            ex.handle(event, now=state.resumed)
+            if event is None:  # a chunk of the body: no event built
+                ex.handle_upstream_data(attempt, data, now=state.resumed)
+            else:
+                ex.handle(event, now=state.resumed)
             if timer.cancel_called:  # the deadline passed as the read completed
                 return False
 

@@ -277,13 +277,12 @@ class Run:
         """A chunk of the upstream's body."""
         if self.over:
             return
-        event = UpstreamData(attempt=self.attempt, data=data)
         if self.flushing:
-            self._hold(event)
+            self._hold(UpstreamData(attempt=self.attempt, data=data))
             return
         try:  # feed() and _handle(), inline: once per stream event
             self.resumed = now = self.owner.loop.time()
-            self.ex.handle(event, now=now)
+            self.ex.handle_upstream_data(self.attempt, data, now=now)
             self.step()
         except Exception:
             self._bug()

@@ -32,6 +32,7 @@ from ._events import (
     _header_pairs,
     _tuple_of,
 )
+from ._frozen import fast_init
 from ._headers import Headers
 from ._quota import Limit
 
@@ -88,6 +89,7 @@ class Origin:
         return f"{self.scheme}://{self.host}:{self.port}"
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SendUpstreamRequest(Command):
     """Open (or reuse) a connection to ``origin`` and send this request.
@@ -136,6 +138,7 @@ class SendUpstreamRequest(Command):
         _check_number(self, "connect_timeout", timeout, positive=True)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CancelUpstream(Command):
     """Abort the upstream attempt (>= 1): close its connection at once. Don't subclass."""
@@ -146,6 +149,7 @@ class CancelUpstream(Command):
         _check_int(self, "attempt", self.attempt, 1)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StartResponse(Command):
     """Send the response head (status in [100, 599]) to the client. Once sent, it is final.
@@ -168,6 +172,7 @@ class StartResponse(Command):
         _header_pairs(self, "headers", self.headers, lower=False)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SendBody(Command):
     """Send a chunk of the response body (bytes only) to the client. Don't subclass."""
@@ -179,6 +184,7 @@ class SendBody(Command):
             _check_bytes(self, "data", self.data)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EndResponse(Command):
     """End the response.
@@ -193,6 +199,7 @@ class EndResponse(Command):
         _check_bool(self, "complete", self.complete)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WriteTrace(Command):
     """Append one trace record to the trace files in ``directory``. Fire and forget.
@@ -217,12 +224,14 @@ class WriteTrace(Command):
         _check_int(self, "max_bytes", self.max_bytes, 1, optional=True)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CollectMetrics(Command):
     """Collect the process's metrics (every worker's) in an exposition format, and
     answer with ``MetricsCollected``. Don't subclass."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Log(Command):
     """Emit a log line. ``fields`` never hold secrets. Don't subclass."""
@@ -280,6 +289,7 @@ class BudgetCheck:
         _check_number(self, "usd", self.usd, finite=False)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AcquireQuota(Command):
     """Ask the store whether a request may go, and charge it if so: a command with a reply.
@@ -365,6 +375,7 @@ class SpendRecord:
         _check_number(self, "ttl", self.ttl, positive=True, optional=True)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SettleQuota(Command):
     """Record what an exchange really used, once it is over. Fire and forget.

@@ -6,7 +6,8 @@ way each kind of answer reaches the client: a response head (after the
 ``on_response_head`` hooks), a body chunk or SSE blocks (after their hooks;
 nothing at all to a HEAD request), an error in the client API's shape, and
 the completion that runs ``on_complete``. :class:`~core.Exchange` adds the
-state machine that decides which of these happens when.
+state machine that decides which of these happens when. The mock provider's
+answers (``_answer_mock``) leave here too.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from ._events import (
     MetricsCollected,
     TimerFired,
 )
+from ._frozen import unchecked
 from ._headers import Headers, header
 from ._http import parse_json_object
 from ._middleware import Attempt, Pipeline, Retry
@@ -57,6 +59,7 @@ from ._relay import Relay
 from ._render import error_headers, render_error, render_error_event
 from ._state import State
 from .gateway import Deployment, Router, Usage, cost_usd
+from .gateway._mock import mock_answer
 from .gateway._plan import Plan
 
 __all__ = ["ExchangeContext", "Shared"]
@@ -103,6 +106,8 @@ _END_OK = EndResponse(complete=True)
 _COLLECT_METRICS = CollectMetrics()
 _METRICS_TIMEOUT = 10.0  # seconds the driver may take to collect the metrics
 _END_CUT = EndResponse(complete=False)
+# Commands the core builds from parts it checked, without checking them again.
+_start_response = unchecked(StartResponse)
 
 
 class ExchangeContext:
@@ -214,7 +219,7 @@ class ExchangeContext:
         self._deadline: float | None = None
         self._attempt = 0
         self._upstream_active = False
-        self._local_blocks: deque[bytes] = deque()
+        self._local_blocks: deque[bytes] | None = None  # a mock stream's, paced
         self._body_chunks: list[bytes] = []
         self._body_size = 0
         self.request_method = b""
@@ -332,10 +337,39 @@ class ExchangeContext:
         headers.append((b"x-sansproxy-id", self.exchange_id.encode("ascii", "replace")))
         self.response_status = status
         self.response_headers = headers
-        if hooks:
-            for hook in self._proxy.pipeline.on_response_head:
-                hook(self)
+        head_hooks = self._proxy.pipeline.on_response_head if hooks else ()
+        if not head_hooks:  # the core's own status and headers: checked already
+            self._commands.append(_start_response(status=status, headers=headers))
+            return
+        for hook in head_hooks:
+            hook(self)
         self._commands.append(StartResponse(status=status, headers=self.response_headers))
+
+    def _answer_mock(self, now: float) -> None:
+        answer = mock_answer(
+            b"GET" if self._head else self.request_method,
+            self.request_path,
+            self.request_body,
+            exchange_id=self.exchange_id,
+            created=int(self.wall_time),
+            max_json_items=self._proxy.limits.max_json_items,
+        )
+        self.usage = answer.usage  # what the answer says it used, as a trace records it
+        if not answer.stream:
+            self._answer(answer.status, list(answer.headers), answer.body, now)
+            return
+        self.is_stream = True
+        self._start_response(answer.status, list(answer.headers))
+        delay = self._proxy.mock_stream_delay
+        if delay <= 0:
+            self._send_blocks(answer.blocks)
+            self._commands.append(_END_OK)
+            self._complete("completed", now)
+            return
+        self._local_blocks = blocks = deque(answer.blocks)
+        self._send_blocks((blocks.popleft(),))
+        self._deadline = now + delay
+        self._set_state(State.LOCAL_STREAM)
 
     def _send_body(self, data: bytes) -> None:
         if self._head:  # the head says how long the body is; the body is not sent

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from ._errors import LocalProtocolError
+from ._frozen import fast_init
 from ._headers import Headers, lower_names
 from ._quota import Decision
 
@@ -228,6 +229,7 @@ class Event:
     __slots__ = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestReceived(Event):
     """The client's request head. Header names are lower-cased (into a list) on construction.
@@ -255,6 +257,7 @@ class RequestReceived(Event):
         )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestData(Event):
     """A chunk of the client's request body: bytes (a bytearray is copied to bytes;
@@ -267,11 +270,13 @@ class RequestData(Event):
             object.__setattr__(self, "data", _peer_bytes(self, "data", self.data))
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestEnded(Event):
     """The client's request body is complete. Don't subclass."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpstreamResponse(Event):
     """The upstream's response head for attempt ``attempt`` (an int >= 1).
@@ -299,6 +304,7 @@ class UpstreamResponse(Event):
         )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpstreamData(Event):
     """A chunk of the upstream's response body, as it arrived: bytes (a bytearray is
@@ -315,6 +321,7 @@ class UpstreamData(Event):
             object.__setattr__(self, "data", _peer_bytes(self, "data", self.data))
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpstreamEnded(Event):
     """The upstream's response body is complete. Don't subclass."""
@@ -326,6 +333,7 @@ class UpstreamEnded(Event):
             _check_int(self, "attempt", self.attempt, 1)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UpstreamFailed(Event):
     """The upstream attempt failed: it could not connect, timed out, reset or lied.
@@ -344,11 +352,13 @@ class UpstreamFailed(Event):
         _check_str(self, "message", self.message)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TimerFired(Event):
     """The deadline the exchange last returned from ``get_timer()`` has passed. Don't subclass."""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClientGone(Event):
     """The client closed its connection (or the driver gave up on it).
@@ -363,6 +373,7 @@ class ClientGone(Event):
         _check_str(self, "reason", self.reason)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QuotaAnswered(Event):
     """The store's answer to ``AcquireQuota`` number ``query_id``.
@@ -397,6 +408,7 @@ class QuotaAnswered(Event):
         object.__setattr__(self, "spent", _floats(self, "spent", self.spent))
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QuotaFailed(Event):
     """The store could not answer ``AcquireQuota`` number ``query_id`` (unreachable,
@@ -410,6 +422,7 @@ class QuotaFailed(Event):
         _check_str(self, "message", self.message)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MetricsCollected(Event):
     """The answer to ``CollectMetrics``: the exposition ``body`` and its

@@ -51,6 +51,7 @@ from ._events import (
     UpstreamFailed,
     UpstreamResponse,
 )
+from ._frozen import unchecked
 from ._headers import content_length, header, parse_retry_after
 from ._http import split_target
 from ._middleware import Attempt, Reply, Retry
@@ -58,7 +59,6 @@ from ._relay import Relay
 from ._sse import is_final_event
 from ._state import TRANSITIONS, State
 from .gateway import Deployment
-from .gateway._mock import MockAnswer, mock_answer
 from .gateway._plan import Plan, plan, plan_passthrough
 
 __all__ = ["Exchange"]
@@ -115,6 +115,25 @@ class Exchange(ExchangeContext):
     def handle_timer(self, *, now: float) -> None:
         """Shorthand for ``handle(TimerFired(), now=now)``."""
         self.handle(_TIMER_FIRED, now=now)
+
+    def handle_upstream_data(self, attempt: int, data: bytes, *, now: float) -> None:
+        """Shorthand for ``handle(UpstreamData(attempt=attempt, data=data), now=now)``
+        that builds no event when the running attempt's response is being relayed:
+        the path of a stream's every chunk. Anything else takes ``handle``'s path."""
+        if (
+            self._dispatch.get(UpstreamData) is not _ON_UPSTREAM_DATA
+            or attempt != self._attempt
+            or not self._upstream_active
+            or type(attempt) is not int
+            or type(data) is not bytes
+        ):
+            self.handle(UpstreamData(attempt=attempt, data=data), now=now)
+            return
+        self.now = now
+        try:
+            self._upstream_data(data, now)
+        except Exception as exc:
+            self._internal_error(exc, now)
 
     def next_command(self) -> Command | None:
         """The next command to carry out, or ``None`` when there is none."""
@@ -324,38 +343,14 @@ class Exchange(ExchangeContext):
             max_json_items=self._proxy.limits.max_json_items,
         )
 
-    def _answer_mock(self, now: float) -> None:
-        answer: MockAnswer = mock_answer(
-            b"GET" if self._head else self.request_method,
-            self.request_path,
-            self.request_body,
-            exchange_id=self.exchange_id,
-            created=int(self.wall_time),
-            max_json_items=self._proxy.limits.max_json_items,
-        )
-        self.usage = answer.usage  # what the answer says it used, as a trace records it
-        if not answer.stream:
-            self._answer(answer.status, list(answer.headers), answer.body, now)
-            return
-        self.is_stream = True
-        self._start_response(answer.status, list(answer.headers))
-        delay = self._proxy.mock_stream_delay
-        if delay <= 0:
-            self._send_blocks(answer.blocks)
-            self._commands.append(_END_OK)
-            self._complete("completed", now)
-            return
-        self._local_blocks.extend(answer.blocks)
-        self._send_blocks((self._local_blocks.popleft(),))
-        self._deadline = now + delay
-        self._set_state(State.LOCAL_STREAM)
-
     def _on_local_timer(self, event: TimerFired, now: float) -> None:
         deadline = self._deadline
         if deadline is None or now < deadline:
             return
-        self._send_blocks((self._local_blocks.popleft(),))
-        if self._local_blocks:
+        blocks = self._local_blocks
+        assert blocks is not None
+        self._send_blocks((blocks.popleft(),))
+        if blocks:
             self._deadline = now + self._proxy.mock_stream_delay
         else:
             self._commands.append(_END_OK)
@@ -397,7 +392,7 @@ class Exchange(ExchangeContext):
                 port=origin.port,
             )
         )
-        command = SendUpstreamRequest(
+        command = _send_upstream_request(
             attempt=self._attempt,
             origin=provider.origin,
             method=method,
@@ -453,10 +448,13 @@ class Exchange(ExchangeContext):
             self._start_response(status, relay.head)
 
     def _on_upstream_data(self, event: UpstreamData, now: float) -> None:
+        self._upstream_data(event.data, now)
+
+    def _upstream_data(self, data: bytes, now: float) -> None:
         self._deadline = now + self._read_timeout
         assert self._relay is not None
         try:
-            self._relay.feed(event.data)
+            self._relay.feed(data)
         except RemoteProtocolError as exc:
             self._cancel_upstream()
             self._fail(exc, now)
@@ -587,6 +585,9 @@ class Exchange(ExchangeContext):
 
 
 _TIMER_FIRED = TimerFired()
+# Built from the plan's checked parts; a hook's own command is built (and checked) by the class.
+_send_upstream_request = unchecked(SendUpstreamRequest)
+_ON_UPSTREAM_DATA = Exchange._on_upstream_data
 
 # The events the door checks against the running attempt, and against the query asked.
 _OF_ATTEMPT = frozenset({UpstreamResponse, UpstreamData, UpstreamEnded, UpstreamFailed})

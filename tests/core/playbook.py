@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from core import (
@@ -55,6 +56,10 @@ class Playbook:
     def drain(self) -> list[Command]:
         out = []
         while (cmd := self.ex.next_command()) is not None:
+            if dataclasses.is_dataclass(cmd):
+                # What the core builds without its checks (core._frozen.unchecked)
+                # passes them: built again by the class, it is the same command.
+                assert dataclasses.replace(cmd) == cmd
             out.append(cmd)
         return out
 

@@ -117,6 +117,66 @@ def test_every_state_and_input_either_advances_or_raises_the_local_error(
     check_client_sequence(commands)
 
 
+def _seen(commands: list[Command]) -> list[object]:
+    """What a driver acts on, comparable (a record by what it says)."""
+    out: list[object] = []
+    for cmd in commands:
+        if isinstance(cmd, RecordExchange):
+            record = cmd.record
+            out.append(("record", record.outcome, record.status, record.usage, record.error))
+        else:
+            out.append(cmd)
+    return out
+
+
+chunks = st.one_of(
+    st.tuples(st.sampled_from([1, 1, 1, 2, 0]), st.binary(max_size=60)),
+    st.tuples(st.just(True), st.just(b"data: x\n\n")),  # a bool is no attempt number
+    st.tuples(st.just(1), st.just(bytearray(b"data: {}\n\n"))),
+)
+
+
+@settings(max_examples=examples(300))
+@given(
+    st.lists(st.one_of(chunks, events), max_size=14),
+    st.sampled_from([SSE, JSON]),
+    st.booleans(),
+)
+def test_the_upstream_data_shorthand_is_handle_with_the_event(
+    steps: list[object], headers: list[tuple[bytes, bytes]], usage: bool
+) -> None:
+    """``handle_upstream_data(a, d)`` does what ``handle(UpstreamData(attempt=a, data=d))``
+    does, in every state: the same commands, state and errors."""
+    cfg = upstream_config(upstream={"read_timeout": 5}, limits={"max_sse_event_size": 64})
+    body = b'{"model":"m","stream":true}' if usage else b"{}"
+    plain, short = Playbook(cfg), Playbook(cfg)
+    for pb in (plain, short):
+        pb.request(b"POST", b"/v1/chat/completions", body)
+        pb.feed(UpstreamResponse(attempt=1, status=200, headers=headers))
+    now = 0.0
+    for step in steps:
+        now += 0.5
+        outcomes: list[object] = []
+        for pb in (plain, short):
+            try:
+                if isinstance(step, tuple):
+                    attempt, data = step
+                    if pb is plain:
+                        event = UpstreamData(attempt=attempt, data=data)  # may refuse
+                        pb.ex.handle(event, now=now)
+                    else:
+                        pb.ex.handle_upstream_data(attempt, data, now=now)
+                else:
+                    pb.ex.handle(step, now=now)  # type: ignore[arg-type]
+            except (LocalProtocolError, TypeError, ValueError) as exc:
+                outcomes.append((type(exc), str(exc), pb.ex.state))
+            else:
+                outcomes.append((_seen(pb.drain()), pb.ex.state, pb.ex.get_timer()))
+        assert outcomes[0] == outcomes[1]
+        if plain.ex.state is State.ERROR:
+            break
+
+
 sse_events = st.lists(
     st.builds(
         SSEEvent,
