@@ -337,8 +337,9 @@ class ExchangeContext:
         headers.append((b"x-sansproxy-id", self.exchange_id.encode("ascii", "replace")))
         self.response_status = status
         self.response_headers = headers
-        head_hooks = self._proxy.pipeline.on_response_head if hooks else ()
-        if not head_hooks:  # the core's own status and headers: checked already
+        pipeline = self._proxy.pipeline
+        head_hooks = pipeline.on_response_head if hooks else ()
+        if not (head_hooks or pipeline.on_request):  # the core's own (no hook's Reply): checked
             self._commands.append(_start_response(status=status, headers=headers))
             return
         for hook in head_hooks:

@@ -392,7 +392,9 @@ class Exchange(ExchangeContext):
                 port=origin.port,
             )
         )
-        command = _send_upstream_request(
+        # The plan's parts are the core's, checked, unless a request hook changed them.
+        build = SendUpstreamRequest if proxy.pipeline.on_request else _send_upstream_request
+        command = build(
             attempt=self._attempt,
             origin=provider.origin,
             method=method,
@@ -585,8 +587,7 @@ class Exchange(ExchangeContext):
 
 
 _TIMER_FIRED = TimerFired()
-# Built from the plan's checked parts; a hook's own command is built (and checked) by the class.
-_send_upstream_request = unchecked(SendUpstreamRequest)
+_send_upstream_request = unchecked(SendUpstreamRequest)  # for the plan's checked parts
 _ON_UPSTREAM_DATA = Exchange._on_upstream_data
 
 # The events the door checks against the running attempt, and against the query asked.

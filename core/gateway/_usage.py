@@ -122,7 +122,7 @@ def usage_from_openai(obj: Mapping[str, Any]) -> Usage | None:
     prompt = prompt or 0
     cached = (
         _count(details, "cached_tokens")
-        if type(details) is dict or isinstance(details, Mapping)
+        if details is not None and (type(details) is dict or isinstance(details, Mapping))
         else None
     )
     cached = min(cached or 0, prompt)

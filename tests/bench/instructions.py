@@ -18,6 +18,10 @@ request's instructions (the bench's targets are shares of a pass-through
 request). Every
 thread of the server is counted; the kernel's work (system calls) is not.
 
+The ``stream`` mode counts a pass-through stream's relayed event instead: 10
+streams of 10 events, then 10 of 110, 4 ms apart (each event in a read of its
+own), the difference over the 1,000 events.
+
 Under valgrind a request takes ~50x longer, so the span exporter keeps the
 SDK's 5-second batch delay (a batch of hundreds of spans, as at full speed).
 
@@ -67,7 +71,13 @@ MODES = {
     "metrics": "metrics",
     "tracing": "tracing",
     "access-log": "access-log",
+    "stream": "passthrough",  # per relayed stream event, one event per read
 }
+#: the stream mode: requests of STREAM_EVENTS[0], then of STREAM_EVENTS[1] events,
+#: STREAM_DELAY_MS apart (each in a read of its own, even under valgrind)
+STREAM_REQUESTS = 10
+STREAM_EVENTS = (10, 110)
+STREAM_DELAY_MS = 4
 #: how long a server under valgrind may take to listen, and to stop
 START_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 300.0
@@ -85,11 +95,20 @@ def _upstream() -> Iterator[str]:
         server.stop()
 
 
-def count(mode: str, requests: int, base_url: str, workdir: Path, otlp_url: str | None) -> int:
+def count(
+    mode: str,
+    requests: int,
+    base_url: str,
+    workdir: Path,
+    otlp_url: str | None,
+    *,
+    events: int = 0,
+) -> int:
     """The instructions of the httptools server in ``mode``'s config (all its threads,
-    start-up to exit) answering ``requests`` sequential requests."""
+    start-up to exit) answering ``requests`` sequential requests (streams of ``events``
+    events, one per read, with ``events``)."""
     port = _free_port()
-    if mode == "passthrough":  # the one-provider shorthand
+    if MODES[mode] == "passthrough":  # the one-provider shorthand
         how = ["--base-url", base_url, "--type", "openai"]
     else:
         opts = argparse.Namespace(per_read_events=1, per_read_delay_ms=0.0)
@@ -129,18 +148,26 @@ def count(mode: str, requests: int, base_url: str, workdir: Path, otlp_url: str 
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise BenchError(f"{mode} under valgrind did not listen: see {report}")
                 time.sleep(0.2)  # polling a process under valgrind: nothing to wait on
-            body = json.dumps(
-                {"model": ROUTED_MODEL, "messages": [{"role": "user", "content": "Say hello."}]}
-            ).encode()
+            ask: dict[str, Any] = {
+                "model": ROUTED_MODEL,
+                "messages": [{"role": "user", "content": "Say hello."}],
+            }
+            target = PATH
+            if events:
+                ask["stream"] = True
+                target = f"{PATH}?events={events}&delay_ms={STREAM_DELAY_MS}"
+            body = json.dumps(ask).encode()
             client = http.client.HTTPConnection(HOST, port, timeout=120)
             for _ in range(requests):
                 client.request(
-                    "POST", PATH, body=body, headers={"content-type": "application/json"}
+                    "POST", target, body=body, headers={"content-type": "application/json"}
                 )
                 answer = client.getresponse()
-                answer.read()
+                got = answer.read()
                 if answer.status != 200:
                     raise BenchError(f"{mode}: status {answer.status} under valgrind")
+                if events and got.count(b"\ndata: ") + got.startswith(b"data: ") != events + 1:
+                    raise BenchError(f"{mode}: not {events} events and [DONE] under valgrind")
             client.close()
             proc.send_signal(signal.SIGINT)  # the sinks flush what they hold
             proc.wait(STOP_TIMEOUT_S)
@@ -165,6 +192,15 @@ def measure(modes: list[str], requests: int = 1000, warm: int = 100) -> dict[str
     otlp_url = None if receiver is None else receiver.base_url
     with _upstream() as base_url, tempfile.TemporaryDirectory(prefix="sansproxy-vg-") as tmp:
         for mode in modes:
+            if mode == "stream":
+                few, many = (
+                    count(mode, STREAM_REQUESTS, base_url, Path(tmp), otlp_url, events=events)
+                    for events in STREAM_EVENTS
+                )
+                per_event = (many - few) / (STREAM_REQUESTS * (STREAM_EVENTS[1] - STREAM_EVENTS[0]))
+                out[mode] = {"per_event": per_event}
+                print(f"  stream: {per_event:,.0f} instructions/relayed event", file=sys.stderr)
+                continue
             low = count(mode, warm, base_url, Path(tmp), otlp_url)
             high = count(mode, warm + requests, base_url, Path(tmp), otlp_url)
             out[mode] = {"per_request": (high - low) / requests}
@@ -174,7 +210,7 @@ def measure(modes: list[str], requests: int = 1000, warm: int = 100) -> dict[str
     routed = out.get("routed", {}).get("per_request")
     base = out.get("passthrough", {}).get("per_request") or routed
     for mode in modes:
-        if mode not in ("routed", "passthrough") and routed and base:
+        if mode not in ("routed", "passthrough", "stream") and routed and base:
             added = out[mode]["per_request"] - routed
             out[mode].update(added=added, share=added / base)
     return out
@@ -184,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.instructions", description=__doc__)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--warm", type=int, default=100)
-    parser.add_argument("--modes", default="passthrough,routed,metrics,tracing")
+    parser.add_argument("--modes", default="passthrough,routed,metrics,tracing,stream")
     opts = parser.parse_args(argv)
     modes = [m for m in opts.modes.split(",") if m]
     unknown = set(modes) - set(MODES)
@@ -197,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for mode in modes:
         figures = result[mode]
+        if mode == "stream":
+            print(f"stream: {figures['per_event']:,.0f} instructions/relayed event (one per read)")
+            continue
         added = (
             f", {figures['added']:+,.0f} ({figures['share']:.1%} of a pass-through request)"
             if "added" in figures

@@ -55,7 +55,8 @@ upstream in the same run, next to its plain pass-through:
   of a pass-through, a routed, a metrics and a tracing request through
   httptools under cachegrind (the same to 0.1 % from run to run, the kernel's
   work left out); what each exporter adds to routed, as a share of the
-  pass-through request's.
+  pass-through request's; and of a pass-through stream, the instructions per
+  relayed event when each event arrives in a read of its own.
   ``<adapter> access-log``: ``access_log: true`` at ``--log-level info`` (one
   line per exchange on the proxy's stderr, which the bench drains; checked:
   the lines written); ``<adapter> metrics``: ``metrics: {enabled: true}``
@@ -1779,6 +1780,8 @@ def summary(
             figures = instructions.get(mode)
             if figures is None:
                 return "-"
+            if "per_event" in figures:
+                return f"{figures['per_event']:,.0f}"
             if "added" not in figures:
                 return f"{figures['per_request']:,.0f}"
             target = EXPORTER_TARGETS.get(mode)  # type: ignore[call-overload]
@@ -1791,6 +1794,10 @@ def summary(
         gateway_lines += [
             ("pass-through: instructions/request (cachegrind)", instructions_cell("passthrough")),
             ("routed: instructions/request (cachegrind)", instructions_cell("routed")),
+            (
+                "pass-through stream: instructions/event, one per read (cachegrind)",
+                instructions_cell("stream"),
+            ),
             *(
                 (
                     f"{mode}: +instructions/request (% pass{_bound(mode)})",
@@ -2265,7 +2272,9 @@ def main(argv: list[str] | None = None) -> int:
         from tests.bench.instructions import measure as count_instructions
 
         try:
-            instructions = count_instructions(["passthrough", "routed", "metrics", "tracing"])
+            instructions = count_instructions(
+                ["passthrough", "routed", "metrics", "tracing", "stream"]
+            )
         except BenchError as exc:
             _log(f"  instructions FAILED: {exc}")
             instructions = {"error": str(exc)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -573,6 +574,28 @@ def test_a_hook_may_answer_directly() -> None:
     assert not any(isinstance(c, SendUpstreamRequest) for c in out)
     status, headers, body, _ = client_view(out)
     assert (status, body, header(headers, b"content-length")) == (401, b"{}", b"2")
+
+
+def test_what_a_hook_builds_is_checked_as_the_commands_are() -> None:
+    """The core builds its own commands without checking them twice; a hook's reply,
+    or request headers a hook changed, are still checked: never sent, an error logged."""
+
+    class BadReply:
+        def on_request(self, ex: object) -> Reply:
+            return Reply(status=200, headers=[(b"x-bad", "not bytes")], body=b"{}")  # type: ignore[list-item]
+
+    class BadHeaders:
+        def on_request(self, ex: Any) -> None:
+            ex.request_headers = [(b"x-bad", "not bytes")]
+
+    for hook in (BadReply(), BadHeaders()):
+        pb = Playbook(Proxy(upstream_config(), middleware=[hook]))
+        out = pb.request(b"POST", b"/v1/chat/completions", CHAT)
+        assert not any(isinstance(c, SendUpstreamRequest) for c in out)
+        heads = [c for c in out if isinstance(c, StartResponse)]
+        assert all(b"x-bad" not in dict(c.headers) for c in heads)
+        assert any(isinstance(c, Log) and c.level == "error" for c in out)
+        assert pb.ex.finished and pb.ex.outcome == "error"
 
 
 def test_a_hook_that_raises_gives_a_500_and_a_log_never_a_crash() -> None:
