@@ -66,6 +66,9 @@ logger = logging.getLogger("sansproxy")
 _Upstream = UpstreamResponse | UpstreamData | UpstreamEnded | UpstreamFailed
 _Fed = _Upstream | QuotaAnswered | QuotaFailed
 _Acquire = Callable[[AcquireQuota], QuotaAnswered | QuotaFailed | None]
+#: Bytes an upstream read's commands may leave unwritten until its end; past
+#: them they are written at once (a slow client then holds the rest of the read).
+_BATCH_BYTES = 64 * 1024
 
 
 class LoopSink(Protocol):
@@ -178,6 +181,7 @@ class Run:
 
     __slots__ = (
         "attempt",
+        "batched",
         "call",
         "deadline",
         "done",
@@ -196,6 +200,7 @@ class Run:
         "target",
         "timer",
         "timer_at",
+        "unflushed",
         "write_timer",
     )
 
@@ -211,6 +216,8 @@ class Run:
         self.quota: asyncio.Task[Any] | None = None
         self.settles: list[SettleQuota] = []
         self.flushing = False  # a write waits for the client to read
+        self.batched = False  # an upstream read is being told: flush once, at its end
+        self.unflushed = 0  # bytes its commands sent that wait (+1 a step)
         self.held: deque[_Fed] | None = None  # events that came while it waited
         self.over = False
         self.streaming = False  # counted in the streams-in-flight gauge
@@ -286,6 +293,19 @@ class Run:
             self.step()
         except Exception:
             self._bug()
+
+    def reading(self) -> None:
+        """An upstream read is about to be told: its commands' writes wait for its end."""
+        self.batched = True
+
+    def read_done(self) -> None:
+        """The read is told: one write of what its commands sent, then the timer."""
+        self.batched = False
+        if self.unflushed and not self.over:
+            try:
+                self._flush()
+            except Exception:
+                self._bug()
 
     def upstream_end(self) -> None:
         """The upstream's body ended (its connection is released when this is fed)."""
@@ -363,6 +383,7 @@ class Run:
             match cmd:
                 case SendBody():
                     sink.send(cmd.data)
+                    self.unflushed += len(cmd.data)
                 case StartResponse():
                     sink.start(cmd.status, list(cmd.headers))
                     if owner.metrics is not None and ex.is_stream:
@@ -391,7 +412,15 @@ class Run:
                         call.abort()
                 case _:
                     raise RuntimeError(f"unexpected command {cmd!r}")
-        if not sink.flush():
+        if self.batched and self.unflushed < _BATCH_BYTES:  # read_done() flushes, once
+            self.unflushed += 1  # (something to flush, if only a head or an end)
+            return
+        self._flush()
+
+    def _flush(self) -> None:
+        self.unflushed = 0
+        owner = self.owner
+        if not self.sink.flush():
             # The client reads slowly: the exchange's timer waits (see
             # Driver._step), the upstream is not read, the write is bounded.
             self.flushing = True

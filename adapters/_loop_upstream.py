@@ -37,7 +37,15 @@ __all__ = ["LoopPool", "UpstreamCall", "UpstreamError", "UpstreamListener"]
 class UpstreamListener(Protocol):
     """Who hears of one call's response (``adapters._loop_driver.Run``), in order:
     ``upstream_head``, ``upstream_data``..., then ``upstream_end`` or, at any
-    point, ``upstream_failed``. Never called from inside ``LoopPool.request``."""
+    point, ``upstream_failed``. Never called from inside ``LoopPool.request``.
+    What one read of the connection brings is told between ``reading()`` and
+    ``read_done()``: a listener writing to a client writes it once, at the end."""
+
+    def reading(self) -> None:
+        """A read of the response is about to be told."""
+
+    def read_done(self) -> None:
+        """What the read held has been told."""
 
     def upstream_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         """The final response head (header names lower-cased)."""
@@ -216,11 +224,15 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
             return
         self.received = True
+        listener = call._listener
+        listener.reading()
         try:
             self.framer.feed(data)
         except UpstreamError as exc:
             if self.call is call:
                 call._broken(self, exc.kind, f"{exc} ({self.origin})")
+        finally:
+            listener.read_done()
 
     def eof_received(self) -> bool:
         self.closed = True

@@ -41,9 +41,16 @@ class Listener:
         self.head: tuple[int, list[tuple[bytes, bytes]]] | None = None
         self.body = b""
         self.pieces = 0
+        self.reads = 0
         self.failure: tuple[str, str] | None = None
         self.upstream: UpstreamCall | None = None  # set once request() returns
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def reading(self) -> None:
+        self.reads += 1
+
+    def read_done(self) -> None:
+        pass
 
     def upstream_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         assert self.head is None

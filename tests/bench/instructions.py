@@ -18,6 +18,8 @@ request's instructions (the bench's targets are shares of a pass-through
 request). Every
 thread of the server is counted; the kernel's work (system calls) is not.
 
+The ``floor`` mode counts ``tests.bench.floor`` instead of the proxy: a minimal
+asyncio + httptools pass-through, what any Python proxy on this stack costs.
 The ``stream`` mode counts a pass-through stream's relayed event instead: 10
 streams of 10 events, then 10 of 110, 4 ms apart (each event in a read of its
 own), the difference over the 1,000 events.
@@ -72,6 +74,7 @@ MODES = {
     "tracing": "tracing",
     "access-log": "access-log",
     "stream": "passthrough",  # per relayed stream event, one event per read
+    "floor": "floor",  # tests.bench.floor: a minimal pass-through, for comparison
 }
 #: the stream mode: requests of STREAM_EVENTS[0], then of STREAM_EVENTS[1] events,
 #: STREAM_DELAY_MS apart (each in a read of its own, even under valgrind)
@@ -108,7 +111,12 @@ def count(
     start-up to exit) answering ``requests`` sequential requests (streams of ``events``
     events, one per read, with ``events``)."""
     port = _free_port()
-    if MODES[mode] == "passthrough":  # the one-provider shorthand
+    level = "info" if mode == "access-log" else "warning"
+    server = ["adapters.httptools_server", "--log-level", level]
+    if mode == "floor":
+        server = ["tests.bench.floor"]
+        how = ["--upstream", base_url]
+    elif MODES[mode] == "passthrough":  # the one-provider shorthand
         how = ["--base-url", base_url, "--type", "openai"]
     else:
         opts = argparse.Namespace(per_read_events=1, per_read_delay_ms=0.0)
@@ -116,7 +124,6 @@ def count(
         path = workdir / f"{mode}.json"
         path.write_text(json.dumps(config))
         how = ["--config", str(path)]
-    level = "info" if mode == "access-log" else "warning"
     valgrind = [
         "valgrind",
         "--tool=cachegrind",
@@ -127,13 +134,11 @@ def count(
         *valgrind,
         sys.executable,
         "-m",
-        "adapters.httptools_server",
+        *server,
         "--host",
         HOST,
         "--port",
         str(port),
-        "--log-level",
-        level,
         *how,
     ]
     report = workdir / f"{mode}-{requests}.valgrind"
@@ -210,7 +215,7 @@ def measure(modes: list[str], requests: int = 1000, warm: int = 100) -> dict[str
     routed = out.get("routed", {}).get("per_request")
     base = out.get("passthrough", {}).get("per_request") or routed
     for mode in modes:
-        if mode not in ("routed", "passthrough", "stream") and routed and base:
+        if mode not in ("routed", "passthrough", "stream", "floor") and routed and base:
             added = out[mode]["per_request"] - routed
             out[mode].update(added=added, share=added / base)
     return out
@@ -220,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.instructions", description=__doc__)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--warm", type=int, default=100)
-    parser.add_argument("--modes", default="passthrough,routed,metrics,tracing,stream")
+    parser.add_argument("--modes", default="floor,passthrough,routed,metrics,tracing,stream")
     opts = parser.parse_args(argv)
     modes = [m for m in opts.modes.split(",") if m]
     unknown = set(modes) - set(MODES)

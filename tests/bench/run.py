@@ -56,7 +56,8 @@ upstream in the same run, next to its plain pass-through:
   httptools under cachegrind (the same to 0.1 % from run to run, the kernel's
   work left out); what each exporter adds to routed, as a share of the
   pass-through request's; and of a pass-through stream, the instructions per
-  relayed event when each event arrives in a read of its own.
+  relayed event when each event arrives in a read of its own; and, beside
+  them, a minimal asyncio + httptools pass-through (``tests.bench.floor``).
   ``<adapter> access-log``: ``access_log: true`` at ``--log-level info`` (one
   line per exchange on the proxy's stderr, which the bench drains; checked:
   the lines written); ``<adapter> metrics``: ``metrics: {enabled: true}``
@@ -1792,6 +1793,7 @@ def summary(
 
     if instructions:
         gateway_lines += [
+            ("floor (tests.bench.floor): instructions/request", instructions_cell("floor")),
             ("pass-through: instructions/request (cachegrind)", instructions_cell("passthrough")),
             ("routed: instructions/request (cachegrind)", instructions_cell("routed")),
             (
@@ -2273,7 +2275,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             instructions = count_instructions(
-                ["passthrough", "routed", "metrics", "tracing", "stream"]
+                ["floor", "passthrough", "routed", "metrics", "tracing", "stream"]
             )
         except BenchError as exc:
             _log(f"  instructions FAILED: {exc}")

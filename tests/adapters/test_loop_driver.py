@@ -1,0 +1,119 @@
+"""The callback driver (``adapters._loop_driver``) writes what one upstream read brings
+in one write to the client.
+
+The real driver, the real core and the real upstream pool, over loopback to an
+upstream written in the test; the client's side is a sink that counts the
+driver's flushes that write something (each is one ``transport.write`` in the
+servers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from adapters._driver import Driver
+from adapters._loop_driver import LoopDriver
+from core import Proxy, ProxyConfig, RequestData, RequestEnded, RequestReceived
+from tests.adapters.test_driver_timers import DONE, SSE_HEAD, chunk, sse
+from tests.adapters.test_upstream import Peer, serve
+
+EVENTS = 20
+
+
+class Client:
+    """A ``LoopSink``: what the client gets, and in how many writes."""
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.out: list[bytes] = []
+        self.writes: list[bytes] = []
+        self.complete: bool | None = None
+
+    def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.out.append(b"<head>")
+
+    def send(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def end(self, complete: bool) -> None:
+        self.complete = complete
+
+    def flush(self) -> bool:
+        if self.out:
+            self.writes.append(b"".join(self.out))
+            self.out.clear()
+        return True
+
+    def abort(self) -> None:  # pragma: no cover - the client stays
+        raise AssertionError("the client was dropped")
+
+
+async def answer_in_one_write(peer: Peer) -> None:
+    """Each request answered in one send: a JSON answer, or the whole event stream."""
+    while request := await peer.read_request():
+        if json.loads(request.body).get("stream"):
+            body = b"".join(chunk(sse(f"tok{i} ")) for i in range(EVENTS))
+            await peer.send(SSE_HEAD + body + DONE)
+        else:
+            answer = json.dumps(
+                {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "choices": [{"index": 0, "message": {"content": "hi"}}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+                }
+            ).encode()
+            await peer.send(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\n\r\n%s" % (len(answer), answer)
+            )
+
+
+async def through_the_driver(port: int, *, stream: bool) -> Client:
+    config = ProxyConfig.model_validate({"upstream": {"base_url": f"http://127.0.0.1:{port}"}})
+    loop_driver = LoopDriver(Driver(Proxy(config)))
+    raw = json.dumps({"model": "m", "messages": [], "stream": stream}).encode()
+    ex = loop_driver.new_exchange()
+    head = [(b"host", b"proxy.test"), (b"content-length", b"%d" % len(raw))]
+    now = loop_driver.loop.time()
+    ex.handle(
+        RequestReceived(method=b"POST", target=b"/v1/chat/completions", headers=head), now=now
+    )
+    ex.handle(RequestData(data=raw), now=now)
+    ex.handle(RequestEnded(), now=now)
+    client = Client()
+    done = asyncio.Event()
+    loop_driver.start(ex, client, done.set)
+    await asyncio.wait_for(done.wait(), 10)
+    await loop_driver.aclose()
+    assert ex.outcome == "completed" and client.status == 200 and client.complete
+    return client
+
+
+@pytest.fixture
+def anyio_backend() -> Any:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_an_answer_read_at_once_is_written_at_once() -> None:
+    async with serve(answer_in_one_write) as server:
+        client = await through_the_driver(server.origin.port, stream=False)
+    (write,) = client.writes  # head and body together
+    assert write.startswith(b"<head>") and write.endswith(b"}")
+
+
+@pytest.mark.anyio
+async def test_stream_events_read_together_are_written_together() -> None:
+    async with serve(answer_in_one_write) as server:
+        client = await through_the_driver(server.origin.port, stream=True)
+    relayed = b"".join(client.writes)
+    assert relayed.count(b"data: ") == EVENTS + 1  # and [DONE]
+    # One write per upstream read: the stream came in one send, so a read or a few,
+    # never a write per event.
+    assert len(client.writes) < EVENTS // 4
