@@ -107,7 +107,8 @@ _COLLECT_METRICS = CollectMetrics()
 _METRICS_TIMEOUT = 10.0  # seconds the driver may take to collect the metrics
 _END_CUT = EndResponse(complete=False)
 # Commands the core builds from parts it checked, without checking them again.
-_start_response = unchecked(StartResponse)
+_head_command = unchecked(StartResponse)
+_body_command = unchecked(SendBody)
 
 
 class ExchangeContext:
@@ -340,7 +341,7 @@ class ExchangeContext:
         pipeline = self._proxy.pipeline
         head_hooks = pipeline.on_response_head if hooks else ()
         if not (head_hooks or pipeline.on_request):  # the core's own (no hook's Reply): checked
-            self._commands.append(_start_response(status=status, headers=headers))
+            self._commands.append(_head_command(status=status, headers=headers))
             return
         for hook in head_hooks:
             hook(self)
@@ -384,6 +385,7 @@ class ExchangeContext:
         if self._head:
             return
         hooks = self._proxy.pipeline.on_stream_event
+        build = _body_command  # the core's own blocks: bytes
         if hooks:
             out: list[bytes] = []
             for block in blocks:
@@ -391,11 +393,12 @@ class ExchangeContext:
                 if changed is not None:
                     out.append(changed)
             blocks = out
+            build = SendBody
         if blocks:
             if self.first_token_at is None:
                 self.first_token_at = self.now
             data = blocks[0] if len(blocks) == 1 else b"".join(blocks)
-            self._commands.append(SendBody(data=data))
+            self._commands.append(build(data=data))
             self._last_block = blocks[-1]  # judged only if the client leaves
 
     def _stream_hooks(
