@@ -69,6 +69,7 @@ class Command:
     __slots__ = ()
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Origin:
     """Where an upstream lives: scheme (http, https), host (non-empty), port (1-65535).
@@ -249,6 +250,7 @@ class Log(Command):
 # --- quotas: rate limits and budgets, kept by the driver's store (memory or Redis) ---
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QuotaCharge:
     """Charge ``amount`` (>= 0; 0: only look) against the limiter state under ``key``.
@@ -274,6 +276,7 @@ class QuotaCharge:
         _check_int(self, "amount", amount, 0)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BudgetCheck:
     """Refuse unless what was spent under ``key`` (USD) is below ``usd``. Don't subclass.
@@ -330,6 +333,7 @@ class AcquireQuota(Command):
         _check_number(self, "timeout", self.timeout, positive=True)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QuotaAdjustment:
     """Correct an up-front charge: ``delta`` > 0 charges more, < 0 refunds (``adjust``).
@@ -358,6 +362,7 @@ class QuotaAdjustment:
         _check_number(self, "charged_at", at)
 
 
+@fast_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SpendRecord:
     """Add ``usd`` to the spend under ``key``; the store may forget it after ``ttl`` s.

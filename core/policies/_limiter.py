@@ -62,6 +62,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from math import isfinite as _isfinite
 
+from .._frozen import unchecked
 from .._quota import Decision, Limit
 from .._quota import finite as _finite
 from .._quota import integer as _integer
@@ -80,28 +81,10 @@ __all__ = [
 
 SLOTS = 60  # entries per window at most (+1): the log's resolution is window / SLOTS
 
-# A Decision built field by field through its slots: half the cost of its
-# frozen dataclass __init__ (object.__setattr__ by name, five times), and
-# quota() builds one per limit per request. Decision validates nothing
-# (tests/core/test_limiter.py holds the two ways to the same value).
-_new = object.__new__
-_set_allowed, _set_limit, _set_remaining, _set_reset_after, _set_retry_after = (
-    Decision.__dict__[name].__set__
-    for name in ("allowed", "limit", "remaining", "reset_after", "retry_after")
-)
-
-
-def _decision(
-    allowed: bool, limit: int, remaining: int, reset_after: float, retry_after: float
-) -> Decision:
-    """``Decision(allowed=..., ...)``, faster."""
-    made: Decision = _new(Decision)
-    _set_allowed(made, allowed)
-    _set_limit(made, limit)
-    _set_remaining(made, remaining)
-    _set_reset_after(made, reset_after)
-    _set_retry_after(made, retry_after)
-    return made
+# A Decision built through its slots (quota() builds one per limit per request);
+# Decision validates nothing (tests/core/test_limiter.py holds the two ways to
+# the same value).
+_decision = unchecked(Decision)
 
 
 _MAX_TTL = 1e10  # seconds: a spend's time to live at most (Redis's PX must be an integer)
@@ -172,11 +155,11 @@ def decision(
 ) -> Decision:
     """One limit's :class:`Decision` from the usage left and the times found."""
     return _decision(
-        allowed,
-        limit.limit,
-        max(0, limit.limit - used),
-        max(0.0, reset_at - now),
-        0.0 if allowed else _after(now, retry_at),
+        allowed=allowed,
+        limit=limit.limit,
+        remaining=max(0, limit.limit - used),
+        reset_after=max(0.0, reset_at - now),
+        retry_after=0.0 if allowed else _after(now, retry_at),
     )
 
 
@@ -431,11 +414,11 @@ class MemoryLimiter:
                 reset_after = 0.0
             decisions.append(
                 _decision(
-                    allowed,
-                    most,
-                    most - used if used < most else 0,
-                    reset_after,
-                    0.0 if allowed else _after(now, retry_at),
+                    allowed=allowed,
+                    limit=most,
+                    remaining=most - used if used < most else 0,
+                    reset_after=reset_after,
+                    retry_after=0.0 if allowed else _after(now, retry_at),
                 )
             )
         return allowed, decisions, spent

@@ -766,7 +766,13 @@ def test_a_decision_built_through_its_slots_is_the_dataclass_s(
 ) -> None:
     # The limiter builds its decisions field by field (it is faster): the same values,
     # the same frozen, hashable objects.
-    made = _decision(allowed, limit, remaining, reset_after, retry_after)
+    made = _decision(
+        allowed=allowed,
+        limit=limit,
+        remaining=remaining,
+        reset_after=reset_after,
+        retry_after=retry_after,
+    )
     expected = Decision(
         allowed=allowed,
         limit=limit,
