@@ -176,7 +176,7 @@ def _fast_pairs(value: object, lower: bool) -> Headers | None:
     anything else, which the slow path then judges."""
     if type(value) is not list:
         return None
-    lowered = True
+    lowered = lower  # no name looked at yet: all lower-case so far
     for pair in value:
         if type(pair) is not tuple or len(pair) != 2:
             return None
