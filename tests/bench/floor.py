@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
@@ -26,12 +27,12 @@ import uvloop
 __all__ = ["main"]
 
 
-class _Upstream(asyncio.Protocol):
-    """The client's upstream connection: sends its requests, writes back the answers."""
+class _Side(asyncio.Protocol):
+    """One connection of the pass-through: its transport, its parser, the body read."""
 
-    def __init__(self, client: _Client) -> None:
-        self.client = client
-        self.parser = httptools.HttpResponseParser(self)
+    parser: Any
+
+    def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.body: list[bytes] = []
 
@@ -46,6 +47,15 @@ class _Upstream(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
+
+
+class _Upstream(_Side):
+    """The client's upstream connection: sends its requests, writes back the answers."""
+
+    def __init__(self, client: _Client) -> None:
+        super().__init__()
+        self.client = client
+        self.parser = httptools.HttpResponseParser(self)
 
     def on_message_complete(self) -> None:
         body = b"".join(self.body)
@@ -55,29 +65,16 @@ class _Upstream(asyncio.Protocol):
         self.client.transport.write(head % (status, len(body)) + body)
 
 
-class _Client(asyncio.Protocol):
+class _Client(_Side):
     def __init__(self, host: str, port: int) -> None:
+        super().__init__()
         self.host, self.port = host, port
         self.parser = httptools.HttpRequestParser(self)
-        self.transport: asyncio.Transport | None = None
         self.upstream: _Upstream | None = None
         self.url = b""
-        self.body: list[bytes] = []
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        self.parser.feed_data(data)
-
-    def on_message_begin(self) -> None:
-        self.body = []
 
     def on_url(self, url: bytes) -> None:
         self.url = url
-
-    def on_body(self, body: bytes) -> None:
-        self.body.append(body)
 
     def on_message_complete(self) -> None:
         body = b"".join(self.body)

@@ -766,20 +766,15 @@ def test_a_decision_built_through_its_slots_is_the_dataclass_s(
 ) -> None:
     # The limiter builds its decisions field by field (it is faster): the same values,
     # the same frozen, hashable objects.
-    made = _decision(
-        allowed=allowed,
-        limit=limit,
-        remaining=remaining,
-        reset_after=reset_after,
-        retry_after=retry_after,
-    )
-    expected = Decision(
-        allowed=allowed,
-        limit=limit,
-        remaining=remaining,
-        reset_after=reset_after,
-        retry_after=retry_after,
-    )
+    fields = {
+        "allowed": allowed,
+        "limit": limit,
+        "remaining": remaining,
+        "reset_after": reset_after,
+        "retry_after": retry_after,
+    }
+    made = _decision(**fields)
+    expected = Decision(**fields)  # type: ignore[arg-type]
     assert (made, hash(made), repr(made)) == (expected, hash(expected), repr(expected))
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.remaining = 0  # type: ignore[misc]
