@@ -186,6 +186,7 @@ class Run:
         "deadline",
         "done",
         "ex",
+        "first_token_sent",
         "flushing",
         "held",
         "over",
@@ -217,6 +218,7 @@ class Run:
         self.settles: list[SettleQuota] = []
         self.flushing = False  # a write waits for the client to read
         self.batched = False  # an upstream read is being told: flush once, at its end
+        self.first_token_sent = False  # a stream's first event is written at once
         self.unflushed = 0  # bytes its commands sent that wait (+1 a step)
         self.held: deque[_Fed] | None = None  # events that came while it waited
         self.over = False
@@ -412,9 +414,11 @@ class Run:
                         call.abort()
                 case _:
                     raise RuntimeError(f"unexpected command {cmd!r}")
-        if self.batched and self.unflushed < _BATCH_BYTES:  # read_done() flushes, once
-            self.unflushed += 1  # (something to flush, if only a head or an end)
-            return
+        if self.batched and self.unflushed < _BATCH_BYTES:
+            if ex.first_token_at is None or self.first_token_sent:
+                self.unflushed += 1  # read_done() flushes, once (if only a head or an end)
+                return
+            self.first_token_sent = True  # a stream's first event: out at once, with its head
         self._flush()
 
     def _flush(self) -> None:

@@ -1,5 +1,5 @@
 """The callback driver (``adapters._loop_driver``) writes what one upstream read brings
-in one write to the client.
+in one write to the client (a stream's first event at once, with the head).
 
 The real driver, the real core and the real upstream pool, over loopback to an
 upstream written in the test; the client's side is a sink that counts the
@@ -114,6 +114,9 @@ async def test_stream_events_read_together_are_written_together() -> None:
         client = await through_the_driver(server.origin.port, stream=True)
     relayed = b"".join(client.writes)
     assert relayed.count(b"data: ") == EVENTS + 1  # and [DONE]
-    # One write per upstream read: the stream came in one send, so a read or a few,
+    # The first event goes out at once with the head (time to first token), the rest
+    # of its read in one write: the stream came in one send, so a read or a few,
     # never a write per event.
+    first = client.writes[0]
+    assert first.startswith(b"<head>") and first.count(b"data: ") == 1
     assert len(client.writes) < EVENTS // 4
