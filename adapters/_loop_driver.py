@@ -4,10 +4,11 @@
 streams; this one runs it from ``asyncio.Protocol`` callbacks: an upstream
 event, a timer or the client's transport calls in, the exchange is fed, its
 commands are carried out, the client's bytes go out in one
-``transport.write``, and the exchange's deadline is left with the timers. The
-process's trace writer, store and log collapser are the ``Driver``'s (one
-``Driver`` per process, its clock bound at start-up); the upstream pool is
-``adapters._loop_upstream.LoopPool``.
+``transport.write`` (what one upstream read brings, once at its end; a
+stream's first event at once, with its head), and the exchange's deadline is
+left with the timers. The process's trace writer, store and log collapser are
+the ``Driver``'s (one ``Driver`` per process, its clock bound at start-up); the
+upstream pool is ``adapters._loop_upstream.LoopPool``.
 
 Timers: a loop timer costs ~3 µs to arm and cancel, and most exchanges end
 long before their deadline. So a deadline more than a second away goes into
