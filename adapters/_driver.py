@@ -191,6 +191,7 @@ class Driver:
         else:
             state.resumed = now()
             state.head_pending = True
+            state.body_started = False
 
     def collect_metrics(self) -> MetricsCollected:
         """The answer to ``CollectMetrics``: every worker's metrics, rendered."""
@@ -321,17 +322,28 @@ class Driver:
                             state.response = None
                     case _:
                         raise RuntimeError(f"unexpected command {cmd!r}")
-            # While writing, the exchange's timer waits; on trio it bounds the write.
-            state.flushing = True
-            timer.deadline = now() + self._write_timeout if self._guard_flush else math.inf
-            try:
-                await client.flush()
-            finally:
-                if settles:
-                    self._settle(settles)
-            state.flushing = False
-            if ex.finished:
-                return True
+            response = state.response
+            if (
+                response is None
+                or state.first_piece
+                or not response.buffered
+                or ex.finished
+                or settles
+            ):
+                # While writing, the exchange's timer waits; on trio it bounds the write.
+                state.flushing = True
+                timer.deadline = now() + self._write_timeout if self._guard_flush else math.inf
+                try:
+                    await client.flush()
+                finally:
+                    if settles:
+                        self._settle(settles)
+                state.flushing = False
+                if ex.finished:
+                    return True
+            # Else what the same upstream read brought is handled first, and written
+            # with this in one write (a stream's first event alone, at once).
+            state.first_piece = False
             # The exchange's timer measures waiting, not the proxy's own work:
             # the time since the driver stopped waiting (handling what came,
             # writing to a client slow to read) is added to its deadline. The
@@ -369,7 +381,9 @@ class Driver:
                 state.response = None
                 event = UpstreamFailed(attempt=attempt, kind=exc.kind, message=str(exc))
             state.resumed = now()
-            if event is None:  # a chunk of the body: no event built
+            if event is None:  # a piece of the body: no event built
+                state.first_piece = not state.body_started
+                state.body_started = True
                 ex.handle_upstream_data(attempt, data, now=state.resumed)
             else:
                 ex.handle(event, now=state.resumed)
@@ -414,7 +428,9 @@ class _Upstream:
 
     __slots__ = (
         "attempt",
+        "body_started",
         "deadline",
+        "first_piece",
         "flushing",
         "head_pending",
         "response",
@@ -429,6 +445,9 @@ class _Upstream:
         self.attempt = 0
         self.streaming = False  # counted in the streams-in-flight gauge
         self.head_pending = False
+        # The response's body began; the piece just handled was its first.
+        self.body_started = False
+        self.first_piece = False
         self.settles: list[SettleQuota] = []
         self.flushing = False
         self.deadline: float | None = None

@@ -264,9 +264,9 @@ class UpstreamPool:
 
 
 class UpstreamResponse:
-    """The response to one request: read the head, then the body, chunk by chunk."""
+    """The response to one request: read the head, then the body as it arrives."""
 
-    __slots__ = ("_conn", "_finished", "_head_received", "_pool", "_resend")
+    __slots__ = ("_body_started", "_conn", "_finished", "_head_received", "_pool", "_resend")
 
     def __init__(
         self,
@@ -278,6 +278,7 @@ class UpstreamResponse:
         self._pool = pool
         self._conn: _Connection | None = conn  # None once pooled again or closed
         self._head_received = False
+        self._body_started = False
         self._finished = False
         self._resend = resend
 
@@ -309,9 +310,14 @@ class UpstreamResponse:
         return head
 
     async def receive_data(self) -> bytes:
-        """Return the next body chunk as soon as it arrives; ``b""`` at the end of the body.
+        """Return the body that arrived and was not returned yet, as soon as some has;
+        ``b""`` at the end of the body.
 
-        At a clean end the connection goes back to the pool at once.
+        What one read of the connection brought is returned in one piece (a
+        stream's events that came together are relayed, and written to the
+        client, together), except the body's first piece, returned alone: a
+        stream's first event goes out without waiting for the events read with
+        it. At a clean end the connection goes back to the pool at once.
         """
         if not self._head_received:
             raise RuntimeError("call receive_head() before receive_data()")
@@ -327,7 +333,24 @@ class UpstreamResponse:
                     await conn.aclose()
                 return b""
             await self._receive(conn)
-        return chunks.popleft()
+        if len(chunks) == 1 or not self._body_started:
+            self._body_started = True
+            return chunks.popleft()
+        data = b"".join(chunks)
+        chunks.clear()
+        return data
+
+    @property
+    def buffered(self) -> bool:
+        """Whether more of the body, or its end, was read already (after the head):
+        the next ``receive_data`` returns it without waiting."""
+        conn = self._conn
+        return (
+            conn is not None
+            and self._head_received
+            and not self._finished
+            and (bool(conn.chunks) or conn.ended)
+        )
 
     async def aclose(self) -> None:
         """Release the connection; close it unless the body was read to its end.

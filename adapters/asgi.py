@@ -379,14 +379,24 @@ class _Supervisor(Multiprocess):
 
 
 class _ASGISink:
-    """Buffers ASGI messages and sends them on flush.
+    """Buffers ASGI messages and sends them on flush: the body sent since the last
+    flush as one message (with the end, if it came), one write on the wire.
 
     A send that leaves uvicorn's transport paused (the client is not reading)
     is followed by a wait for it to drain, bounded by ``write_timeout``; under
     another ASGI server (no ``cycle``), each flush is bounded as a whole.
     """
 
-    __slots__ = ("_flow", "_out", "_send", "_transport", "_write_timeout", "cut", "started")
+    __slots__ = (
+        "_body",
+        "_flow",
+        "_out",
+        "_send",
+        "_transport",
+        "_write_timeout",
+        "cut",
+        "started",
+    )
 
     def __init__(
         self, send: Send, cycle: RequestResponseCycle | None, write_timeout: float
@@ -399,6 +409,7 @@ class _ASGISink:
             self._transport = cycle.transport
         self._write_timeout = write_timeout
         self._out: list[Message] = []
+        self._body: list[bytes] = []  # sent since the last message
         self.started = False
         self.cut = False
 
@@ -407,15 +418,23 @@ class _ASGISink:
         self._out.append({"type": "http.response.start", "status": status, "headers": headers})
 
     def send(self, data: bytes) -> None:
-        self._out.append({"type": "http.response.body", "body": data, "more_body": True})
+        self._body.append(data)
 
     def end(self, complete: bool) -> None:
         if complete:
-            self._out.append({"type": "http.response.body", "body": b"", "more_body": False})
+            self._out.append(self._body_message(more=False))
         else:
             self.cut = True
 
+    def _body_message(self, *, more: bool) -> Message:
+        body = self._body
+        data = body[0] if len(body) == 1 else b"".join(body)
+        body.clear()
+        return {"type": "http.response.body", "body": data, "more_body": more}
+
     async def flush(self) -> None:
+        if self._body:
+            self._out.append(self._body_message(more=True))
         out = self._out
         if not out:
             return

@@ -1,10 +1,12 @@
-"""The callback driver (``adapters._loop_driver``) writes what one upstream read brings
-in one write to the client (a stream's first event at once, with the head).
+"""Both drivers write what one upstream read brings in one write to the client (a
+stream's first event at once, with the head): the callback driver
+(``adapters._loop_driver``: the h11 and httptools servers) and the anyio driver
+(``adapters._driver``: trio and asgi, on both anyio backends).
 
-The real driver, the real core and the real upstream pool, over loopback to an
+The real drivers, the real core and the real upstream pool, over loopback to an
 upstream written in the test; the client's side is a sink that counts the
 driver's flushes that write something (each is one ``transport.write`` in the
-servers).
+servers, one ASGI body message under uvicorn).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import json
 from typing import Any
 
+import anyio
 import pytest
 
 from adapters._driver import Driver
@@ -24,8 +27,8 @@ from tests.adapters.test_upstream import Peer, serve
 EVENTS = 20
 
 
-class Client:
-    """A ``LoopSink``: what the client gets, and in how many writes."""
+class Writes:
+    """What a client gets, and in how many writes (``write``: a flush's)."""
 
     def __init__(self) -> None:
         self.status: int | None = None
@@ -43,10 +46,17 @@ class Client:
     def end(self, complete: bool) -> None:
         self.complete = complete
 
-    def flush(self) -> bool:
+    def write(self) -> None:
         if self.out:
             self.writes.append(b"".join(self.out))
             self.out.clear()
+
+
+class Client(Writes):
+    """A ``LoopSink`` (the callback driver's)."""
+
+    def flush(self) -> bool:
+        self.write()
         return True
 
     def abort(self) -> None:  # pragma: no cover - the client stays
@@ -74,7 +84,7 @@ async def answer_in_one_write(peer: Peer) -> None:
             )
 
 
-async def through_the_driver(port: int, *, stream: bool) -> Client:
+async def through_the_driver(port: int, *, stream: bool) -> Writes:
     config = ProxyConfig.model_validate({"upstream": {"base_url": f"http://127.0.0.1:{port}"}})
     loop_driver = LoopDriver(Driver(Proxy(config)))
     raw = json.dumps({"model": "m", "messages": [], "stream": stream}).encode()
@@ -100,18 +110,57 @@ def anyio_backend() -> Any:
     return "asyncio"
 
 
+#: each driver on the anyio backends it runs on
+DRIVERS = pytest.mark.parametrize(
+    ("through", "anyio_backend"), [("loop", "asyncio"), ("anyio", "asyncio"), ("anyio", "trio")]
+)
+
+
+class AsyncClient(Writes):
+    """A ``ClientSink`` (the anyio driver's)."""
+
+    async def flush(self) -> None:
+        self.write()
+
+
+async def through_the_anyio_driver(port: int, *, stream: bool) -> Writes:
+    config = ProxyConfig.model_validate({"upstream": {"base_url": f"http://127.0.0.1:{port}"}})
+    driver = Driver(Proxy(config))
+    raw = json.dumps({"model": "m", "messages": [], "stream": stream}).encode()
+    ex = driver.new_exchange()
+    head = [(b"host", b"proxy.test"), (b"content-length", b"%d" % len(raw))]
+    ex.handle(
+        RequestReceived(method=b"POST", target=b"/v1/chat/completions", headers=head),
+        now=driver.now(),
+    )
+    ex.handle(RequestData(data=raw), now=driver.now())
+    ex.handle(RequestEnded(), now=driver.now())
+    client = AsyncClient()
+    with anyio.fail_after(10):
+        await driver.run(ex, client)
+    await driver.aclose()
+    assert ex.outcome == "completed" and client.status == 200 and client.complete
+    return client
+
+
 @pytest.mark.anyio
-async def test_an_answer_read_at_once_is_written_at_once() -> None:
+@DRIVERS
+async def test_an_answer_read_at_once_is_written_at_once(through: str, anyio_backend: str) -> None:
+    relay = through_the_driver if through == "loop" else through_the_anyio_driver
     async with serve(answer_in_one_write) as server:
-        client = await through_the_driver(server.origin.port, stream=False)
+        client = await relay(server.origin.port, stream=False)
     (write,) = client.writes  # head and body together
     assert write.startswith(b"<head>") and write.endswith(b"}")
 
 
 @pytest.mark.anyio
-async def test_stream_events_read_together_are_written_together() -> None:
+@DRIVERS
+async def test_stream_events_read_together_are_written_together(
+    through: str, anyio_backend: str
+) -> None:
+    relay = through_the_driver if through == "loop" else through_the_anyio_driver
     async with serve(answer_in_one_write) as server:
-        client = await through_the_driver(server.origin.port, stream=True)
+        client = await relay(server.origin.port, stream=True)
     relayed = b"".join(client.writes)
     assert relayed.count(b"data: ") == EVENTS + 1  # and [DONE]
     # The first event goes out at once with the head (time to first token), the rest

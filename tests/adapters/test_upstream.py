@@ -535,6 +535,37 @@ async def test_chunks_are_delivered_as_they_arrive(pool: UpstreamPool) -> None:
         await pool.aclose()
 
 
+@pytest.mark.anyio
+async def test_what_one_read_brings_comes_in_one_piece_but_the_bodys_first(
+    pool: UpstreamPool,
+) -> None:
+    events = [b"data: %d\n\n" % n for n in range(10)]
+    more = anyio.Event()
+
+    async def handler(peer: Peer) -> None:
+        assert await peer.read_request()
+        head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+        await peer.send(head + b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events))
+        await more.wait()
+        await peer.send(b"%x\r\n%s\r\n0\r\n\r\n" % (len(events[0]), events[0]))
+        await peer.wait_closed()
+
+    async with serve(handler) as server:
+        response = await start(pool, server.origin, b"POST", b"{}")
+        with anyio.fail_after(5):
+            assert (await response.receive_head())[0] == 200
+            assert response.buffered  # the events came with the head
+            assert await response.receive_data() == events[0]  # at once, alone
+            assert await response.receive_data() == b"".join(events[1:])
+            assert not response.buffered
+            more.set()
+            assert await response.receive_data() == events[0]
+            assert response.buffered  # the end came with it
+            assert await response.receive_data() == b""
+            assert not response.buffered
+        await pool.aclose()
+
+
 # -- closing early and cancelling -------------------------------------------------------
 
 
