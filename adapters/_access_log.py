@@ -35,7 +35,7 @@ from typing import Any
 
 from core import ExchangeRecord, ProxyConfig, RecordExchange
 
-from ._log_format import fields_extra
+from ._log_format import TEXT_FORMAT, JsonFormatter, fields_extra, json_line
 from ._logs import Drops, LogCollapser
 
 __all__ = ["MAX_VALUE", "AccessLog", "access_fields", "access_line"]
@@ -93,6 +93,9 @@ _BARE = re.compile(r"[!#-&(-<>-\[\]-~]+")
 
 def _text(value: object) -> str:
     if type(value) is str:
+        known = _TEXTS.get(value)
+        if known is not None:
+            return known
         text = value
     elif type(value) is int:
         return str(value)
@@ -100,9 +103,17 @@ def _text(value: object) -> str:
         return f"{value:.6g}" if abs(value) < 1e-3 and value else repr(value)
     else:
         text = str(value)
-    if _BARE.fullmatch(text):
-        return text
-    return json.dumps(text, ensure_ascii=False)
+    written = text if _BARE.fullmatch(text) else json.dumps(text, ensure_ascii=False)
+    if type(value) is str and len(value) <= MAX_VALUE:
+        if len(_TEXTS) >= _TEXTS_MAX:
+            _TEXTS.clear()
+        _TEXTS[value] = written
+    return written
+
+
+# The text of strings met (methods, paths, models, outcomes recur): one thread writes.
+_TEXTS: dict[str, str] = {}
+_TEXTS_MAX = 4096
 
 
 def access_line(fields: dict[str, Any], *, whole: bool = True) -> tuple[str, str]:
@@ -121,12 +132,11 @@ def access_line(fields: dict[str, Any], *, whole: bool = True) -> tuple[str, str
     )
     if not whole:
         return head, head
-    rest = " ".join(
-        f"{key}={_text(value)}"
-        for key, value in fields.items()
-        if value is not None and key not in _HEAD
-    )
-    return head, f"{head} {rest}"  # never bare: the exchange's id is always there
+    parts = [head]
+    for key, value in fields.items():
+        if value is not None and key not in _HEAD:
+            parts.append(f"{key}={_text(value)}")
+    return head, " ".join(parts)  # never bare: the exchange's id is always there
 
 
 class AccessLog:
@@ -164,6 +174,8 @@ class AccessLog:
         self._closing = False
         self._closed = False
         self._logs = LogCollapser(_status_logger, interval=report_every, clock=clock)
+        self._second = -1  # the whole second whose local time is _second_text
+        self._second_text = ""
         # Drops: counted by submit(), reported by the thread (or close()).
         self._drops = Drops(
             _status_logger, "access log lines", every=report_every, clock=clock, on_drop=on_drop
@@ -233,13 +245,20 @@ class AccessLog:
                 if not pending and not self._closing:
                     self._wake.wait(self._report_every)
                 self._sleeping = False
-            for _ in range(min(len(pending), self._batch)):
-                self._write(pending.popleft())
+            batch = [pending.popleft() for _ in range(min(len(pending), self._batch))]
+            if batch:
+                handler = _stderr_handler(self._text)
+                if handler is None:
+                    for exchange in batch:
+                        self._write(exchange)
+                else:
+                    self._write_to(handler, batch)
             self._drops.report(self._clock())
             if self._closing and not pending:
                 return
 
-    def _write(self, exchange: RecordExchange) -> None:
+    def _line(self, exchange: RecordExchange) -> tuple[str, str, dict[str, Any]] | None:
+        """The head, line and fields of ``exchange`` (None: none could be made, said)."""
         record: ExchangeRecord | None = None
         try:
             record = exchange.record
@@ -256,7 +275,51 @@ class AccessLog:
                 key=type(exc).__name__,
                 text=f"access log: could not write a line: {type(exc).__name__}",
             )
+            return None
+        return head, line, fields
+
+    def _write_to(self, handler: logging.StreamHandler[Any], batch: list[RecordExchange]) -> None:
+        """Write ``batch``'s lines to ``handler``'s stream at once, as it would write
+        them one by one (see ``_stderr_handler``)."""
+        lines = []
+        end = handler.terminator
+        for exchange in batch:
+            made = self._line(exchange)
+            if made is None:
+                continue
+            head, line, fields = made
+            created = time.time()
+            if self._text:
+                lines.append(f"{self._asctime(created)} INFO {logger.name}: {line}{end}")
+            else:
+                lines.append(json_line(created, "INFO", logger.name, head, fields) + end)
+        if not lines:
             return
+        handler.acquire()
+        try:
+            handler.stream.write("".join(lines))
+            handler.flush()
+        except Exception:  # a closed or broken stderr: the lines are lost, counted
+            self._drops.add(len(lines))
+            return
+        finally:
+            handler.release()
+        self.written += len(lines)
+
+    def _asctime(self, created: float) -> str:
+        """``%(asctime)s`` of a record made at ``created`` (``logging.Formatter``'s
+        default: local time, milliseconds), its date and time made once a second."""
+        second = int(created)
+        if second != self._second:
+            self._second_text = time.strftime(_TIME_FORMAT, time.localtime(second))
+            self._second = second
+        return f"{self._second_text},{int((created - second) * 1000):03d}"
+
+    def _write(self, exchange: RecordExchange) -> None:
+        made = self._line(exchange)
+        if made is None:
+            return
+        head, line, fields = made
         # As logger.info() would, less its search for the caller (a few µs).
         logger.handle(
             logger.makeRecord(
@@ -271,3 +334,44 @@ class AccessLog:
             )
         )
         self.written += 1
+
+
+_TIME_FORMAT = logging.Formatter.default_time_format
+
+
+def _stderr_handler(text: bool) -> logging.StreamHandler[Any] | None:
+    """The handler ``configure_logging`` set up, if the access lines reach it alone
+    and it writes them as it was set up to (``TEXT_FORMAT`` if ``text``, else
+    ``JsonFormatter``; no filter anywhere): then the thread writes a batch's lines
+    to its stream in one write, formatted as it would, without a ``LogRecord``
+    each (most of a line's cost). Else (a handler or filter added, another
+    formatter, ``logging.disable``): through ``logger.handle``, one by one."""
+    if not logger.isEnabledFor(_INFO):
+        return None
+    node: logging.Logger | None = logger
+    while node is not None:
+        if node.filters or node.disabled:
+            return None
+        if node.parent is None:
+            break
+        if node.handlers or not node.propagate:
+            return None
+        node = node.parent
+    if node is None or len(node.handlers) != 1:
+        return None
+    handler = node.handlers[0]
+    if type(handler) is not logging.StreamHandler or handler.filters or handler.level > _INFO:
+        return None
+    formatter = handler.formatter
+    if text:
+        usual = (
+            type(formatter) is logging.Formatter
+            and formatter._fmt == TEXT_FORMAT
+            and formatter.datefmt is None
+            and formatter.converter is time.localtime
+            and formatter.default_time_format == _TIME_FORMAT
+            and formatter.default_msec_format == "%s,%03d"
+        )
+    else:
+        usual = type(formatter) is JsonFormatter
+    return handler if usual else None

@@ -31,7 +31,14 @@ import orjson
 
 from core import ProxyConfig
 
-__all__ = ["TEXT_FORMAT", "JsonFormatter", "configure_logging", "fields_extra", "logging_config"]
+__all__ = [
+    "TEXT_FORMAT",
+    "JsonFormatter",
+    "configure_logging",
+    "fields_extra",
+    "json_line",
+    "logging_config",
+]
 
 #: The text line, as it has always been.
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -73,16 +80,14 @@ class JsonFormatter(logging.Formatter):
         message = getattr(record, _MESSAGE, None)
         if not isinstance(message, str):
             message = record.getMessage()
-        line: dict[str, Any] = {
-            "ts": datetime.datetime.fromtimestamp(record.created, _UTC),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": message,
-        }
         fields = getattr(record, _FIELDS, None)
-        if isinstance(fields, Mapping):
-            for key, value in fields.items():
-                line.setdefault(str(key), value)
+        line = _line(
+            record.created,
+            record.levelname,
+            record.name,
+            message,
+            fields if isinstance(fields, Mapping) else None,
+        )
         exception = getattr(record, _EXCEPTION, None)
         if record.exc_info:
             if not record.exc_text:
@@ -93,6 +98,29 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             line.setdefault("stack", self.formatStack(record.stack_info))
         return _dumps(line)
+
+
+def json_line(
+    created: float, level: str, name: str, message: str, fields: Mapping[str, Any]
+) -> str:
+    """The JSON line ``JsonFormatter`` writes of a record made at ``created`` (UNIX
+    time) with ``extra=fields_extra(message, fields)``, without building the record."""
+    return _dumps(_line(created, level, name, message, fields))
+
+
+def _line(
+    created: float, level: str, name: str, message: str, fields: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    line: dict[str, Any] = {
+        "ts": datetime.datetime.fromtimestamp(created, _UTC),
+        "level": level,
+        "logger": name,
+        "message": message,
+    }
+    if fields is not None:
+        for key, value in fields.items():
+            line.setdefault(str(key), value)
+    return line
 
 
 def _dumps(line: dict[str, Any]) -> str:

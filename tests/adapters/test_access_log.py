@@ -539,6 +539,85 @@ def test_text_lines_are_as_they_were() -> None:
     assert lines[-1] == "RuntimeError: the end"  # Python's own hook, unchanged in text
 
 
+def varied() -> list[ExchangeRecord]:
+    """Records whose lines differ in every way a line can."""
+    forged = 'm\u00e9 "q"\n' + "y" * 300
+    return [
+        record(),
+        record(exchange_id="e2", stream=False, time_to_first_token=None, cost_usd=1.5),
+        record(exchange_id="e3", model=forged, model_configured=False, key_name="a b"),
+        record(
+            exchange_id="e4",
+            status=None,
+            outcome="client_gone",
+            provider=None,
+            usage=None,
+            cost_usd=None,
+            key_name=None,
+            upstream_duration=None,
+            time_to_first_token=None,
+            error_code="client_gone",
+        ),
+        record(exchange_id="e5", path="/v1/x y", method="GET", duration=61.0, cost_usd=2e-9),
+    ]
+
+
+_BOTH_WAYS = """
+import io, json, logging, sys
+from adapters._access_log import AccessLog
+from adapters._cli import load, build_parser, setup_logging
+from core import RecordExchange
+from tests.adapters.test_access_log import varied
+out = sys.stderr = io.StringIO()
+loaded = load(build_parser("t", "t").parse_args(sys.argv[1:]), {})
+setup_logging(loaded.config)
+handled = []
+handle = logging.Logger.handle
+def counted(self, record):
+    handled.append(record.name)
+    handle(self, record)
+logging.Logger.handle = counted
+def lines():
+    access = AccessLog(loaded.config)
+    for record in varied():
+        access.submit(RecordExchange(record))
+    access.close()
+    text = out.getvalue()
+    out.seek(0)
+    out.truncate()
+    return [text, handled.count("sansproxy.access")]
+straight = lines()
+logging.getLogger().handlers[0].addFilter(lambda record: True)  # no longer as set up
+print(json.dumps([straight, lines()]))
+"""
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_the_lines_written_straight_are_the_lines_logging_writes(log_format: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _BOTH_WAYS, "--log-format", log_format],
+        check=True,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    (straight, records), (through, handled) = json.loads(done.stdout)
+    # As set up, no LogRecord was made; with a filter added, one a line.
+    assert (records, handled) == (0, 5)
+    if log_format == "json":
+        ours = [json.loads(line) for line in straight.splitlines()]
+        theirs = [json.loads(line) for line in through.splitlines()]
+        stamps = [line.pop("ts") for line in ours + theirs]
+        assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", t) for t in stamps)
+    else:
+        stamp = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ")
+        assert all(stamp.match(line) for line in (straight + through).splitlines())
+        ours = [stamp.sub("", line, count=1) for line in straight.splitlines()]
+        theirs = [stamp.sub("", line, count=1) for line in through.splitlines()]
+    assert len(ours) == 5 and ours == theirs
+
+
 def test_the_uvicorn_logging_config_is_the_same_set_up() -> None:
     config = logging_config(
         ProxyConfig.model_validate({"log_format": "json", "log_level": "warning"})
