@@ -15,8 +15,11 @@ characters is quoted as a JSON string, so one exchange is always one line.
 The lines follow ``log_level``: at ``warning`` there are none.
 
 Off the response path: ``submit()`` appends to a bounded queue that one daemon
-thread drains. Beyond ``max_queue`` records waiting a record is dropped and
-counted (``dropped``); the drops are logged as one WARNING line at most every
+thread drains: a line after a quiet spell at once, then, while lines keep
+coming, those of each ``gather`` seconds (0.1) together (or of each ``batch``
+records), in one write when logging is as ``configure_logging`` set it up.
+Beyond ``max_queue`` records waiting a record is dropped and counted
+(``dropped``); the drops are logged as one WARNING line at most every
 ``report_every`` seconds. A blocked stderr (a full pipe, a stalled terminal)
 then costs dropped lines, never a stalled event loop. ``close()`` logs what
 is queued (for at most ``close_timeout`` seconds) and reports the drops.
@@ -154,6 +157,7 @@ class AccessLog:
         max_queue: int = 10_000,
         batch: int = 512,
         report_every: float = 10.0,
+        gather: float = 0.1,
         close_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         on_drop: Callable[[int], object] | None = None,
@@ -164,6 +168,7 @@ class AccessLog:
         self._max_queue = max_queue
         self._batch = batch
         self._report_every = report_every
+        self._gather = gather
         self._close_timeout = close_timeout
         self._clock = clock
         self._pending: collections.deque[RecordExchange] = collections.deque()
@@ -196,6 +201,8 @@ class AccessLog:
             self._wake.set()
         elif self._thread is None:
             self._start()
+        elif len(self._pending) == self._batch:
+            self._wake.set()
 
     def _start(self) -> None:
         with self._start_lock:
@@ -256,6 +263,11 @@ class AccessLog:
             self._drops.report(self._clock())
             if self._closing and not pending:
                 return
+            if batch and len(pending) < self._batch and not self._closing:
+                # Lines came: more are likely, gathered a while (not woken for each).
+                self._wake.clear()
+                if len(pending) < self._batch and not self._closing:
+                    self._wake.wait(self._gather)
 
     def _line(self, exchange: RecordExchange) -> tuple[str, str, dict[str, Any]] | None:
         """The head, line and fields of ``exchange`` (None: none could be made, said)."""

@@ -261,6 +261,22 @@ def test_one_info_line_per_record_off_the_caller_s_thread(
     assert (log.written, log.dropped, log.failed) == (2, 0, 0)
 
 
+def test_a_line_after_a_quiet_spell_at_once_then_a_batch_or_a_while_s_together(
+    captured: pytest.LogCaptureFixture,
+) -> None:
+    log = AccessLog(TEXT, batch=3, gather=60.0)
+    log.submit(RecordExchange(record()))
+    wait_until(lambda: len(access_records(captured)) == 1)  # not after `gather`
+    for n in range(2, 5):  # gathered: written when the batch is full, not in a minute
+        log.submit(RecordExchange(record(exchange_id=f"e{n}")))
+    wait_until(lambda: len(access_records(captured)) == 4)
+    log.submit(RecordExchange(record(exchange_id="e5")))
+    log.close()  # what gathers is written at close
+    ids = [r.getMessage().split("exchange=")[1].split()[0] for r in access_records(captured)]
+    assert ids == ["3fa2b1c4000001", "e2", "e3", "e4", "e5"]
+    assert (log.written, log.dropped) == (5, 0)
+
+
 def test_in_json_the_fields_are_keys(captured: pytest.LogCaptureFixture) -> None:
     log = AccessLog(JSON)
     log.submit(RecordExchange(record()))
