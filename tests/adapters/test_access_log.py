@@ -214,19 +214,24 @@ def test_the_text_access_line() -> None:
     )
 
 
-def test_an_access_line_without_an_answer_leaves_out_what_it_lacks() -> None:
-    rec = record(
+def unanswered(**changes: Any) -> ExchangeRecord:
+    """A record of a client gone before any answer (no usage, cost, key, upstream)."""
+    return record(
         status=None,
         outcome="client_gone",
         provider=None,
         usage=None,
         cost_usd=None,
         key_name=None,
-        retries=0,
         upstream_duration=None,
         time_to_first_token=None,
         error_code="client_gone",
+        **changes,
     )
+
+
+def test_an_access_line_without_an_answer_leaves_out_what_it_lacks() -> None:
+    rec = unanswered(retries=0)
     head, line = access_line(access_fields(rec))
     assert line == (
         "POST /v1/chat/completions - client_gone 12.3ms exchange=3fa2b1c4000001 model=fast "
@@ -562,18 +567,7 @@ def varied() -> list[ExchangeRecord]:
         record(),
         record(exchange_id="e2", stream=False, time_to_first_token=None, cost_usd=1.5),
         record(exchange_id="e3", model=forged, model_configured=False, key_name="a b"),
-        record(
-            exchange_id="e4",
-            status=None,
-            outcome="client_gone",
-            provider=None,
-            usage=None,
-            cost_usd=None,
-            key_name=None,
-            upstream_duration=None,
-            time_to_first_token=None,
-            error_code="client_gone",
-        ),
+        unanswered(exchange_id="e4"),
         record(exchange_id="e5", path="/v1/x y", method="GET", duration=61.0, cost_usd=2e-9),
     ]
 

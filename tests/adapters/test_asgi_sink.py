@@ -26,15 +26,21 @@ def recording() -> tuple[list[dict[str, Any]], Any]:
     return sent, send
 
 
+def started() -> tuple[list[dict[str, Any]], _ASGISink]:
+    """What an ``_ASGISink`` sends, and the sink, its response started (an event stream)."""
+    sent, send = recording()
+    sink = _ASGISink(send, None, write_timeout=5.0)
+    sink.start(200, list(SSE))
+    return sent, sink
+
+
 def body(data: bytes, more: bool) -> dict[str, Any]:
     return {"type": "http.response.body", "body": data, "more_body": more}
 
 
 @pytest.mark.anyio
 async def test_the_body_written_between_flushes_is_one_message() -> None:
-    sent, send = recording()
-    sink = _ASGISink(send, None, write_timeout=5.0)
-    sink.start(200, list(SSE))
+    sent, sink = started()
     sink.send(b"data: 1\n\n")
     await sink.flush()
     for n in range(2, 6):
@@ -55,9 +61,7 @@ async def test_the_body_written_between_flushes_is_one_message() -> None:
 
 @pytest.mark.anyio
 async def test_a_cut_response_still_gets_what_was_written_but_no_end() -> None:
-    sent, send = recording()
-    sink = _ASGISink(send, None, write_timeout=5.0)
-    sink.start(200, list(SSE))
+    sent, sink = started()
     sink.send(b"data: 1\n\n")
     sink.send(b"data: 2\n\n")
     sink.end(False)
