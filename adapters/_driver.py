@@ -49,10 +49,13 @@ from ._trace_writer import TraceWriter
 from ._upstream import UpstreamError, UpstreamPool
 from ._upstream import UpstreamResponse as PoolResponse
 
-__all__ = ["ClientDisconnected", "ClientSink", "Driver"]
+__all__ = ["BATCH_BYTES", "ClientDisconnected", "ClientSink", "Driver"]
 
 logger = logging.getLogger("sansproxy")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+#: Bytes an upstream read's commands may leave unwritten until its end; past
+#: them they are written at once (a slow client then holds the rest of the read).
+BATCH_BYTES = 64 * 1024
 
 
 class ClientDisconnected(Exception):
@@ -282,6 +285,7 @@ class Driver:
                 match cmd:
                     case SendBody():
                         client.send(cmd.data)
+                        state.unflushed += len(cmd.data)
                     case StartResponse():
                         client.start(cmd.status, list(cmd.headers))
                         if self.sinks.metrics is not None and ex.is_stream:
@@ -327,10 +331,12 @@ class Driver:
                 response is None
                 or state.first_piece
                 or not response.buffered
+                or state.unflushed >= BATCH_BYTES
                 or ex.finished
                 or settles
             ):
                 # While writing, the exchange's timer waits; on trio it bounds the write.
+                state.unflushed = 0
                 state.flushing = True
                 timer.deadline = now() + self._write_timeout if self._guard_flush else math.inf
                 try:
@@ -342,7 +348,8 @@ class Driver:
                 if ex.finished:
                     return True
             # Else what the same upstream read brought is handled first, and written
-            # with this in one write (a stream's first event alone, at once).
+            # with this in one write (a stream's first event alone, at once), unless
+            # BATCH_BYTES wait: a client that stops reading then holds the rest.
             state.first_piece = False
             # The exchange's timer measures waiting, not the proxy's own work:
             # the time since the driver stopped waiting (handling what came,
@@ -438,6 +445,7 @@ class _Upstream:
         "settles",
         "stalled",
         "streaming",
+        "unflushed",
     )
 
     def __init__(self) -> None:
@@ -448,6 +456,7 @@ class _Upstream:
         # The response's body began; the piece just handled was its first.
         self.body_started = False
         self.first_piece = False
+        self.unflushed = 0  # bytes handed to the client since its last flush
         self.settles: list[SettleQuota] = []
         self.flushing = False
         self.deadline: float | None = None

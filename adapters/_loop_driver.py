@@ -57,7 +57,7 @@ from core import (
 )
 from core._events import FailureKind
 
-from ._driver import Driver, stopped_reading
+from ._driver import BATCH_BYTES, Driver, stopped_reading
 from ._loop_upstream import LoopPool, UpstreamCall, UpstreamError
 
 __all__ = ["LoopDriver", "LoopSink", "Run"]
@@ -67,9 +67,6 @@ logger = logging.getLogger("sansproxy")
 _Upstream = UpstreamResponse | UpstreamData | UpstreamEnded | UpstreamFailed
 _Fed = _Upstream | QuotaAnswered | QuotaFailed
 _Acquire = Callable[[AcquireQuota], QuotaAnswered | QuotaFailed | None]
-#: Bytes an upstream read's commands may leave unwritten until its end; past
-#: them they are written at once (a slow client then holds the rest of the read).
-_BATCH_BYTES = 64 * 1024
 
 
 class LoopSink(Protocol):
@@ -415,7 +412,7 @@ class Run:
                         call.abort()
                 case _:
                     raise RuntimeError(f"unexpected command {cmd!r}")
-        if self.batched and self.unflushed < _BATCH_BYTES:
+        if self.batched and self.unflushed < BATCH_BYTES:
             if ex.first_token_at is None or self.first_token_sent:
                 self.unflushed += 1  # read_done() flushes, once (if only a head or an end)
                 return

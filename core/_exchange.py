@@ -572,9 +572,9 @@ class Exchange(ExchangeContext):
 
     def _on_client_gone(self, event: ClientGone, now: float) -> None:
         self._cancel_upstream()
-        if is_final_event(self._last_block):
-            # The client had the stream's last event ([DONE], message_stop)
-            # and hung up before the upstream's end of body: it is complete.
+        if not event.reason and is_final_event(self._last_block):
+            # The client had the stream's last event ([DONE], message_stop) and hung
+            # up before the upstream's end of body (not dropped mid-write): complete.
             self._complete("completed", now)
             return
         fields = {"exchange": self.exchange_id}

@@ -25,6 +25,7 @@ from core import (
     AcquireQuota,
     ClientGone,
     Command,
+    Log,
     Proxy,
     ProxyConfig,
     QuotaAnswered,
@@ -380,6 +381,19 @@ def test_usage_counts_when_the_client_leaves_right_after_done() -> None:
     }
     assert record["cost_usd"] == (9 * 1.0 + 5 * 2.0) / 1e6
     assert not any(getattr(c, "message", "") == "client went away" for c in out)
+
+
+def test_a_client_dropped_for_not_reading_never_had_the_last_event() -> None:
+    # The driver was handed [DONE] but could not write it: the client stopped reading.
+    pb, out = exchange(
+        gateway(), chat(stream=True), head=STREAM_HEAD, chunks=OPENAI_STREAM, end=False
+    )
+    out += pb.feed(ClientGone(reason="it stopped reading"), now=0.4)
+    assert pb.ex.outcome == "client_gone"
+    assert trace(out)["outcome"] == "client_gone"
+    assert trace(out)["usage"]["output_tokens"] == 5  # what was used still counts
+    (said,) = [c for c in out if isinstance(c, Log) and c.level == "warning"]
+    assert said.message == "dropped the client: it stopped reading"
 
 
 def test_usage_counts_when_an_anthropic_client_leaves_right_after_message_stop() -> None:
