@@ -19,6 +19,7 @@ import math
 import select
 import socket
 import ssl
+import sys
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
@@ -85,8 +86,12 @@ def using_asyncio() -> bool:
 
 def clock() -> Clock:
     """The running loop's clock (what anyio deadlines use), without per-call lookups."""
-    if using_asyncio():
+    library = sniffio.current_async_library()
+    if library == "asyncio":
         return asyncio.get_running_loop().time
+    if library == "trio":  # running, so imported (not imported here otherwise)
+        trio_clock: Clock = sys.modules["trio"].current_time
+        return trio_clock
     return anyio.current_time
 
 
