@@ -15,6 +15,7 @@ import resource
 import socket
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 from tests.e2e._helpers import (
@@ -150,6 +151,46 @@ def test_a_client_that_stops_reading_is_dropped_after_write_timeout(
     assert "upstream_timeout" not in logs
     assert "Traceback" not in logs
     assert len(_warnings(proxy)) == 1, _warnings(proxy)
+
+
+def test_a_client_slow_to_read_within_write_timeout_gets_the_whole_stream(
+    start_proxy: StartProxy, mock_upstream: MockUpstream
+) -> None:
+    proxy = start_proxy(
+        "--base-url",
+        mock_upstream.base_url,
+        config={
+            "server": {"write_timeout": 10.0},
+            # Shorter than the client's pause: while the proxy waits for the client
+            # to read, the upstream's timer waits too (no 504, nor a client dropped).
+            "upstream": {"read_timeout": 0.5},
+            "limits": {"max_sse_event_size": 16 << 20},
+        },
+    )
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(READ_TIMEOUT)
+    with sock:
+        sock.connect((proxy.host, proxy.port))
+        sock.sendall(
+            raw_request(
+                "POST",
+                CHAT,
+                headers=[
+                    ("content-type", "application/json"),
+                    ("connection", "close"),
+                    (SCENARIO_HEADER, f"sse-huge-event:{4 << 20}"),
+                ],
+                body=json.dumps(chat_body(stream=True)).encode(),
+            )
+        )
+        time.sleep(1.5)  # the slow client itself: it reads nothing for a while
+        received = bytearray()
+        while chunk := sock.recv(1 << 20):
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 200") and b"data: [DONE]" in received
+    logs = proxy.logs()
+    assert "upstream_timeout" not in logs and "dropped the client" not in logs
 
 
 def _trickle(raw: RawClient) -> tuple[bytes, bool]:
