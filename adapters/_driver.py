@@ -97,10 +97,6 @@ class ClientSink(Protocol):
         driver does.
         """
 
-    def ready(self) -> bool:
-        """Whether ``flush`` would write what is buffered now, without waiting for
-        the client to read (False if the sink cannot tell)."""
-
 
 class Driver:
     """Runs exchanges for one process: one upstream pool, one trace writer, one store."""
@@ -339,14 +335,10 @@ class Driver:
                 or ex.finished
                 or settles
             ):
-                # While writing, the exchange's timer waits (unless the write cannot
-                # wait); on trio it bounds the write.
+                # While writing, the exchange's timer waits; on trio it bounds the write.
                 state.unflushed = 0
                 state.flushing = True
-                if self._guard_flush:
-                    timer.deadline = now() + self._write_timeout
-                elif not client.ready():
-                    timer.deadline = math.inf
+                timer.deadline = now() + self._write_timeout if self._guard_flush else math.inf
                 try:
                     await client.flush()
                 finally:

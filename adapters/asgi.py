@@ -378,10 +378,6 @@ class _Supervisor(Multiprocess):
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
-#: Bytes of a response head, besides its header lines (status line, framing).
-_HEAD_SIZE = 64
-
-
 class _ASGISink:
     """Buffers ASGI messages and sends them on flush: the body sent since the last
     flush as one message (with the end, if it came), one write on the wire.
@@ -396,7 +392,6 @@ class _ASGISink:
         "_flow",
         "_out",
         "_send",
-        "_size",
         "_transport",
         "_write_timeout",
         "cut",
@@ -415,27 +410,15 @@ class _ASGISink:
         self._write_timeout = write_timeout
         self._out: list[Message] = []
         self._body: list[bytes] = []  # sent since the last message
-        self._size = 0  # bytes buffered since the last flush (about, for the head)
         self.started = False
         self.cut = False
 
     def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.started = True
         self._out.append({"type": "http.response.start", "status": status, "headers": headers})
-        self._size += _HEAD_SIZE + sum(len(name) + len(value) + 4 for name, value in headers)
 
     def send(self, data: bytes) -> None:
         self._body.append(data)
-        self._size += len(data)
-
-    def ready(self) -> bool:
-        """Under uvicorn: its transport is not paused, and what is buffered fits under
-        its high-water mark (the flush writes it without waiting)."""
-        flow, transport = self._flow, self._transport
-        if flow is None or transport is None or flow.write_paused:
-            return False
-        size = transport.get_write_buffer_size() + self._size
-        return size < transport.get_write_buffer_limits()[1]
 
     def end(self, complete: bool) -> None:
         if complete:
@@ -450,7 +433,6 @@ class _ASGISink:
         return {"type": "http.response.body", "body": data, "more_body": more}
 
     async def flush(self) -> None:
-        self._size = 0
         if self._body:
             self._out.append(self._body_message(more=True))
         out = self._out

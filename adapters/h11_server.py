@@ -108,9 +108,6 @@ class _H11Sink:
         else:
             self.cut = True
 
-    def ready(self) -> bool:
-        return False  # on trio only (the driver bounds each write)
-
     async def flush(self) -> None:
         if not self._out:
             return

@@ -118,9 +118,6 @@ class Sink:
     def end(self, complete: bool) -> None:
         self.complete = complete
 
-    def ready(self) -> bool:
-        return False
-
     async def flush(self) -> None:
         if self.slow_write and self.body:
             self.slow_write = False

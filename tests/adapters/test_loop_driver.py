@@ -119,9 +119,6 @@ DRIVERS = pytest.mark.parametrize(
 class AsyncClient(Writes):
     """A ``ClientSink`` (the anyio driver's)."""
 
-    def ready(self) -> bool:
-        return True  # a flush here never waits
-
     async def flush(self) -> None:
         self.write()
 

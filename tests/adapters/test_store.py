@@ -799,9 +799,6 @@ class Client:
     def end(self, complete: bool) -> None:
         pass
 
-    def ready(self) -> bool:
-        return False
-
     async def flush(self) -> None:
         self.log.append("flush")
         if self.gone:
