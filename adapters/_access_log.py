@@ -96,9 +96,6 @@ _BARE = re.compile(r"[!#-&(-<>-\[\]-~]+")
 
 def _text(value: object) -> str:
     if type(value) is str:
-        known = _TEXTS.get(value)
-        if known is not None:
-            return known
         text = value
     elif type(value) is int:
         return str(value)
@@ -106,15 +103,25 @@ def _text(value: object) -> str:
         return f"{value:.6g}" if abs(value) < 1e-3 and value else repr(value)
     else:
         text = str(value)
-    written = text if _BARE.fullmatch(text) else json.dumps(text, ensure_ascii=False)
-    if type(value) is str and len(value) <= MAX_VALUE:
-        if len(_TEXTS) >= _TEXTS_MAX:
-            _TEXTS.clear()
-        _TEXTS[value] = written
-    return written
+    if _BARE.fullmatch(text):
+        return text
+    return json.dumps(text, ensure_ascii=False)
 
 
-# The text of strings met (methods, paths, models, outcomes recur): one thread writes.
+def _recurring(value: object) -> str:
+    """``_text`` of a value that recurs (a method, path, model, outcome): kept."""
+    known = _TEXTS.get(value) if type(value) is str else None
+    if known is None:
+        known = _text(value)
+        if type(value) is str:
+            if len(_TEXTS) >= _TEXTS_MAX:
+                _TEXTS.clear()
+            _TEXTS[value] = known
+    return known
+
+
+# The fields whose values recur, and their text (one thread writes lines).
+_RECURRING = frozenset({"method", "path", "outcome", "model", "provider", "key_name", "error"})
 _TEXTS: dict[str, str] = {}
 _TEXTS_MAX = 4096
 
@@ -124,20 +131,22 @@ def access_line(fields: dict[str, Any], *, whole: bool = True) -> tuple[str, str
     text line (the head, then ``key=value`` for each other field with a value);
     the line is the head alone unless ``whole`` (a JSON line has the fields as keys)."""
     status = fields["status"]
-    head = " ".join(
-        (
-            _text(fields["method"]),
-            _text(fields["path"]),
-            "-" if status is None else str(status),
-            _text(fields["outcome"]),
-            f"{fields['duration_ms']:g}ms",
-        )
+    head = (
+        f"{_recurring(fields['method'])} {_recurring(fields['path'])} "
+        f"{'-' if status is None else status} {_recurring(fields['outcome'])} "
+        f"{fields['duration_ms']:g}ms"
     )
     if not whole:
         return head, head
     parts = [head]
     for key, value in fields.items():
-        if value is not None and key not in _HEAD:
+        if value is None or key in _HEAD:
+            continue
+        if type(value) is int:
+            parts.append(f"{key}={value}")
+        elif key in _RECURRING:
+            parts.append(f"{key}={_recurring(value)}")
+        else:
             parts.append(f"{key}={_text(value)}")
     return head, " ".join(parts)  # never bare: the exchange's id is always there
 
