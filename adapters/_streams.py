@@ -40,6 +40,7 @@ __all__ = [
     "idle_is_readable",
     "is_closed",
     "listen",
+    "raw_socket",
     "serve_tcp",
     "using_asyncio",
 ]
@@ -420,19 +421,33 @@ def abort(stream: anyio.abc.ByteStream) -> None:
         dup.shutdown(socket.SHUT_RDWR)
 
 
-def is_closed(stream: anyio.abc.ByteStream) -> bool:
-    """Whether the connection is already closed (a write may have failed silently)."""
+def raw_socket(stream: anyio.abc.ByteStream) -> socket.socket | None:
+    """The socket under ``stream``, to look up once and pass to ``is_closed`` and
+    ``idle_is_readable`` (anyio makes a stream's attributes anew at each lookup);
+    None for an ``AsyncioStream``, which answers for itself."""
+    if isinstance(stream, AsyncioStream):
+        return None
+    raw: socket.socket | None = stream.extra(SocketAttribute.raw_socket, None)
+    return raw
+
+
+def is_closed(stream: anyio.abc.ByteStream, raw: socket.socket | None = None) -> bool:
+    """Whether the connection is already closed (a write may have failed silently);
+    ``raw``: its ``raw_socket``, if looked up already."""
     if isinstance(stream, AsyncioStream):
         return stream.is_closed()
-    raw = stream.extra(SocketAttribute.raw_socket, None)
+    if raw is None:
+        raw = raw_socket(stream)
     return raw is not None and raw.fileno() < 0
 
 
-def idle_is_readable(stream: anyio.abc.ByteStream) -> bool:
-    """Whether an idle connection has something to read: the peer closed it, usually."""
+def idle_is_readable(stream: anyio.abc.ByteStream, raw: socket.socket | None = None) -> bool:
+    """Whether an idle connection has something to read: the peer closed it, usually;
+    ``raw``: its ``raw_socket``, if looked up already."""
     if isinstance(stream, AsyncioStream):
         return stream.idle_is_readable()
-    raw = stream.extra(SocketAttribute.raw_socket, None)
+    if raw is None:
+        raw = raw_socket(stream)
     return raw is not None and _poll_readable(raw.fileno())
 
 

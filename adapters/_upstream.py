@@ -27,7 +27,7 @@ import anyio
 from core import Origin
 
 from ._http1 import ResponseFramer, UpstreamError, encode
-from ._streams import abort, connect_tcp, idle_is_readable, is_closed
+from ._streams import abort, connect_tcp, idle_is_readable, is_closed, raw_socket
 
 __all__ = [
     "Origin",
@@ -70,6 +70,7 @@ class _Connection:
         "head",
         "keep_alive",
         "origin",
+        "raw",
         "received",
         "stream",
     )
@@ -77,6 +78,7 @@ class _Connection:
     def __init__(self, origin: Origin, stream: anyio.abc.ByteStream, max_head_size: int) -> None:
         self.origin = origin
         self.stream = stream
+        self.raw = raw_socket(stream)  # looked up once
         self.framer = ResponseFramer(self, max_head_size)
         self.head: tuple[int, list[tuple[bytes, bytes]]] | None = None
         self.chunks: deque[bytes] = deque()
@@ -107,7 +109,7 @@ class _Connection:
 
     def is_stale(self) -> bool:
         """An idle connection with something to read: the server closed it, usually."""
-        return idle_is_readable(self.stream)
+        return idle_is_readable(self.stream, self.raw)
 
     async def aclose(self) -> None:
         """Close at once: no TLS close_notify, nothing awaited (anyio's aclose_forcefully)."""
@@ -446,7 +448,7 @@ async def _send_request(conn: _Connection, request: bytes) -> None:
     except BaseException:
         await conn.aclose()
         raise
-    if is_closed(conn.stream):
+    if is_closed(conn.stream, conn.raw):
         # asyncio's transport swallows a failed write: it closes the socket
         # and anyio's send() returns normally. The request did not go out.
         await conn.aclose()
