@@ -36,6 +36,7 @@ __all__ = [
     "clock",
     "abort",
     "accept",
+    "accept_queued",
     "connect_tcp",
     "idle_is_readable",
     "is_closed",
@@ -54,6 +55,7 @@ _ACCEPT_CAPACITY = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.E
 # A connection that failed before it was accepted: try the next one at once.
 _ACCEPT_SKIP = frozenset({errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.EINTR})
 _ACCEPT_BACKOFF = (0.1, 1.0)
+_ACCEPT_BATCH = 256  # connections taken from the listen queue at one wake-up, at most
 _ACCEPT_EPISODE_GAP = 10.0
 
 logger = logging.getLogger("sansproxy")
@@ -478,13 +480,13 @@ async def serve_tcp(
     ``_AcceptBackoff``.
     """
     if not using_asyncio():
-        listener = await anyio.create_tcp_listener(local_host=host, local_port=port, backlog=2048)
-        started(listener.extra(SocketAttribute.local_port))
-        async with listener, anyio.create_task_group() as accepting:
-            for one in listener.listeners:
-                assert isinstance(one, anyio.abc.SocketListener)
-                accepting.start_soon(_accept_anyio, one, handler, task_group)
-        return
+        listening = listen(host, port)
+        started(listening.getsockname()[1])
+        backoff = _AcceptBackoff()
+        with listening:
+            while True:
+                for sock in await accept_queued(listening, backoff):
+                    task_group.start_soon(_serve_anyio_socket, sock, handler)
     # Our own accept loop, not loop.create_server(): at EMFILE/ENFILE libuv
     # resets the connections it cannot accept (with a descriptor it keeps in
     # reserve), and on any other accept() error uvloop closes its listener for
@@ -540,20 +542,38 @@ async def _serve_socket(sock: socket.socket, handler: Handler) -> None:
     await handler(AsyncioStream(transport, protocol))
 
 
-async def _accept_anyio(
-    listener: anyio.abc.SocketListener, handler: Handler, task_group: anyio.abc.TaskGroup
-) -> None:
-    backoff = _AcceptBackoff()
+async def accept_queued(listening: socket.socket, backoff: _AcceptBackoff) -> list[socket.socket]:
+    """The connections queued on ``listening`` (up to ``_ACCEPT_BATCH``), waiting for
+    one if none is, on any anyio backend; an ``accept()`` error (EMFILE ...) waits in
+    ``backoff``. All at once: a loop busy with thousands of streams wakes the
+    accepting task seldom, and one connection a wake-up let the listen queue
+    overflow (trio, 5,000 streams opened over 5 s)."""
     while True:
+        queued: list[socket.socket] = []
         try:
-            stream = await listener.accept()
-        except anyio.BrokenResourceError as exc:  # anyio's wrapper of accept()'s OSError
-            if not isinstance(exc.__cause__, OSError):
-                raise
-            await backoff.wait(exc.__cause__)
-            continue
-        backoff.accepted()
-        task_group.start_soon(handler, stream)
+            while len(queued) < _ACCEPT_BATCH:
+                queued.append(listening.accept()[0])
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            if not queued:
+                await backoff.wait(exc)
+                continue
+        if queued:
+            backoff.accepted()
+            return queued
+        await anyio.wait_readable(listening)
+
+
+async def _serve_anyio_socket(sock: socket.socket, handler: Handler) -> None:
+    """Run ``handler`` on an accepted connection, as anyio's stream of the backend."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stream = await anyio.abc.SocketStream.from_socket(sock)
+    except OSError:  # gone already
+        sock.close()
+        return
+    await handler(stream)
 
 
 class _AcceptBackoff:
