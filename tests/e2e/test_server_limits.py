@@ -107,6 +107,33 @@ def test_head_gets_the_get_head_without_a_body_curl(start_proxy: StartProxy) -> 
 # -- 3. write and request deadlines ----------------------------------------------------
 
 
+def _huge_event_asked(proxy: ProxyProcess, size: int, *headers: tuple[str, str]) -> socket.socket:
+    """A client socket with a small receive buffer that asked ``proxy`` for a stream
+    with an event of ``size`` bytes (its request sent; nothing read yet)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(READ_TIMEOUT)
+    sock.connect((proxy.host, proxy.port))
+    _ask_stream(sock, f"sse-huge-event:{size}", *headers)
+    return sock
+
+
+def _ask_stream(sock: socket.socket, scenario: str, *headers: tuple[str, str]) -> None:
+    """Send a streamed chat request for the mock's ``scenario`` on ``sock``."""
+    sock.sendall(
+        raw_request(
+            "POST",
+            CHAT,
+            headers=[
+                ("content-type", "application/json"),
+                *headers,
+                (SCENARIO_HEADER, scenario),
+            ],
+            body=json.dumps(chat_body(stream=True)).encode(),
+        )
+    )
+
+
 def test_a_client_that_stops_reading_is_dropped_after_write_timeout(
     start_proxy: StartProxy, mock_upstream: MockUpstream, tmp_path: Path
 ) -> None:
@@ -125,22 +152,7 @@ def test_a_client_that_stops_reading_is_dropped_after_write_timeout(
         },
     )
     # A small receive buffer, never read: an 8 MiB event cannot all be written.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(READ_TIMEOUT)
-    with sock:
-        sock.connect((proxy.host, proxy.port))
-        sock.sendall(
-            raw_request(
-                "POST",
-                CHAT,
-                headers=[
-                    ("content-type", "application/json"),
-                    (SCENARIO_HEADER, f"sse-huge-event:{8 << 20}"),
-                ],
-                body=json.dumps(chat_body(stream=True)).encode(),
-            )
-        )
+    with _huge_event_asked(proxy, 8 << 20):
         conn_id = mock_upstream.wait_for_request().conn_id
         proxy.wait_for_log(r"WARNING.*dropped the client: it stopped reading", timeout=15)
         # Its upstream call is cancelled, and the trace blames the client.
@@ -167,23 +179,7 @@ def test_a_client_slow_to_read_within_write_timeout_gets_the_whole_stream(
             "limits": {"max_sse_event_size": 16 << 20},
         },
     )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(READ_TIMEOUT)
-    with sock:
-        sock.connect((proxy.host, proxy.port))
-        sock.sendall(
-            raw_request(
-                "POST",
-                CHAT,
-                headers=[
-                    ("content-type", "application/json"),
-                    ("connection", "close"),
-                    (SCENARIO_HEADER, f"sse-huge-event:{4 << 20}"),
-                ],
-                body=json.dumps(chat_body(stream=True)).encode(),
-            )
-        )
+    with _huge_event_asked(proxy, 4 << 20, ("connection", "close")) as sock:
         time.sleep(1.5)  # the slow client itself: it reads nothing for a while
         received = bytearray()
         while chunk := sock.recv(1 << 20):
@@ -272,18 +268,7 @@ def test_a_connection_close_client_resetting_mid_stream_logs_no_traceback(
     proxy: ProxyProcess, mock_upstream: MockUpstream
 ) -> None:
     with socket.create_connection((proxy.host, proxy.port), timeout=READ_TIMEOUT) as sock:
-        sock.sendall(
-            raw_request(
-                "POST",
-                CHAT,
-                headers=[
-                    ("content-type", "application/json"),
-                    ("connection", "close"),
-                    (SCENARIO_HEADER, "slow-stream:50:20"),
-                ],
-                body=json.dumps(chat_body(stream=True)).encode(),
-            )
-        )
+        _ask_stream(sock, "slow-stream:50:20", ("connection", "close"))
         received = b""
         while b"tok1" not in received:  # part of the stream
             data = sock.recv(65536)
