@@ -14,6 +14,7 @@ import math
 import random
 import secrets
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import anyio
@@ -49,7 +50,7 @@ from ._trace_writer import TraceWriter
 from ._upstream import UpstreamError, UpstreamPool
 from ._upstream import UpstreamResponse as PoolResponse
 
-__all__ = ["BATCH_BYTES", "ClientDisconnected", "ClientSink", "Driver"]
+__all__ = ["BATCH_BYTES", "ClientDisconnected", "ClientSink", "Driver", "WatchClose"]
 
 logger = logging.getLogger("sansproxy")
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
@@ -75,6 +76,10 @@ def stopped_reading(write_timeout: float) -> ClientDisconnected:
     return ClientDisconnected(
         f"it stopped reading: a write waited {write_timeout:g} s (server.write_timeout)"
     )
+
+
+#: Told a function to call when the client goes away, and ``None`` to stop watching.
+WatchClose = Callable[[Callable[[], object] | None], None]
 
 
 class ClientSink(Protocol):
@@ -221,22 +226,32 @@ class Driver:
         else:
             self.logs.log(level, "%s [%s]", cmd.message, text, key=kind, text=kind, extra=extra)
 
-    async def run(self, ex: Exchange, client: ClientSink) -> None:
+    async def run(self, ex: Exchange, client: ClientSink, watch: WatchClose | None = None) -> None:
         """Carry the exchange to its end. Its request must have been fed already.
 
         Cancelling this (the client went away) cancels the upstream at once and
-        still records the exchange.
+        still records the exchange. ``watch``, if given, is told a function to
+        call when the client goes away (the same, without a cancel scope of the
+        adapter's own around this), and ``None`` at the end.
         """
         now = self._clock or self._bind_clock()
         state = _Upstream()
         state.resumed = now()
+        if watch is not None:
+            watch(state.client_left)
         try:
             while True:
                 # One cancel scope per exchange (a fresh one each time the timer
-                # is due): its deadline follows the exchange's timer.
+                # is due): its deadline follows the exchange's timer; the client
+                # leaving cancels it too.
+                if state.left:
+                    raise ClientDisconnected
                 with anyio.CancelScope() as timer:
+                    state.scope = timer
                     if await self._step(ex, client, state, timer, now):
                         return
+                if state.left:
+                    raise ClientDisconnected
                 if state.flushing:  # the timer bounded a write (see _step)
                     raise stopped_reading(self._write_timeout)
                 # The timer is due: the exchange alone decides what that means (a
@@ -254,6 +269,9 @@ class Driver:
             self._client_gone(ex, state)
             raise
         finally:
+            state.scope = None
+            if watch is not None:
+                watch(None)
             if state.streaming and self.sinks.metrics is not None:
                 self.sinks.metrics.stream_ended()
 
@@ -440,8 +458,10 @@ class _Upstream:
         "first_piece",
         "flushing",
         "head_pending",
+        "left",
         "response",
         "resumed",
+        "scope",
         "settles",
         "stalled",
         "streaming",
@@ -457,8 +477,16 @@ class _Upstream:
         self.body_started = False
         self.first_piece = False
         self.unflushed = 0  # bytes handed to the client since its last flush
+        self.left = False  # the client went away (``client_left``)
+        self.scope: anyio.CancelScope | None = None  # the running timer's
         self.settles: list[SettleQuota] = []
         self.flushing = False
         self.deadline: float | None = None
         self.resumed = 0.0
         self.stalled = 0.0
+
+    def client_left(self) -> None:
+        """The client went away: the running step is cancelled (``Driver.run``)."""
+        self.left = True
+        if self.scope is not None:
+            self.scope.cancel()

@@ -363,12 +363,7 @@ class H11Server:
             return
         # The stream tells us when the peer closes: that cancels the exchange.
         assert isinstance(stream, AsyncioStream | PumpedStream)
-        with anyio.CancelScope() as scope:
-            stream.watch_close(scope.cancel)
-            try:
-                await self.driver.run(ex, sink)
-            finally:
-                stream.watch_close(None)
+        await self.driver.run(ex, sink, stream.watch_close)
 
     async def _bad_request(
         self,

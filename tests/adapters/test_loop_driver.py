@@ -1,5 +1,6 @@
 """Both drivers write what one upstream read brings in one write to the client (a
-stream's first event at once, with the head): the callback driver
+stream's first event at once, with the head), and the anyio driver ends an exchange
+whose client left when the adapter's ``watch`` says so: the callback driver
 (``adapters._loop_driver``: the h11 and httptools servers) and the anyio driver
 (``adapters._driver``: trio and asgi, on both anyio backends).
 
@@ -169,3 +170,44 @@ async def test_stream_events_read_together_are_written_together(
     first = client.writes[0]
     assert first.startswith(b"<head>") and first.count(b"data: ") == 1
     assert len(client.writes) < EVENTS // 4
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_a_client_that_leaves_ends_the_exchange_through_watch(anyio_backend: str) -> None:
+    asked = anyio.Event()
+
+    async def silent(peer: Peer) -> None:  # reads the request, never answers
+        assert await peer.read_request()
+        asked.set()
+        await peer.wait_closed()
+
+    watched: list[object] = []
+
+    def watch(callback: object) -> None:
+        watched.append(callback)
+
+    async with serve(silent) as server:
+        config = ProxyConfig.model_validate(
+            {"upstream": {"base_url": f"http://127.0.0.1:{server.origin.port}"}}
+        )
+        driver = Driver(Proxy(config))
+        raw = json.dumps({"model": "m", "messages": [], "stream": True}).encode()
+        ex = driver.new_exchange()
+        head = [(b"host", b"proxy.test"), (b"content-length", b"%d" % len(raw))]
+        ex.handle(
+            RequestReceived(method=b"POST", target=b"/v1/chat/completions", headers=head),
+            now=driver.now(),
+        )
+        ex.handle(RequestData(data=raw), now=driver.now())
+        ex.handle(RequestEnded(), now=driver.now())
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(driver.run, ex, AsyncClient(), watch)
+                await asked.wait()  # the driver waits on the upstream's head
+                left = watched[0]
+                assert callable(left)
+                left()  # the client went away
+        await driver.aclose()
+    assert ex.outcome == "client_gone"
+    assert watched[-1] is None  # stopped watching at the end
