@@ -537,19 +537,11 @@ class ProxyEndpoint:
             return
         # Watch for http.disconnect while the exchange runs: a bare asyncio task
         # (ASGI servers here run asyncio) costs a fraction of an anyio task group.
-        with anyio.CancelScope() as scope:
-            watcher = asyncio.get_running_loop().create_task(_wait_disconnect(receive))
-
-            def gone(task: asyncio.Task[None]) -> None:
-                if not task.cancelled() and task.exception() is None:
-                    scope.cancel()
-
-            watcher.add_done_callback(gone)
-            try:
-                await self.driver.run(ex, sink)
-            finally:
-                watcher.remove_done_callback(gone)
-                watcher.cancel()
+        watcher = asyncio.get_running_loop().create_task(_wait_disconnect(receive))
+        try:
+            await self.driver.run(ex, sink, _Disconnect(watcher))
+        finally:
+            watcher.cancel()
 
 
 async def _send_408(send: Send) -> None:
@@ -561,6 +553,30 @@ async def _send_408(send: Send) -> None:
     ]
     await send({"type": "http.response.start", "status": 408, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class _Disconnect:
+    """``Driver.run``'s watch of a request: the task waiting for ``http.disconnect``."""
+
+    __slots__ = ("_done", "_task")
+
+    def __init__(self, task: asyncio.Task[None]) -> None:
+        self._task = task
+        self._done: Callable[[asyncio.Task[None]], object] | None = None
+
+    def __call__(self, callback: Callable[[], object] | None) -> None:
+        if self._done is not None:
+            self._task.remove_done_callback(self._done)
+            self._done = None
+        if callback is None:
+            return
+
+        def done(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is None:
+                callback()
+
+        self._done = done
+        self._task.add_done_callback(done)
 
 
 async def _wait_disconnect(receive: Receive) -> None:

@@ -1,8 +1,8 @@
-"""Both drivers write what one upstream read brings in one write to the client (a
-stream's first event at once, with the head), and the anyio driver ends an exchange
-whose client left when the adapter's ``watch`` says so: the callback driver
-(``adapters._loop_driver``: the h11 and httptools servers) and the anyio driver
-(``adapters._driver``: trio and asgi, on both anyio backends).
+"""Both drivers, the callback driver (``adapters._loop_driver``: the h11 and
+httptools servers) and the anyio driver (``adapters._driver``: trio and asgi, on
+both anyio backends), write what one upstream read brings in one write to the
+client (a stream's first event at once, with the head); the anyio driver ends an
+exchange whose client left when the adapter's ``watch`` says so.
 
 The real drivers, the real core and the real upstream pool, over loopback to an
 upstream written in the test; the client's side is a sink that counts the
