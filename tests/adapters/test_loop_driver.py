@@ -21,7 +21,7 @@ import pytest
 
 from adapters._driver import Driver
 from adapters._loop_driver import LoopDriver
-from core import Proxy, ProxyConfig, RequestData, RequestEnded, RequestReceived
+from core import Exchange, Proxy, ProxyConfig, RequestData, RequestEnded, RequestReceived
 from tests.adapters.test_driver_timers import DONE, SSE_HEAD, chunk, sse
 from tests.adapters.test_upstream import Peer, serve
 
@@ -124,7 +124,8 @@ class AsyncClient(Writes):
         self.write()
 
 
-async def through_the_anyio_driver(port: int, *, stream: bool) -> Writes:
+def anyio_exchange(port: int, *, stream: bool) -> tuple[Driver, Exchange]:
+    """An anyio driver to the upstream on ``port``, and an exchange its request fed."""
     config = ProxyConfig.model_validate({"upstream": {"base_url": f"http://127.0.0.1:{port}"}})
     driver = Driver(Proxy(config))
     raw = json.dumps({"model": "m", "messages": [], "stream": stream}).encode()
@@ -136,6 +137,11 @@ async def through_the_anyio_driver(port: int, *, stream: bool) -> Writes:
     )
     ex.handle(RequestData(data=raw), now=driver.now())
     ex.handle(RequestEnded(), now=driver.now())
+    return driver, ex
+
+
+async def through_the_anyio_driver(port: int, *, stream: bool) -> Writes:
+    driver, ex = anyio_exchange(port, stream=stream)
     client = AsyncClient()
     with anyio.fail_after(10):
         await driver.run(ex, client)
@@ -188,19 +194,7 @@ async def test_a_client_that_leaves_ends_the_exchange_through_watch(anyio_backen
         watched.append(callback)
 
     async with serve(silent) as server:
-        config = ProxyConfig.model_validate(
-            {"upstream": {"base_url": f"http://127.0.0.1:{server.origin.port}"}}
-        )
-        driver = Driver(Proxy(config))
-        raw = json.dumps({"model": "m", "messages": [], "stream": True}).encode()
-        ex = driver.new_exchange()
-        head = [(b"host", b"proxy.test"), (b"content-length", b"%d" % len(raw))]
-        ex.handle(
-            RequestReceived(method=b"POST", target=b"/v1/chat/completions", headers=head),
-            now=driver.now(),
-        )
-        ex.handle(RequestData(data=raw), now=driver.now())
-        ex.handle(RequestEnded(), now=driver.now())
+        driver, ex = anyio_exchange(server.origin.port, stream=True)
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(driver.run, ex, AsyncClient(), watch)
