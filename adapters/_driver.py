@@ -199,7 +199,6 @@ class Driver:
         else:
             state.resumed = now()
             state.head_pending = True
-            state.body_started = False
 
     def collect_metrics(self) -> MetricsCollected:
         """The answer to ``CollectMetrics``: every worker's metrics, rendered."""
@@ -347,7 +346,6 @@ class Driver:
             response = state.response
             if (
                 response is None
-                or state.first_piece
                 or not response.buffered
                 or state.unflushed >= BATCH_BYTES
                 or ex.finished
@@ -368,7 +366,6 @@ class Driver:
             # Else what the same upstream read brought is handled first, and written
             # with this in one write (a stream's first event alone, at once), unless
             # BATCH_BYTES wait: a client that stops reading then holds the rest.
-            state.first_piece = False
             # The exchange's timer measures waiting, not the proxy's own work:
             # the time since the driver stopped waiting (handling what came,
             # writing to a client slow to read) is added to its deadline. The
@@ -407,8 +404,6 @@ class Driver:
                 event = UpstreamFailed(attempt=attempt, kind=exc.kind, message=str(exc))
             state.resumed = now()
             if event is None:  # a piece of the body: no event built
-                state.first_piece = not state.body_started
-                state.body_started = True
                 ex.handle_upstream_data(attempt, data, now=state.resumed)
             else:
                 ex.handle(event, now=state.resumed)
@@ -453,9 +448,7 @@ class _Upstream:
 
     __slots__ = (
         "attempt",
-        "body_started",
         "deadline",
-        "first_piece",
         "flushing",
         "head_pending",
         "left",
@@ -473,9 +466,6 @@ class _Upstream:
         self.attempt = 0
         self.streaming = False  # counted in the streams-in-flight gauge
         self.head_pending = False
-        # The response's body began; the piece just handled was its first.
-        self.body_started = False
-        self.first_piece = False
         self.unflushed = 0  # bytes handed to the client since its last flush
         self.left = False  # the client went away (``client_left``)
         self.scope: anyio.CancelScope | None = None  # the running timer's

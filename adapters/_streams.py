@@ -479,23 +479,20 @@ async def serve_tcp(
     Running out of descriptors (or buffers, or memory) never ends it: see
     ``_AcceptBackoff``.
     """
-    if not using_asyncio():
-        listening = listen(host, port)
-        started(listening.getsockname()[1])
-        backoff = _AcceptBackoff()
-        with listening:
-            while True:
-                for sock in await accept_queued(listening, backoff):
-                    task_group.start_soon(_serve_anyio_socket, sock, handler)
     # Our own accept loop, not loop.create_server(): at EMFILE/ENFILE libuv
     # resets the connections it cannot accept (with a descriptor it keeps in
     # reserve), and on any other accept() error uvloop closes its listener for
     # good (uvloop/handles/streamserver.pyx: _fatal_error). Here they wait in
-    # the backlog, and the listener lives.
+    # the backlog, and the listener lives. Elsewhere (trio) not anyio's
+    # listener either: it took one connection a wake-up (see accept_queued).
     listening = listen(host, port)
     started(listening.getsockname()[1])
     backoff = _AcceptBackoff()
     with listening:
+        if not using_asyncio():
+            while True:
+                for sock in await accept_queued(listening, backoff):
+                    task_group.start_soon(_serve_anyio_socket, sock, handler)
         while True:
             sock = await accept(listening, backoff)
             task_group.start_soon(_serve_socket, sock, handler)

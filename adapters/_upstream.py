@@ -268,7 +268,7 @@ class UpstreamPool:
 class UpstreamResponse:
     """The response to one request: read the head, then the body as it arrives."""
 
-    __slots__ = ("_body_started", "_conn", "_finished", "_head_received", "_pool", "_resend")
+    __slots__ = ("_conn", "_finished", "_head_received", "_pieces", "_pool", "_resend")
 
     def __init__(
         self,
@@ -280,7 +280,7 @@ class UpstreamResponse:
         self._pool = pool
         self._conn: _Connection | None = conn  # None once pooled again or closed
         self._head_received = False
-        self._body_started = False
+        self._pieces = 0  # of the body returned so far
         self._finished = False
         self._resend = resend
 
@@ -335,8 +335,8 @@ class UpstreamResponse:
                     await conn.aclose()
                 return b""
             await self._receive(conn)
-        if len(chunks) == 1 or not self._body_started:
-            self._body_started = True
+        self._pieces += 1
+        if len(chunks) == 1 or self._pieces == 1:
             return chunks.popleft()
         data = b"".join(chunks)
         chunks.clear()
@@ -344,13 +344,16 @@ class UpstreamResponse:
 
     @property
     def buffered(self) -> bool:
-        """Whether more of the body, or its end, was read already (after the head):
-        the next ``receive_data`` returns it without waiting."""
+        """Whether more of the body, or its end, came with what was returned last
+        (the head, or a piece but the body's first, which is to be written at once):
+        the next ``receive_data`` returns it without waiting, to be handled, and
+        written, with it."""
         conn = self._conn
         return (
             conn is not None
             and self._head_received
             and not self._finished
+            and self._pieces != 1
             and (bool(conn.chunks) or conn.ended)
         )
 
