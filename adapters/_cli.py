@@ -19,7 +19,6 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
-import yaml
 from pydantic import ValidationError
 
 from core import Proxy, ProxyConfig
@@ -198,6 +197,8 @@ def _read_yaml(path: str, environ: Mapping[str, str], origin: str = "--config") 
         raise ConfigError(line(origin, "", f"cannot read {path} ({reason})")) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(line(path, "", f"not UTF-8 text (byte {exc.start})")) from None
+    import yaml  # noqa: PLC0415  (only a configuration file needs it)
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

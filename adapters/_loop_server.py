@@ -1,9 +1,10 @@
 """The HTTP/1.1 server on ``asyncio.Protocol`` callbacks, its request parser pluggable.
 
-``python -m adapters.h11_server`` serves with it and ``H11Codec`` (h11 parses
-requests, as the name promises); ``python -m adapters.httptools_server`` with
-``HttptoolsCodec`` (llhttp). Behind either: ``adapters._loop_driver`` runs the
-exchanges, with no task and no await per request. On trio, ``H11Server``
+``python -m adapters.h11_server`` serves with it and ``H11Codec``
+(``adapters._h11_codec``: h11 parses requests, as the name promises);
+``python -m adapters.httptools_server`` with ``HttptoolsCodec`` (llhttp).
+Behind either: ``adapters._loop_driver`` runs the exchanges, with no task and
+no await per request. On trio, ``H11Server``
 (``adapters.h11_server``) and the anyio ``Driver`` serve instead; the
 behaviour is the same:
 
@@ -31,7 +32,6 @@ from http import HTTPStatus
 from typing import Final, Protocol
 
 import anyio
-import h11
 import httptools
 
 from core import (
@@ -53,9 +53,10 @@ from ._streams import _AcceptBackoff, accept, listen
 __all__ = [
     "CLOSED",
     "NEED_DATA",
+    "REASONS",
     "BadRequest",
+    "CannotAnswer",
     "Codec",
-    "H11Codec",
     "HttptoolsCodec",
     "LoopServer",
     "serve",
@@ -74,9 +75,9 @@ _LINGER_BYTES = 16 << 20
 # are buffered up to here; then the connection is not read until they are used.
 _HIGH_WATER = 1 << 20
 _LOW_WATER = 1 << 18
-_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 _STATUS_LINES = {
-    status: b"HTTP/1.1 %d %s\r\n" % (status, reason) for status, reason in _REASONS.items()
+    status: b"HTTP/1.1 %d %s\r\n" % (status, reason) for status, reason in REASONS.items()
 }
 _ENDED = RequestEnded()
 
@@ -109,6 +110,10 @@ class BadRequest(Exception):
         self.reason = reason
 
 
+class CannotAnswer(Exception):
+    """Raised by a ``Codec`` asked for a response its protocol state refuses."""
+
+
 class Codec(Protocol):
     """One client connection's HTTP/1.1: requests in (as core events), responses out."""
 
@@ -125,7 +130,8 @@ class Codec(Protocol):
         """The bytes of a ``100 Continue``."""
 
     def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
-        """The bytes of the response head (framing and ``Connection`` as h11 would)."""
+        """The bytes of the response head (framing and ``Connection`` as h11 would);
+        raises ``CannotAnswer`` (as ``response_data`` and ``response_end`` may)."""
 
     def response_data(self, data: bytes) -> bytes:
         """The bytes of a piece of the body, framed."""
@@ -150,85 +156,6 @@ class Codec(Protocol):
 
     def next_cycle(self) -> None:
         """Get ready for the connection's next request."""
-
-
-# -- h11 -----------------------------------------------------------------------------
-
-
-def _h11_reason(exc: h11.RemoteProtocolError) -> str:
-    # h11's message may quote the offending line, an Authorization header with
-    # its key say: only the words before it are logged or sent back.
-    return str(exc).split(":", 1)[0].strip() or type(exc).__name__
-
-
-class H11Codec:
-    """Requests parsed and responses framed by h11."""
-
-    __slots__ = ("_conn",)
-
-    def __init__(self, max_header_size: int) -> None:
-        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_size)
-
-    def feed(self, data: bytes) -> None:
-        with contextlib.suppress(RuntimeError):  # data after the client's EOF: ignored
-            self._conn.receive_data(data)
-
-    def next_event(self) -> RequestEvent:
-        try:
-            event = self._conn.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise BadRequest(exc.error_status_hint, _h11_reason(exc)) from None
-        kind = type(event)
-        if kind is h11.Data:
-            return RequestData(data=event.data)  # type: ignore[union-attr]
-        if kind is h11.Request:
-            return RequestReceived(
-                method=event.method,  # type: ignore[union-attr]
-                target=event.target,  # type: ignore[union-attr]
-                headers=event.headers,  # type: ignore[union-attr]
-            )
-        if kind is h11.EndOfMessage:
-            return _ENDED
-        if kind is h11.ConnectionClosed:
-            return CLOSED
-        return NEED_DATA  # NEED_DATA, or PAUSED until next_cycle()
-
-    def expects_continue(self) -> bool:
-        return self._conn.they_are_waiting_for_100_continue
-
-    def continue_response(self) -> bytes:
-        return self._conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
-
-    def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
-        reason = _REASONS.get(status, b"")
-        response = h11.Response(status_code=status, headers=headers, reason=reason)
-        return self._conn.send(response) or b""
-
-    def response_data(self, data: bytes) -> bytes:
-        return self._conn.send(h11.Data(data=data)) or b""
-
-    def response_end(self) -> bytes:
-        return self._conn.send(h11.EndOfMessage()) or b""
-
-    def request_done(self) -> bool:
-        return self._conn.their_state is h11.DONE
-
-    def reading_body(self) -> bool:
-        return self._conn.their_state is h11.SEND_BODY
-
-    def partial(self) -> bool:
-        conn = self._conn
-        return conn.their_state is h11.SEND_BODY or bool(conn.trailing_data[0])
-
-    def can_answer(self) -> bool:
-        return self._conn.our_state in (h11.IDLE, h11.SEND_RESPONSE)
-
-    def reusable(self) -> bool:
-        conn = self._conn
-        return conn.our_state is h11.DONE and conn.their_state is h11.DONE
-
-    def next_cycle(self) -> None:
-        self._conn.start_next_cycle()
 
 
 # -- httptools -----------------------------------------------------------------------
@@ -958,7 +885,7 @@ class _ClientConnection(asyncio.Protocol):
             if not head:
                 data += codec.response_data(body)
             data += codec.response_end()
-        except h11.LocalProtocolError:
+        except CannotAnswer:
             return
         self.transport.write(data)
 

@@ -52,6 +52,7 @@ from ._cli import (
     stopped,
 )
 from ._driver import ClientDisconnected, Driver, stopped_reading
+from ._h11_codec import H11Codec
 from ._streams import AsyncioStream, PumpedStream, serve_tcp
 
 __all__ = ["H11Server", "main", "serve", "start"]
@@ -501,7 +502,7 @@ def start(loaded: Loaded, *, adapter: str, backend: str) -> None:
     On asyncio: the callback server (``adapters._loop_server``) with h11 as its parser.
     """
     if backend == "asyncio":
-        _loop_server.start(loaded, adapter=adapter, codec=_loop_server.H11Codec)
+        _loop_server.start(loaded, adapter=adapter, codec=H11Codec)
         return
     setup_logging(loaded.config)
     driver = Driver(loaded.proxy)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from email.utils import parsedate_to_datetime
 
 __all__ = [
     "BODY_METHODS",
@@ -87,6 +86,9 @@ def parse_retry_after(headers: Headers, *, wall_now: float) -> float | None:
         try:
             seconds = float(text)
         except ValueError:
+            # An HTTP date: rare, so its parser (and its imports) is loaded then.
+            from email.utils import parsedate_to_datetime  # noqa: PLC0415
+
             try:
                 when = parsedate_to_datetime(text)
             except (TypeError, ValueError, IndexError):

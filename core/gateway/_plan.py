@@ -17,18 +17,6 @@ from .._errors import ModelNotFoundError, RemoteProtocolError, ValidationError
 from .._headers import Headers
 from .._http import over_json_limits, parse_json_object
 from .._json import MAX_JSON_ITEMS, dumps, redump
-from ._chat_request_to_messages import chat_request_to_messages
-from ._chat_response_to_messages import (
-    ChatStreamToMessages,
-    chat_response_to_messages,
-    openai_error_to_anthropic,
-)
-from ._messages_request_to_chat import messages_request_to_chat
-from ._messages_response_to_chat import (
-    MessagesStreamToChat,
-    anthropic_error_to_openai,
-    messages_response_to_chat,
-)
 from ._routing import Deployment, Provider, Router
 
 __all__ = ["Plan", "StreamTranslator", "plan", "plan_passthrough"]
@@ -141,6 +129,15 @@ def plan(
     if provider.type == api:
         return model, deployment, _native(deployment, api, kind, path + query, headers, raw, body)
     if api == "openai" and kind == "chat":
+        # The translations are loaded by the first request that needs one: a
+        # configuration that never translates never imports them.
+        from ._chat_request_to_messages import chat_request_to_messages  # noqa: PLC0415
+        from ._messages_response_to_chat import (  # noqa: PLC0415
+            MessagesStreamToChat,
+            anthropic_error_to_openai,
+            messages_response_to_chat,
+        )
+
         translated = chat_request_to_messages(
             body,
             model=deployment.model,
@@ -175,6 +172,13 @@ def plan(
             ),
         )
     if api == "anthropic":
+        from ._chat_response_to_messages import (  # noqa: PLC0415
+            ChatStreamToMessages,
+            chat_response_to_messages,
+            openai_error_to_anthropic,
+        )
+        from ._messages_request_to_chat import messages_request_to_chat  # noqa: PLC0415
+
         translated = messages_request_to_chat(
             body, model=deployment.model, max_tokens_param=provider.max_tokens_param
         )

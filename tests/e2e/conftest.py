@@ -37,6 +37,7 @@ HTTPTOOLS_MODULES = frozenset(
         "test_client_gone",
         "test_failures",
         "test_h11_server",
+        "test_imports",
         "test_json_limits",
         "test_proxy",
         "test_server_limits",
