@@ -429,12 +429,27 @@ def log_startup(config: ProxyConfig, *, adapter: str, port: int) -> None:
         )
 
 
+#: Young-generation passes between two full ones (Python's default: 10).
+FULL_COLLECTION_EVERY = 100
+
+
 def freeze_heap() -> None:
     """Start-up is over: what it made (modules, the config, the app) lives as long as
     the process; ``gc.freeze()`` keeps the garbage collector from walking it again at
     each full collection (measured: 1.8 % of a pass-through request's instructions,
-    more with records waiting in the sinks' queues)."""
+    more with records waiting in the sinks' queues).
+
+    An exchange and a connection leave no reference cycle behind (tested): what
+    they made is freed by reference counting as soon as they end, and the
+    collector has next to nothing to find. A full collection walks every live
+    object -- with 5,000 streams open, 300,000 of them, 25 to 70 ms during which
+    no connection is served (the bench's many-clients phase: time to first
+    event p99 +60 ms, +2 ms with full collections ten times rarer). So they are:
+    young generations are still collected as often as Python's defaults say.
+    """
     gc.freeze()
+    young, middle, _ = gc.get_threshold()
+    gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
 
 
 def _host(host: str) -> str:

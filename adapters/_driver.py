@@ -39,6 +39,7 @@ from core import (
     UpstreamResponse,
     WriteTrace,
 )
+from core._errors import detached
 
 from ._log_format import fields_extra
 from ._logs import LogCollapser
@@ -247,8 +248,15 @@ class Driver:
                     raise ClientDisconnected
                 with anyio.CancelScope() as timer:
                     state.scope = timer
-                    if await self._step(ex, client, state, timer, now):
-                        return
+                    try:
+                        if await self._step(ex, client, state, timer, now):
+                            return
+                    except anyio.get_cancelled_exc_class() as cancelled:
+                        # anyio's trio streams raise it from a frame that holds it:
+                        # a reference cycle (with all the exchange's objects), unless
+                        # its frames go. The scope knows it by itself.
+                        detached(cancelled)
+                        raise
                 if state.left:
                     raise ClientDisconnected
                 if state.flushing:  # the timer bounded a write (see _step)

@@ -11,6 +11,7 @@ import contextlib
 import h11
 
 from core import RequestData, RequestEnded, RequestReceived
+from core._errors import detached
 
 from ._loop_server import CLOSED, NEED_DATA, REASONS, BadRequest, CannotAnswer, RequestEvent
 
@@ -41,7 +42,9 @@ class H11Codec:
         try:
             event = self._conn.next_event()
         except h11.RemoteProtocolError as exc:
-            raise BadRequest(exc.error_status_hint, _h11_reason(exc)) from None
+            # h11 raises it from a frame that holds it: a reference cycle, unless
+            # its frames go.
+            raise BadRequest(exc.error_status_hint, _h11_reason(detached(exc))) from None
         kind = type(event)
         if kind is h11.Data:
             return RequestData(data=event.data)  # type: ignore[union-attr]
@@ -98,3 +101,6 @@ class H11Codec:
 
     def next_cycle(self) -> None:
         self._conn.start_next_cycle()
+
+    def close(self) -> None:
+        pass  # h11's connection holds nothing of this codec

@@ -13,7 +13,7 @@ request header value.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import httptools
 
@@ -266,6 +266,15 @@ class ResponseFramer:
         self._until_eof = False
         self._state = _HEAD
 
+    def close(self) -> None:
+        """The connection is gone: let go of the parser and the listener. Both refer
+        back to the framer, so without this they would be cycles that only the
+        garbage collector frees. Anything fed after this raises ``protocol``."""
+        self._state = _BROKEN
+        self._parser = _CLOSED
+        self._listener = _CLOSED
+        self._on_data = _CLOSED.on_data
+
     def feed(self, data: bytes) -> None:
         """Parse the bytes that arrived; the listener is called as they make sense."""
         state = self._state
@@ -375,6 +384,25 @@ class ResponseFramer:
 
 
 _PARSER_ERRORS = (httptools.HttpParserError, httptools.HttpParserUpgrade)
+
+
+class _Closed:
+    """A closed framer's parser and listener: nothing reaches them (its state is broken)."""
+
+    def feed_data(self, data: bytes) -> None:
+        raise UpstreamError("protocol", "the connection is closed")
+
+    def on_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        pass
+
+    def on_data(self, data: bytes) -> None:
+        pass
+
+    def on_end(self, keep_alive: bool) -> None:
+        pass
+
+
+_CLOSED: Any = _Closed()
 
 
 def _parser(framer: ResponseFramer) -> httptools.HttpResponseParser:

@@ -151,6 +151,10 @@ class Codec(Protocol):
     def can_answer(self) -> bool:
         """No response has been started on this cycle (an error may still be sent)."""
 
+    def close(self) -> None:
+        """The connection is gone: let go of what refers back to the codec (a cycle
+        would wait for the garbage collector)."""
+
     def reusable(self) -> bool:
         """Both request and response ended and neither side asked to close."""
 
@@ -228,6 +232,13 @@ class HttptoolsCodec:
         self._close = False
         self._body_framing = _LENGTH
 
+    def close(self) -> None:
+        # The parser holds this codec's callbacks: a cycle. Once broken, nothing
+        # reads the parser again.
+        self._broken = True
+        with contextlib.suppress(AttributeError):
+            del self._parser
+
     # -- in --
 
     def feed(self, data: bytes) -> None:
@@ -283,7 +294,10 @@ class HttptoolsCodec:
                 self._their = _SEND_BODY
                 continue
             if kind is BadRequest:
-                raise item  # type: ignore[misc]
+                try:
+                    raise item  # type: ignore[misc]
+                finally:
+                    del item  # else this frame, in its traceback, holds it: a cycle
             if item is _ENDED:
                 self._their = _DONE
             return item  # type: ignore[return-value]
@@ -595,6 +609,10 @@ class _ClientConnection(asyncio.Protocol):
         self._state = _C_CLOSED
         self._cancel_timer()
         self._server.closed(self)
+        # What refers back to this connection goes: its exchange's sink, the
+        # codec's parser (cycles would wait for the garbage collector).
+        self._sink = self._ex = self._run = None
+        self.codec.close()
 
     def pause_writing(self) -> None:
         self.paused = True

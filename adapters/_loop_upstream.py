@@ -255,6 +255,7 @@ class _Connection(asyncio.Protocol):
             reason = _reason(exc) if exc is not None else "closed"
             call._broken(self, "reset", f"connection to {self.origin} broke: {reason}")
         self.pool._forget(self)
+        self.framer.close()
 
     def is_stale(self) -> bool:
         """An idle connection that cannot carry a request: closed, or closing.

@@ -29,6 +29,8 @@ import anyio.abc
 import sniffio
 from anyio.abc import SocketAttribute
 
+from core._errors import detached
+
 __all__ = [
     "AsyncioStream",
     "PumpedStream",
@@ -332,7 +334,12 @@ class PumpedStream(anyio.abc.ByteStream):
         except anyio.EndOfStream:
             self._eof = True
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-            self._error = exc
+            self._error = detached(exc)  # kept: without the frames that hold this stream
+        except anyio.get_cancelled_exc_class() as cancelled:
+            # anyio's trio streams raise it from a frame that holds it: a reference
+            # cycle (this stream in it), unless its frames go.
+            detached(cancelled)
+            raise
         self._readable.set()
         callback, self._on_close = self._on_close, None
         if callback is not None:

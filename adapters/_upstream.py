@@ -113,10 +113,12 @@ class _Connection:
 
     async def aclose(self) -> None:
         """Close at once: no TLS close_notify, nothing awaited (anyio's aclose_forcefully)."""
+        self.framer.close()
         await anyio.aclose_forcefully(self.stream)
 
     def shutdown(self) -> None:
         """Make the peer see the connection end now, without awaiting."""
+        self.framer.close()
         abort(self.stream)
 
 

@@ -479,7 +479,11 @@ class ProxyEndpoint:
         raw = extensions.get(RAW_TARGET) if extensions else None
         held = extensions.get(_WIRE) if extensions else None
         wire: _Wire | None = held["wire"] if held else None
-        cycle = wire.cycle if wire is not None else None
+        cycle = None
+        if wire is not None:
+            # Taken: the wire (in the cycle's scope) lets go of the cycle, else the
+            # two would be a reference cycle that only the garbage collector frees.
+            cycle, wire.cycle = wire.cycle, None
         target: bytes | None = raw["target"] if raw else None
         if target is None:  # another ASGI server: rebuild what we can
             target = scope.get("raw_path") or scope["path"].encode()

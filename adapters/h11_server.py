@@ -40,6 +40,7 @@ from core import (
     ValidationError,
     render_error,
 )
+from core._errors import detached
 
 from . import _loop_server
 from ._cli import (
@@ -374,6 +375,7 @@ class H11Server:
         *,
         head: bool = False,
     ) -> None:
+        detached(exc)  # h11 raises it from a frame that holds it: a reference cycle
         # h11's message may quote the offending line, an Authorization header
         # with its key say: only the words before it are logged or sent back.
         reason = str(exc).split(":", 1)[0].strip() or type(exc).__name__

@@ -36,6 +36,7 @@ from ._errors import (
     RemoteProtocolError,
     ServiceUnavailableError,
     ValidationError,
+    detached,
 )
 from ._events import (
     Event,
@@ -106,6 +107,8 @@ _END_OK = EndResponse(complete=True)
 _COLLECT_METRICS = CollectMetrics()
 _METRICS_TIMEOUT = 10.0  # seconds the driver may take to collect the metrics
 _END_CUT = EndResponse(complete=False)
+_DONE = State.DONE
+_ERROR = State.ERROR
 # Commands the core builds from parts it checked, without checking them again.
 _head_command = unchecked(StartResponse)
 _body_command = unchecked(SendBody)
@@ -298,13 +301,20 @@ class ExchangeContext:
                 try:
                     value = parse_json_object(body, max_items=self._proxy.limits.max_json_items)
                 except RemoteProtocolError as exc:
-                    value = exc
+                    value = detached(exc)
             self._json, self._json_for = value, body
         return value
 
     def _set_state(self, state: State) -> None:
         self.state = state
         self._dispatch = self._DISPATCH[state]
+        if state is _DONE or state is _ERROR:
+            # Over: nothing refers back to the exchange any more, so reference
+            # counting frees it (a cycle waits for the garbage collector, whose
+            # full passes pause every connection of the process).
+            relay = self._relay
+            if relay is not None:
+                relay.detach()
 
     def _answer(
         self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, now: float
@@ -413,7 +423,7 @@ class ExchangeContext:
 
     def _fail(self, error: ProtocolError, now: float) -> None:
         """Answer with ``error``: an error response, an SSE error event, or a cut."""
-        self.error = error
+        self.error = detached(error)
         status = error.error_status_hint
         self._commands.append(
             Log(

@@ -38,7 +38,7 @@ the constructor must stay in the class's family (4xx / 5xx), or be one of its
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 from ._headers import Headers
 
@@ -62,7 +62,29 @@ __all__ = [
     "UpstreamTimeoutError",
     "ValidationError",
     "anthropic_type",
+    "detached",
 ]
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def detached(error: _E) -> _E:
+    """``error``, kept for later (an exchange's error, a body's parse error), without the
+    frames it and its causes were raised through: they hold the locals of every
+    call on the way -- the exchange among them -- in a reference cycle that only the
+    garbage collector would free. Its message, status and causes stay."""
+    todo: list[BaseException] = [error]
+    seen: set[int] = set()
+    while todo:
+        exc = todo.pop()
+        if id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        for linked in (exc.__cause__, exc.__context__):
+            if linked is not None:
+                todo.append(linked)
+    return error
 
 
 class ProtocolError(Exception):

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._config import LimitsConfig
-from ._errors import NetworkError, RemoteProtocolError
+from ._errors import NetworkError, RemoteProtocolError, detached
 from ._headers import HOP_BY_HOP, Headers, connection_tokens
 from ._json import JSONError, dumps, loads
 from ._sse import SSEDecoder
@@ -141,6 +141,11 @@ class Relay:
             self._buffering = _COPY
         self.head = [(name, value) for name, value in headers if name not in dropped]
 
+    def detach(self) -> None:
+        """The exchange is over: let go of its callbacks. They refer back to it, so
+        without this the two would be a cycle that only the garbage collector frees."""
+        self._send_body = self._send_blocks = _nowhere
+
     def feed(self, data: bytes) -> None:
         """A chunk of the upstream body, as it arrived."""
         if self._inflater is None:
@@ -179,7 +184,7 @@ class Relay:
             try:
                 answer = loads(body, max_items=self._limits.max_json_items)
             except JSONError as exc:
-                answer = exc
+                answer = detached(exc)
         self._answer = answer
         if self._buffering == _COPY:
             return None
@@ -331,6 +336,10 @@ class Relay:
             blocks = out
         if blocks:
             self._send_blocks(blocks)
+
+
+def _nowhere(_: object) -> None:
+    """A detached relay's callbacks: it is never fed again."""
 
 
 def _unescape(piece: bytes) -> str:

@@ -3,9 +3,13 @@
 What any Python proxy on this stack must do for a request and nothing more:
 parse the client's request with llhttp, forward it on one keep-alive upstream
 connection, parse the response's framing with llhttp, write it back in one
-``transport.write``. No routing, no limits, no usage, no errors handled, one
-upstream connection per client connection, requests answered in order.
-``tests.bench.instructions`` counts it (mode ``floor``) beside the proxy.
+``transport.write`` -- or, for a response without a length (a stream), its
+head at once and each piece of body as the upstream read brings it, chunked.
+No routing, no limits, no usage, no errors handled, one upstream connection
+per client connection, requests answered in order.
+``tests.bench.instructions`` counts it (mode ``floor``) beside the proxy, and
+the bench measures it as any target (``--target "floor=python -m
+tests.bench.floor"``: it takes the flags a target is given).
 
     python -m tests.bench.floor --upstream http://127.0.0.1:8000 --port 9000
 
@@ -57,12 +61,45 @@ class _Upstream(_Side):
         self.client = client
         self.parser = httptools.HttpResponseParser(self)
 
+        self.streaming = False
+        self.chunked = False
+        self.content_type = b""
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.streaming = self.chunked = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"content-type":
+            self.content_type = value
+        elif name == b"transfer-encoding":
+            self.chunked = True
+
+    def on_headers_complete(self) -> None:
+        if not self.chunked:  # a length: answered at its end
+            return
+        self.streaming = True
+        head = b"HTTP/1.1 %d OK\r\ncontent-type: %s\r\ntransfer-encoding: chunked\r\n\r\n"
+        assert self.client.transport is not None
+        self.client.transport.write(head % (self.parser.get_status_code(), self.content_type))
+
+    def on_body(self, body: bytes) -> None:
+        if self.streaming:
+            assert self.client.transport is not None
+            self.client.transport.write(b"%x\r\n%s\r\n" % (len(body), body))
+        else:
+            self.body.append(body)
+
     def on_message_complete(self) -> None:
+        assert self.client.transport is not None
+        if self.streaming:
+            self.client.transport.write(b"0\r\n\r\n")
+            return
         body = b"".join(self.body)
         status = self.parser.get_status_code()
-        head = b"HTTP/1.1 %d OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
-        assert self.client.transport is not None
-        self.client.transport.write(head % (status, len(body)) + body)
+        head = b"HTTP/1.1 %d OK\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n"
+        self.client.transport.write(head % (status, self.content_type, len(body)) + body)
 
 
 class _Client(_Side):
@@ -116,9 +153,12 @@ async def _serve(upstream: str, host: str, port: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.floor", description=__doc__)
-    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--upstream", "--base-url", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    # what the bench gives every target, of no use here
+    parser.add_argument("--type", help=argparse.SUPPRESS)
+    parser.add_argument("--log-level", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     uvloop.run(_serve(opts.upstream, opts.host, opts.port))
 

@@ -90,6 +90,12 @@ how many were held, whether a new request on a sample of them is answered,
 and the RSS while they are held. The bench raises ``RLIMIT_NOFILE`` to the
 hard limit for itself and everything it starts.
 
+The floor (``--floor``, on by default): ``tests.bench.floor``, a minimal
+asyncio + httptools pass-through (no routing, no limits, no usage, no errors
+handled: what any Python proxy on this stack must do and nothing more),
+measured as an adapter in every phase, pass-through and many clients, in the
+column after direct: what is left to the proxy's own code is the difference.
+
 It prints ONE table, a figure per line and a column per adapter (direct
 first): each figure with its ratio or difference to direct in the same run,
 and the gateway's costs against the same adapter's pass-through (routed,
@@ -1890,6 +1896,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--per-read-ramp-s", type=float, default=0.5, help="open its connections over"
     )
     parser.add_argument(
+        "--floor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure tests.bench.floor, a minimal pass-through (default: on)",
+    )
+    parser.add_argument(
         "--many-clients",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -1954,10 +1966,16 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def targets(opts: argparse.Namespace) -> list[Target]:
-    """direct, the chosen adapters (each followed by its routed, policies, exporters,
-    translated and many-clients runs), then any ``--target``; an adapter whose module is not there
-    is one target saying so."""
+    """direct, the floor, the chosen adapters (each followed by its routed, policies,
+    exporters, translated and many-clients runs), then any ``--target``; an adapter whose
+    module is not there is one target saying so."""
     found = [Target("direct", None, "direct", column="direct")]
+    if opts.floor:
+        argv = [sys.executable, "-m", "tests.bench.floor"]
+        found.append(Target("floor", argv, column="floor"))
+        if opts.many_clients:
+            found.append(Target("floor many", argv, "many", "floor", "floor"))
+            found.append(Target("floor idle", argv, "idle", "floor", "floor"))
     gateway = {a for a in opts.gateway_adapters.split(",") if a}
     for name in (a for a in opts.adapters.split(",") if a):
         module, extra = ADAPTERS[name]

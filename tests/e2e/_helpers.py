@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
+import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 import h11
@@ -30,6 +33,7 @@ __all__ = [
     "RawClient",
     "RawResponse",
     "assert_error_shape",
+    "at_exit",
     "chat_body",
     "chat_content",
     "closed_port",
@@ -316,6 +320,30 @@ def parse_response_bytes(data: bytes) -> RawResponse:
             return RawResponse(status=status, headers=headers, body=body)
         else:
             raise AssertionError(f"not one whole response: {data!r}")
+
+
+def at_exit(tmp_path: Path, report: str, *, at_start: str = "") -> tuple[dict[str, str], Path]:
+    """What makes a proxy started with the returned environment run ``report`` (the body
+    of a function writing to the open text file ``out``) when it exits, and
+    ``at_start`` when it starts (a ``sitecustomize`` on its path); and the file.
+
+    The proxy runs as users run it; the test reads what it could not see from
+    outside (what the process imported, what its garbage collector found).
+    """
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    found = tmp_path / "at-exit.txt"
+    source = (
+        "import atexit, os\n"
+        f"{textwrap.dedent(at_start)}\n"
+        "def _report():\n"
+        f"    with open({str(found)!r}, 'w', encoding='utf-8') as out:\n"
+        f"{textwrap.indent(textwrap.dedent(report), '        ')}\n"
+        "atexit.register(_report)\n"
+    )
+    (site / "sitecustomize.py").write_text(source, encoding="utf-8")
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path}, found
 
 
 def stop(proxy: ProxyProcess, *, timeout: float = 15.0) -> int:

@@ -39,6 +39,7 @@ HTTPTOOLS_MODULES = frozenset(
         "test_h11_server",
         "test_imports",
         "test_json_limits",
+        "test_no_cycles",
         "test_proxy",
         "test_server_limits",
         "test_spans",  # observability is asked of every adapter
