@@ -6,8 +6,7 @@ way each kind of answer reaches the client: a response head (after the
 ``on_response_head`` hooks), a body chunk or SSE blocks (after their hooks;
 nothing at all to a HEAD request), an error in the client API's shape, and
 the completion that runs ``on_complete``. :class:`~core.Exchange` adds the
-state machine that decides which of these happens when. The mock provider's
-answers (``_answer_mock``) leave here too.
+state machine that decides which happens when. The mock's answers leave here too.
 """
 
 from __future__ import annotations
@@ -107,8 +106,6 @@ _END_OK = EndResponse(complete=True)
 _COLLECT_METRICS = CollectMetrics()
 _METRICS_TIMEOUT = 10.0  # seconds the driver may take to collect the metrics
 _END_CUT = EndResponse(complete=False)
-_DONE = State.DONE
-_ERROR = State.ERROR
 # Commands the core builds from parts it checked, without checking them again.
 _head_command = unchecked(StartResponse)
 _body_command = unchecked(SendBody)
@@ -308,13 +305,10 @@ class ExchangeContext:
     def _set_state(self, state: State) -> None:
         self.state = state
         self._dispatch = self._DISPATCH[state]
-        if state is _DONE or state is _ERROR:
-            # Over: nothing refers back to the exchange any more, so reference
-            # counting frees it (a cycle waits for the garbage collector, whose
-            # full passes pause every connection of the process).
-            relay = self._relay
-            if relay is not None:
-                relay.detach()
+        if (state is State.DONE or state is State.ERROR) and self._relay is not None:
+            # Over: the relay lets go of the exchange, which reference counting then
+            # frees (a cycle would wait for the collector: see core._relay).
+            self._relay.detach()
 
     def _answer(
         self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, now: float

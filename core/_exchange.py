@@ -5,11 +5,10 @@ Drive it like aioquic's connection: ``handle(event, now=...)``, then drain
 ``get_timer()``. The exchange never reads a clock and never does I/O.
 
 This module is the state machine: one handler per (state, event) pair of
-``core._state.TRANSITIONS``, in the order an exchange meets them -- the
-request, its hooks and their quota queries, the route (or a local answer),
-the upstream attempts and their retries, the client leaving. What the hooks
-see and how answers leave is :class:`~core._context.ExchangeContext`; the
-response of one attempt is :class:`~core._relay.Relay`.
+``core._state.TRANSITIONS``, in the order an exchange meets them (request,
+hooks and quota queries, route, attempts and retries, the client leaving).
+What hooks see and how answers leave: :class:`~core._context.ExchangeContext`;
+one attempt's response: :class:`~core._relay.Relay`.
 """
 
 from __future__ import annotations
@@ -117,9 +116,8 @@ class Exchange(ExchangeContext):
         self.handle(_TIMER_FIRED, now=now)
 
     def handle_upstream_data(self, attempt: int, data: bytes, *, now: float) -> None:
-        """Shorthand for ``handle(UpstreamData(attempt=attempt, data=data), now=now)``
-        that builds no event when the running attempt's response is being relayed:
-        the path of a stream's every chunk. Anything else takes ``handle``'s path."""
+        """``handle(UpstreamData(attempt=attempt, data=data), now=now)``, without the event
+        while the running attempt's response is relayed (a stream's every chunk)."""
         if (
             self._dispatch.get(UpstreamData) is not _ON_UPSTREAM_DATA
             or attempt != self._attempt
@@ -572,9 +570,11 @@ class Exchange(ExchangeContext):
 
     def _on_client_gone(self, event: ClientGone, now: float) -> None:
         self._cancel_upstream()
-        if not event.reason and is_final_event(self._last_block):
-            # The client had the stream's last event ([DONE], message_stop) and hung
-            # up before the upstream's end of body (not dropped mid-write): complete.
+        relay = self._relay
+        whole = relay is not None and relay.whole()  # every byte of a JSON answer
+        if not event.reason and (whole or is_final_event(self._last_block)):
+            # The client had all of the answer (a stream's last event) and hung up
+            # before the upstream's end was handled (not dropped mid-write): complete.
             self._complete("completed", now)
             return
         fields = {"exchange": self.exchange_id}

@@ -58,6 +58,7 @@ class Relay:
         "_buffering",
         "_decoder",
         "_inflater",
+        "_length",
         "_limits",
         "_plan",
         "_send_blocks",
@@ -108,9 +109,12 @@ class Relay:
         sse = False
         encoded = False
         dropped = HOP_BY_HOP
+        self._length = -1  # the body's Content-Length, if it says one
         for name, value in headers:
             if name == b"connection":
                 dropped = dropped | connection_tokens(value)
+            elif name == b"content-length" and value.isdigit():
+                self._length = int(value)
             elif name == b"content-type":
                 sse = value[:17].lower() == b"text/event-stream"
             elif name == b"content-encoding":
@@ -200,6 +204,19 @@ class Relay:
             )
             raise NetworkError(f"the upstream's answer is {why}", code="upstream_protocol_error")
         return dumps(plan.body_translator(answer))
+
+    def whole(self) -> bool:
+        """Whether all of a JSON answer read for its usage was relayed, as long as its
+        Content-Length says, its end not handled yet: then it is read, as at its end."""
+        if (
+            self._buffering == _COPY
+            and self._inflater is None
+            and self._buffer_size == self._length
+        ):
+            self.close()
+            self._buffering = _PASS  # read: nothing more to close
+            return True
+        return False
 
     def settle(self, input_estimate: int) -> tuple[Usage | None, bool] | None:
         """The usage read (and whether it is an estimate), once; None if there is none.
