@@ -38,6 +38,10 @@ from core import (
 from core._state import State
 from core.policies import MemoryLimiter
 
+from .test_gateway import _anthropic_stream
+from .test_retry import ANTHROPIC_OK as ANTHROPIC_ANSWER
+from .test_retry import OK as ANSWER
+
 WALL = 1_700_000_000.0
 RETRY = {"attempts": 2, "backoff": 0.0}
 KEY = "sk-sp-cycles-0123456789"
@@ -47,15 +51,6 @@ OBSERVED: dict[str, Any] = {
     "metrics": {"enabled": True},
     "telemetry": {"otlp_endpoint": "http://otel.test:4318", "capture_content": True},
 }
-ANSWER = json.dumps(
-    {
-        "id": "c1",
-        "object": "chat.completion",
-        "model": "m1",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}}],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
-    }
-).encode()
 CHUNKS = b"".join(
     b'data: {"id":"c1","object":"chat.completion.chunk","model":"m1","choices":[{"index":0,'
     b'"delta":{"content":"%s"},"finish_reason":null}]}\n\n' % text
@@ -64,62 +59,7 @@ CHUNKS = b"".join(
     b'data: {"id":"c1","object":"chat.completion.chunk","model":"m1","choices":[],'
     b'"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}\n\ndata: [DONE]\n\n'
 )
-ANTHROPIC_ANSWER = json.dumps(
-    {
-        "id": "msg_1",
-        "type": "message",
-        "role": "assistant",
-        "model": "claude-x",
-        "content": [{"type": "text", "text": "hello"}],
-        "stop_reason": "end_turn",
-        "usage": {"input_tokens": 3, "output_tokens": 2},
-    }
-).encode()
-ANTHROPIC_STREAM = b"".join(
-    b"event: %s\ndata: %s\n\n" % (name.encode(), json.dumps(data).encode())
-    for name, data in (
-        (
-            "message_start",
-            {
-                "type": "message_start",
-                "message": {
-                    "id": "msg_1",
-                    "type": "message",
-                    "role": "assistant",
-                    "model": "claude-x",
-                    "content": [],
-                    "usage": {"input_tokens": 3, "output_tokens": 0},
-                },
-            },
-        ),
-        (
-            "content_block_start",
-            {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": {"type": "text", "text": ""},
-            },
-        ),
-        (
-            "content_block_delta",
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "text_delta", "text": "hi"},
-            },
-        ),
-        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-        (
-            "message_delta",
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": "end_turn"},
-                "usage": {"output_tokens": 2},
-            },
-        ),
-        ("message_stop", {"type": "message_stop"}),
-    )
-)
+ANTHROPIC_STREAM = _anthropic_stream(["Hel", "lo"])
 
 
 def chat(model: str, *, stream: bool = False, body: dict[str, Any] | None = None) -> bytes:

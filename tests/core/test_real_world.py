@@ -396,15 +396,18 @@ def test_a_client_dropped_for_not_reading_never_had_the_last_event() -> None:
     assert said.message == "dropped the client: it stopped reading"
 
 
+def left_after(pieces: list[bytes]) -> dict[str, Any]:
+    """The record of a JSON answer relayed as ``pieces``, its client gone before its end."""
+    pb, out = exchange(gateway(), chat(), head=JSON_HEAD, chunks=pieces, end=False)
+    return trace(out + pb.feed(ClientGone(), now=0.4))
+
+
 @given(cut=st.integers(min_value=1, max_value=len(OPENAI_JSON) - 1))
 def test_a_client_that_leaves_with_the_whole_json_answer_was_served_and_counts(cut: int) -> None:
     # Every byte the Content-Length promised was relayed (in two reads, split
     # anywhere); the client took them and hung up before the driver handed over
     # the upstream's end (a race a loaded server loses now and then).
-    pieces = [OPENAI_JSON[:cut], OPENAI_JSON[cut:]]
-    pb, out = exchange(gateway(), chat(), head=JSON_HEAD, chunks=pieces, end=False)
-    out += pb.feed(ClientGone(), now=0.4)
-    record = trace(out)
+    record = left_after([OPENAI_JSON[:cut], OPENAI_JSON[cut:]])
     assert record["outcome"] == "completed"
     assert record["usage"]["input_tokens"] == 9
     assert record["usage"]["output_tokens"] == 5
@@ -414,10 +417,7 @@ def test_a_client_that_leaves_with_the_whole_json_answer_was_served_and_counts(c
 
 @given(cut=st.integers(min_value=0, max_value=len(OPENAI_JSON) - 1))
 def test_a_client_that_leaves_before_the_whole_json_answer_is_gone(cut: int) -> None:
-    pieces = [OPENAI_JSON[:cut]] if cut else []
-    pb, out = exchange(gateway(), chat(), head=JSON_HEAD, chunks=pieces, end=False)
-    out += pb.feed(ClientGone(), now=0.4)
-    record = trace(out)
+    record = left_after([OPENAI_JSON[:cut]] if cut else [])
     assert record["outcome"] == "client_gone"
     assert record["usage"] is None  # a JSON answer counts only once read whole
 
