@@ -142,7 +142,8 @@ async def _serve(upstream: str, host: str, port: int) -> None:
     assert parts.hostname is not None and parts.port is not None
     up_host, up_port = parts.hostname, parts.port
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _Client(up_host, up_port), host, port)
+    # the proxy's listen backlog (adapters._streams.listen): bursts of connections queue
+    server = await loop.create_server(lambda: _Client(up_host, up_port), host, port, backlog=2048)
     stop = loop.create_future()
     loop.add_signal_handler(signal.SIGINT, stop.set_result, None)
     bound = server.sockets[0].getsockname()
