@@ -8,8 +8,8 @@ head at once and each piece of body as the upstream read brings it, chunked.
 No routing, no limits, no usage, no errors handled, one upstream connection
 per client connection, requests answered in order.
 ``tests.bench.instructions`` counts it (mode ``floor``) beside the proxy, and
-the bench measures it as any target (``--target "floor=python -m
-tests.bench.floor"``: it takes the flags a target is given).
+``tests.bench.run`` measures it in a column of its own (it takes the flags
+every target is given).
 
     python -m tests.bench.floor --upstream http://127.0.0.1:8000 --port 9000
 
@@ -60,7 +60,6 @@ class _Upstream(_Side):
         super().__init__()
         self.client = client
         self.parser = httptools.HttpResponseParser(self)
-
         self.streaming = False
         self.chunked = False
         self.content_type = b""
@@ -68,6 +67,7 @@ class _Upstream(_Side):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self.streaming = self.chunked = False
+        self.content_type = b""
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
