@@ -62,6 +62,19 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def profile(session: nox.Session) -> None:
+    """Where a request's CPU goes (py-spy under wrk, µs per request by layer, file and
+    function): ``nox -s profile -- --adapter h11 --mode policies``."""
+    session.install("-e", ".[test]", "py-spy")
+    if shutil.which("wrk") is None:
+        if os.geteuid() != 0:
+            session.error("wrk is not installed: apt-get install wrk (or run this as root)")
+        session.run("apt-get", "update", external=True)
+        session.run("apt-get", "install", "-y", "wrk", external=True)
+    session.run("python", "-m", "tests.bench.profile", *session.posargs)
+
+
+@nox.session(python=PYTHON)
 def fuzz(session: nox.Session) -> None:
     """The fuzz-style property tests, 25x longer than in CI (``SANSPROXY_FUZZ_SCALE``)."""
     session.install("-e", ".[test]")

@@ -1,0 +1,272 @@
+"""Where a request's CPU goes: py-spy's samples of one server under wrk, in µs per request.
+
+    python -m tests.bench.profile [--adapter httptools] [--mode passthrough]
+        [--duration 10] [--connections 64] [--rate 250] [--top 30]
+
+Starts the bench's upstream and one server (``--mode``: the pass-through, or a
+gateway configuration of the bench: routed, policies, metrics, tracing,
+access-log), loads it with wrk for ``--duration`` seconds while py-spy samples
+it, and measures the server's CPU over the same seconds. Each sample is counted
+where it was taken (its innermost Python frame): by layer, by file and by
+function, each as a share of the samples and as µs of CPU per request (the
+share times the CPU per request measured in the run).
+
+What a frame's line does in C is counted in that frame: the event loop's own
+work (uvloop: epoll, reads, the callbacks' dispatch) in ``asyncio.Runner.run``,
+a ``transport.write``'s system call in the line that calls it. Samples py-spy
+takes while the process waits in the kernel are left out (``--idle`` keeps
+them). A benchmark, not a test: it asserts nothing about time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from tests.bench.loadgen import DEFAULT_MODEL
+from tests.bench.run import (
+    ADAPTERS,
+    EXPORTERS,
+    POLICIES,
+    ROUTED_MODEL,
+    BenchError,
+    CpuMeter,
+    Mode,
+    Server,
+    Target,
+    _free_port,
+    server_argv,
+    start_receiver,
+    start_server,
+    wrk,
+)
+
+__all__ = ["Profile", "layer", "main", "profile", "read_samples"]
+
+MODES: tuple[str, ...] = ("passthrough", "routed", "policies", *EXPORTERS[1:])
+#: seconds of load before sampling (connections open, caches warm)
+WARM_S = 1
+_FRAME = re.compile(r"^(?P<function>.*) \((?P<file>.*):(?P<line>\d+)\)$")
+#: the layers a frame's file is counted in, first match wins
+_LAYERS: tuple[tuple[str, str], ...] = (
+    ("core/policies/", "core: policies"),
+    ("core/gateway/", "core: gateway"),
+    ("core/", "core"),
+    ("adapters/", "adapters"),
+    ("asyncio/runners.py", "event loop (C: epoll, reads, dispatch)"),
+)
+
+
+@dataclass(slots=True)
+class Profile:
+    """One run: requests served, the server's CPU seconds, and the samples (a stack,
+    outermost frame first, and how many samples it had)."""
+
+    requests: int
+    seconds: float
+    cpu: float
+    samples: list[tuple[tuple[str, ...], int]]
+
+    @property
+    def per_request_us(self) -> float:
+        return self.cpu / self.requests * 1e6 if self.requests else 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(n for _, n in self.samples)
+
+    def self_time(self, key: Any) -> list[tuple[str, int]]:
+        """Samples by ``key(innermost frame)``, the most first."""
+        counts: collections.Counter[str] = collections.Counter()
+        for stack, n in self.samples:
+            counts[key(stack[-1] if stack else "")] += n
+        return counts.most_common()
+
+
+def read_samples(lines: Iterable[str]) -> list[tuple[tuple[str, ...], int]]:
+    """py-spy's raw (collapsed) output: ``frame;frame;... count`` per line."""
+    out = []
+    for line in lines:
+        stack, _, count = line.rstrip("\n").rpartition(" ")
+        if stack and count.isdigit():
+            out.append((tuple(stack.split(";")), int(count)))
+    return out
+
+
+def _file(frame: str) -> str:
+    match = _FRAME.match(frame)
+    if match is None:
+        return "(no Python frame: native code, the collector)"
+    path = match["file"]
+    for marker in ("site-packages/", "/lib/python3."):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            if marker.startswith("/lib"):
+                path = path.split("/", 1)[-1]
+            return path
+    with contextlib.suppress(ValueError):
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    return path
+
+
+def _function(frame: str) -> str:
+    match = _FRAME.match(frame)
+    if match is None:
+        return _file(frame)
+    return f"{match['function']} ({_file(frame)}:{match['line']})"
+
+
+def layer(frame: str) -> str:
+    """The layer a frame belongs to: the core's parts, the adapters, the event loop,
+    or the library or standard module it is in."""
+    path = _file(frame)
+    for prefix, name in _LAYERS:
+        if path.startswith(prefix):
+            return name
+    return path if path.startswith("(") else f"other: {path.split('/', 1)[0]}"
+
+
+@contextlib.contextmanager
+def _servers(adapter: str, mode: str, workdir: Path) -> Iterator[Server]:
+    """The upstream and the server (and an OTLP receiver for ``tracing``)."""
+    started: list[Server] = []
+    receiver = start_receiver() if mode == "tracing" else None
+    try:
+        upstream = start_server(
+            "upstream", [sys.executable, "-m", "tests.bench.upstream", "--port", "0"], port=None
+        )
+        started.append(upstream)
+        module, extra = ADAPTERS[adapter]
+        target = Target(adapter, [sys.executable, "-m", module, *extra], cast(Mode, mode))
+        port = _free_port()
+        opts = argparse.Namespace(
+            stream_events=1, ttfe_delay_ms=0.0, per_read_events=1, per_read_delay_ms=0.0
+        )
+        argv = server_argv(
+            target,
+            port,
+            f"http://127.0.0.1:{upstream.port}",
+            workdir,
+            opts,
+            otlp_url=None if receiver is None else receiver.base_url,
+        )
+        server = start_server(adapter, argv, port=port)
+        started.append(server)
+        yield server
+    finally:
+        for server in reversed(started):
+            server.stop()
+        if receiver is not None:
+            receiver.close()
+
+
+def profile(
+    adapter: str,
+    mode: str,
+    *,
+    duration: int = 10,
+    connections: int = 64,
+    rate: int = 250,
+    idle: bool = False,
+) -> Profile:
+    """Run the server under wrk for ``duration`` s while py-spy samples it."""
+    spy = shutil.which("py-spy")
+    if spy is None:
+        raise BenchError("py-spy is not installed: pip install py-spy (or nox -s profile)")
+    if mode in POLICIES[1:]:
+        raise BenchError(f"{mode}: not profiled here (it needs Redis)")
+    model = DEFAULT_MODEL if mode == "passthrough" else ROUTED_MODEL
+    with tempfile.TemporaryDirectory() as tmp, _servers(adapter, mode, Path(tmp)) as server:
+        wrk(server.port, connections=connections, threads=1, duration=WARM_S, model=model)
+        out = Path(tmp) / "samples.txt"
+        argv = [
+            spy,
+            "record",
+            "--pid",
+            str(server.proc.pid),
+            "--subprocesses",
+            "--rate",
+            str(rate),
+            "--duration",
+            str(duration),
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--nonblocking",
+            *(["--idle"] if idle else []),
+        ]
+        sampler = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        with CpuMeter(server.proc.pid) as meter:
+            run = wrk(
+                server.port, connections=connections, threads=1, duration=duration, model=model
+            )
+        _, err = sampler.communicate(timeout=duration + 60)
+        if sampler.returncode != 0 or not out.exists():
+            raise BenchError(f"py-spy failed ({sampler.returncode}): {err.decode()[-300:]}")
+        if run["errors"]:
+            raise BenchError(f"{run['errors']} errors under load: {run}")
+        samples = read_samples(out.read_text().splitlines())
+    return Profile(run["requests"], meter.wall, meter.seconds, samples)
+
+
+def report(found: Profile, title: str, top: int) -> str:
+    """The profile as three tables: by layer, by file, by function (``top`` rows)."""
+    total = found.total or 1
+    per = found.per_request_us
+    lines = [
+        f"{title}: {found.requests / found.seconds:,.0f} req/s, {per:.1f} µs CPU per request,"
+        f" {found.total:,} samples",
+    ]
+    for name, key, rows in (
+        ("layer", layer, 100),
+        ("file", _file, top),
+        ("function (innermost frame, its line)", _function, top),
+    ):
+        lines.append(f"\nby {name}:  µs/request  share")
+        for label, n in found.self_time(key)[:rows]:
+            lines.append(f"  {per * n / total:8.1f}  {n / total:6.1%}  {label}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--adapter", default="httptools", choices=sorted(ADAPTERS))
+    parser.add_argument("--mode", default="passthrough", choices=MODES)
+    parser.add_argument("--duration", type=int, default=10, help="seconds sampled")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    parser.add_argument("--top", type=int, default=30, help="rows by file and by function")
+    parser.add_argument("--idle", action="store_true", help="keep the samples of waits")
+    opts = parser.parse_args(argv)
+    os.environ.setdefault("OTEL_BSP_SCHEDULE_DELAY", "200")
+    try:
+        found = profile(
+            opts.adapter,
+            opts.mode,
+            duration=opts.duration,
+            connections=opts.connections,
+            rate=opts.rate,
+            idle=opts.idle,
+        )
+    except BenchError as exc:
+        print(f"profile: {exc}", file=sys.stderr)
+        return 1
+    title = f"{opts.adapter} {opts.mode}, c{opts.connections}, {opts.duration} s"
+    print(report(found, title, opts.top))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
