@@ -26,6 +26,7 @@ from core._config import ConfigProblem, format_path, show
 
 from ._config_errors import ConfigError, Loc, Origins, describe_problem, describe_validation, line
 from ._log_format import configure_logging
+from ._store import proxy_for
 
 __all__ = [
     "EPILOG",
@@ -338,7 +339,7 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
     """Validate the configuration and compile the proxy; raises ``ConfigError``."""
     config, tree, origins = _resolve(args, os.environ if environ is None else environ)
     try:
-        proxy = Proxy(config)
+        proxy = proxy_for(config)
     except ConfigProblem as exc:
         raise ConfigError(describe_problem(exc, tree, origins)) from None
     except (ValueError, TypeError) as exc:

@@ -115,7 +115,7 @@ class Driver:
         #: The observers of each exchange's record (access log, metrics, spans).
         self.sinks = Sinks(proxy.config)
         self.traces = TraceWriter(on_drop=self.sinks.on_drop("trace"))
-        self.store = store if store is not None else make_store(proxy.config.limits)
+        self.store = store if store is not None else make_store(proxy.config.limits, proxy.limiter)
         self._prefix = secrets.token_hex(4)
         # Weighted routing draws here; the core stays deterministic.
         self._random = random.Random().random

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from core import AcquireQuota, QuotaAnswered, QuotaFailed, SettleQuota
+from core import AcquireQuota, Proxy, ProxyConfig, QuotaAnswered, QuotaFailed, SettleQuota
 from core._config import LimitsConfig
 from core.policies import (
     Limit,
@@ -23,11 +23,10 @@ __all__ = [
     "QuotaStore",
     "StoreStatistics",
     "make_store",
+    "proxy_for",
 ]
 
 logger = logging.getLogger("sansproxy.store")
-
-_SWEEP_EVERY = 1024  # memory: calls between sweeps, at least (then as many as keys held)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,21 +94,15 @@ def _answer(cmd: AcquireQuota, answer: tuple[bool, list[Any], list[float]]) -> Q
 
 
 class MemoryStore:
-    """Limits and budgets in this process (``limits.backend: memory``)."""
+    """Limits and budgets in this process (``limits.backend: memory``), in ``limiter``
+    (a new one if not given). When the proxy checks them itself (``Proxy(limiter=)``,
+    :func:`proxy_for`), it is the proxy's limiter and no command reaches the store."""
 
-    def __init__(self) -> None:
-        self.limiter = MemoryLimiter()
-        self._until_sweep = _SWEEP_EVERY
+    def __init__(self, limiter: MemoryLimiter | None = None) -> None:
+        self.limiter = limiter if limiter is not None else MemoryLimiter()
         self._answered = 0
         self._settled = 0
         self._settles_failed = 0
-
-    def _tick(self, now: float) -> None:
-        # A sweep costs one look at every key; at most one per as many calls as
-        # there are keys, so O(1) a call, and expired keys never pile up. The
-        # callers count the calls down (_until_sweep) and call this at zero.
-        self.limiter.sweep(now=now)
-        self._until_sweep = max(_SWEEP_EVERY, len(self.limiter))
 
     def acquire_nowait(self, cmd: AcquireQuota) -> QuotaAnswered:
         """:meth:`core.MemoryLimiter.quota`, at once; ``ValueError`` on a malformed command."""
@@ -120,9 +113,7 @@ class MemoryStore:
             now=now,
         )
         self._answered += 1
-        self._until_sweep -= 1
-        if self._until_sweep <= 0:
-            self._tick(now)
+        self.limiter.tick(now=now)
         return QuotaAnswered(
             query_id=cmd.query_id, admitted=admitted, decisions=tuple(decisions), spent=tuple(spent)
         )
@@ -140,9 +131,7 @@ class MemoryStore:
             logger.error("quota settle failed: %s", exc)
             return
         self._settled += 1
-        self._until_sweep -= 1
-        if self._until_sweep <= 0:
-            self._tick(cmd.at)
+        self.limiter.tick(now=cmd.at)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Nothing waits: settles are applied when submitted."""
@@ -163,8 +152,15 @@ class MemoryStore:
         )
 
 
-def make_store(limits: LimitsConfig) -> QuotaStore:
-    """The store ``limits.backend`` names."""
+def proxy_for(config: ProxyConfig) -> Proxy:
+    """The proxy of ``config``; with ``limits.backend: memory``, one that checks the
+    limits itself, in its own ``MemoryLimiter`` (no command round trip a request)."""
+    memory = config.limits.backend == "memory"
+    return Proxy(config, limiter=MemoryLimiter() if memory else None)
+
+
+def make_store(limits: LimitsConfig, limiter: MemoryLimiter | None = None) -> QuotaStore:
+    """The store ``limits.backend`` names (memory: around ``limiter``, if given)."""
     if limits.backend == "redis":
         if limits.redis_url is None:
             raise ValueError("backend 'redis' needs redis_url")
@@ -175,4 +171,4 @@ def make_store(limits: LimitsConfig) -> QuotaStore:
             timeout=limits.redis_timeout,
             retry_interval=limits.redis_retry_interval,
         )
-    return MemoryStore()
+    return MemoryStore(limiter)

@@ -62,6 +62,7 @@ from ._cli import (
 from ._driver import ClientDisconnected, Driver, stopped_reading
 from ._log_format import logging_config
 from ._sinks import PROCESS_SINKS
+from ._store import proxy_for
 
 __all__ = [
     "RAW_TARGET",
@@ -590,7 +591,7 @@ async def _wait_disconnect(receive: Receive) -> None:
 
 def create_app(config: ProxyConfig, proxy: Proxy | None = None) -> Starlette:
     """The Starlette application serving ``config``."""
-    driver = Driver(proxy if proxy is not None else Proxy(config))
+    driver = Driver(proxy if proxy is not None else proxy_for(config))
     PROCESS_SINKS.metrics = driver.sinks.metrics
 
     @contextlib.asynccontextmanager

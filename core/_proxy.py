@@ -19,6 +19,7 @@ from .gateway import Router
 from .policies import (
     AuthMiddleware,
     GuardrailsMiddleware,
+    MemoryLimiter,
     RateLimitMiddleware,
     RetryMiddleware,
     TraceMiddleware,
@@ -56,7 +57,9 @@ class _Builtin:
         return self.cls(**{**self.defaults, **options, **self.fixed})
 
 
-def _builtin_middleware(config: ProxyConfig) -> dict[str, Callable[..., object]]:
+def _builtin_middleware(
+    config: ProxyConfig, limiter: MemoryLimiter | None
+) -> dict[str, Callable[..., object]]:
     limits = config.limits
 
     def rate_limit(**options: Any) -> RateLimitMiddleware:
@@ -66,7 +69,7 @@ def _builtin_middleware(config: ProxyConfig) -> dict[str, Callable[..., object]]
                 f"unknown option {min(options)!r} (rate_limit takes none: limits are set on "
                 "auth keys (rpm, tpm, budget) and on models (limits: {rpm, tpm}))",
             )
-        return RateLimitMiddleware.from_config(config)
+        return RateLimitMiddleware.from_config(config, limiter=limiter)
 
     items = {"max_json_items": limits.max_json_items}
     return {
@@ -137,11 +140,18 @@ class Proxy:
     built-in name or a ``module:attr`` factory called with the entry's options.
     Raises ``ConfigProblem`` (a ``ValueError`` that says where: ``middleware[0].trace:
     unknown option 'dri' (options: ...)``) on a middleware it cannot build.
+
+    ``limiter``: with ``limits.backend: memory``, a ``MemoryLimiter`` the built-in
+    ``rate_limit`` checks, charges and settles at once, in the exchange's own step:
+    no ``AcquireQuota`` to answer, no ``SettleQuota`` to carry out (the driver
+    keeps the same limiter for its sweeps and views). Without one, the limits
+    are the driver's store's, through those commands (any backend).
     """
 
     __slots__ = (
         "capture_content",
         "config",
+        "limiter",
         "limits",
         "metrics_guard",
         "metrics_path",
@@ -154,14 +164,24 @@ class Proxy:
         "tracing",
     )
 
-    def __init__(self, config: ProxyConfig, *, middleware: Sequence[object] | None = None) -> None:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        middleware: Sequence[object] | None = None,
+        limiter: MemoryLimiter | None = None,
+    ) -> None:
+        if limiter is not None and config.limits.backend != "memory":
+            raise ValueError(f"a limiter is for limits.backend memory, not {config.limits.backend}")
         self.config = config
         self.limits = config.limits
+        #: The in-process limiter ``rate_limit`` uses directly (see the class), or None.
+        self.limiter = limiter
         self.router = Router(config)
         self.mock_stream_delay = config.mock.stream_delay
         if middleware is None:
             _check_order(config)
-            builtins = _builtin_middleware(config)
+            builtins = _builtin_middleware(config, limiter)
             built: list[object] = []
             for i, item in enumerate(config.middleware):
                 for name, options in item.items():

@@ -69,6 +69,7 @@ from .._quota import integer as _integer
 
 __all__ = [
     "SLOTS",
+    "SWEEP_EVERY",
     "Decision",
     "Limit",
     "LimiterState",
@@ -78,6 +79,9 @@ __all__ = [
     "distinct",
     "spend_ttl",
 ]
+
+#: Uses of a limiter between two sweeps, at least (:meth:`MemoryLimiter.tick`).
+SWEEP_EVERY = 1024
 
 SLOTS = 60  # entries per window at most (+1): the log's resolution is window / SLOTS
 
@@ -308,11 +312,12 @@ class MemoryLimiter:
     namespace, so use distinct names.
     """
 
-    __slots__ = ("_spends", "_states")
+    __slots__ = ("_spends", "_states", "_until_sweep")
 
     def __init__(self) -> None:
         self._states: dict[str, _Log] = {}
         self._spends: dict[str, _Spend] = {}
+        self._until_sweep = SWEEP_EVERY
 
     def __len__(self) -> int:
         """Keys held, limiter states and spends (expired ones until :meth:`sweep`)."""
@@ -495,6 +500,16 @@ class MemoryLimiter:
     def snapshot(self, key: str, limit: Limit, *, now: float) -> Decision:
         """The key's current standing (a zero-amount look), for the admin view."""
         return self.acquire(key, limit, now=now, amount=0)
+
+    def tick(self, *, now: float) -> None:
+        """Count one use (an acquire or a settle): every ``SWEEP_EVERY`` uses, or as
+        many as keys held if more, :meth:`sweep`. One look at every key per as many
+        uses as keys: O(1) a use, and keys whose usage has left its window never
+        pile up."""
+        self._until_sweep -= 1
+        if self._until_sweep <= 0:
+            self.sweep(now=now)
+            self._until_sweep = max(SWEEP_EVERY, len(self))
 
     def sweep(self, *, now: float) -> int:
         """Forget keys whose usage has all left its window, and expired spends (Redis's

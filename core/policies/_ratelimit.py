@@ -26,6 +26,7 @@ A store that cannot answer: ``on_backend_error: open`` admits the request
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,6 +45,7 @@ from .._events import QuotaAnswered, QuotaFailed
 from .._middleware import Context
 from .._quota import Decision, Limit
 from ._auth import ClientKey, budget_key, key_limits
+from ._limiter import MemoryLimiter
 
 __all__ = ["RateLimitMiddleware", "estimate_tokens", "ratelimit_headers"]
 
@@ -120,7 +122,9 @@ class RateLimitMiddleware:
         model_limits: dict[str, tuple[int | None, int | None]] | None = None,
         timeout: float = 0.25,
         on_backend_error: Literal["open", "closed"] = "open",
+        limiter: MemoryLimiter | None = None,
     ) -> None:
+        self._limiter = limiter
         self._models: dict[str, list[tuple[str, str, Limit]]] = {}
         for model, (rpm, tpm) in (model_limits or {}).items():
             limits = []
@@ -134,9 +138,13 @@ class RateLimitMiddleware:
         self._fail_open = on_backend_error == "open"
 
     @classmethod
-    def from_config(cls, config: ProxyConfig) -> RateLimitMiddleware:
-        """Per-model limits from ``models``; the store's timeout and fail mode from ``limits``."""
+    def from_config(
+        cls, config: ProxyConfig, *, limiter: MemoryLimiter | None = None
+    ) -> RateLimitMiddleware:
+        """Per-model limits from ``models``; the store's timeout and fail mode from
+        ``limits``; ``limiter``: see the class."""
         return cls(
+            limiter=limiter,
             model_limits={
                 name: (model.limits.rpm, model.limits.tpm)
                 for name, model in config.models.items()
@@ -167,6 +175,16 @@ class RateLimitMiddleware:
         tokens = 0
         if any(kind == "tokens" for kind, _, _ in limits):
             tokens = estimate_tokens(len(exchange.request_body), body)
+        limiter = self._limiter
+        if limiter is not None:  # answered here: no query, no round trip through the driver
+            admitted, decisions, spent = limiter.quota(
+                [(key, limit, 1 if kind == "requests" else tokens) for kind, key, limit in limits],
+                [(check.key, check.usd) for check in budgets],
+                now=at,
+            )
+            limiter.tick(now=at)
+            self._admit(exchange, limits, spend, tokens, at, admitted, decisions, spent)
+            return None
         charges = tuple(
             QuotaCharge(key=store_key, limit=limit, amount=1 if kind == "requests" else tokens)
             for kind, store_key, limit in limits
@@ -196,21 +214,44 @@ class RateLimitMiddleware:
                 )
             )
             return
+        self._admit(
+            exchange,
+            limits,
+            spend,
+            tokens,
+            at,
+            answer.admitted,
+            answer.decisions,
+            answer.spent,
+        )
+
+    def _admit(  # noqa: PLR0917 -- private: the answer's parts, from either path
+        self,
+        exchange: Context,
+        limits: list[tuple[str, str, Limit]],
+        spend: tuple[str, float | None] | None,
+        tokens: int,
+        at: float,
+        admitted: bool,
+        decisions: Sequence[Decision],
+        spent: Sequence[float],
+    ) -> None:
+        """The limits' answer: refuse (raise), or keep what was charged for ``on_complete``."""
         standing: dict[str, Decision] = {}
-        for (kind, _, _), decision in zip(limits, answer.decisions, strict=True):
+        for (kind, _, _), decision in zip(limits, decisions, strict=True):
             held = standing.get(kind)
             if held is None or decision.remaining < held.remaining:
                 standing[kind] = decision
         headers = ratelimit_headers(standing)
-        if not answer.admitted:
+        if not admitted:
             key = exchange.key
-            if spend is not None and answer.spent and answer.spent[0] >= key.budget.usd:
+            if spend is not None and spent and spent[0] >= key.budget.usd:
                 raise BudgetExceededError(
                     f"the key '{key.name}' has spent its budget of ${key.budget.usd:g} "
                     f"for this {key.budget.period}",
                     headers=((b"x-should-retry", b"false"),),
                 )
-            self._refuse(limits, answer.decisions, headers)
+            self._refuse(limits, decisions, headers)
         exchange.scratch[self] = _Charged(
             headers=headers,
             at=at,
@@ -224,7 +265,7 @@ class RateLimitMiddleware:
     def _refuse(
         self,
         limits: list[tuple[str, str, Limit]],
-        decisions: tuple[Decision, ...],
+        decisions: Sequence[Decision],
         headers: list[tuple[bytes, bytes]],
     ) -> None:
         wait = 0.0
@@ -257,7 +298,7 @@ class RateLimitMiddleware:
         if charged is None or charged.settled:
             return
         charged.settled = True
-        adjustments: tuple[QuotaAdjustment, ...] = ()
+        adjustments: list[tuple[str, Limit, int, float]] = []
         if charged.token_limits:
             usage = exchange.usage
             if usage is not None:
@@ -273,14 +314,30 @@ class RateLimitMiddleware:
                 used = charged.tokens
             delta = used - charged.tokens
             if delta:
-                adjustments = tuple(
-                    QuotaAdjustment(key=store_key, limit=limit, delta=delta, charged_at=charged.at)
+                adjustments = [
+                    (store_key, limit, delta, charged.at)
                     for store_key, limit in charged.token_limits
-                )
-        spends: tuple[SpendRecord, ...] = ()
+                ]
+        spends: list[tuple[str, float, float | None]] = []
         cost = exchange.cost_usd
         if charged.spend_key is not None and cost:
             store_key, ttl = charged.spend_key
-            spends = (SpendRecord(key=store_key, usd=cost, ttl=ttl),)
-        if adjustments or spends:
-            exchange.emit(SettleQuota(at=exchange.wall_now, adjustments=adjustments, spends=spends))
+            spends.append((store_key, cost, ttl))
+        if not adjustments and not spends:
+            return
+        limiter = self._limiter
+        if limiter is not None:  # applied here, at once
+            now = exchange.wall_now
+            limiter.settle(adjustments, spends, now=now)
+            limiter.tick(now=now)
+            return
+        exchange.emit(
+            SettleQuota(
+                at=exchange.wall_now,
+                adjustments=tuple(
+                    QuotaAdjustment(key=key, limit=limit, delta=delta, charged_at=at)
+                    for key, limit, delta, at in adjustments
+                ),
+                spends=tuple(SpendRecord(key=key, usd=usd, ttl=ttl) for key, usd, ttl in spends),
+            )
+        )

@@ -36,6 +36,7 @@ from adapters._store import (
     QuotaStore,
     StoreStatistics,
     make_store,
+    proxy_for,
 )
 from adapters._store_redis import RedisStore
 from core import EndResponse, Exchange, Proxy, ProxyConfig, SendBody, StartResponse
@@ -240,6 +241,19 @@ def test_make_store_follows_the_config() -> None:
         make_store(LimitsConfig.model_construct(backend="redis", redis_url=None))
     with pytest.raises(ValueError):
         RedisStore("http://nowhere", timeout=1.0, retry_interval=1.0)
+
+
+def test_a_memory_backed_proxy_checks_its_limits_in_the_store_the_driver_keeps() -> None:
+    # The servers build their proxy with proxy_for: with the memory backend the
+    # limits are checked in the exchange's own step, in the driver's store's limiter
+    # (its sweeps and statistics see the same keys); with Redis, through commands.
+    memory = ProxyConfig.model_validate({"upstream": {"base_url": "http://up.test"}})
+    proxy = proxy_for(memory)
+    store = Driver(proxy).store
+    assert isinstance(store, MemoryStore) and proxy.limiter is store.limiter
+    url = SecretStr(f"redis://:{PASSWORD}@127.0.0.1:1/0")
+    shared = memory.model_copy(update={"limits": LimitsConfig(backend="redis", redis_url=url)})
+    assert proxy_for(shared).limiter is None
 
 
 # --- the scripts themselves against the limiter they transcribe -----------------------

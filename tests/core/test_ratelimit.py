@@ -39,6 +39,7 @@ from core._commands import SpendRecord
 from core._state import State
 from core.policies import MemoryLimiter
 from core.policies._auth import period_of
+from core.policies._limiter import SWEEP_EVERY
 
 from .playbook import WALL, Playbook, client_view, config, header
 
@@ -129,11 +130,13 @@ def completion(prompt: int | None, output: int | None) -> bytes:
 
 
 class World:
-    """A proxy, its store, and a driver that carries out quota commands at once."""
+    """A proxy, its store, and a driver that carries out quota commands at once; with
+    ``sync``, the proxy checks the limits in the store itself (``Proxy(limiter=)``)."""
 
-    def __init__(self, cfg: ProxyConfig) -> None:
-        self.proxy = Proxy(cfg)
+    def __init__(self, cfg: ProxyConfig, *, sync: bool = False) -> None:
         self.store = MemoryLimiter()
+        self.proxy = Proxy(cfg, limiter=self.store if sync else None)
+        self.sync = sync
         self.count = 0
 
     def playbook(self, at: float) -> Playbook:
@@ -143,6 +146,8 @@ class World:
         return pb
 
     def settle(self, commands: Sequence[Command]) -> None:
+        if self.sync:
+            assert not settlements(commands), "a proxy with a limiter settles itself"
         for cmd in settlements(commands):
             self.store.settle(
                 [(a.key, a.limit, a.delta, a.charged_at) for a in cmd.adjustments],
@@ -160,7 +165,9 @@ class World:
             headers.append((b"authorization", b"Bearer " + key.encode()))
         out = pb.request(body=chat() if body is None else body, headers=headers)
         pending = queries(out)
-        if pending:
+        if self.sync:
+            assert not pending, "a proxy with a limiter asks no query"
+        elif pending:
             assert pb.ex.state is State.AWAIT_QUOTA
             out += pb.feed(answer(self.store, pending[0]))
         self.settle(out)
@@ -507,6 +514,7 @@ def run_outcome(
     return used, out
 
 
+@pytest.mark.parametrize("sync", [False, True], ids=["store", "limiter in the proxy"])
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(
@@ -514,11 +522,12 @@ def run_outcome(
     )
 )
 def test_every_exchange_is_charged_or_refunded_exactly_once(
-    sequence: list[tuple[Outcome, int, int]],
+    sync: bool, sequence: list[tuple[Outcome, int, int]]
 ) -> None:
     # Key b's token limit refuses any request; key a's never does. All within one window.
     world = World(
-        limits_config(a={"tpm": 10**9}, b={"tpm": 1}, model_limits={"tpm": 10**9, "rpm": 10**6})
+        limits_config(a={"tpm": 10**9}, b={"tpm": 1}, model_limits={"tpm": 10**9, "rpm": 10**6}),
+        sync=sync,
     )
     expected = 0
     admitted = 0
@@ -533,7 +542,7 @@ def test_every_exchange_is_charged_or_refunded_exactly_once(
         admitted += outcome[0] != "refused"
         settled = settlements(out)
         assert len(settled) <= 1, "settled twice"
-        if used != (0 if outcome[0] == "refused" else estimate(body, max_tokens)):
+        if used != (0 if outcome[0] == "refused" else estimate(body, max_tokens)) and not sync:
             assert len(settled) == 1, "a correction was due"
         client = [c for c in out if isinstance(c, StartResponse | SendBody | EndResponse)]
         ends = [c for c in client if isinstance(c, EndResponse)]
@@ -541,6 +550,85 @@ def test_every_exchange_is_charged_or_refunded_exactly_once(
     assert world.on_books(KEY_TPM) == expected
     assert world.on_books(MODEL_TPM) == expected
     assert world.on_books("sansproxy:rl:model:fast:rpm") == admitted
+
+
+Step = tuple[str, str, int, int, int, float]
+
+steps: st.SearchStrategy[Step] = st.tuples(
+    st.sampled_from([KEY_A, KEY_B]),
+    st.sampled_from(["usage", "no_usage", "connect", "gone_waiting"]),
+    st.integers(0, 3000),  # prompt tokens the upstream reports
+    st.integers(0, 3000),  # output tokens
+    st.integers(0, 300),  # max_tokens asked (0: none)
+    st.floats(0, 40),  # seconds since the previous request
+)
+
+
+def exchange_in(world: World, step: Step, at: float) -> tuple[Any, ...]:
+    """One request of ``step`` at ``WALL + at``: what the client got."""
+    key, kind, prompt, output, max_tokens, _ = step
+    body = chat(max_tokens=max_tokens) if max_tokens else chat()
+    pb, out = world.ask(key=key, body=body, at=at)
+    if not pb.ex.finished:  # admitted
+        if kind == "usage":
+            out += world.finish(pb, prompt, output)
+        elif kind == "no_usage":
+            out += world.finish(pb, None, None)
+        else:
+            event = UpstreamFailed(attempt=1, kind="connect") if kind == "connect" else ClientGone()
+            more = pb.feed(event, now=0.1)
+            world.settle(more)
+            out += more
+    assert pb.ex.finished
+    return client_view(out)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(steps, min_size=1, max_size=30))
+def test_a_limiter_in_the_proxy_decides_and_books_as_the_store_does(
+    sequence: list[Step],
+) -> None:
+    # Limits small enough to refuse often: requests and tokens per key and per
+    # model, key a's budget, windows sliding as time goes on.
+    cfg = limits_config(
+        a={"rpm": 5, "tpm": 9000, "budget": {"usd": 0.2, "period": "day"}},
+        b={"rpm": 3},
+        model_limits={"rpm": 7, "tpm": 12000},
+        price=PRICE,
+    )
+    store, in_proxy = World(cfg), World(cfg, sync=True)
+    at = 0.0
+    for step in sequence:
+        at += step[-1]
+        assert exchange_in(in_proxy, step, at) == exchange_in(store, step, at)
+    for key in (
+        KEY_RPM,
+        KEY_TPM,
+        MODEL_TPM,
+        "sansproxy:rl:key:b:rpm",
+        "sansproxy:rl:model:fast:rpm",
+    ):
+        assert in_proxy.store.get(key) == store.store.get(key)
+    spend = f"sansproxy:spend:a:{period_of('day', WALL + at)[0]}"
+    assert in_proxy.store.spent(spend, now=WALL + at) == store.store.spent(spend, now=WALL + at)
+
+
+def test_a_proxy_with_a_limiter_sweeps_keys_whose_usage_left_the_window() -> None:
+    world = World(limits_config(a={"rpm": 10**6}, b={"rpm": 10**6}), sync=True)
+    world.finish(world.ask(key=KEY_B, at=0.0)[0])
+    assert world.store.get("sansproxy:rl:key:b:rpm") is not None
+    # Each check ticks the limiter: a sweep within SWEEP_EVERY of them, here two
+    # minutes later (key b's one entry has left its window).
+    for i in range(SWEEP_EVERY):
+        world.finish(world.ask(key=KEY_A, at=120.0 + i * 1e-3)[0])
+    assert world.store.get("sansproxy:rl:key:b:rpm") is None
+    assert world.store.get(KEY_RPM) is not None
+
+
+def test_a_limiter_is_only_for_the_memory_backend() -> None:
+    cfg = config(limits={"backend": "redis", "redis_url": "redis://127.0.0.1:1"})
+    with pytest.raises(ValueError, match="memory"):
+        Proxy(cfg, limiter=MemoryLimiter())
 
 
 # -- budgets ---------------------------------------------------------------------------------
