@@ -58,7 +58,7 @@ class _Builtin:
 
 
 def _builtin_middleware(
-    config: ProxyConfig, limiter: MemoryLimiter | None
+    config: ProxyConfig, limiter: MemoryLimiter | None = None
 ) -> dict[str, Callable[..., object]]:
     limits = config.limits
 
