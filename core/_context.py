@@ -344,12 +344,12 @@ class ExchangeContext:
         self.response_headers = headers
         pipeline = self._proxy.pipeline
         head_hooks = pipeline.on_response_head if hooks else ()
-        if not (head_hooks or pipeline.on_request):  # the core's own (no hook's Reply): checked
-            self._commands.append(_head_command(status=status, headers=headers))
-            return
         for hook in head_hooks:
             hook(self)
-        self._commands.append(StartResponse(status=status, headers=self.response_headers))
+        # The core's own, or left by built-in hooks: well-formed; a custom hook's: checked.
+        mine = pipeline.builtin or not (head_hooks or pipeline.on_request)
+        build = _head_command if mine else StartResponse
+        self._commands.append(build(status=status, headers=self.response_headers))
 
     def _answer_mock(self, now: float) -> None:
         answer = mock_answer(

@@ -390,8 +390,8 @@ class Exchange(ExchangeContext):
                 port=origin.port,
             )
         )
-        # The plan's parts are the core's, checked, unless a request hook changed them.
-        build = SendUpstreamRequest if proxy.pipeline.on_request else _send_upstream_request
+        # The plan's parts are the core's, checked, unless a custom request hook ran.
+        build = _send_upstream_request if proxy.pipeline.builtin else SendUpstreamRequest
         command = build(
             attempt=self._attempt,
             origin=provider.origin,

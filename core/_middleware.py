@@ -236,6 +236,10 @@ class Pipeline:
     on_error: tuple[Callable[[Context, ProtocolError], None], ...]
     on_complete: tuple[Callable[[Context], None], ...]
     on_attempt_failed: tuple[Callable[[Context, Attempt], Retry | ProtocolError | None], ...]
+    #: Every middleware is a built-in (``core.policies``): what their hooks leave
+    #: (headers, bodies) is well-formed, so the commands built after them are not
+    #: checked again, as after no hook at all.
+    builtin: bool = False
 
     @classmethod
     def build(cls, middleware: Sequence[object]) -> Pipeline:
@@ -262,6 +266,7 @@ class Pipeline:
             on_stream_event=tuple(phases["on_stream_event"]),
             on_error=tuple(phases["on_error"]),
             on_complete=tuple(phases["on_complete"]),
+            builtin=all(type(mw).__module__.startswith("core.policies.") for mw in middleware),
         )
 
 

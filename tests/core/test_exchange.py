@@ -30,6 +30,7 @@ from core import (
     UpstreamResponse,
 )
 from core._state import State
+from core.policies import RetryMiddleware
 
 from .playbook import Playbook, client_view, config, header, upstream_config, without_logs
 
@@ -588,8 +589,9 @@ def test_what_a_hook_builds_is_checked_as_the_commands_are() -> None:
         def on_request(self, ex: Any) -> None:
             ex.request_headers = [(b"x-bad", "not bytes")]
 
-    for hook in (BadReply(), BadHeaders()):
-        pb = Playbook(Proxy(upstream_config(), middleware=[hook]))
+    # Beside built-ins (whose hooks leave well-formed headers, not checked again).
+    for middleware in ([BadReply()], [BadHeaders()], [RetryMiddleware(), BadHeaders()]):
+        pb = Playbook(Proxy(upstream_config(), middleware=middleware))
         out = pb.request(b"POST", b"/v1/chat/completions", CHAT)
         assert not any(isinstance(c, SendUpstreamRequest) for c in out)
         heads = [c for c in out if isinstance(c, StartResponse)]
