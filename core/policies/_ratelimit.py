@@ -50,6 +50,11 @@ from ._limiter import MemoryLimiter
 __all__ = ["RateLimitMiddleware", "estimate_tokens", "ratelimit_headers"]
 
 _PENDING = "rate_limit:pending"
+#: A request's limits: (kind, store key, limit), kind ``requests`` or ``tokens``.
+_Limits = tuple[tuple[str, str, Limit], ...]
+#: Its token limits: (store key, limit).
+_TokenLimits = tuple[tuple[str, Limit], ...]
+_PLANS_MAX = 4096
 _OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
 
@@ -125,6 +130,8 @@ class RateLimitMiddleware:
         limiter: MemoryLimiter | None = None,
     ) -> None:
         self._limiter = limiter
+        # The limits of each (key, configured model or None), made once.
+        self._plans: dict[tuple[ClientKey | None, str | None], tuple[_Limits, _TokenLimits]] = {}
         self._models: dict[str, list[tuple[str, str, Limit]]] = {}
         for model, (rpm, tpm) in (model_limits or {}).items():
             limits = []
@@ -154,15 +161,24 @@ class RateLimitMiddleware:
             on_backend_error=config.limits.on_backend_error,
         )
 
+    def _limits_of(self, key: ClientKey | None, model: object) -> tuple[_Limits, _TokenLimits]:
+        """The limits of a request by ``key`` for ``model``: the key's, then the model's."""
+        named = model if isinstance(model, str) and model in self._models else None
+        plans = self._plans
+        found = plans.get((key, named))
+        if found is None:
+            limits = (*(key_limits(key) if key else ()), *self._models.get(named or "", ()))
+            tokens = tuple((where, limit) for kind, where, limit in limits if kind == "tokens")
+            found = (limits, tokens)
+            if len(plans) >= _PLANS_MAX:  # keys a custom auth made per request, say
+                plans.clear()
+            plans[key, named] = found
+        return found
+
     def on_request(self, exchange: Context) -> AcquireQuota | None:
         key: ClientKey | None = exchange.key if isinstance(exchange.key, ClientKey) else None
         body = exchange.request_json()
-        model = body.get("model") if body is not None else None
-        limits: list[tuple[str, str, Limit]] = []
-        if key is not None:
-            limits.extend(key_limits(key))
-        if isinstance(model, str):
-            limits.extend(self._models.get(model, ()))
+        limits, token_limits = self._limits_of(key, None if body is None else body.get("model"))
         at = exchange.wall_now
         spend: tuple[str, float | None] | None = None
         budgets: tuple[BudgetCheck, ...] = ()
@@ -172,24 +188,27 @@ class RateLimitMiddleware:
             budgets = (BudgetCheck(key=store_key, usd=key.budget.usd),)
         if not limits and not budgets:
             return None
-        tokens = 0
-        if any(kind == "tokens" for kind, _, _ in limits):
-            tokens = estimate_tokens(len(exchange.request_body), body)
+        tokens = estimate_tokens(len(exchange.request_body), body) if token_limits else 0
         limiter = self._limiter
         if limiter is not None:  # answered here: no query, no round trip through the driver
             admitted, decisions, spent = limiter.quota(
-                [(key, limit, 1 if kind == "requests" else tokens) for kind, key, limit in limits],
+                [
+                    (where, limit, 1 if kind == "requests" else tokens)
+                    for kind, where, limit in limits
+                ],
                 [(check.key, check.usd) for check in budgets],
                 now=at,
             )
             limiter.tick(now=at)
-            self._admit(exchange, limits, spend, tokens, at, admitted, decisions, spent)
+            self._admit(
+                exchange, limits, token_limits, spend, tokens, at, admitted, decisions, spent
+            )
             return None
         charges = tuple(
             QuotaCharge(key=store_key, limit=limit, amount=1 if kind == "requests" else tokens)
             for kind, store_key, limit in limits
         )
-        exchange.scratch[_PENDING, self] = (limits, spend, tokens, at)
+        exchange.scratch[_PENDING, self] = (limits, token_limits, spend, tokens, at)
         return AcquireQuota(
             query_id=exchange.new_query_id(),
             at=at,
@@ -199,7 +218,7 @@ class RateLimitMiddleware:
         )
 
     def on_answer(self, exchange: Context, answer: QuotaAnswered | QuotaFailed) -> None:
-        limits, spend, tokens, at = exchange.scratch.pop((_PENDING, self))
+        limits, token_limits, spend, tokens, at = exchange.scratch.pop((_PENDING, self))
         if isinstance(answer, QuotaFailed):
             if not self._fail_open:
                 raise ServiceUnavailableError(
@@ -217,6 +236,7 @@ class RateLimitMiddleware:
         self._admit(
             exchange,
             limits,
+            token_limits,
             spend,
             tokens,
             at,
@@ -228,7 +248,8 @@ class RateLimitMiddleware:
     def _admit(  # noqa: PLR0917 -- private: the answer's parts, from either path
         self,
         exchange: Context,
-        limits: list[tuple[str, str, Limit]],
+        limits: _Limits,
+        token_limits: tuple[tuple[str, Limit], ...],
         spend: tuple[str, float | None] | None,
         tokens: int,
         at: float,
@@ -256,15 +277,13 @@ class RateLimitMiddleware:
             headers=headers,
             at=at,
             tokens=tokens,
-            token_limits=tuple(
-                (store_key, limit) for kind, store_key, limit in limits if kind == "tokens"
-            ),
+            token_limits=token_limits,
             spend_key=spend,
         )
 
     def _refuse(
         self,
-        limits: list[tuple[str, str, Limit]],
+        limits: _Limits,
         decisions: Sequence[Decision],
         headers: list[tuple[bytes, bytes]],
     ) -> None:
