@@ -70,13 +70,12 @@ def estimate_tokens(body_size: int, body: dict[str, object] | None) -> int:
     return max(1, estimate)
 
 
-def _duration(seconds: float) -> str:
+def _duration(seconds: float) -> bytes:
     """OpenAI's reset format: ``20ms``, ``1s``, ``6m0s``."""
     if seconds < 1:
-        return f"{math.ceil(seconds * 1000)}ms"
-    whole = math.ceil(seconds)
-    minutes, secs = divmod(whole, 60)
-    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+        return b"%dms" % math.ceil(seconds * 1000)
+    minutes, secs = divmod(math.ceil(seconds), 60)
+    return b"%dm%ds" % (minutes, secs) if minutes else b"%ds" % secs
 
 
 _WHAT = (b"limit", b"remaining", b"reset")
@@ -93,7 +92,7 @@ def ratelimit_headers(
             continue
         out.append((limit, b"%d" % decision.limit))
         out.append((remaining, b"%d" % decision.remaining))
-        out.append((reset, _duration(decision.reset_after).encode()))
+        out.append((reset, _duration(decision.reset_after)))
     return out
 
 
