@@ -48,13 +48,14 @@ from tests.bench.run import (
     _free_port,
     server_argv,
     start_receiver,
+    start_redis,
     start_server,
     wrk,
 )
 
 __all__ = ["Profile", "layer", "main", "profile", "read_samples"]
 
-MODES: tuple[str, ...] = ("passthrough", "routed", "policies", *EXPORTERS[1:])
+MODES: tuple[str, ...] = ("passthrough", "routed", *POLICIES, *EXPORTERS[1:])
 #: seconds of load before sampling (connections open, caches warm)
 WARM_S = 1
 _FRAME = re.compile(r"^(?P<function>.*) \((?P<file>.*):(?P<line>\d+)\)$")
@@ -139,10 +140,16 @@ def layer(frame: str) -> str:
 
 @contextlib.contextmanager
 def _servers(adapter: str, mode: str, workdir: Path) -> Iterator[Server]:
-    """The upstream and the server (and an OTLP receiver for ``tracing``)."""
+    """The upstream and the server (and an OTLP receiver for ``tracing``, a
+    redis-server for ``policies-redis``)."""
     started: list[Server] = []
     receiver = start_receiver() if mode == "tracing" else None
     try:
+        redis_url = None
+        if mode == "policies-redis":
+            redis = start_redis(workdir)
+            started.append(redis)
+            redis_url = f"redis://127.0.0.1:{redis.port}/0"
         upstream = start_server(
             "upstream", [sys.executable, "-m", "tests.bench.upstream", "--port", "0"], port=None
         )
@@ -159,6 +166,7 @@ def _servers(adapter: str, mode: str, workdir: Path) -> Iterator[Server]:
             f"http://127.0.0.1:{upstream.port}",
             workdir,
             opts,
+            redis_url=redis_url,
             otlp_url=None if receiver is None else receiver.base_url,
         )
         server = start_server(adapter, argv, port=port)
@@ -184,8 +192,8 @@ def profile(
     spy = shutil.which("py-spy")
     if spy is None:
         raise BenchError("py-spy is not installed: pip install py-spy (or nox -s profile)")
-    if mode in POLICIES[1:]:
-        raise BenchError(f"{mode}: not profiled here (it needs Redis)")
+    if mode == "policies-redis" and shutil.which("redis-server") is None:
+        raise BenchError("policies-redis needs redis-server: apt-get install redis-server")
     model = DEFAULT_MODEL if mode == "passthrough" else ROUTED_MODEL
     with tempfile.TemporaryDirectory() as tmp, _servers(adapter, mode, Path(tmp)) as server:
         wrk(server.port, connections=connections, threads=1, duration=WARM_S, model=model)
