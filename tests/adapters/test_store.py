@@ -30,6 +30,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
+from adapters._cli import build_parser, load
 from adapters._driver import ClientDisconnected, Driver
 from adapters._store import (
     MemoryStore,
@@ -254,6 +255,9 @@ def test_a_memory_backed_proxy_checks_its_limits_in_the_store_the_driver_keeps()
     url = SecretStr(f"redis://:{PASSWORD}@127.0.0.1:1/0")
     shared = memory.model_copy(update={"limits": LimitsConfig(backend="redis", redis_url=url)})
     assert proxy_for(shared).limiter is None
+    # What the servers' command lines load.
+    loaded = load(build_parser("t", "t").parse_args(["--base-url", "http://up.test"]), {})
+    assert loaded.proxy.limiter is not None
 
 
 # --- the scripts themselves against the limiter they transcribe -----------------------
