@@ -17,13 +17,16 @@ too) in a worker thread. Every call is bounded by ``timeout``. A call that
 gets no reply (refused, reset, timed out) opens a circuit breaker: for
 ``retry_interval`` seconds calls fail at once, then one call tries Redis again
 and, if it answers, the store is back. A reply that says no (a malformed key,
-a script error) fails that call only. Settles go to a bounded queue drained
-by one daemon thread with the sync client, in batches: what has queued up (at
-most ``_SETTLE_BATCH``) goes as one call of the settle-many script, which
-applies each settle and reports each failure (one round trip for many
-settles). An acquire that checks a budget this process has just spent on
-waits (at most ``timeout``) for that settle, so a client's next request sees
-its own spend. Logs name Redis by host and port, never by its URL (which may hold a password).
+a script error) fails that call only. Settles are bounded (``max_queue`` not
+yet done) and go in batches, as calls of the settle-many script, which applies
+each settle and reports each failure (one round trip for many settles). On
+asyncio (the lean client) they go out on the event loop, on a second lean
+connection: the settles of one loop iteration in one call (at most
+``_SETTLE_BATCH``), no thread. Elsewhere one daemon thread drains a queue with
+the sync client: what has queued up goes as one call. An acquire that checks
+a budget this process has just spent on waits (at most ``timeout``) for that
+settle, so a client's next request sees its own spend. Logs name Redis by host
+and port, never by its URL (which may hold a password).
 
 """
 
@@ -345,6 +348,14 @@ class RedisStore:
         self._tidy_at = _SPEND_KEYS
         self._wake_event: anyio.Event | None = None
         self._notify: Callable[[Callable[[], None]], object] | None = None
+        # On asyncio (the lean client), settles go out on the event loop instead,
+        # on a connection of their own: those of one loop iteration in one call,
+        # in order (``_sending``: the calls under way, oldest first, with the
+        # number of each one's last settle). ``_progress`` tells flush() of each.
+        self._lean_settle: _LeanClient | None = None
+        self._unsent: list[tuple[int, SettleQuota]] = []
+        self._sending: collections.deque[tuple[int, int, asyncio.Task[None]]] = collections.deque()
+        self._progress = threading.Condition()
 
     # --- clients ------------------------------------------------------------------
 
@@ -370,6 +381,9 @@ class RedisStore:
         if using_asyncio() and plain:
             lean = self._lean = _LeanClient(
                 self._options, self.where, REDIS_QUOTA_SCRIPT, self._timeout
+            )
+            self._lean_settle = _LeanClient(
+                self._options, self.where, REDIS_SETTLE_MANY_SCRIPT, self._timeout
             )
             call = lean.call
 
@@ -485,9 +499,6 @@ class RedisStore:
         if self._submitted - self._done >= self._max_queue:  # waiting, or being sent
             self._drop("the queue is full")
             return
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="sansproxy-quota", daemon=True)
-            self._thread.start()
         self._submitted += 1
         number = self._submitted
         last = self._last_spend
@@ -497,7 +508,44 @@ class RedisStore:
             done = self._done
             self._last_spend = {key: n for key, n in last.items() if n > done}
             self._tidy_at = max(_SPEND_KEYS, 2 * len(self._last_spend))
+        if self._lean_settle is not None:  # asyncio: on the loop, this iteration's together
+            if not self._unsent:
+                asyncio.get_running_loop().call_soon(self._send_unsent)
+            self._unsent.append((number, cmd))
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="sansproxy-quota", daemon=True)
+            self._thread.start()
         self._queue.put((number, cmd))
+
+    def _send_unsent(self) -> None:
+        """Send the settles of this loop iteration: one call per ``_SETTLE_BATCH``."""
+        unsent, self._unsent = self._unsent, []
+        for start in range(0, len(unsent), _SETTLE_BATCH):
+            batch = unsent[start : start + _SETTLE_BATCH]
+            cmds = [cmd for _, cmd in batch]
+            task = asyncio.ensure_future(self._settle_on_loop(cmds))
+            self._sending.append((batch[-1][0], len(batch), task))
+            task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        """A settle call ended (applied, failed, or given up at close): the settles
+        up to the first call still under way are done."""
+        sending = self._sending
+        while sending and sending[0][2].done():
+            last, count, done = sending.popleft()
+            if done.cancelled():  # close gave up on it
+                self._settles_abandoned += count
+            elif done.exception() is not None:  # a bug: _settle_on_loop catches the rest
+                self._settles_failed += count
+                logger.error("quota settles failed: %r", done.exception())
+            self._set_done(last)
+        self._wake()
+
+    def _set_done(self, number: int) -> None:
+        with self._progress:
+            self._done = max(self._done, number)
+            self._progress.notify_all()
 
     def _drop(self, why: str) -> None:
         self._settles_dropped += 1
@@ -523,7 +571,7 @@ class RedisStore:
                     self._settles_abandoned += len(batch)
                 else:
                     self._settle_batch(script, [cmd for _, cmd in batch])
-                self._done = batch[-1][0]  # before looking for waiters: none is missed
+                self._set_done(batch[-1][0])  # before looking for waiters: none is missed
                 if self._wake_event is not None and self._notify is not None:
                     with contextlib.suppress(RuntimeError):  # the event loop is gone
                         self._notify(self._wake)
@@ -533,12 +581,42 @@ class RedisStore:
                 return
 
     def _settle_batch(self, script: Callable[..., Any], cmds: Sequence[SettleQuota]) -> None:
-        # The same breaker as acquire's, for this thread: while Redis is down,
-        # settles fail at once instead of each waiting for the timeout.
+        """One call of the settle-many script for ``cmds`` (the settle thread)."""
+        prepared = self._settle_args(cmds)
+        if prepared is None:
+            return
+        keys, args, count = prepared
+        try:
+            reply = script(keys=keys, args=args)
+        except Exception as exc:
+            self._settle_refused(exc, count)
+            return
+        self._settle_answered(reply, count)
+
+    async def _settle_on_loop(self, cmds: Sequence[SettleQuota]) -> None:
+        """:meth:`_settle_batch` on the event loop's own connection (asyncio)."""
+        assert self._lean_settle is not None
+        prepared = self._settle_args(cmds)
+        if prepared is None:
+            return
+        keys, args, count = prepared
+        try:
+            reply = await self._lean_settle.call(keys, args)
+        except Exception as exc:
+            self._settle_refused(exc, count)
+            return
+        self._settle_answered(reply, count)
+
+    def _settle_args(self, cmds: Sequence[SettleQuota]) -> tuple[list[str], list[str], int] | None:
+        """The settle-many script's keys and args for ``cmds``, and how many settles they
+        hold (a malformed one is counted as failed); None while the breaker is open, or
+        if none is left."""
+        # The same breaker as acquire's, for settles: while Redis is down, settles
+        # fail at once instead of each waiting for the timeout.
         down = self._settle_down_until
         if down is not None and self._clock() < down:
             self._settles_failed += len(cmds)
-            return
+            return None
         groups = []
         for cmd in cmds:
             try:
@@ -546,24 +624,38 @@ class RedisStore:
             except ValueError as exc:
                 self._settle_failed(str(exc))
         if not groups:
-            return
+            return None
         try:
             keys, args = redis_settle_many_args(groups)
-            errors = redis_settle_many_answer(script(keys=keys, args=args), len(groups))
-        except (ResponseError, ValueError) as exc:
+        except ValueError as exc:
             self._settles_failed += len(groups) - 1
             self._settle_failed(self._describe(exc))
+            return None
+        return keys, args, len(groups)
+
+    def _settle_refused(self, exc: Exception, count: int) -> None:
+        """The settle-many call of ``count`` settles failed."""
+        if isinstance(exc, ResponseError):  # Redis answered: it is up
+            self._settles_failed += count - 1
+            self._settle_failed(self._describe(exc))
             return
-        except Exception as exc:
-            self._settles_failed += len(groups)
-            self._settle_down_until = self._clock() + self._retry_interval
-            self._logs.log(
-                logging.ERROR,
-                "redis unavailable (%s): quota settles fail for %g s: %s",
-                self.where,
-                self._retry_interval,
-                self._describe(exc),
-            )
+        self._settles_failed += count
+        self._settle_down_until = self._clock() + self._retry_interval
+        self._logs.log(
+            logging.ERROR,
+            "redis unavailable (%s): quota settles fail for %g s: %s",
+            self.where,
+            self._retry_interval,
+            self._describe(exc),
+        )
+
+    def _settle_answered(self, reply: Any, count: int) -> None:
+        """The settle-many script's reply for ``count`` settles: each applied or failed."""
+        try:
+            errors = redis_settle_many_answer(reply, count)
+        except ValueError as exc:
+            self._settles_failed += count - 1
+            self._settle_failed(self._describe(exc))
             return
         self._settle_down_until = None
         for error in errors:
@@ -579,17 +671,25 @@ class RedisStore:
         self._logs.log(logging.ERROR, "redis %s: quota settle failed: %s", self.where, why)
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Block until the settles queued so far are done (applied or failed); False
-        if that takes more than ``timeout`` seconds."""
+        """Block until the settles submitted so far are done (applied or failed); False
+        if that takes more than ``timeout`` seconds. Not from the event loop's thread
+        while settles go out on that loop (it would wait for itself)."""
+        until = time.monotonic() + timeout
+        target = self._submitted
         thread = self._thread
-        if thread is None:
-            return True
-        if self._closed:  # the thread ends after the last settle
-            thread.join(timeout)
-            return not thread.is_alive()
-        marker = threading.Event()
-        self._queue.put(marker)
-        return marker.wait(timeout)
+        if thread is not None:
+            if self._closed:  # the thread ends after the last settle
+                thread.join(timeout)
+                if thread.is_alive():
+                    return False
+            else:
+                marker = threading.Event()
+                self._queue.put(marker)
+                if not marker.wait(timeout):
+                    return False
+        with self._progress:
+            left = max(0.0, until - time.monotonic())
+            return self._progress.wait_for(lambda: self._done >= target, left)
 
     # --- closing --------------------------------------------------------------------
 
@@ -610,9 +710,25 @@ class RedisStore:
     async def aclose(self) -> None:
         """Finish the queued settles (at most ``close_timeout`` s), close the clients."""
         self._closed = True
+        if self._unsent:
+            self._send_unsent()
+        if self._sending:  # asyncio: the calls under way, at most close_timeout
+            tasks = [task for _, _, task in self._sending]
+            _, late = await asyncio.wait(tasks, timeout=self._close_timeout)
+            if late:
+                for task in late:
+                    task.cancel()
+                await asyncio.wait(late)
+                logger.error(
+                    "redis %s: quota settles still under way after %g s are dropped",
+                    self.where,
+                    self._close_timeout,
+                )
         await anyio.to_thread.run_sync(self._stop_thread)
         if self._lean is not None:
             self._lean.close()
+        if self._lean_settle is not None:
+            self._lean_settle.close()
         self._sync_client.close()
         self._logs.flush()
         stats = self.statistics()
@@ -634,5 +750,5 @@ class RedisStore:
             settled=self._settled,
             settles_failed=self._settles_failed,
             settles_dropped=self._settles_dropped + self._settles_abandoned,
-            queued=self._queue.qsize(),
+            queued=self._queue.qsize() + len(self._unsent),
         )
