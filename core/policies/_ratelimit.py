@@ -166,7 +166,7 @@ class RateLimitMiddleware:
         plans = self._plans
         found = plans.get((key, named))
         if found is None:
-            limits = (*(key_limits(key) if key else ()), *self._models.get(named or "", ()))
+            limits = (*(key_limits(key) if key else ()), *(self._models[named] if named else ()))
             tokens = tuple((where, limit) for kind, where, limit in limits if kind == "tokens")
             found = (limits, tokens)
             if len(plans) >= _PLANS_MAX:  # keys a custom auth made per request, say
@@ -248,7 +248,7 @@ class RateLimitMiddleware:
         self,
         exchange: Context,
         limits: _Limits,
-        token_limits: tuple[tuple[str, Limit], ...],
+        token_limits: _TokenLimits,
         spend: tuple[str, float | None] | None,
         tokens: int,
         at: float,
