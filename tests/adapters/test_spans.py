@@ -409,6 +409,30 @@ def test_the_standard_environment_variables_name_the_endpoint(
     assert receiver.exports[0].headers["x-tenant"] == "acme"
 
 
+@pytest.mark.parametrize("bypassed", [False, True], ids=["through-the-proxy", "no-proxy"])
+def test_the_proxy_variables_are_honoured(
+    receiver: OtlpReceiver,
+    exporters: list[SpanExporter],
+    monkeypatch: pytest.MonkeyPatch,
+    bypassed: bool,
+) -> None:
+    # The exporter reads HTTP_PROXY and NO_PROXY once, at start-up, not at every
+    # export: what it reads must still be what requests would have read.
+    with OtlpReceiver() as collector:
+        monkeypatch.setenv("HTTP_PROXY", receiver.base_url)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1" if bypassed else "")
+        exporter = SpanExporter(config(otlp=collector.base_url))
+        exporters.append(exporter)
+        exporter.submit(RecordExchange(exchange()))
+        via, other = (collector, receiver) if bypassed else (receiver, collector)
+        assert len(via.wait_for_spans(2)) == 2
+        (export,) = via.exports
+        expected = OTLP_PATH if bypassed else collector.base_url + OTLP_PATH
+        assert export.target == expected
+        assert other.exports == []
+        assert not collector.errors
+
+
 # -- Langfuse --------------------------------------------------------------------------
 
 

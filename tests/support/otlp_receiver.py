@@ -5,6 +5,8 @@
 (Langfuse), decodes each body as an ``ExportTraceServiceRequest`` with the official
 ``opentelemetry-proto`` messages (gzip and deflate bodies too), and keeps every span
 (`ReceivedSpan`) and every request's headers (`ReceivedExport`). Any other path is a 404.
+A request in the absolute form (``POST http://host:port/v1/traces``) is taken too:
+set as a client's ``HTTP_PROXY``, the receiver gets what the client sends through it.
 
 It misbehaves on demand: `hold()` makes it read each export and then wait, without
 answering, until `release()` (a slow receiver); `status` answers every export with
@@ -22,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -84,11 +87,14 @@ class ReceivedSpan:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReceivedExport:
-    """One export request: its path, headers (names lower-cased) and span count."""
+    """One export request: its path, headers (names lower-cased) and span count;
+    ``target`` is the request line's target as sent (absolute, ``http://host/path``,
+    when the client sent it to the receiver as its HTTP proxy)."""
 
     path: str
     headers: dict[str, str]
     spans: int
+    target: str = ""
 
 
 @dataclass(slots=True)
@@ -143,7 +149,11 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length") or 0)
             body = self.rfile.read(length)
-            path = self.path.partition("?")[0]
+            target = self.path
+            # The absolute form a client sends to a proxy (RFC 9112 3.2.2): the
+            # receiver serves as a forward proxy that takes the spans itself.
+            path = urlsplit(target).path if target.startswith("http://") else target
+            path = path.partition("?")[0]
             if path not in _PATHS:
                 self._answer(404, b"")
                 return
@@ -166,7 +176,7 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
             state.released.wait(_HOLD_LIMIT)
             headers = {name.lower(): value for name, value in self.headers.items()}
             with state.cond:
-                state.exports.append(ReceivedExport(path=path, headers=headers, spans=len(spans)))
+                state.exports.append(ReceivedExport(path=path, headers=headers, spans=len(spans), target=target))
                 state.spans.extend(spans)
                 state.cond.notify_all()
                 status = state.status
