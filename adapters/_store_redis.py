@@ -69,6 +69,7 @@ from core.policies._limiter_redis import (
 )
 
 from ._logs import LogCollapser
+from ._redis_trio import TrioLeanClient
 from ._store import (
     StoreStatistics,
     _adjustments,
@@ -315,6 +316,7 @@ class RedisStore:
         self._options = options
         self._call: Callable[[list[str], list[str]], Any] | None = None
         self._lean: _LeanClient | None = None
+        self._trio_lean: TrioLeanClient | None = None
         # The breaker: while _clock() < _down_until, calls fail at once; after
         # it, one call (_probing) tries Redis.
         self._down_until: float | None = None
@@ -352,7 +354,13 @@ class RedisStore:
         # on a connection of their own: those of one loop iteration in one call,
         # in order (``_sending``: the calls under way, oldest first, with the
         # number of each one's last settle). ``_progress`` tells flush() of each.
-        self._lean_settle: _LeanClient | None = None
+        self._lean_settle: _LeanClient | TrioLeanClient | None = None
+        # On trio, one system task sends them (``_settle_on_trio``), parked on
+        # ``_settles_ready`` while there is none; ``_settler`` cancels it, and
+        # ``_settler_done`` says it has ended.
+        self._settles_ready: trio.lowlevel.ParkingLot | None = None
+        self._settler = trio.CancelScope()
+        self._settler_done: trio.Event | None = None
         self._unsent: list[tuple[int, SettleQuota]] = []
         self._sending: collections.deque[tuple[int, int, asyncio.Task[None]]] = collections.deque()
         self._progress = threading.Condition()
@@ -386,7 +394,17 @@ class RedisStore:
                 self._options, self.where, REDIS_SETTLE_MANY_SCRIPT, self._timeout
             )
             call = lean.call
-
+        elif plain:  # trio: the same, on trio, settles sent by a task of their own
+            trio_lean = self._trio_lean = TrioLeanClient(
+                self._options, self.where, REDIS_QUOTA_SCRIPT, self._timeout
+            )
+            self._lean_settle = TrioLeanClient(
+                self._options, self.where, REDIS_SETTLE_MANY_SCRIPT, self._timeout
+            )
+            self._settles_ready = trio.lowlevel.ParkingLot()
+            self._settler_done = trio.Event()
+            trio.lowlevel.spawn_system_task(self._settle_on_trio, name="sansproxy-redis-settles")
+            call = trio_lean.call
         else:
             sync_script = self._sync_client.register_script(REDIS_QUOTA_SCRIPT)
 
@@ -508,6 +526,11 @@ class RedisStore:
             done = self._done
             self._last_spend = {key: n for key, n in last.items() if n > done}
             self._tidy_at = max(_SPEND_KEYS, 2 * len(self._last_spend))
+        if self._settles_ready is not None:  # trio: to the settles' task
+            if not self._unsent:
+                self._settles_ready.unpark()
+            self._unsent.append((number, cmd))
+            return
         if self._lean_settle is not None:  # asyncio: on the loop, this iteration's together
             if not self._unsent:
                 asyncio.get_running_loop().call_soon(self._send_unsent)
@@ -541,6 +564,35 @@ class RedisStore:
                 logger.error("quota settles failed: %r", done.exception())
             self._set_done(last)
         self._wake()
+
+    async def _settle_on_trio(self) -> None:
+        """trio: send what has queued up (``_SETTLE_BATCH`` at most a call), one call
+        at a time, until the store is closed and nothing is left."""
+        ready, done = self._settles_ready, self._settler_done
+        assert ready is not None and done is not None
+        unsent: list[tuple[int, SettleQuota]] = []
+        try:
+            with self._settler:
+                while True:
+                    if not self._unsent:
+                        if self._closed:
+                            return
+                        await ready.park()
+                        continue
+                    unsent = self._unsent[:_SETTLE_BATCH]
+                    del self._unsent[:_SETTLE_BATCH]
+                    await self._settle_on_loop([cmd for _, cmd in unsent])
+                    self._set_done(unsent[-1][0])
+                    unsent = []
+                    self._wake()
+        finally:
+            # Given up at close (or the run ended): the rest is dropped, counted.
+            left = len(unsent) + len(self._unsent)
+            if left:
+                self._settles_abandoned += left
+                self._set_done(self._submitted)
+                self._unsent = []
+            done.set()
 
     def _set_done(self, number: int) -> None:
         with self._progress:
@@ -594,7 +646,7 @@ class RedisStore:
         self._settle_answered(reply, count)
 
     async def _settle_on_loop(self, cmds: Sequence[SettleQuota]) -> None:
-        """:meth:`_settle_batch` on the event loop's own connection (asyncio)."""
+        """:meth:`_settle_batch` on the event loop's own connection (asyncio, trio)."""
         assert self._lean_settle is not None
         prepared = self._settle_args(cmds)
         if prepared is None:
@@ -710,6 +762,19 @@ class RedisStore:
     async def aclose(self) -> None:
         """Finish the queued settles (at most ``close_timeout`` s), close the clients."""
         self._closed = True
+        if self._settler_done is not None:  # trio: the settles' task ends once done
+            assert self._settles_ready is not None
+            self._settles_ready.unpark_all()
+            with trio.move_on_after(self._close_timeout):
+                await self._settler_done.wait()
+            if not self._settler_done.is_set():
+                self._settler.cancel()
+                await self._settler_done.wait()
+                logger.error(
+                    "redis %s: quota settles still under way after %g s are dropped",
+                    self.where,
+                    self._close_timeout,
+                )
         if self._unsent:
             self._send_unsent()
         if self._sending:  # asyncio: the calls under way, at most close_timeout
@@ -729,6 +794,8 @@ class RedisStore:
             self._lean.close()
         if self._lean_settle is not None:
             self._lean_settle.close()
+        if self._trio_lean is not None:
+            self._trio_lean.close()
         self._sync_client.close()
         self._logs.flush()
         stats = self.statistics()
