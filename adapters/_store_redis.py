@@ -10,20 +10,22 @@ failures are logged and counted. Both backends run ``core``'s limiter:
 ``MemoryLimiter`` here, its Lua transcription in Redis, so they answer alike.
 
 Redis: one round trip per acquire, the quota script (EVALSHA) that checks and
-charges. On asyncio, a lean client: one connection, calls pipelined on it,
-``hiredis`` parsing the replies (redis-py's asyncio client costs ~10x the CPU
-per call); elsewhere (trio), and for TLS, redis-py's sync client (hiredis
-too) in a worker thread. Every call is bounded by ``timeout``. A call that
+charges. A lean client: one connection, calls pipelined on it, ``hiredis``
+parsing the replies (redis-py's asyncio client costs ~10x the CPU per call),
+on asyncio (below) and on trio (``adapters._redis_trio``); for TLS,
+redis-py's sync client (hiredis too) in a worker thread. Every call is
+bounded by ``timeout``. A call that
 gets no reply (refused, reset, timed out) opens a circuit breaker: for
 ``retry_interval`` seconds calls fail at once, then one call tries Redis again
 and, if it answers, the store is back. A reply that says no (a malformed key,
 a script error) fails that call only. Settles are bounded (``max_queue`` not
 yet done) and go in batches, as calls of the settle-many script, which applies
-each settle and reports each failure (one round trip for many settles). On
-asyncio (the lean client) they go out on the event loop, on a second lean
-connection: the settles of one loop iteration in one call (at most
-``_SETTLE_BATCH``), no thread. Elsewhere one daemon thread drains a queue with
-the sync client: what has queued up goes as one call. An acquire that checks
+each settle and reports each failure (one round trip for many settles). With
+a lean client they go out on the event loop, on a second lean connection, no
+thread: on asyncio the settles of one loop iteration in one call (at most
+``_SETTLE_BATCH``), on trio one task sends what has queued up, a call at a
+time. With TLS one daemon thread drains a queue with the sync client: what
+has queued up goes as one call. An acquire that checks
 a budget this process has just spent on waits (at most ``timeout``) for that
 settle, so a client's next request sees its own spend. Logs name Redis by host
 and port, never by its URL (which may hold a password).

@@ -62,7 +62,7 @@ from core.policies._limiter_redis import (
 )
 from tests.core.test_limiter import LIMITS, QUOTA_STEPS, STARTS, amount, delta
 from tests.support.redis_server import RedisServer as Server
-from tests.support.redis_server import require_redis
+from tests.support.redis_server import require_redis, self_signed
 
 RPM = Limit(limit=5)
 T0 = 1_700_000_000.0  # UNIX seconds, as the core sends them
@@ -512,6 +512,47 @@ async def test_after_an_acquire_settles_go_out_on_the_loop_and_a_stuck_close_giv
     assert stats.settles_dropped >= 8
     assert store._thread is None, "settles go out on the event loop, no thread"
     assert "still under way after 0 s" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def tls_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server that speaks TLS (a certificate for 127.0.0.1 from a CA of the
+    test's): a ``rediss://`` URL that trusts that CA, as a managed Redis is reached."""
+    require_redis()
+    directory = tmp_path_factory.mktemp("redis-tls")
+    ca, cert, key = self_signed(directory)
+    port = Server(directory).port  # a free port, for TLS
+    tls = ["--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key)]
+    tls += ["--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
+    server = Server(directory, *tls)
+    server.start()
+    try:
+        yield f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}"
+    finally:
+        server.stop()
+
+
+@pytest.mark.anyio
+async def test_over_tls_limits_are_checked_and_spends_settled(
+    tls_url: str, anyio_backend: str
+) -> None:
+    # TLS (redis-py's client in a worker thread, on either event loop): the same books.
+    store = RedisStore(tls_url, timeout=5.0, retry_interval=1.0)
+    rpm, day = f"{{tls-{anyio_backend}}}:rpm", f"{{tls-{anyio_backend}}}:day"
+    try:
+        two = Limit(limit=2)
+        for n in range(3):
+            answer = await store.acquire(acquire_cmd(n + 1, T0, [(rpm, two, 1)]))
+            assert admitted(answer) == (n < 2)
+        store.settle(settle_cmd(T0, [], [(day, 1.5, None)]))
+        await flushed(store)
+        answer = await store.acquire(acquire_cmd(4, T0, [], [(day, 1.0)]))
+        assert isinstance(answer, QuotaAnswered)
+        assert (answer.admitted, answer.spent) == (False, (1.5,))
+    finally:
+        await store.aclose()
+    stats = store.statistics()
+    assert (stats.answered, stats.failed, stats.settled) == (4, 0, 1)
 
 
 @pytest.mark.anyio

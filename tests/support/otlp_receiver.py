@@ -176,7 +176,9 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
             state.released.wait(_HOLD_LIMIT)
             headers = {name.lower(): value for name, value in self.headers.items()}
             with state.cond:
-                state.exports.append(ReceivedExport(path=path, headers=headers, spans=len(spans), target=target))
+                state.exports.append(
+                    ReceivedExport(path=path, headers=headers, spans=len(spans), target=target)
+                )
                 state.spans.extend(spans)
                 state.cond.notify_all()
                 status = state.status

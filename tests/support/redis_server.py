@@ -19,10 +19,11 @@ from types import TracebackType
 
 import pytest
 import redis
+import trustme
 
 from tests.support.needs import require
 
-__all__ = ["RedisServer", "redis_missing", "require_redis"]
+__all__ = ["RedisServer", "redis_missing", "require_redis", "self_signed"]
 
 _READY = "Ready to accept connections"
 
@@ -39,6 +40,18 @@ def redis_missing() -> str | None:
 def require_redis() -> None:
     """Skip the test without a Redis (with the reason); fail it under CI."""
     require("a real Redis", redis_missing())
+
+
+def self_signed(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA's certificate, and a certificate for 127.0.0.1 it signed and its key
+    (PEM files, made by ``trustme``)."""
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    paths = directory / "ca.crt", directory / "redis.crt", directory / "redis.key"
+    ca.cert_pem.write_to_path(str(paths[0]))
+    issued.cert_chain_pems[0].write_to_path(str(paths[1]))
+    issued.private_key_pem.write_to_path(str(paths[2]))
+    return paths
 
 
 class RedisServer:
