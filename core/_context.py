@@ -473,17 +473,18 @@ class ExchangeContext:
 
     def _note_request(self) -> None:
         """Read what observers record of the request, once, while it is parsed: its
-        parameters when spans are exported (which alone show them), else the model."""
+        parameters if its spans are exported (they alone show them), else the model."""
         proxy = self._proxy
         # Not routed, the model asked is the record's: read even without spans.
         if self._params is not None or not proxy.observed:
             return
-        if proxy.tracing or self.model is None:
+        spanned = proxy.tracing and self.trace_ids().sampled
+        if spanned or self.model is None:
             parsed = self._request_object()
             body = parsed if type(parsed) is dict else None
             self._params = (
                 RequestParams(body, capture=proxy.capture_content)
-                if proxy.tracing
+                if spanned
                 else RequestParams.asking(body)
             )
 
@@ -496,17 +497,18 @@ class ExchangeContext:
         proxy = self._proxy
         if self._params is None and self.request_body and self.endpoint is not None:
             self._note_request()
+        # What only spans show (the response's id, model, finish reasons, the session)
+        # is read only when they are exported: an unsampled trace costs its ids alone.
+        spanned = proxy.tracing and self.trace_ids().sampled
         return record_source(
             self,
             now=self.now,
             ids=self.trace_ids() if proxy.tracing else None,
             params=self._params,
-            # What only spans show (the response's id, model, finish reasons, the
-            # session) is read only when they are exported.
-            relay=self._relay if proxy.tracing else None,
+            relay=self._relay if spanned else None,
             first_token_at=self.first_token_at,
             capture=proxy.capture_content,
-            session_header=proxy.session_header if proxy.tracing else None,
+            session_header=proxy.session_header if spanned else None,
         )
 
     # -- a local answer: GET metrics.path -----------------------------------------------
@@ -549,13 +551,8 @@ class ExchangeContext:
         deadline = self._deadline
         if deadline is None or now < deadline:
             return
-        self._fail(
-            ServiceUnavailableError(
-                f"the metrics were not collected within {_METRICS_TIMEOUT:g} s",
-                code="metrics_unavailable",
-            ),
-            now,
-        )
+        message = f"the metrics were not collected within {_METRICS_TIMEOUT:g} s"
+        self._fail(ServiceUnavailableError(message, code="metrics_unavailable"), now)
 
     def _internal_error(self, exc: Exception, now: float) -> None:
         """A bug (usually in a middleware hook): log it, answer 500 or cut, stay sane."""

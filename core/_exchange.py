@@ -175,11 +175,8 @@ class Exchange(ExchangeContext):
             self._fail(ValidationError("invalid Content-Length"), now)
 
     def _too_large(self) -> ValidationError:
-        return ValidationError(
-            f"the request body is over {self._proxy.limits.max_body_size} bytes",
-            status=413,
-            code="request_too_large",
-        )
+        message = f"the request body is over {self._proxy.limits.max_body_size} bytes"
+        return ValidationError(message, status=413, code="request_too_large")
 
     def _on_request_data(self, event: RequestData, now: float) -> None:
         self._body_size += len(event.data)
@@ -431,15 +428,17 @@ class Exchange(ExchangeContext):
         self._deadline = now + self._read_timeout
         self._set_state(State.RELAY)
         assert self._plan is not None
+        proxy = self._proxy
+        spanned = proxy.tracing and self.trace_ids().sampled  # only spans show what it reads
         relay = self._relay = Relay(
             self._plan,
             status,
             event.headers,
-            limits=self._proxy.limits,
+            limits=proxy.limits,
             send_body=self._send_body,
             send_blocks=self._send_blocks,
-            capture=self._proxy.capture_content,
-            observed=self._proxy.observed,
+            capture=spanned and proxy.capture_content,
+            observed=spanned,
         )
         self.is_stream = relay.stream
         if relay.head is None:  # translated whole at its end

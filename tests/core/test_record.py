@@ -252,6 +252,27 @@ def test_without_spans_the_record_reads_only_what_logs_and_metrics_show(
     assert (record.response_id, record.finish_reasons) == (None, ())
 
 
+def test_an_unsampled_trace_costs_its_ids_and_what_logs_and_metrics_show() -> None:
+    # Spans go out for sampled traces only: of an unsampled one the core reads its ids
+    # (sent upstream, not sampled) and what logs and metrics show, nothing more.
+    telemetry = {"otlp_endpoint": "http://o.test", "sample_ratio": 0.0, "capture_content": True}
+    pb = Playbook(upstream_config(telemetry=telemetry, access_log=True))
+    sent = pb.request(body=chat(temperature=0.5, max_tokens=7, user="u2"), headers=list(JSON))
+    (request,) = [c for c in sent if isinstance(c, SendUpstreamRequest)]
+    traceparent = header(list(request.headers), b"traceparent")
+    assert traceparent is not None and traceparent.endswith(b"-00")
+    record = answered(
+        pb,
+        b'{"id":"r1","model":"m","choices":[{"message":{"content":"x"},'
+        b'"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1}}',
+    )
+    assert (record.trace_id, record.sampled) == (traceparent.split(b"-")[1].decode(), False)
+    assert record.usage is not None and record.usage.output_tokens == 1
+    assert (record.max_tokens, record.temperature, record.user) == (None, None, None)
+    assert (record.response_id, record.finish_reasons) == (None, ())
+    assert (record.input_messages, record.output_messages) == (None, None)
+
+
 def test_nothing_is_recorded_when_nothing_observes() -> None:
     pb = Playbook(upstream_config())
     sent = pb.request(body=chat(), headers=list(JSON))
