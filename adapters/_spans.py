@@ -18,7 +18,9 @@ the batch once, straight to the OTLP protobuf bytes (``adapters._otlp``'s
 ``RecordEncoder``: the message the SDK's encoder makes of the reference spans,
 a property test compares them), and sends the same bytes to every destination
 through the SDK's ``OTLPSpanExporter``'s HTTP client, which still does the
-HTTP: retries, headers, environment variables, TLS, compression. The
+HTTP: retries, headers, environment variables, TLS, compression. Its requests
+go over libcurl (``adapters._curl``), not ``requests``: a POST that takes the
+GIL from the event loop once, not at every system call. The
 destinations: the OTLP endpoint of ``telemetry.otlp_endpoint`` (or of the
 standard ``OTEL_EXPORTER_OTLP_*`` variables), and Langfuse's OTLP endpoint when
 ``telemetry.langfuse`` is set. A destination that is slow or down costs
@@ -122,37 +124,60 @@ class _Destination:
         client = getattr(exporter, "_client", None)
         self.client: Any = client if callable(getattr(client, "export", None)) else None
         if self.client is not None:
-            _read_environment_once(self.client)
+            _onto_curl(self.client)
 
 
-def _read_environment_once(client: Any) -> None:
-    """Let the client's ``requests`` session read the environment once, now.
-
-    With ``trust_env`` (its default), ``requests`` reads the environment on every
-    POST: the proxies (``HTTP(S)_PROXY``, ``NO_PROXY``: every variable scanned,
-    twice), ``REQUESTS_CA_BUNDLE``, and ``~/.netrc`` (three ``stat`` calls). That
-    was ~0.6 ms of CPU an export, more than the POST itself. The destination's
-    URL is fixed, so the answers are too: they are read here, set on the
-    session, and ``trust_env`` is turned off. A process whose environment changes
-    after start-up keeps what it was at start-up. An SDK that keeps its session
-    elsewhere is left as it is.
-    """
+def _onto_curl(client: Any) -> bool:
+    """Carry the client's requests on libcurl (``adapters._curl``), with what its
+    ``requests`` session would have used, read once: the proxy the environment
+    names for the endpoint, ``.netrc`` credentials, the client certificate, and
+    the CA bundle: the SDK's (``certificate_file``, ``OTEL_EXPORTER_OTLP_*CERTIFICATE``),
+    else ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE``, else ``certifi``'s. (With
+    ``requests`` the two variables won over the SDK's certificate too.) False,
+    leaving ``requests``, for a session of the user's own
+    (``OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER``: its own auth,
+    adapters or hooks)."""
     import requests  # noqa: PLC0415 (the SDK's HTTP client: imported with it)
-    from requests.utils import get_netrc_auth  # noqa: PLC0415
+    from requests.adapters import HTTPAdapter  # noqa: PLC0415
+    from requests.utils import get_environ_proxies, get_netrc_auth, select_proxy  # noqa: PLC0415
 
     session = getattr(getattr(client, "_transport", None), "_session", None)
     url = getattr(client, "_endpoint", None)
-    if not isinstance(session, requests.Session) or not isinstance(url, str):
-        return
-    if not session.trust_env:
-        return
-    # What Session.request merges into each call, with nothing given per call.
-    settings = session.merge_environment_settings(url, {}, None, None, None)
-    if not session.auth:
-        session.auth = get_netrc_auth(url)
-    session.proxies = settings["proxies"]
-    session.verify = settings["verify"]
-    session.trust_env = False
+    if type(session) is not requests.Session or not isinstance(url, str):
+        return False
+    stock = requests.Session()
+    own = (
+        any(type(adapter) is not HTTPAdapter for adapter in session.adapters.values())
+        or set(session.adapters) != set(stock.adapters)
+        or any(session.hooks.values())
+        or session.auth is not None
+        or bool(session.cookies)
+        or bool(session.proxies)
+    )
+    stock.close()
+    if own:
+        return False
+    from ._curl import CurlTransport  # noqa: PLC0415 (only with spans)
+
+    verify: bool | str = session.verify
+    proxies: dict[str, str] = {}
+    credentials = None
+    if session.trust_env:
+        proxies = get_environ_proxies(url)
+        netrc = get_netrc_auth(url)
+        credentials = netrc if isinstance(netrc, tuple) else None
+        if verify is True:
+            verify = (
+                os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+            )
+    client._transport = CurlTransport(
+        verify=verify,
+        cert=session.cert,
+        proxy=select_proxy(url, proxies),
+        credentials=credentials,
+    )
+    session.close()
+    return True
 
 
 class SpanExporter:

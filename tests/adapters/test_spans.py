@@ -8,13 +8,16 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from adapters import _spans
 from adapters._spans import SpanExporter, traces_url
@@ -431,6 +434,44 @@ def test_the_proxy_variables_are_honoured(
         assert export.target == expected
         assert other.exports == []
         assert not collector.errors
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["ca-given", "ca-unknown"])
+def test_an_https_collector_is_trusted_through_the_certificate_given(
+    exporters: list[SpanExporter],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    trusted: bool,
+) -> None:
+    ca = trustme.CA()
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(tls)
+    with OtlpReceiver(tls=tls) as collector:
+        if trusted:  # the SDK's own variable for the collector's CA
+            ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+            monkeypatch.setenv("OTEL_EXPORTER_OTLP_CERTIFICATE", str(tmp_path / "ca.pem"))
+        exporter = SpanExporter(config(otlp=collector.base_url))
+        exporter.submit(RecordExchange(exchange()))
+        exporter.close()  # delivers what is queued (bounded)
+        assert collector.base_url.startswith("https://")
+        if trusted:
+            assert len(collector.spans) == 2 and exporter.dropped == 0
+        else:  # a certificate it cannot verify: nothing sent, the spans counted
+            assert collector.exports == [] and exporter.dropped == 2
+
+
+def test_a_collector_asking_to_retry_after_the_deadline_is_not_asked_again(
+    receiver: OtlpReceiver, exporters: list[SpanExporter]
+) -> None:
+    # 503 with Retry-After: 120 s, past the export's 5 s: the exporter gives up at
+    # once (it would retry within seconds if it did not read the header).
+    receiver.status = 503
+    receiver.retry_after = "120"
+    exporter = SpanExporter(config(otlp=receiver.base_url))
+    exporter.submit(RecordExchange(exchange()))
+    receiver.wait_for_arrivals(1)
+    exporter.close()
+    assert len(receiver.exports) == 1 and exporter.dropped == 2
 
 
 # -- Langfuse --------------------------------------------------------------------------

@@ -17,6 +17,7 @@ a deadline), never a sleep.
 from __future__ import annotations
 
 import gzip
+import ssl
 import threading
 import time
 import zlib
@@ -106,6 +107,7 @@ class _State:
     errors: list[str] = field(default_factory=list)
     released: threading.Event = field(default_factory=threading.Event)
     status: int = 200
+    retry_after: str | None = None
 
 
 def _decode(path: str, body: bytes) -> list[ReceivedSpan]:
@@ -181,14 +183,16 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
                 )
                 state.spans.extend(spans)
                 state.cond.notify_all()
-                status = state.status
+                status, retry_after = state.status, state.retry_after
             if status == 200:
                 self._answer(200, ExportTraceServiceResponse().SerializeToString())
             else:
-                self._answer(status, b"")
+                self._answer(status, b"", retry_after)
 
-        def _answer(self, status: int, body: bytes) -> None:
+        def _answer(self, status: int, body: bytes, retry_after: str | None = None) -> None:
             self.send_response(status)
+            if retry_after is not None:
+                self.send_header("Retry-After", retry_after)
             self.send_header("Content-Type", "application/x-protobuf")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -198,12 +202,17 @@ def _handler(state: _State) -> type[BaseHTTPRequestHandler]:
 
 
 class OtlpReceiver:
-    """An OTLP/HTTP receiver on 127.0.0.1; use as a context manager (or `close()`)."""
+    """An OTLP/HTTP receiver on 127.0.0.1; use as a context manager (or `close()`).
+    With ``tls`` (a server context), it speaks HTTPS."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self._state = _State()
         self._state.released.set()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self._state))
+        self._scheme = "http"
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+            self._scheme = "https"
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -234,7 +243,7 @@ class OtlpReceiver:
     @property
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT`` (an OTLP base URL, and a Langfuse host)."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self._scheme}://127.0.0.1:{self.port}"
 
     # -- behaviour -----------------------------------------------------------------------
 
@@ -255,6 +264,16 @@ class OtlpReceiver:
     def status(self, value: int) -> None:
         with self._state.cond:
             self._state.status = value
+
+    @property
+    def retry_after(self) -> str | None:
+        """The ``Retry-After`` header sent with a status other than 200 (none unless set)."""
+        return self._state.retry_after
+
+    @retry_after.setter
+    def retry_after(self, value: str | None) -> None:
+        with self._state.cond:
+            self._state.retry_after = value
 
     # -- inspection ----------------------------------------------------------------------
 
