@@ -21,7 +21,6 @@ system tasks, ended by ``close()`` (or the end of the run).
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -32,20 +31,11 @@ import trio
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from ._redis_wire import LeanScript, closed
+
 __all__ = ["TrioLeanClient"]
 
 _READ_SIZE = 65536
-
-
-def _pack(*parts: Any) -> bytes:
-    """A command in Redis's protocol (hiredis's encoder)."""
-    command: Any = parts  # its stub wants a 1-tuple
-    packed: bytes = hiredis.pack_command(command)
-    return packed
-
-
-def _closed() -> Exception:
-    return RedisConnectionError("Connection closed.")
 
 
 class _Call:
@@ -77,7 +67,7 @@ class _Connection:
     async def call(self, packed: bytes) -> Any:
         """Send a packed command; its reply (a ``ResponseError`` for an error reply)."""
         if self.closed:
-            raise _closed()
+            raise closed()
         call = _Call(trio.lowlevel.current_task())
         self._waiting.append(call)
         if not self._unsent:
@@ -123,7 +113,7 @@ class _Connection:
             pass
         self.close(functools.partial(RedisConnectionError, "Connection closed by server."))
 
-    def close(self, error: Callable[[], Exception] = _closed) -> None:
+    def close(self, error: Callable[[], Exception] = closed) -> None:
         """Drop the connection; every call still waiting fails with ``error()``."""
         if self.closed:
             return
@@ -137,29 +127,13 @@ class _Connection:
                 trio.lowlevel.reschedule(call.task, outcome.Error(error()))
 
 
-class TrioLeanClient:
+class TrioLeanClient(LeanScript):
     """A script on trio, on one pipelined connection (see the module)."""
 
     def __init__(self, options: dict[str, Any], where: str, script: str, timeout: float) -> None:
-        self._options = options
-        self._where = where
-        self._timeout = timeout
-        self._script = script.encode()
-        self._sha = hashlib.sha1(self._script, usedforsecurity=False).hexdigest().encode()
+        super().__init__(options, where, script, timeout)
         self._conn: _Connection | None = None
         self._connecting = trio.Lock()
-
-    async def call(self, keys: list[str], args: list[str]) -> Any:
-        """The script's reply (see the module for what it raises)."""
-        conn = self._conn
-        if conn is None or conn.closed:
-            conn = await self._connection()
-        reply = await self._ask(conn, _pack("EVALSHA", self._sha, len(keys), *keys, *args))
-        if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
-            reply = await self._ask(conn, _pack("EVAL", self._script, len(keys), *keys, *args))
-        if isinstance(reply, ResponseError):
-            raise reply
-        return reply
 
     async def _ask(self, conn: _Connection, packed: bytes) -> Any:
         with trio.move_on_after(self._timeout):
@@ -189,25 +163,12 @@ class TrioLeanClient:
                     options.get("host", "localhost"), options.get("port", 6379)
                 )
         except OSError as exc:
-            raise RedisConnectionError(
-                f"Error connecting to {self._where}: {exc.strerror or type(exc).__name__}"
-            ) from None
+            raise self._unreachable(exc) from None
         conn = _Connection(stream)
         conn.start()
         try:
-            hello: list[tuple[Any, ...]] = []
-            if options.get("password"):
-                user = options.get("username")
-                hello.append(
-                    ("AUTH", user, options["password"]) if user else ("AUTH", options["password"])
-                )
-            if options.get("db"):
-                hello.append(("SELECT", options["db"]))
-            hello.append(("SCRIPT", "LOAD", self._script))
-            for cmd in hello:
-                reply = await conn.call(_pack(*cmd))
-                if isinstance(reply, ResponseError):
-                    raise RedisConnectionError(f"Redis refused the connection: {reply}")
+            for packed in self._greeting():
+                self._greeted(await conn.call(packed))
         except BaseException:
             conn.close()
             raise

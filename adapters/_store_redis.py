@@ -38,7 +38,6 @@ import asyncio
 import collections
 import contextlib
 import functools
-import hashlib
 import logging
 import queue
 import threading
@@ -72,6 +71,7 @@ from core.policies._limiter_redis import (
 
 from ._logs import LogCollapser
 from ._redis_trio import TrioLeanClient
+from ._redis_wire import LeanScript, closed
 from ._store import (
     StoreStatistics,
     _adjustments,
@@ -111,17 +111,6 @@ def _where_and_secrets(url: str, options: dict[str, Any]) -> tuple[str, tuple[st
     return where, tuple(s for s in secrets if isinstance(s, str) and s)
 
 
-def _pack(*parts: Any) -> bytes:
-    """A command in Redis's protocol (hiredis's encoder)."""
-    command: Any = parts  # its stub wants a 1-tuple
-    packed: bytes = hiredis.pack_command(command)
-    return packed
-
-
-def _closed() -> Exception:
-    return RedisConnectionError("Connection closed.")
-
-
 class _Replies(asyncio.Protocol):
     """One connection to Redis: the commands of one event loop iteration written
     together (pipelined, one write), replies parsed by hiredis and handed to the
@@ -157,7 +146,7 @@ class _Replies(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         if self.closed or self._transport is None:
-            future.set_exception(_closed())
+            future.set_exception(closed())
             return future
         if not self._unsent:
             loop.call_soon(self._write)
@@ -176,7 +165,7 @@ class _Replies(asyncio.Protocol):
         if not future.done():
             self.close(TimeoutError)
 
-    def close(self, error: Callable[[], Exception] = _closed) -> None:
+    def close(self, error: Callable[[], Exception] = closed) -> None:
         """Drop the connection; every call still waiting fails with ``error()``."""
         self.closed = True
         if self._transport is not None:
@@ -187,7 +176,7 @@ class _Replies(asyncio.Protocol):
                 future.set_exception(error())
 
 
-class _LeanClient:
+class _LeanClient(LeanScript):
     """The quota script on asyncio, on one pipelined connection (made at the first
     call, and again after a failure): AUTH, SELECT and SCRIPT LOAD once per
     connection, then one EVALSHA per call. Each call (and the connection) is
@@ -196,11 +185,7 @@ class _LeanClient:
     reply, when it comes, is skipped."""
 
     def __init__(self, options: dict[str, Any], where: str, script: str, timeout: float) -> None:
-        self._options = options
-        self._where = where
-        self._timeout = timeout
-        self._script = script.encode()
-        self._sha = hashlib.sha1(self._script, usedforsecurity=False).hexdigest().encode()
+        super().__init__(options, where, script, timeout)
         self._conn: _Replies | None = None
         self._connecting: asyncio.Future[_Replies] | None = None
 
@@ -219,41 +204,14 @@ class _LeanClient:
                     _Replies, options.get("host", "localhost"), options.get("port", 6379)
                 )
         except OSError as exc:
-            raise RedisConnectionError(
-                f"Error connecting to {self._where}: {exc.strerror or type(exc).__name__}"
-            ) from None
+            raise self._unreachable(exc) from None
         try:
-            hello: list[tuple[Any, ...]] = []
-            if options.get("password"):
-                user = options.get("username")
-                hello.append(
-                    ("AUTH", user, options["password"]) if user else ("AUTH", options["password"])
-                )
-            if options.get("db"):
-                hello.append(("SELECT", options["db"]))
-            hello.append(("SCRIPT", "LOAD", self._script))
-            replies = [conn.call(_pack(*cmd)) for cmd in hello]
-            for future in replies:
-                reply = await future
-                if isinstance(reply, ResponseError):
-                    raise RedisConnectionError(f"Redis refused the connection: {reply}")
+            for future in [conn.call(packed) for packed in self._greeting()]:
+                self._greeted(await future)
         except BaseException:
             conn.close()
             raise
         return conn
-
-    async def call(self, keys: list[str], args: list[str]) -> Any:
-        """The script's reply; raises what redis-py would (``ResponseError`` for an
-        error reply, ``ConnectionError``...), ``TimeoutError`` after ``timeout``."""
-        conn = self._conn
-        if conn is None or conn.closed:
-            conn = await self._connection()
-        reply = await self._ask(conn, _pack("EVALSHA", self._sha, len(keys), *keys, *args))
-        if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
-            reply = await self._ask(conn, _pack("EVAL", self._script, len(keys), *keys, *args))
-        if isinstance(reply, ResponseError):
-            raise reply
-        return reply
 
     async def _ask(self, conn: _Replies, packed: bytes) -> Any:
         future = conn.call(packed)
