@@ -15,7 +15,11 @@ What a frame's line does in C is counted in that frame: the event loop's own
 work (uvloop: epoll, reads, the callbacks' dispatch) in ``asyncio.Runner.run``,
 a ``transport.write``'s system call in the line that calls it. Samples py-spy
 takes while the process waits in the kernel are left out (``--idle`` keeps
-them). A benchmark, not a test: it asserts nothing about time.
+them). Before the samples, a table by thread: each thread's CPU per request
+(from ``/proc``, not sampled) and its context switches per request. A sink's
+thread (metrics, spans, the access log) that switches often is one waiting
+for the GIL, which the event loop holds: each hand-off costs both threads.
+A benchmark, not a test: it asserts nothing about time.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -78,6 +82,9 @@ class Profile:
     seconds: float
     cpu: float
     samples: list[tuple[tuple[str, ...], int]]
+    #: per thread: its label, µs of CPU, voluntary and involuntary context switches,
+    #: each per request
+    threads: list[tuple[str, float, float, float]] = field(default_factory=list)
 
     @property
     def per_request_us(self) -> float:
@@ -93,6 +100,50 @@ class Profile:
         for stack, n in self.samples:
             counts[key(stack[-1] if stack else "")] += n
         return counts.most_common()
+
+
+def thread_counters(pid: int) -> dict[int, tuple[float, int, int]]:
+    """Each thread of ``pid``: CPU seconds (user + system), and its voluntary and
+    involuntary context switches (a thread that waits for the GIL, or a lock,
+    switches voluntarily; one the kernel preempts, involuntarily)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+            status = (task / "status").read_text()
+        except OSError:  # the thread has ended
+            continue
+        fields = stat.rsplit(")", 1)[1].split()  # from field 3 (the state) on
+        switches = dict(
+            line.split(":", 1) for line in status.splitlines() if "ctxt_switches" in line
+        )
+        out[int(task.name)] = (
+            (int(fields[11]) + int(fields[12])) / tick,  # utime, stime (fields 14, 15)
+            int(switches.get("voluntary_ctxt_switches", 0)),
+            int(switches.get("nonvoluntary_ctxt_switches", 0)),
+        )
+    return out
+
+
+def per_thread(
+    pid: int,
+    before: dict[int, tuple[float, int, int]],
+    after: dict[int, tuple[float, int, int]],
+    requests: int,
+) -> list[tuple[str, float, float, float]]:
+    """What each thread did between two ``thread_counters``, per request (the busiest
+    first; the event loop's thread is the process's own)."""
+    rows = []
+    for tid, (cpu, vol, invol) in after.items():
+        was = before.get(tid, (0.0, 0, 0))
+        used = cpu - was[0]
+        if used <= 0 or not requests:
+            continue
+        label = "the event loop's thread" if tid == pid else f"thread {tid}"
+        n = requests
+        rows.append((label, used / n * 1e6, (vol - was[1]) / n, (invol - was[2]) / n))
+    return sorted(rows, key=lambda row: -row[1])
 
 
 def read_samples(lines: Iterable[str]) -> list[tuple[tuple[str, ...], int]]:
@@ -216,17 +267,21 @@ def profile(
             *(["--idle"] if idle else []),
         ]
         sampler = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        before = thread_counters(server.proc.pid)
         with CpuMeter(server.proc.pid) as meter:
             run = wrk(
                 server.port, connections=connections, threads=1, duration=duration, model=model
             )
+        threads = per_thread(
+            server.proc.pid, before, thread_counters(server.proc.pid), run["requests"]
+        )
         _, err = sampler.communicate(timeout=duration + 60)
         if sampler.returncode != 0 or not out.exists():
             raise BenchError(f"py-spy failed ({sampler.returncode}): {err.decode()[-300:]}")
         if run["errors"]:
             raise BenchError(f"{run['errors']} errors under load: {run}")
         samples = read_samples(out.read_text().splitlines())
-    return Profile(run["requests"], meter.wall, meter.seconds, samples)
+    return Profile(run["requests"], meter.wall, meter.seconds, samples, threads)
 
 
 def report(found: Profile, title: str, top: int) -> str:
@@ -237,6 +292,10 @@ def report(found: Profile, title: str, top: int) -> str:
         f"{title}: {found.requests / found.seconds:,.0f} req/s, {per:.1f} µs CPU per request,"
         f" {found.total:,} samples",
     ]
+    if found.threads:
+        lines.append("\nby thread:  µs/request  context switches/request (voluntary, involuntary)")
+        for label, us, vol, invol in found.threads:
+            lines.append(f"  {us:8.1f}  {vol:6.3f} {invol:6.3f}  {label}")
     for name, key, rows in (
         ("layer", layer, 100),
         ("file", _file, top),
