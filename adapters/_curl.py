@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -82,6 +83,8 @@ class CurlTransport(BaseHTTPTransport):
         if verify is False:
             curl.setopt(pycurl.SSL_VERIFYPEER, 0)
             curl.setopt(pycurl.SSL_VERIFYHOST, 0)
+        elif verify is not True and os.path.isdir(verify):  # a directory, as requests takes
+            curl.setopt(pycurl.CAPATH, verify)
         else:
             curl.setopt(pycurl.CAINFO, certifi.where() if verify is True else verify)
         if isinstance(cert, tuple):
