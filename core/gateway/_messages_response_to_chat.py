@@ -247,6 +247,39 @@ _OPEN = 1
 _ENDED = 2  # message_stop, an error event, or a protocol error: nothing more to say
 
 
+# The block nearly every event of a stream is, as Anthropic writes it: a text delta.
+_TEXT_HEAD = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
+_TEXT_MID = b',"delta":{"type":"text_delta","text":"'
+_TEXT_END = b'"}}\n\n'
+# What may not be in a JSON string's body as it is (escapes and quotes aside).
+_CONTROL = bytes(range(32))
+
+
+def _plain_text(block: bytes) -> bytes | None:
+    """The text of a text delta written as Anthropic writes it, as the JSON string it
+    is in the block, if copying it is what parsing and writing it again would give
+    (no escape, no quote, no control character, UTF-8); else None (parse it)."""
+    if not (block.startswith(_TEXT_HEAD) and block.endswith(_TEXT_END)):
+        return None
+    mid = block.find(_TEXT_MID, len(_TEXT_HEAD))
+    if mid < 0 or not block[len(_TEXT_HEAD) : mid].isdigit():
+        return None
+    text = block[mid + len(_TEXT_MID) : -len(_TEXT_END)]
+    if (
+        not text
+        or b'"' in text
+        or b"\\" in text
+        or len(text.translate(None, _CONTROL)) != len(text)
+    ):
+        return None
+    if not text.isascii():
+        try:
+            text.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return text
+
+
 def _event_data(block: bytes, max_items: int) -> Any:
     """The JSON of a block's data, parsed once; None for a block without data."""
     # The usual Anthropic block, "event: <type>\ndata: <json>\n\n": no line loop.
@@ -329,8 +362,13 @@ class MessagesStreamToChat:
 
     def feed(self, block: bytes) -> list[bytes]:
         """Translate one event block; return the blocks to send (often one, maybe none)."""
-        if self._state == _ENDED:
+        state = self._state
+        if state == _ENDED:
             return []  # the client already had [DONE] or an error: nothing can follow
+        if state == _OPEN:  # the usual text delta: its JSON string copied, not parsed
+            text = _plain_text(block)
+            if text is not None:
+                return [self._prefix + b'{"content":"' + text + b'"}' + self._suffix]
         try:
             data = _event_data(block, self._max_items)
             if data is None:

@@ -1473,6 +1473,59 @@ def test_stream_output_does_not_depend_on_the_split(
     assert translate(split_at(raw, cuts), include_usage=include_usage) == whole
 
 
+MESSAGE_START = (
+    b'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1",'
+    b'"type":"message","role":"assistant","content":[],"model":"claude","stop_reason":null,'
+    b'"stop_sequence":null,"usage":{"input_tokens":1,"output_tokens":1}}}\n\n'
+)
+
+
+def delta_blocks(text: bytes, index: int = 0) -> tuple[bytes, bytes]:
+    """A text delta as Anthropic writes it (compact: copied), and the same with spaces
+    (parsed); ``text`` is the JSON string's body, as it is in the block."""
+    head = b"event: content_block_delta\ndata: "
+    compact = b'{"type":"content_block_delta","index":%d,"delta":{"type":"text_delta","text":"'
+    spaced = b'{"type": "content_block_delta", "index": %d, "delta": {"type": "text_delta", '
+    spaced += b'"text": "'
+    return (
+        head + compact % index + text + b'"}}\n\n',
+        head + spaced % index + text + b'"}}\n\n',
+    )
+
+
+def fed(block: bytes) -> list[bytes] | str:
+    stream = translator()
+    stream.feed(MESSAGE_START)
+    try:
+        return stream.feed(block)
+    except RemoteProtocolError as error:  # its message says where, which differs
+        return f"refused: {error.code}"
+
+
+@given(st.text(), st.integers(0, 200), st.booleans())
+def test_a_text_delta_copied_is_the_text_delta_parsed(
+    text: str, index: int, ensure_ascii: bool
+) -> None:
+    # The usual text delta's JSON string is copied, not parsed and written again:
+    # the client gets the same bytes either way.
+    body = json.dumps(text, ensure_ascii=ensure_ascii)[1:-1].encode()
+    copied, parsed = delta_blocks(body, index)
+    out = fed(copied)
+    assert out == fed(parsed)
+    assert isinstance(out, list)
+    assert [c["choices"][0]["delta"]["content"] for c in payloads(out)] == ([text] if text else [])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"caf\xc3\xa9", b"\xff", b"\xed\xa0\x80", b"a\x01b", b'a"b', b"tab\\tand\\u00e9", b""],
+    ids=["utf-8", "not-utf-8", "surrogate", "control", "quote", "escapes", "empty"],
+)
+def test_a_text_delta_that_cannot_be_copied_is_parsed(body: bytes) -> None:
+    copied, parsed = delta_blocks(body)
+    assert fed(copied) == fed(parsed)
+
+
 def test_stream_output_does_not_depend_on_the_split_bytewise() -> None:
     for name in ("anthropic_text_stream.sse", "anthropic_tool_stream.sse"):
         raw = stream_bytes(name)
