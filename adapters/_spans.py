@@ -127,14 +127,14 @@ class _Destination:
             _onto_curl(self.client)
 
 
-def _onto_curl(client: Any) -> bool:
+def _onto_curl(client: Any) -> None:
     """Carry the client's requests on libcurl (``adapters._curl``), with what its
     ``requests`` session would have used, read once: the proxy the environment
     names for the endpoint, ``.netrc`` credentials, the client certificate, and
     the CA bundle: the SDK's (``certificate_file``, ``OTEL_EXPORTER_OTLP_*CERTIFICATE``),
     else ``REQUESTS_CA_BUNDLE`` or ``CURL_CA_BUNDLE``, else ``certifi``'s. (With
-    ``requests`` the two variables won over the SDK's certificate too.) False,
-    leaving ``requests``, for a session of the user's own
+    ``requests`` the two variables won over the SDK's certificate too.) A
+    session of the user's own keeps ``requests``
     (``OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER``: its own auth,
     adapters or hooks)."""
     import requests  # noqa: PLC0415 (the SDK's HTTP client: imported with it)
@@ -144,7 +144,7 @@ def _onto_curl(client: Any) -> bool:
     session = getattr(getattr(client, "_transport", None), "_session", None)
     url = getattr(client, "_endpoint", None)
     if type(session) is not requests.Session or not isinstance(url, str):
-        return False
+        return
     stock = requests.Session()
     own = (
         any(type(adapter) is not HTTPAdapter for adapter in session.adapters.values())
@@ -156,7 +156,7 @@ def _onto_curl(client: Any) -> bool:
     )
     stock.close()
     if own:
-        return False
+        return
     from ._curl import CurlTransport  # noqa: PLC0415 (only with spans)
 
     verify: bool | str = session.verify
@@ -177,7 +177,6 @@ def _onto_curl(client: Any) -> bool:
         credentials=credentials,
     )
     session.close()
-    return True
 
 
 class SpanExporter:

@@ -275,8 +275,7 @@ class RedisStore:
         self._clock = clock
         self._options = options
         self._call: Callable[[list[str], list[str]], Any] | None = None
-        self._lean: _LeanClient | None = None
-        self._trio_lean: TrioLeanClient | None = None
+        self._lean: _LeanClient | TrioLeanClient | None = None
         # The breaker: while _clock() < _down_until, calls fail at once; after
         # it, one call (_probing) tries Redis.
         self._down_until: float | None = None
@@ -355,7 +354,7 @@ class RedisStore:
             )
             call = lean.call
         elif plain:  # trio: the same, on trio, settles sent by a task of their own
-            trio_lean = self._trio_lean = TrioLeanClient(
+            trio_lean = self._lean = TrioLeanClient(
                 self._options, self.where, REDIS_QUOTA_SCRIPT, self._timeout
             )
             self._lean_settle = TrioLeanClient(
@@ -754,8 +753,6 @@ class RedisStore:
             self._lean.close()
         if self._lean_settle is not None:
             self._lean_settle.close()
-        if self._trio_lean is not None:
-            self._trio_lean.close()
         self._sync_client.close()
         self._logs.flush()
         stats = self.statistics()

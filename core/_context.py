@@ -471,6 +471,9 @@ class ExchangeContext:
             )
         return ids
 
+    def _spanned(self) -> bool:  # whether the exchange's spans are exported
+        return self._proxy.tracing and self.trace_ids().sampled
+
     def _note_request(self) -> None:
         """Read what observers record of the request, once, while it is parsed: its
         parameters if its spans are exported (they alone show them), else the model."""
@@ -478,7 +481,7 @@ class ExchangeContext:
         # Not routed, the model asked is the record's: read even without spans.
         if self._params is not None or not proxy.observed:
             return
-        spanned = proxy.tracing and self.trace_ids().sampled
+        spanned = self._spanned()
         if spanned or self.model is None:
             parsed = self._request_object()
             body = parsed if type(parsed) is dict else None
@@ -499,7 +502,7 @@ class ExchangeContext:
             self._note_request()
         # What only spans show (the response's id, model, finish reasons, the session)
         # is read only when they are exported: an unsampled trace costs its ids alone.
-        spanned = proxy.tracing and self.trace_ids().sampled
+        spanned = self._spanned()
         return record_source(
             self,
             now=self.now,

@@ -429,7 +429,7 @@ class Exchange(ExchangeContext):
         self._set_state(State.RELAY)
         assert self._plan is not None
         proxy = self._proxy
-        spanned = proxy.tracing and self.trace_ids().sampled  # only spans show what it reads
+        spanned = self._spanned()  # only spans show what it reads
         relay = self._relay = Relay(
             self._plan,
             status,
