@@ -8,7 +8,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +27,8 @@ from core import ProxyConfig, RecordExchange
 from core._record import AttemptRecord, ExchangeRecord, trace_ids
 from core.gateway import Usage
 from tests.e2e._helpers import closed_port
+from tests.interop.servers import INSTALL, nginx_binary
+from tests.support.needs import require
 from tests.support.otlp_receiver import LANGFUSE_PATH, OTLP_PATH, OtlpReceiver, ReceivedSpan
 
 STARTED = 1_750_000_000.25
@@ -472,6 +476,76 @@ def test_a_collector_asking_to_retry_after_the_deadline_is_not_asked_again(
     receiver.wait_for_arrivals(1)
     exporter.close()
     assert len(receiver.exports) == 1 and exporter.dropped == 2
+
+
+NGINX_CONF = """
+daemon off;
+master_process off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log stderr notice;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    client_max_body_size 16m;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://127.0.0.1:{collector};
+            proxy_http_version 1.1;
+            proxy_set_header X-Through nginx;
+        }}
+    }}
+}}
+"""
+
+
+def test_spans_reach_a_collector_behind_nginx(
+    receiver: OtlpReceiver, exporters: list[SpanExporter], tmp_path: Path
+) -> None:
+    # A collector or Langfuse is often behind a reverse proxy: nginx takes the
+    # exports as libcurl sends them (batches of many records: nginx keeps a body
+    # over 16 KB in a file first).
+    nginx = nginx_binary()
+    require("nginx", None if nginx else f"nginx is not installed ({INSTALL['nginx']})")
+    assert nginx is not None
+    port = closed_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(prefix=tmp_path, port=port, collector=receiver.port))
+    log = (tmp_path / "nginx.log").open("w")
+    process = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(conf)], stderr=log)
+    try:
+        deadline = time.monotonic() + 10
+        while not _listening(port):
+            assert process.poll() is None, (tmp_path / "nginx.log").read_text()
+            assert time.monotonic() < deadline, "nginx did not listen"
+            time.sleep(0.02)  # polling a condition, with a deadline
+        exporter = SpanExporter(config(otlp=f"http://127.0.0.1:{port}", max_queue=1000))
+        exporters.append(exporter)
+        for n in range(300):
+            exporter.submit(RecordExchange(exchange(exchange_id=f"behind-{n}")))
+        exporter.close()
+        assert exporter.dropped == 0
+        assert len(receiver.spans) == 600
+        assert {e.headers["x-through"] for e in receiver.exports} == {"nginx"}
+        servers = [s for s in receiver.spans if s.kind == "SERVER"]
+        assert {s.attributes["sansproxy.exchange_id"] for s in servers} == {
+            f"behind-{n}" for n in range(300)
+        }
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 # -- Langfuse --------------------------------------------------------------------------

@@ -75,6 +75,7 @@ __all__ = [
     "RunningUpstream",
     "Upstream",
     "capability_variants",
+    "nginx_binary",
     "nginx_js_module",
     "require_upstream",
     "start_upstream",
@@ -203,7 +204,8 @@ def nginx_js_module() -> Path | None:
     return None
 
 
-def _nginx_binary() -> str | None:
+def nginx_binary() -> str | None:
+    """The nginx executable (Debian puts it in /usr/sbin, off a user's PATH), or None."""
     found = shutil.which("nginx")
     if found is None and Path("/usr/sbin/nginx").is_file():  # not on a user's PATH
         found = "/usr/sbin/nginx"
@@ -213,7 +215,7 @@ def _nginx_binary() -> str | None:
 def upstream_missing(name: str) -> str | None:
     """Why the upstream ``name`` cannot run here, or None."""
     if name == "nginx":
-        if _nginx_binary() is None:
+        if nginx_binary() is None:
             return f"nginx is not installed (Debian: {INSTALL['nginx']})"
         if nginx_js_module() is None:
             return f"the njs module ngx_http_js_module.so is missing ({INSTALL['nginx']})"
@@ -352,7 +354,7 @@ def start_upstream(name: str, directory: Path, timeout: float = START_TIMEOUT) -
     require_upstream(name)
     deadline = time.monotonic() + timeout
     if name == "nginx":
-        nginx = _nginx_binary()
+        nginx = nginx_binary()
         js_module = nginx_js_module()
         assert nginx is not None and js_module is not None
         port = free_port()
