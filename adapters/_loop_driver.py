@@ -29,6 +29,7 @@ the client going away cancels the upstream at once and still feeds
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -67,6 +68,16 @@ logger = logging.getLogger("sansproxy")
 _Upstream = UpstreamResponse | UpstreamData | UpstreamEnded | UpstreamFailed
 _Fed = _Upstream | QuotaAnswered | QuotaFailed
 _Acquire = Callable[[AcquireQuota], QuotaAnswered | QuotaFailed | None]
+
+
+class _Sent:
+    """A quota query the store answers by calling back (``acquire_soon``): the run
+    forgets it when it ends, and an answer that comes after is dropped."""
+
+    __slots__ = ()
+
+    def cancel(self) -> None:
+        pass
 
 
 class LoopSink(Protocol):
@@ -212,7 +223,7 @@ class Run:
         self.done = done
         self.call: UpstreamCall | None = None
         self.attempt = 0
-        self.quota: asyncio.Task[Any] | None = None
+        self.quota: asyncio.Task[Any] | _Sent | None = None
         self.settles: list[SettleQuota] = []
         self.flushing = False  # a write waits for the client to read
         self.batched = False  # an upstream read is being told: flush once, at its end
@@ -523,9 +534,19 @@ class Run:
             self.resumed = now = owner.loop.time()
             self.ex.handle(answer, now=now)
             return
+        sent = _Sent()
+        if owner.store.acquire_soon(cmd, functools.partial(self._answered_soon, sent)):
+            self.quota = sent  # no task: the store calls back
+            return
         task = owner.loop.create_task(owner.store.acquire(cmd))
         self.quota = task
         task.add_done_callback(self._answered)
+
+    def _answered_soon(self, sent: _Sent, answer: QuotaAnswered | QuotaFailed) -> None:
+        if self.quota is not sent:
+            return  # the run ended
+        self.quota = None
+        self.feed(answer)
 
     def _answered(self, task: asyncio.Task[QuotaAnswered | QuotaFailed]) -> None:
         if self.quota is not task:

@@ -8,6 +8,7 @@ megabytes of memory a memory-backed proxy never needs).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -53,6 +54,13 @@ class QuotaStore(Protocol):
     def acquire_nowait(self, cmd: AcquireQuota) -> QuotaAnswered | QuotaFailed | None:
         """:meth:`acquire`'s answer at once, without waiting for anything; None when
         the store cannot answer without waiting (then await :meth:`acquire`)."""
+
+    def acquire_soon(
+        self, cmd: AcquireQuota, answered: Callable[[QuotaAnswered | QuotaFailed], object]
+    ) -> bool:
+        """:meth:`acquire` without a task (asyncio): True if the query is under way and
+        ``answered`` will get its answer from the event loop, once (never before this
+        returns); False when the store cannot (then await :meth:`acquire`)."""
 
     async def acquire(self, cmd: AcquireQuota) -> QuotaAnswered | QuotaFailed:
         """Decide and charge; ``QuotaFailed`` when the backend cannot answer."""
@@ -117,6 +125,12 @@ class MemoryStore:
         return QuotaAnswered(
             query_id=cmd.query_id, admitted=admitted, decisions=tuple(decisions), spent=tuple(spent)
         )
+
+    def acquire_soon(
+        self, cmd: AcquireQuota, answered: Callable[[QuotaAnswered | QuotaFailed], object]
+    ) -> bool:
+        """False: :meth:`acquire_nowait` always answers."""
+        return False
 
     async def acquire(self, cmd: AcquireQuota) -> QuotaAnswered | QuotaFailed:
         """:meth:`acquire_nowait` (it never waits)."""

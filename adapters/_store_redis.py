@@ -39,6 +39,7 @@ import collections
 import contextlib
 import functools
 import logging
+import math
 import queue
 import threading
 import time
@@ -58,6 +59,7 @@ from redis.exceptions import ResponseError
 
 from core import AcquireQuota, QuotaAnswered, QuotaFailed, SettleQuota
 from core.policies import (
+    Limit,
     redis_quota_answer,
     redis_quota_args,
 )
@@ -71,7 +73,7 @@ from core.policies._limiter_redis import (
 
 from ._logs import LogCollapser
 from ._redis_trio import TrioLeanClient
-from ._redis_wire import LeanScript, closed
+from ._redis_wire import LeanScript, closed, pack
 from ._store import (
     StoreStatistics,
     _adjustments,
@@ -113,28 +115,41 @@ def _where_and_secrets(url: str, options: dict[str, Any]) -> tuple[str, tuple[st
 
 class _Replies(asyncio.Protocol):
     """One connection to Redis: the commands of one event loop iteration written
-    together (pipelined, one write), replies parsed by hiredis and handed to the
-    waiting futures in order."""
+    together (pipelined, one write), replies parsed by hiredis and handed in order
+    to what waits for each: a future (:meth:`call`) or a callback
+    (:meth:`call_back`, no task and no future: the driver's hot path)."""
 
     def __init__(self) -> None:
         self._reader = hiredis.Reader(replyError=ResponseError)
-        self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        # What waits for each reply, in order: a future, or a callback given the
+        # reply (or, if none comes, the error); and the callbacks' deadlines.
+        self._waiting: collections.deque[Any] = collections.deque()
+        self._deadlines: collections.deque[float] = collections.deque()
         self._transport: asyncio.Transport | None = None
         self._unsent: list[bytes] = []
+        self._timer: asyncio.TimerHandle | None = None
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
 
+    @property
+    def ready(self) -> bool:
+        """Connected, and not closed: a call goes out at this iteration's end."""
+        return not self.closed and self._transport is not None
+
     def data_received(self, data: bytes) -> None:
         reader = self._reader
         reader.feed(data)
-        waiting = self._waiting
+        waiting, deadlines = self._waiting, self._deadlines
         try:
             while (reply := reader.gets()) is not False:
-                future = waiting.popleft()
-                if not future.done():  # else its caller gave up: the reply is skipped
-                    future.set_result(reply)
+                deadlines.popleft()
+                waiter = waiting.popleft()
+                if callable(waiter):
+                    waiter(reply)
+                elif not waiter.done():  # else its caller gave up: the reply is skipped
+                    waiter.set_result(reply)
         except (hiredis.ProtocolError, IndexError):  # garbage, or a reply nobody asked for
             self.close(functools.partial(RedisConnectionError, "Protocol error: not a reply"))
 
@@ -145,19 +160,46 @@ class _Replies(asyncio.Protocol):
         """Write a packed command; its reply (a ``ResponseError`` for an error reply)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        if self.closed or self._transport is None:
+        if not self.ready:
             future.set_exception(closed())
             return future
+        self._send(loop, packed, future, math.inf)
+        return future
+
+    def call_back(self, packed: bytes, deliver: Callable[[Any], object], timeout: float) -> None:
+        """Write a packed command (the connection :attr:`ready`); ``deliver`` gets its
+        reply (a ``ResponseError`` for an error reply) or, if none comes within
+        ``timeout`` or the connection is lost, the error (the connection is dropped)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._send(loop, packed, deliver, deadline)
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._expire_callbacks)
+
+    def _send(self, loop: asyncio.AbstractEventLoop, packed: bytes, waiter: Any, at: float) -> None:
         if not self._unsent:
             loop.call_soon(self._write)
         self._unsent.append(packed)
-        self._waiting.append(future)
-        return future
+        self._waiting.append(waiter)
+        self._deadlines.append(at)
 
     def _write(self) -> None:
         unsent, self._unsent = self._unsent, []
         if not self.closed and self._transport is not None:
             self._transport.write(b"".join(unsent))
+
+    def _expire_callbacks(self) -> None:
+        """The oldest callback's time may be up (one timer for them all: they wait in
+        order, each for as long): drop the connection, or wait for the next one."""
+        self._timer = None
+        for deadline in self._deadlines:  # the oldest callback's (futures wait forever)
+            if deadline != math.inf:
+                loop = asyncio.get_running_loop()
+                if deadline <= loop.time():
+                    self.close(TimeoutError)
+                else:
+                    self._timer = loop.call_at(deadline, self._expire_callbacks)
+                return
 
     def expire(self, future: asyncio.Future[Any]) -> None:
         """The call's time is up: if it still waits, drop the connection (the calls
@@ -168,12 +210,18 @@ class _Replies(asyncio.Protocol):
     def close(self, error: Callable[[], Exception] = closed) -> None:
         """Drop the connection; every call still waiting fails with ``error()``."""
         self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._transport is not None:
             self._transport.abort()
+        self._deadlines.clear()
         while self._waiting:
-            future = self._waiting.popleft()
-            if not future.done():
-                future.set_exception(error())
+            waiter = self._waiting.popleft()
+            if callable(waiter):
+                waiter(error())
+            elif not waiter.done():
+                waiter.set_exception(error())
 
 
 class _LeanClient(LeanScript):
@@ -220,6 +268,41 @@ class _LeanClient(LeanScript):
             return await future
         finally:
             timer.cancel()
+
+    def call_soon(self, keys: list[str], args: list[str], deliver: Callable[[Any], object]) -> bool:
+        """:meth:`call` without a task: False if the connection is not up (then await
+        ``call``), else ``deliver`` gets the reply (``NOSCRIPT`` followed by EVAL) or
+        the error (a ``ResponseError`` for an error reply; one that closed the
+        connection, or ``TimeoutError``, for none)."""
+        conn = self._conn
+        if conn is None or not conn.ready:
+            return False
+        packed = pack("EVALSHA", self._sha, len(keys), *keys, *args)
+        conn.call_back(
+            packed, functools.partial(self._replied, conn, keys, args, deliver), self._timeout
+        )
+        return True
+
+    def _replied(
+        self,
+        conn: _Replies,
+        keys: list[str] | None,
+        args: list[str],
+        deliver: Callable[[Any], object],
+        reply: Any,
+    ) -> None:
+        if (
+            keys is not None
+            and isinstance(reply, ResponseError)
+            and str(reply).startswith("NOSCRIPT")
+            and conn.ready
+        ):  # scripts flushed (Redis restarted, say): sent again, once
+            packed = pack("EVAL", self._script, len(keys), *keys, *args)
+            conn.call_back(
+                packed, functools.partial(self._replied, conn, None, args, deliver), self._timeout
+            )
+            return
+        deliver(reply)
 
     async def _connection(self) -> _Replies:
         # Concurrent first calls share one connection attempt.
@@ -392,8 +475,41 @@ class RedisStore:
     # --- acquire --------------------------------------------------------------------
 
     def acquire_nowait(self, cmd: AcquireQuota) -> QuotaAnswered | QuotaFailed | None:
-        """None: Redis's answer is always awaited (:meth:`acquire`)."""
+        """None: Redis's answer is always awaited (:meth:`acquire_soon`, :meth:`acquire`)."""
         return None
+
+    def acquire_soon(
+        self, cmd: AcquireQuota, answered: Callable[[QuotaAnswered | QuotaFailed], object]
+    ) -> bool:
+        """:meth:`acquire` without a task, on asyncio's lean client once connected:
+        the script is sent and ``answered`` gets its answer from the event loop, once
+        (never before this returns). False when that cannot be (not connected yet,
+        the breaker open, a spend to wait for, trio, TLS): then await :meth:`acquire`.
+        ``ValueError`` on a malformed command."""
+        lean = self._lean
+        if self._down_until is not None or not isinstance(lean, _LeanClient):
+            return False
+        budgets = _budgets(cmd)
+        last = self._last_spend
+        if last and budgets and max(last.get(key, 0) for key, _ in budgets) > self._done:
+            return False
+        charges = _charges(cmd)
+        keys, args = redis_quota_args(charges, budgets, now=cmd.at)
+        reply = functools.partial(self._replied, cmd, charges, budgets, answered)
+        return lean.call_soon(keys, args, reply)
+
+    def _replied(
+        self,
+        cmd: AcquireQuota,
+        charges: list[tuple[str, Limit, int]],
+        budgets: list[tuple[str, float]],
+        answered: Callable[[QuotaAnswered | QuotaFailed], object],
+        reply: Any,
+    ) -> None:
+        try:
+            answered(self._judge(cmd, charges, budgets, reply))
+        except Exception:  # a bug: the connection's other callers are still answered
+            logger.exception("internal error handing a quota answer over")
 
     async def acquire(self, cmd: AcquireQuota) -> QuotaAnswered | QuotaFailed:
         """The quota script, bounded by ``timeout``. ``ValueError`` on a malformed
@@ -413,6 +529,28 @@ class RedisStore:
                 await self._wait_settled(target)
         try:
             reply = await call(keys, args)
+        except Exception as exc:  # ResponseError (an error reply) included
+            reply = exc
+        finally:
+            if probe:
+                self._probing = False
+        return self._judge(cmd, charges, budgets, reply)
+
+    def _judge(
+        self,
+        cmd: AcquireQuota,
+        charges: list[tuple[str, Limit, int]],
+        budgets: list[tuple[str, float]],
+        reply: Any,
+    ) -> QuotaAnswered | QuotaFailed:
+        """The answer to ``cmd`` from the script's ``reply``, or from the error that
+        came instead (a ``ResponseError``: Redis answered no; a ``ValueError``: it
+        answered nonsense; else: no answer)."""
+        if isinstance(reply, Exception) and not isinstance(reply, ResponseError | ValueError):
+            return self._trip(cmd, reply)
+        try:
+            if isinstance(reply, Exception):
+                raise reply
             answer = redis_quota_answer(reply, charges, budgets, now=cmd.at)
         except (ResponseError, ValueError) as exc:
             # Redis answered, with an error or nonsense: this call fails, Redis is up.
@@ -421,11 +559,6 @@ class RedisStore:
             self._logs.log(logging.ERROR, "redis %s: bad quota reply: %s", self.where, detail)
             self._recovered()
             return QuotaFailed(query_id=cmd.query_id, message=f"redis {self.where}: {detail}")
-        except Exception as exc:
-            return self._trip(cmd, exc)
-        finally:
-            if probe:
-                self._probing = False
         self._recovered()
         self._answered += 1
         return _answer(cmd, answer)

@@ -14,11 +14,12 @@ on asyncio and on trio. The breaker's clock is a number the tests advance.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import cast
 
@@ -723,6 +724,122 @@ async def test_an_admitted_request_costs_one_round_trip(fresh: Server) -> None:
     client.close()
 
 
+class Answers:
+    """What a store calls back with (``acquire_soon``): the answers, in order, and a wait
+    for the ``n``-th."""
+
+    def __init__(self) -> None:
+        self.got: list[QuotaAnswered | QuotaFailed] = []
+        self._arrived = anyio.Event()
+
+    def __call__(self, answer: QuotaAnswered | QuotaFailed) -> None:
+        self.got.append(answer)
+        self._arrived.set()
+
+    async def wait(self, n: int) -> list[QuotaAnswered | QuotaFailed]:
+        with anyio.fail_after(10):  # generous: this only catches a hang
+            while len(self.got) < n:
+                await self._arrived.wait()
+                self._arrived = anyio.Event()
+        return self.got
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "anyio_backend",
+    ["asyncio", pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"), "trio"],
+)
+async def test_a_connected_store_calls_back_in_order_with_no_task(
+    fresh: Server, anyio_backend: object
+) -> None:
+    store = RedisStore(fresh.url(), timeout=5.0, retry_interval=1.0)
+    answers = Answers()
+    limit = Limit(limit=100)
+    charges = [("{cb}:rpm", limit, 1), ("{cb}:tpm", limit, 2)]
+    # Not connected yet: the driver awaits acquire (which connects).
+    assert not store.acquire_soon(acquire_cmd(1, T0, charges), answers)
+    assert admitted(await store.acquire(acquire_cmd(1, T0, charges)))
+    if anyio_backend == "trio":  # trio's client has no callbacks: acquire, always
+        assert not store.acquire_soon(acquire_cmd(2, T0, charges), answers)
+        await store.aclose()
+        return
+    client = fresh.client()
+    client.config_resetstat()
+    tasks = len(asyncio.all_tasks())
+    for i in range(2, 22):
+        assert store.acquire_soon(acquire_cmd(i, T0, charges), answers)
+    assert answers.got == []  # never before acquire_soon returns
+    assert len(asyncio.all_tasks()) == tasks  # and no task for it
+    got = await answers.wait(20)
+    assert [answer.query_id for answer in got] == list(range(2, 22))
+    assert [cast(QuotaAnswered, a).decisions[1].remaining for a in got] == [
+        100 - 2 * (i + 1) for i in range(1, 21)
+    ]
+    assert commandstats(client) == {"evalsha": 20}  # one round trip each
+    # Scripts flushed (Redis restarted, say): the script is sent again, and answers.
+    client.script_flush()
+    assert store.acquire_soon(acquire_cmd(30, T0, charges), answers)
+    answer = (await answers.wait(21))[-1]
+    assert admitted(answer)
+    assert cast(QuotaAnswered, answer).decisions[1].remaining == 100 - 2 * 22
+    # An error reply (data the script cannot read) fails that call only.
+    client.set("{cb}:bad", "not a state")
+    assert store.acquire_soon(acquire_cmd(31, T0, [("{cb}:bad", limit, 1)]), answers)
+    failed = (await answers.wait(22))[-1]
+    assert isinstance(failed, QuotaFailed)
+    assert failed.query_id == 31
+    assert "ResponseError" in failed.message
+    assert store.acquire_soon(acquire_cmd(32, T0, charges), answers)  # the breaker is closed
+    assert admitted((await answers.wait(23))[-1])
+    await store.aclose()
+    assert (store.statistics().answered, store.statistics().failed) == (23, 1)
+    client.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "anyio_backend",
+    ["asyncio", pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")],
+)
+async def test_callbacks_fail_in_time_when_redis_stalls_or_goes(
+    server: Server, clock: Clock
+) -> None:
+    timeout = 0.2
+    store = RedisStore(server.url(), timeout=timeout, retry_interval=1.0, clock=clock)
+    answers = Answers()
+    big = Limit(limit=1000)
+
+    def cmd(i: int) -> AcquireQuota:
+        return acquire_cmd(i, T0, [("{stall}:rpm", big, 1)])
+
+    assert admitted(await store.acquire(cmd(1)))
+    # Paused: connected, but no reply. Every call waiting fails once the oldest's
+    # time is up, and the breaker opens.
+    server.pause()
+    try:
+        assert store.acquire_soon(cmd(2), answers)
+        assert store.acquire_soon(cmd(3), answers)
+        got = await answers.wait(2)
+        assert [answer.query_id for answer in got] == [2, 3]
+        for answer in got:
+            assert isinstance(answer, QuotaFailed)
+            assert f"no reply within {timeout:g} s" in answer.message
+        assert not store.acquire_soon(cmd(4), answers)  # open: acquire fails at once
+        assert isinstance(await store.acquire(cmd(4)), QuotaFailed)
+    finally:
+        server.resume()
+    clock.now += 1.0
+    assert admitted(await store.acquire(cmd(5)))  # the probe: back, on a new connection
+    # Gone while calls wait: they fail at once, with the connection's error.
+    assert store.acquire_soon(cmd(6), answers)
+    server.stop()
+    lost = (await answers.wait(3))[-1]
+    assert isinstance(lost, QuotaFailed)
+    assert "ConnectionError" in lost.message
+    await store.aclose()
+    assert (store.statistics().answered, store.statistics().failed) == (2, 4)
+
+
 @pytest.mark.anyio
 async def test_a_client_gone_mid_acquire_leaves_the_others_alone(
     server: Server, clock: Clock
@@ -849,6 +966,11 @@ class Recorder:
             return None  # as Redis: the driver awaits acquire
         self.log.append("acquire_nowait")
         return QuotaAnswered(query_id=cmd.query_id, admitted=True, decisions=())
+
+    def acquire_soon(
+        self, cmd: AcquireQuota, answered: Callable[[QuotaAnswered | QuotaFailed], object]
+    ) -> bool:
+        return False  # as Redis before it is connected: the driver awaits acquire
 
     async def acquire(self, cmd: AcquireQuota) -> QuotaAnswered | QuotaFailed:
         self.log.append("acquire")
