@@ -20,15 +20,16 @@ in the last places and amounts under 1e-17 vanish.)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
+from math import isfinite as _isfinite
+from math import isnan as _isnan
 
 from .._quota import Decision, Limit
 from .._quota import finite as _finite
 from .._quota import integer as _integer
-from ._limiter import SLOTS
+from ._limiter import SLOTS, _after
+from ._limiter import _decision as _new_decision
 from ._limiter import budget as _budget
-from ._limiter import decision as _decision
 from ._limiter import distinct as _distinct
 from ._limiter import spend_ttl as _ttl
 
@@ -323,6 +324,9 @@ return reply
 )
 
 
+_SLOTS = str(SLOTS)
+
+
 def redis_quota_args(
     charges: Iterable[tuple[str, Limit, int]],
     budgets: Iterable[tuple[str, float]],
@@ -333,19 +337,18 @@ def redis_quota_args(
     arguments (checked as it checks them)."""
     charges = _distinct(charges)
     keys = [key for key, _, _ in charges]
-    args = [repr(_finite("now", now)), str(SLOTS), str(len(charges))]
-    for _, limit, amount in charges:
-        args += (str(limit.limit), repr(limit.window), str(_integer("amount", amount, minimum=0)))
+    if now.__class__ is not float or not _isfinite(now):
+        now = _finite("now", now)
+    args = [repr(now), _SLOTS, str(len(charges))]
+    for _, limit, asked in charges:
+        amount = asked
+        if amount.__class__ is not int or amount < 0:
+            amount = _integer("amount", amount, minimum=0)
+        args += (str(limit.limit), repr(limit.window), str(amount))
     for key, usd in budgets:
         keys.append(key)
         args.append(repr(_budget(usd)))
     return keys, args
-
-
-def _not_nan(x: float) -> float:
-    if math.isnan(x):
-        raise ValueError("nan")
-    return x
 
 
 def redis_quota_answer(
@@ -360,22 +363,34 @@ def redis_quota_answer(
     size = 1 + 3 * len(charges) + len(budgets)
     if not isinstance(reply, list) or len(reply) != size:
         raise ValueError(f"not a quota reply for {len(charges)} charges: {reply!r}")
-    if list in map(type, reply) or reply[0] not in (0, 1):
+    if reply[0] not in (0, 1):
         raise ValueError(f"not a quota reply: {reply!r}")
     allowed = reply[0] == 1
+    # Each limit's decision as decision() makes it, inline (every request with
+    # limits reads one reply): int() and float() refuse what is not a number.
+    decisions = []
     try:
-        decisions = [
-            _decision(
-                limit,
-                now,
-                allowed=allowed,
-                used=int(reply[1 + 3 * i]),
-                reset_at=_finite("reset_at", float(reply[2 + 3 * i])),
-                retry_at=_not_nan(float(reply[3 + 3 * i])),
+        i = 1
+        for _, limit, _ in charges:
+            used = int(reply[i])
+            reset_at = float(reply[i + 1])
+            retry_at = float(reply[i + 2])
+            i += 3
+            if not _isfinite(reset_at) or _isnan(retry_at):
+                raise ValueError
+            most = limit.limit
+            decisions.append(
+                _new_decision(
+                    allowed=allowed,
+                    limit=most,
+                    remaining=most - used if used < most else 0,
+                    reset_after=reset_at - now if reset_at > now else 0.0,
+                    retry_after=0.0 if allowed else _after(now, retry_at),
+                )
             )
-            for i, (_, limit, _) in enumerate(charges)
-        ]
-        spent = [_finite("spend", float(x)) for x in reply[1 + 3 * len(charges) :]]
+        spent = [float(x) for x in reply[i:]]
+        if not all(map(_isfinite, spent)):
+            raise ValueError
     except (TypeError, ValueError):
         raise ValueError(f"not a quota reply: {reply!r}") from None
     return allowed, decisions, spent

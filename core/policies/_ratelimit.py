@@ -42,6 +42,7 @@ from .._commands import (
 from .._config import ProxyConfig
 from .._errors import BudgetExceededError, ClientRateLimitError, ServiceUnavailableError
 from .._events import QuotaAnswered, QuotaFailed
+from .._frozen import unchecked
 from .._middleware import Context
 from .._quota import Decision, Limit
 from ._auth import ClientKey, budget_key, key_limits
@@ -54,6 +55,14 @@ _PENDING = "rate_limit:pending"
 _Limits = tuple[tuple[str, str, Limit], ...]
 #: Its token limits: (store key, limit).
 _TokenLimits = tuple[tuple[str, Limit], ...]
+#: Its plan: its limits, its token limits, and the charge of each requests limit
+#: (the same for every request; ``None`` for a tokens limit).
+_Plan = tuple[_Limits, _TokenLimits, tuple[QuotaCharge | None, ...]]
+# The commands' builders without their checks: built here from checked parts.
+_charge = unchecked(QuotaCharge)
+_acquire = unchecked(AcquireQuota)
+_adjustment = unchecked(QuotaAdjustment)
+_settle = unchecked(SettleQuota)
 _PLANS_MAX = 4096
 _OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 
@@ -130,7 +139,7 @@ class RateLimitMiddleware:
     ) -> None:
         self._limiter = limiter
         # The limits of each (key, configured model or None), made once.
-        self._plans: dict[tuple[ClientKey | None, str | None], tuple[_Limits, _TokenLimits]] = {}
+        self._plans: dict[tuple[ClientKey | None, str | None], _Plan] = {}
         self._models: dict[str, list[tuple[str, str, Limit]]] = {}
         for model, (rpm, tpm) in (model_limits or {}).items():
             limits = []
@@ -160,7 +169,7 @@ class RateLimitMiddleware:
             on_backend_error=config.limits.on_backend_error,
         )
 
-    def _limits_of(self, key: ClientKey | None, model: object) -> tuple[_Limits, _TokenLimits]:
+    def _limits_of(self, key: ClientKey | None, model: object) -> _Plan:
         """The limits of a request by ``key`` for ``model``: the key's, then the model's."""
         named = model if isinstance(model, str) and model in self._models else None
         plans = self._plans
@@ -168,7 +177,12 @@ class RateLimitMiddleware:
         if found is None:
             limits = (*(key_limits(key) if key else ()), *(self._models[named] if named else ()))
             tokens = tuple((where, limit) for kind, where, limit in limits if kind == "tokens")
-            found = (limits, tokens)
+            # A request's charge of each requests limit is always the same: made once.
+            fixed = tuple(
+                QuotaCharge(key=where, limit=limit, amount=1) if kind == "requests" else None
+                for kind, where, limit in limits
+            )
+            found = (limits, tokens, fixed)
             if len(plans) >= _PLANS_MAX:  # keys a custom auth made per request, say
                 plans.clear()
             plans[key, named] = found
@@ -177,7 +191,9 @@ class RateLimitMiddleware:
     def on_request(self, exchange: Context) -> AcquireQuota | None:
         key: ClientKey | None = exchange.key if isinstance(exchange.key, ClientKey) else None
         body = exchange.request_json()
-        limits, token_limits = self._limits_of(key, None if body is None else body.get("model"))
+        limits, token_limits, fixed = self._limits_of(
+            key, None if body is None else body.get("model")
+        )
         at = exchange.wall_now
         spend: tuple[str, float | None] | None = None
         budgets: tuple[BudgetCheck, ...] = ()
@@ -203,12 +219,13 @@ class RateLimitMiddleware:
                 exchange, limits, token_limits, spend, tokens, at, admitted, decisions, spent
             )
             return None
+        # Built from checked parts: the config's limits, a count, the exchange's clock.
         charges = tuple(
-            QuotaCharge(key=store_key, limit=limit, amount=1 if kind == "requests" else tokens)
-            for kind, store_key, limit in limits
+            _charge(key=where, limit=limit, amount=tokens) if charge is None else charge
+            for (_, where, limit), charge in zip(limits, fixed, strict=True)
         )
         exchange.scratch[_PENDING, self] = (limits, token_limits, spend, tokens, at)
-        return AcquireQuota(
+        return _acquire(
             query_id=exchange.new_query_id(),
             at=at,
             charges=charges,
@@ -350,10 +367,10 @@ class RateLimitMiddleware:
             limiter.tick(now=now)
             return
         exchange.emit(
-            SettleQuota(
+            _settle(
                 at=exchange.wall_now,
                 adjustments=tuple(
-                    QuotaAdjustment(key=key, limit=limit, delta=delta, charged_at=at)
+                    _adjustment(key=key, limit=limit, delta=delta, charged_at=at)
                     for key, limit, delta, at in adjustments
                 ),
                 spends=tuple(SpendRecord(key=key, usd=usd, ttl=ttl) for key, usd, ttl in spends),
