@@ -96,7 +96,10 @@ handled: what any Python proxy on this stack must do and nothing more),
 measured as an adapter in every phase but the idle connections (it opens an
 upstream connection for each client connection, and 10,000 of them take it
 half a minute), in the column after direct: what is left to the proxy's own
-code is the difference.
+code is the difference. nginx (``--nginx``, on by default:
+``tests.bench.nginx_proxy``, one worker, nothing buffered), in the same phases,
+in the column after the floor: what a hop through a proxy written in C costs
+on this machine (wake-ups, system calls, the loopback), which no proxy avoids.
 
 It prints ONE table, a figure per line and a column per adapter (direct
 first): each figure with its ratio or difference to direct in the same run,
@@ -158,6 +161,7 @@ from tests.bench.loadgen import (
     raise_nofile,
 )
 from tests.bench.upstream import COMPLETION_BODY
+from tests.interop.servers import nginx_binary
 
 if TYPE_CHECKING:
     from tests.support.otlp_receiver import OtlpReceiver
@@ -1904,6 +1908,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also measure tests.bench.floor, a minimal pass-through (default: on)",
     )
     parser.add_argument(
+        "--nginx",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure nginx as the proxy (tests.bench.nginx_proxy): what a hop through "
+        "a proxy written in C costs here (default: on)",
+    )
+    parser.add_argument(
         "--many-clients",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -1977,6 +1988,12 @@ def targets(opts: argparse.Namespace) -> list[Target]:
         found.append(Target("floor", argv, column="floor"))
         if opts.many_clients:  # not the idle connections: each holds an upstream one there
             found.append(Target("floor many", argv, "many", "floor", "floor"))
+    if opts.nginx:
+        argv = [sys.executable, "-m", "tests.bench.nginx_proxy"]
+        missing = None if nginx_binary() else "nginx is not installed (apt-get install nginx-light)"
+        found.append(Target("nginx", argv, column="nginx", missing=missing))
+        if opts.many_clients and missing is None:
+            found.append(Target("nginx many", argv, "many", "nginx", "nginx"))
     gateway = {a for a in opts.gateway_adapters.split(",") if a}
     for name in (a for a in opts.adapters.split(",") if a):
         module, extra = ADAPTERS[name]
