@@ -25,7 +25,9 @@ upstream in the same run, next to its plain pass-through:
   middleware: one virtual key (``BENCH_KEY``, which wrk and the load client
   send) with ``rpm``/``tpm`` limits, and the same limits on model ``fast`` (so
   a request checks and charges both), all far above what the bench can reach;
-  ``limits.backend: memory``. The wrk phases.
+  ``limits.backend: memory``. The wrk phases (c1: the added p50), then paired
+  rounds with the routed server, as the exporters are (below): the row's
+  +CPU per request is their median, with their spread.
 - ``<adapter> policies-redis``: the same with ``limits.backend: redis``, on a
   ``redis-server`` the bench starts for the run (no persistence, a free port);
   skipped, saying why, when ``redis-server`` is not on PATH. Its CPU per
@@ -235,6 +237,8 @@ SETTLE_WINDOW_S = 0.3
 SETTLE_TIMEOUT_S = 3.0
 #: the modes measured by wrk only (the non-streaming phases), through the gateway
 WRK_ONLY: tuple[Mode, ...] = ("routed", *POLICIES, *EXPORTERS)
+# Measured against their base server kept up (paired rounds, or alternating ttfe).
+_PAIRED: tuple[Mode, ...] = ("translated", *POLICIES, *EXPORTERS)
 
 #: adapter name -> (module, extra flags)
 ADAPTERS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -822,6 +826,11 @@ def measure(
                 f"p50 {result['p50_us'] / 1000:.3f} ms, p99 {result['p99_us'] / 1000:.3f} ms, "
                 f"{result['cpu_us_per_req']:.1f} µs CPU/req{redis}, {result['errors']} errors"
             )
+    if target.mode in POLICIES and base_port is not None and base_pid is not None:
+        # The row's figure: paired with the routed server, as the exporters are (two
+        # phases minutes apart differ by tens of µs on this machine).
+        out["paired"] = paired_rounds(name, port, pid, opts, base_port=base_port, base_pid=base_pid)
+        phases.append("paired")
     if target.mode not in WRK_ONLY:
         translated = target.mode == "translated"
         stream_model = TRANSLATED_MODEL if translated else DEFAULT_MODEL
@@ -1243,6 +1252,18 @@ def _policies_entry(
     }
     for phase in ("c1", c):
         entry[phase] = _vs_routed(row, routed, passthrough, phase)
+    paired: dict[str, Any] | None = row.get("paired")
+    if paired is not None:  # the median of paired rounds, not two phases' difference
+        measured = entry[c]
+        added = _float(paired.get("added_cpu_us_per_req"))
+        measured["paired"] = True
+        measured["phases_added_cpu_us_per_req"] = measured["added_cpu_us_per_req"]
+        measured["added_cpu_us_per_req"] = added
+        measured["added_cpu_us_per_req_min"] = _float(paired.get("added_cpu_us_per_req_min"))
+        measured["added_cpu_us_per_req_max"] = _float(paired.get("added_cpu_us_per_req_max"))
+        measured["added_cpu_share_of_passthrough"] = _ratio(
+            added, measured["passthrough_cpu_us_per_req"]
+        )
     share = entry[c]["added_cpu_share_of_passthrough"]
     entry["target_share"] = POLICIES_TARGET
     entry["within_target"] = (
@@ -1581,11 +1602,18 @@ def summary(
 
         return pick
 
+    def spread(e: dict[str, Any]) -> str:
+        """`` [low..high]``: a paired row's smallest and largest difference."""
+        if not e[c].get("paired"):
+            return ""
+        low, high = e[c]["added_cpu_us_per_req_min"], e[c]["added_cpu_us_per_req_max"]
+        return f" [{_num(low, '+.0f')}..{_num(high, '+.0f')}]"
+
     def share(e: dict[str, Any]) -> str:
         fraction = e[c]["added_cpu_share_of_passthrough"]
         return (
             f"{_num(e[c]['added_cpu_us_per_req'], '+.1f')} "
-            f"({_num(None if fraction is None else fraction * 100, '.0f')} %)"
+            f"({_num(None if fraction is None else fraction * 100, '.0f')} %){spread(e)}"
         )
 
     def exporter(e: dict[str, Any]) -> str:
@@ -1706,7 +1734,7 @@ def summary(
             gateway("translated", translated_ttfe),
         ),
         (
-            f"policies, memory: +CPU/request {c} µs (% pass)",
+            f"policies, memory: +CPU/request {c} µs (% pass) [spread]",
             gateway("policies", policies("memory", share)),
         ),
         (
@@ -1717,14 +1745,14 @@ def summary(
             ),
         ),
         (
-            f"policies, redis: +CPU/request {c} µs (redis's)",
+            f"policies, redis: +CPU/request {c} µs (redis's) [spread]",
             gateway(
                 "policies-redis",
                 policies(
                     "redis",
                     lambda e: (
                         f"{_num(e[c]['added_cpu_us_per_req'], '+.1f')} "
-                        f"({_num(e[c]['redis_cpu_us_per_req'], '.1f')})"
+                        f"({_num(e[c]['redis_cpu_us_per_req'], '.1f')}){spread(e)}"
                     ),
                 ),
             ),
@@ -1931,7 +1959,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--exporter-rounds",
         type=int,
         default=EXPORTER_ROUNDS,
-        help="rounds of each exporter vs its routed target, alternating (default "
+        help="rounds of each exporter and policies target vs its routed target, alternating "
+        "(default "
         f"{EXPORTER_ROUNDS})",
     )
     parser.add_argument(
@@ -2181,9 +2210,7 @@ def main(argv: list[str] | None = None) -> int:
         # routed one until its last exporter target is: the time to first event and the
         # exporters' CPU are measured on both, alternating. base -> its last such target
         last_pairing = {
-            t.base: t.name
-            for t in all_targets
-            if t.base is not None and t.mode in ("translated", *EXPORTERS)
+            t.base: t.name for t in all_targets if t.base is not None and t.mode in _PAIRED
         }
         for target in all_targets:
             _log(f"{target.name}:")
@@ -2241,11 +2268,7 @@ def main(argv: list[str] | None = None) -> int:
                 if target.mode in ("many", "idle"):
                     rows.append({**measure_many(target, port, pid, opts), **startup})
                     continue
-                base = (
-                    kept.get(target.base or "")
-                    if target.mode in ("translated", *EXPORTERS)
-                    else None
-                )
+                base = kept.get(target.base or "") if target.mode in _PAIRED else None
                 alive = base is not None and base.proc.poll() is None
                 base_port = base.port if base is not None and alive else None
                 base_pid = base.proc.pid if base is not None and alive else None
@@ -2346,7 +2369,8 @@ def main(argv: list[str] | None = None) -> int:
         "+CPU per upstream event vs pass-through; +ttfe: the slow stream on both servers "
         "in alternating rounds (median of the differences).\n"
         "policies: routed + [auth, rate_limit], one key (rpm/tpm) and limits on the model; "
-        f"+CPU vs the routed target; (% pass): of the pass-through's CPU/request "
+        "+CPU vs the routed server, paired as the exporters are (below), [spread] likewise; "
+        f"(% pass): of the pass-through's CPU/request "
         f"(memory target <= {POLICIES_TARGET:.0%}); (redis's): redis-server's CPU/request, "
         "not in the proxy's.\n"
         "exporters: routed + nothing (none: the noise floor, two equal servers) or one "
