@@ -993,7 +993,7 @@ def paired_rounds(
             f"  {name} round {i + 1}/{opts.exporter_rounds} ({order[0]} first): "
             f"routed {got['routed']['cpu_us_per_req']:.1f} µs CPU/req "
             f"({got['routed']['rps']:,.0f} req/s), "
-            f"exporter {got['exporter']['cpu_us_per_req']:.1f} "
+            f"{name.rsplit(' ', 1)[-1]} {got['exporter']['cpu_us_per_req']:.1f} "
             f"({got['exporter']['rps']:,.0f} req/s): {added:+.1f} µs"
         )
 
