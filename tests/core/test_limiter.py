@@ -596,6 +596,10 @@ def test_redis_quota_and_settle_arguments() -> None:
     assert redis_quota_args([], [], now=1) == ([], ["1.0", str(SLOTS), "0"])
     with pytest.raises(ValueError, match="distinct keys"):
         redis_quota_args([("k", RPM, 1), ("k", tpm, 1)], [], now=0.0)
+    for amount in (-1, True, 1.0):  # as MemoryLimiter.quota refuses them
+        with pytest.raises(ValueError, match="amount"):
+            redis_quota_args([("k", RPM, amount)], [], now=0.0)  # type: ignore[list-item]
+    assert redis_quota_args([("k", RPM, 1)], [], now=3)[1][0] == "3.0"  # an int now: a float
     with pytest.raises(ValueError, match="budget"):
         redis_quota_args([], [("k", math.nan)], now=0.0)
     with pytest.raises(ValueError, match="budget"):
