@@ -45,12 +45,23 @@ class LeanScript:
         """The script's reply; raises what redis-py would (``ResponseError`` for an
         error reply, ``ConnectionError``...), ``TimeoutError`` after ``timeout``."""
         conn = await self._ready()
-        reply = await self._ask(conn, pack("EVALSHA", self._sha, len(keys), *keys, *args))
-        if isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT"):
-            reply = await self._ask(conn, pack("EVAL", self._script, len(keys), *keys, *args))
+        reply = await self._ask(conn, self._packed(keys, args))
+        if self.unknown_script(reply):
+            reply = await self._ask(conn, self._packed(keys, args, again=True))
         if isinstance(reply, ResponseError):
             raise reply
         return reply
+
+    def _packed(self, keys: list[str], args: list[str], *, again: bool = False) -> bytes:
+        """The script's call: EVALSHA, or ``again`` (Redis did not know it) EVAL."""
+        if again:
+            return pack("EVAL", self._script, len(keys), *keys, *args)
+        return pack("EVALSHA", self._sha, len(keys), *keys, *args)
+
+    @staticmethod
+    def unknown_script(reply: Any) -> bool:
+        """Whether ``reply`` says Redis does not have the script (flushed, restarted)."""
+        return isinstance(reply, ResponseError) and str(reply).startswith("NOSCRIPT")
 
     async def _ready(self) -> Any:
         conn = self._conn

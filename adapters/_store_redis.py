@@ -73,7 +73,7 @@ from core.policies._limiter_redis import (
 
 from ._logs import LogCollapser
 from ._redis_trio import TrioLeanClient
-from ._redis_wire import LeanScript, closed, pack
+from ._redis_wire import LeanScript, closed
 from ._store import (
     StoreStatistics,
     _adjustments,
@@ -277,9 +277,10 @@ class _LeanClient(LeanScript):
         conn = self._conn
         if conn is None or not conn.ready:
             return False
-        packed = pack("EVALSHA", self._sha, len(keys), *keys, *args)
         conn.call_back(
-            packed, functools.partial(self._replied, conn, keys, args, deliver), self._timeout
+            self._packed(keys, args),
+            functools.partial(self._replied, conn, keys, args, deliver),
+            self._timeout,
         )
         return True
 
@@ -291,15 +292,11 @@ class _LeanClient(LeanScript):
         deliver: Callable[[Any], object],
         reply: Any,
     ) -> None:
-        if (
-            keys is not None
-            and isinstance(reply, ResponseError)
-            and str(reply).startswith("NOSCRIPT")
-            and conn.ready
-        ):  # scripts flushed (Redis restarted, say): sent again, once
-            packed = pack("EVAL", self._script, len(keys), *keys, *args)
+        if keys is not None and self.unknown_script(reply) and conn.ready:  # sent again, once
             conn.call_back(
-                packed, functools.partial(self._replied, conn, None, args, deliver), self._timeout
+                self._packed(keys, args, again=True),
+                functools.partial(self._replied, conn, None, args, deliver),
+                self._timeout,
             )
             return
         deliver(reply)

@@ -60,7 +60,6 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from math import floor as _floor
 from math import isfinite as _isfinite
 
 from .._frozen import unchecked
@@ -405,26 +404,12 @@ class MemoryLimiter:
             log = found
             used, start, retry_at = live, first, now
             if allowed and amount:
-                # log.drop then log.record, inlined (every admitted request, every limit)
                 if log is None:
                     log = states[key] = _Log(window)
-                    log.times.append(eff)
-                    log.amounts.append(amount)
                 else:
-                    times = log.times
-                    if first:
-                        del times[:first]
-                        del log.amounts[:first]
-                    slot = window / SLOTS
-                    if times and _floor(times[-1] / slot) == _floor(eff / slot):
-                        times[-1] = eff
-                        log.amounts[-1] += amount
-                    else:
-                        times.append(eff)
-                        log.amounts.append(amount)
-                    log.window = window
-                log.used = used = live + amount
-                start = 0
+                    log.drop(first, live)
+                log.record(eff, amount, window)
+                used, start = log.used, 0
             elif live + amount > most:
                 retry_at = math.inf if log is None else log.retry_at(first, live, limit, amount)
             if log is not None and len(log.times) > start:

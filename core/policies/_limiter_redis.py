@@ -27,9 +27,9 @@ from math import isnan as _isnan
 from .._quota import Decision, Limit
 from .._quota import finite as _finite
 from .._quota import integer as _integer
-from ._limiter import SLOTS, _after
-from ._limiter import _decision as _new_decision
+from ._limiter import SLOTS
 from ._limiter import budget as _budget
+from ._limiter import decision as _decision
 from ._limiter import distinct as _distinct
 from ._limiter import spend_ttl as _ttl
 
@@ -366,8 +366,7 @@ def redis_quota_answer(
     if reply[0] not in (0, 1):
         raise ValueError(f"not a quota reply: {reply!r}")
     allowed = reply[0] == 1
-    # Each limit's decision as decision() makes it, inline (every request with
-    # limits reads one reply): int() and float() refuse what is not a number.
+    # int() and float() refuse what is not a number.
     decisions = []
     try:
         i = 1
@@ -378,14 +377,9 @@ def redis_quota_answer(
             i += 3
             if not _isfinite(reset_at) or _isnan(retry_at):
                 raise ValueError
-            most = limit.limit
             decisions.append(
-                _new_decision(
-                    allowed=allowed,
-                    limit=most,
-                    remaining=most - used if used < most else 0,
-                    reset_after=reset_at - now if reset_at > now else 0.0,
-                    retry_after=0.0 if allowed else _after(now, retry_at),
+                _decision(
+                    limit, now, allowed=allowed, used=used, reset_at=reset_at, retry_at=retry_at
                 )
             )
         spent = [float(x) for x in reply[i:]]
