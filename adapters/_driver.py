@@ -100,7 +100,8 @@ class ClientSink(Protocol):
 
         On asyncio a sink bounds a write that waits for the client to read by
         ``server.write_timeout`` itself (``stopped_reading``); elsewhere the
-        driver does.
+        driver does, unless the sink says it does too (a true ``bounds_writes``
+        attribute: the h11 server's, on trio's lean streams).
         """
 
 
@@ -133,7 +134,8 @@ class Driver:
         # slow to read is not the upstream's fault (see _step). The write is
         # bounded by server.write_timeout: on asyncio by the sinks themselves,
         # and only when a write must wait (the transport knows; a deadline per
-        # write would cost ~4 µs), elsewhere by the timer (`_guard_flush`).
+        # write would cost ~4 µs), elsewhere by the timer (`_guard_flush`) unless
+        # the sink's stream does it (trio's lean streams: `bounds_writes`).
         self._guard_flush = not using_asyncio()
         self._clock = loop_clock()
         return self._clock
@@ -237,6 +239,7 @@ class Driver:
         now = self._clock or self._bind_clock()
         state = _Upstream()
         state.resumed = now()
+        state.guard = self._guard_flush and not getattr(client, "bounds_writes", False)
         if watch is not None:
             watch(state.client_left)
         try:
@@ -362,7 +365,7 @@ class Driver:
                 # While writing, the exchange's timer waits; on trio it bounds the write.
                 state.unflushed = 0
                 state.flushing = True
-                timer.deadline = now() + self._write_timeout if self._guard_flush else math.inf
+                timer.deadline = now() + self._write_timeout if state.guard else math.inf
                 try:
                     await client.flush()
                 finally:
@@ -458,6 +461,7 @@ class _Upstream:
         "attempt",
         "deadline",
         "flushing",
+        "guard",
         "head_pending",
         "left",
         "response",
@@ -479,6 +483,7 @@ class _Upstream:
         self.scope: anyio.CancelScope | None = None  # the running timer's
         self.settles: list[SettleQuota] = []
         self.flushing = False
+        self.guard = False  # the timer bounds each write to the client (Driver._bind_clock)
         self.deadline: float | None = None
         self.resumed = 0.0
         self.stalled = 0.0

@@ -39,6 +39,7 @@ __all__ = [
     "abort",
     "accept",
     "accept_queued",
+    "bound_writes",
     "connect_tcp",
     "idle_is_readable",
     "is_closed",
@@ -95,7 +96,8 @@ def clock() -> Clock:
     if library == "asyncio":
         return asyncio.get_running_loop().time
     if library == "trio":  # running, so imported (not imported here otherwise)
-        trio_clock: Clock = sys.modules["trio"].current_time
+        # The run's clock itself: trio.current_time() is two calls more to it.
+        trio_clock: Clock = sys.modules["trio"].lowlevel.current_clock().current_time
         return trio_clock
     return anyio.current_time
 
@@ -390,7 +392,7 @@ async def connect_tcp(
     """Connect, with TLS when ``ssl_context`` is given (SNI = ``host``)."""
     if not using_asyncio():
         if ssl_context is None:
-            return await anyio.connect_tcp(host, port)
+            return _lean(await anyio.connect_tcp(host, port))
         return await anyio.connect_tcp(
             host, port, ssl_context=ssl_context, tls_hostname=host, tls_standard_compatible=False
         )
@@ -404,6 +406,17 @@ async def connect_tcp(
     )
     _nodelay(transport)
     return AsyncioStream(transport, protocol)
+
+
+def bound_writes(stream: anyio.abc.ByteStream, timeout: float) -> bool:
+    """Let ``stream`` bound its blocked writes by ``timeout`` itself (``send`` then
+    aborts and raises ``TimeoutError``): an ``AsyncioStream`` or a ``TrioStream``,
+    or a ``PumpedStream`` over one. False if it cannot."""
+    inner = stream._stream if isinstance(stream, PumpedStream) else stream
+    if not hasattr(inner, "write_timeout"):
+        return False
+    inner.write_timeout = timeout
+    return True
 
 
 def _nodelay(transport: asyncio.BaseTransport) -> None:
@@ -493,6 +506,9 @@ async def serve_tcp(
     # the backlog, and the listener lives. Elsewhere (trio) not anyio's
     # listener either: it took one connection a wake-up (see accept_queued).
     listening = listen(host, port)
+    if not using_asyncio():
+        # Now, not at the first connection: importing opens files (see _SERVING).
+        _trio_stream()
     started(listening.getsockname()[1])
     backoff = _AcceptBackoff()
     with listening:
@@ -573,11 +589,29 @@ async def _serve_anyio_socket(sock: socket.socket, handler: Handler) -> None:
     """Run ``handler`` on an accepted connection, as anyio's stream of the backend."""
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        stream = await anyio.abc.SocketStream.from_socket(sock)
+        if sniffio.current_async_library() == "trio":
+            stream: anyio.abc.ByteStream = _trio_stream()(sock)
+        else:
+            stream = await anyio.abc.SocketStream.from_socket(sock)
     except OSError:  # gone already
         sock.close()
         return
     await handler(stream)
+
+
+def _lean(stream: anyio.abc.SocketStream) -> anyio.abc.ByteStream:
+    """anyio's plain TCP stream as a ``TrioStream`` on trio (the same socket)."""
+    if sniffio.current_async_library() != "trio":
+        return stream
+    return _trio_stream()(stream.extra(SocketAttribute.raw_socket))
+
+
+def _trio_stream() -> Callable[[socket.socket], anyio.abc.ByteStream]:
+    """``TrioStream``, imported on first use: trio is running then (never imported
+    under asyncio)."""
+    from ._trio_streams import TrioStream  # noqa: PLC0415
+
+    return TrioStream
 
 
 class _AcceptBackoff:

@@ -54,7 +54,7 @@ from ._cli import (
 )
 from ._driver import ClientDisconnected, Driver, stopped_reading
 from ._h11_codec import H11Codec
-from ._streams import AsyncioStream, PumpedStream, serve_tcp
+from ._streams import AsyncioStream, PumpedStream, bound_writes, serve_tcp
 
 __all__ = ["H11Server", "main", "serve", "start"]
 
@@ -72,14 +72,21 @@ _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 class _H11Sink:
     """Buffers what the driver sends and writes it to the socket on flush."""
 
-    __slots__ = ("_conn", "_out", "_stream", "_write_timeout", "cut", "started")
+    __slots__ = ("_conn", "_out", "_stream", "_write_timeout", "bounds_writes", "cut", "started")
 
     def __init__(
-        self, conn: h11.Connection, stream: anyio.abc.ByteStream, write_timeout: float
+        self,
+        conn: h11.Connection,
+        stream: anyio.abc.ByteStream,
+        write_timeout: float,
+        *,
+        bounds_writes: bool = False,
     ) -> None:
         self._conn = conn
         self._stream = stream
         self._write_timeout = write_timeout
+        #: The stream bounds a blocked write by ``write_timeout`` itself (TimeoutError).
+        self.bounds_writes = bounds_writes
         self._out: list[bytes] = []
         self.started = False
         self.cut = False
@@ -117,7 +124,7 @@ class _H11Sink:
         self._out.clear()
         try:
             await self._stream.send(data)
-        except TimeoutError as exc:  # an AsyncioStream's write_timeout (it aborted)
+        except TimeoutError as exc:  # the stream's own write_timeout (it aborted)
             raise stopped_reading(self._write_timeout) from exc
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             raise ClientDisconnected from exc
@@ -164,8 +171,6 @@ class H11Server:
         try:
             async with stream:
                 if isinstance(stream, AsyncioStream):
-                    # The stream bounds its own blocked writes (see Driver._bind_clock).
-                    stream.write_timeout = self.server.write_timeout
                     await self._serve_until_closed(stream)
                 else:
                     # One reader per connection tells us when the client leaves.
@@ -252,6 +257,9 @@ class H11Server:
 
     async def _serve(self, stream: anyio.abc.ByteStream) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_size)
+        # The stream bounds its own blocked writes if it can (asyncio's, trio's lean
+        # ones); else the driver does (see Driver.run).
+        bounds_writes = bound_writes(stream, self.server.write_timeout)
         first = True
         driver = self.driver
         while True:
@@ -275,7 +283,7 @@ class H11Server:
                 RequestReceived(method=event.method, target=event.target, headers=event.headers),
                 now=self.driver.now(),
             )
-            sink = _H11Sink(conn, stream, self.server.write_timeout)
+            sink = _H11Sink(conn, stream, self.server.write_timeout, bounds_writes=bounds_writes)
             head = event.method == b"HEAD"
             try:
                 if not ex.finished:
