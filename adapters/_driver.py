@@ -54,6 +54,8 @@ from ._upstream import UpstreamResponse as PoolResponse
 __all__ = ["BATCH_BYTES", "ClientDisconnected", "ClientSink", "Driver", "WatchClose"]
 
 logger = logging.getLogger("sansproxy")
+# Seconds: a timer due this much after the sink's write_timeout cannot cut a write off.
+_WRITE_MARGIN = 1.0
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
 #: Bytes an upstream read's commands may leave unwritten until its end; past
 #: them they are written at once (a slow client then holds the rest of the read).
@@ -362,10 +364,17 @@ class Driver:
                 or ex.finished
                 or settles
             ):
-                # While writing, the exchange's timer waits; on trio it bounds the write.
+                # While writing, the exchange's timer waits; unless the sink bounds
+                # its writes, the timer bounds the write.
                 state.unflushed = 0
                 state.flushing = True
-                timer.deadline = now() + self._write_timeout if state.guard else math.inf
+                if state.guard:
+                    timer.deadline = now() + self._write_timeout
+                elif timer.deadline - now() < self._write_timeout + _WRITE_MARGIN:
+                    # The sink gives up a write at write_timeout: a timer due later
+                    # cannot cut it off, and is left as it is (setting a deadline
+                    # costs more than looking).
+                    timer.deadline = math.inf
                 try:
                     await client.flush()
                 finally:

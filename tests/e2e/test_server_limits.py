@@ -18,6 +18,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.e2e._helpers import (
     CHAT,
     READ_TIMEOUT,
@@ -134,8 +136,9 @@ def _ask_stream(sock: socket.socket, scenario: str, *headers: tuple[str, str]) -
     )
 
 
+@pytest.mark.parametrize("read_timeout", [1.0, 10.0])
 def test_a_client_that_stops_reading_is_dropped_after_write_timeout(
-    start_proxy: StartProxy, mock_upstream: MockUpstream, tmp_path: Path
+    start_proxy: StartProxy, mock_upstream: MockUpstream, tmp_path: Path, read_timeout: float
 ) -> None:
     traces = tmp_path / "traces"
     proxy = start_proxy(
@@ -146,8 +149,9 @@ def test_a_client_that_stops_reading_is_dropped_after_write_timeout(
         config={
             "server": {"write_timeout": 2.0},
             # Shorter than the write timeout: a timer that ran while the proxy
-            # was blocked writing would blame the upstream (a 504).
-            "upstream": {"read_timeout": 1.0},
+            # was blocked writing would blame the upstream (a 504). Longer: the
+            # write's own bound must drop the client, not the upstream's timer.
+            "upstream": {"read_timeout": read_timeout},
             "limits": {"max_sse_event_size": 16 << 20},
         },
     )
