@@ -20,8 +20,8 @@ import contextlib
 import errno
 import math
 import socket
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -29,6 +29,8 @@ import trio
 from anyio.abc import SocketAttribute
 
 __all__ = ["TrioStream"]
+
+_T = TypeVar("_T")
 
 _wait_readable = trio.lowlevel.wait_readable
 _wait_writable = trio.lowlevel.wait_writable
@@ -61,57 +63,32 @@ class TrioStream(anyio.abc.ByteStream):
         self.write_timeout = math.inf
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
-        sock = self._sock
         if self._closed:
             raise anyio.ClosedResourceError
+        recv = self._sock.recv
         data: bytes | None = None
         if self._full:
             await _checkpoint_if_cancelled()
-            try:
-                data = sock.recv(max_bytes)
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise self._broken(exc) from exc
-            else:
+            data = self._try(recv, max_bytes)
+            if data is not None:
                 # A schedule point, as trio's own sockets make (it cannot be
                 # cancelled: what was read is not lost).
                 await _cancel_shielded_checkpoint()
-        if data is None:
-            data = await self._wait_and_receive(max_bytes)
+        while data is None:
+            await self._wait(_wait_readable)
+            data = self._try(recv, max_bytes)
         self._writes = 0
         self._full = len(data) == max_bytes
         if not data:
             raise anyio.EndOfStream
         return data
 
-    async def _wait_and_receive(self, max_bytes: int) -> bytes:
-        sock = self._sock
-        while True:
-            if sock.fileno() < 0:
-                raise self._broken(OSError(errno.EBADF, "the socket is closed"))
-            try:
-                await _wait_readable(sock)
-            except trio.ClosedResourceError as exc:  # closed by another task meanwhile
-                raise anyio.ClosedResourceError from exc
-            try:
-                return sock.recv(max_bytes)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                raise self._broken(exc) from exc
-
     async def send(self, item: bytes) -> None:
         """Write ``item``; wait (at most ``write_timeout``) while the peer does not read."""
-        sock = self._sock
         if self._closed:
             raise anyio.ClosedResourceError
-        try:
-            sent = sock.send(item)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            raise self._broken(exc) from exc
+        send = self._sock.send
+        sent = self._try(send, item) or 0
         if sent == len(item):
             self._writes += 1
             if self._writes >= _WRITES_BEFORE_YIELD:
@@ -122,28 +99,36 @@ class TrioStream(anyio.abc.ByteStream):
         view = memoryview(item)[sent:]
         with trio.move_on_after(self.write_timeout) as bound:
             while view:
-                if sock.fileno() < 0:
-                    raise self._broken(OSError(errno.EBADF, "the socket is closed"))
-                try:
-                    await _wait_writable(sock)
-                except trio.ClosedResourceError as exc:
-                    raise anyio.ClosedResourceError from exc
-                try:
-                    sent = sock.send(view)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    raise self._broken(exc) from exc
-                view = view[sent:]
+                await self._wait(_wait_writable)
+                view = view[self._try(send, view) or 0 :]
         if bound.cancelled_caught:
             self.abort()  # a close would wait for the peer to read
             raise TimeoutError(f"the peer read nothing for {self.write_timeout:g} s")
+
+    def _try(self, call: Callable[[Any], _T], arg: Any) -> _T | None:
+        """``call(arg)``, the socket's ``recv`` or ``send``: None if it would block."""
+        try:
+            return call(arg)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise self._broken() from exc
+
+    async def _wait(self, wait: Callable[[socket.socket], Awaitable[None]]) -> None:
+        """Wait until the socket is readable (or writable: ``wait``)."""
+        sock = self._sock
+        if sock.fileno() < 0:
+            raise self._broken() from OSError(errno.EBADF, "the socket is closed")
+        try:
+            await wait(sock)
+        except trio.ClosedResourceError as exc:  # closed by another task meanwhile
+            raise anyio.ClosedResourceError from exc
 
     async def send_eof(self) -> None:
         try:
             self._sock.shutdown(socket.SHUT_WR)
         except OSError as exc:
-            raise self._broken(exc) from exc
+            raise self._broken() from exc
 
     async def aclose(self) -> None:
         self.close()
@@ -167,7 +152,7 @@ class TrioStream(anyio.abc.ByteStream):
                 sock.shutdown(socket.SHUT_RDWR)
         self.close()
 
-    def _broken(self, exc: OSError) -> anyio.ClosedResourceError | anyio.BrokenResourceError:
+    def _broken(self) -> anyio.ClosedResourceError | anyio.BrokenResourceError:
         if self._closed:
             return anyio.ClosedResourceError()
         return anyio.BrokenResourceError()
