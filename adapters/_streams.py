@@ -1,12 +1,13 @@
-"""Byte streams for the adapters: lean asyncio ones, anyio's everywhere else.
+"""Byte streams for the adapters: lean ones on asyncio and trio, anyio's for TLS on trio.
 
 anyio's asyncio ``SocketStream`` pauses and resumes reading around every
 ``receive()`` (two ``epoll_ctl`` calls) and spends a whole event-loop turn
 in every ``send()``. On the proxy's hot path that was more than half the cost
 of a request. Under asyncio we therefore use ``AsyncioStream``, a
 ``Protocol`` with a bounded buffer behind anyio's ``ByteStream`` interface;
-under trio, anyio's own streams. The code above this module is the same for
-both: it sees an ``anyio.abc.ByteStream``.
+under trio, ``adapters._trio_streams.TrioStream`` for plain TCP (anyio's own
+streams for TLS). The code above this module is the same for all: it sees an
+``anyio.abc.ByteStream``.
 """
 
 from __future__ import annotations
@@ -586,7 +587,8 @@ async def accept_queued(listening: socket.socket, backoff: _AcceptBackoff) -> li
 
 
 async def _serve_anyio_socket(sock: socket.socket, handler: Handler) -> None:
-    """Run ``handler`` on an accepted connection, as anyio's stream of the backend."""
+    """Run ``handler`` on an accepted connection: a ``TrioStream`` on trio, else anyio's
+    stream of the backend."""
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if sniffio.current_async_library() == "trio":
