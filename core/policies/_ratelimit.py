@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from math import isfinite
 from typing import Literal
 
 from .._commands import (
@@ -44,9 +44,9 @@ from .._errors import BudgetExceededError, ClientRateLimitError, ServiceUnavaila
 from .._events import QuotaAnswered, QuotaFailed
 from .._frozen import unchecked
 from .._middleware import Context
-from .._quota import Decision, Limit
+from .._quota import Decision, Limit, finite
 from ._auth import ClientKey, budget_key, key_limits
-from ._limiter import MemoryLimiter
+from ._limiter import MemoryLimiter, Verdict
 
 __all__ = ["RateLimitMiddleware", "estimate_tokens", "ratelimit_headers"]
 
@@ -83,15 +83,25 @@ def _duration(seconds: float) -> bytes:
     """OpenAI's reset format: ``20ms``, ``1s``, ``6m0s``."""
     if seconds < 1:
         return b"%dms" % math.ceil(seconds * 1000)
-    minutes, secs = divmod(math.ceil(seconds), 60)
-    return b"%dm%ds" % (minutes, secs) if minutes else b"%ds" % secs
+    whole = math.ceil(seconds)
+    text = _WHOLE_SECONDS.get(whole)
+    if text is None:
+        minutes, secs = divmod(whole, 60)
+        text = b"%dm%ds" % (minutes, secs) if minutes else b"%ds" % secs
+    return text
+
+
+#: The reset of each whole number of seconds up to two minutes (a window is a minute).
+_WHOLE_SECONDS: dict[int, bytes] = {
+    n: b"%dm%ds" % divmod(n, 60) if n >= 60 else b"%ds" % n for n in range(1, 121)
+}
 
 
 _WHAT = (b"limit", b"remaining", b"reset")
 
 
 def ratelimit_headers(
-    standing: dict[str, Decision],
+    standing: dict[str, Decision | Verdict],
 ) -> list[tuple[bytes, bytes]]:
     """``x-ratelimit-{limit,remaining,reset}-{requests,tokens}`` for each kind known."""
     out = []
@@ -112,16 +122,25 @@ _HEADER_NAMES = tuple(
 )
 
 
-@dataclass(slots=True, kw_only=True)
 class _Charged:
     """What one exchange was charged: for the correction at its end (once)."""
 
-    headers: list[tuple[bytes, bytes]]
-    at: float
-    tokens: int
-    token_limits: tuple[tuple[str, Limit], ...]
-    spend_key: tuple[str, float | None] | None
-    settled: bool = False
+    __slots__ = ("at", "headers", "settled", "spend_key", "token_limits", "tokens")
+
+    def __init__(
+        self,
+        headers: list[tuple[bytes, bytes]],
+        at: float,
+        tokens: int,
+        token_limits: tuple[tuple[str, Limit], ...],
+        spend_key: tuple[str, float | None] | None,
+    ) -> None:
+        self.headers = headers
+        self.at = at
+        self.tokens = tokens
+        self.token_limits = token_limits
+        self.spend_key = spend_key
+        self.settled = False
 
 
 class RateLimitMiddleware:
@@ -206,13 +225,17 @@ class RateLimitMiddleware:
         tokens = estimate_tokens(len(exchange.request_body), body) if token_limits else 0
         limiter = self._limiter
         if limiter is not None:  # answered here: no query, no round trip through the driver
-            admitted, decisions, spent = limiter.quota(
+            if at.__class__ is not float or not isfinite(at):
+                at = finite("now", at)
+            # Checked parts (the config's limits and budgets, a count, a finite time):
+            # the limiter's unchecked entry.
+            admitted, decisions, spent = limiter._quota(
                 [
                     (where, limit, 1 if kind == "requests" else tokens)
                     for kind, where, limit in limits
                 ],
-                [(check.key, check.usd) for check in budgets],
-                now=at,
+                [(check.key, check.usd) for check in budgets] if budgets else (),
+                at,
             )
             limiter.tick(now=at)
             self._admit(
@@ -270,11 +293,11 @@ class RateLimitMiddleware:
         tokens: int,
         at: float,
         admitted: bool,
-        decisions: Sequence[Decision],
+        decisions: Sequence[Decision | Verdict],
         spent: Sequence[float],
     ) -> None:
         """The limits' answer: refuse (raise), or keep what was charged for ``on_complete``."""
-        standing: dict[str, Decision] = {}
+        standing: dict[str, Decision | Verdict] = {}
         for (kind, _, _), decision in zip(limits, decisions, strict=True):
             held = standing.get(kind)
             if held is None or decision.remaining < held.remaining:
@@ -289,18 +312,12 @@ class RateLimitMiddleware:
                     headers=((b"x-should-retry", b"false"),),
                 )
             self._refuse(limits, decisions, headers)
-        exchange.scratch[self] = _Charged(
-            headers=headers,
-            at=at,
-            tokens=tokens,
-            token_limits=token_limits,
-            spend_key=spend,
-        )
+        exchange.scratch[self] = _Charged(headers, at, tokens, token_limits, spend)
 
     def _refuse(
         self,
         limits: _Limits,
-        decisions: Sequence[Decision],
+        decisions: Sequence[Decision | Verdict],
         headers: list[tuple[bytes, bytes]],
     ) -> None:
         wait = 0.0
@@ -363,7 +380,10 @@ class RateLimitMiddleware:
         limiter = self._limiter
         if limiter is not None:  # applied here, at once
             now = exchange.wall_now
-            limiter.settle(adjustments, spends, now=now)
+            if spends or now.__class__ is not float or not isfinite(now):
+                limiter.settle(adjustments, spends, now=now)  # checked: a cost, a time
+            else:  # whole deltas of a time already checked: the unchecked entry
+                limiter._settle(adjustments, (), now)
             limiter.tick(now=now)
             return
         exchange.emit(
