@@ -62,10 +62,10 @@ from dataclasses import dataclass
 from functools import partial
 from itertools import pairwise
 from math import isfinite as _isfinite
-from typing import NamedTuple
+from typing import Any, cast
 
 from .._frozen import unchecked
-from .._quota import Decision, Limit
+from .._quota import Decision, Limit, Verdict
 from .._quota import finite as _finite
 from .._quota import integer as _integer
 
@@ -92,17 +92,6 @@ SLOTS = 60  # entries per window at most (+1): the log's resolution is window / 
 # Decision validates nothing (tests/core/test_limiter.py holds the two ways to
 # the same value).
 _decision = unchecked(Decision)
-
-
-class Verdict(NamedTuple):
-    """One limit's verdict as :meth:`MemoryLimiter._quota` gives it: a
-    :class:`Decision` without ``allowed`` (the request's, the same for all its
-    limits), read by the same attribute names, built in a third of the time."""
-
-    limit: int
-    remaining: int
-    reset_after: float
-    retry_after: float
 
 
 _verdict = partial(tuple.__new__, Verdict)
@@ -380,21 +369,23 @@ class MemoryLimiter:
             if amount.__class__ is not int or amount < 0:
                 _integer("amount", amount, minimum=0)
         budgets = [(key, budget(usd)) for key, usd in budgets]
-        allowed, verdicts, spent = self._quota(charges, budgets, now)
-        return allowed, [_decision(allowed=allowed, **v._asdict()) for v in verdicts], spent
+        allowed, decisions, spent = self._quota(charges, budgets, now, decide=True)
+        return allowed, cast("list[Decision]", decisions), spent
 
     def _quota(
         self,
         charges: Sequence[tuple[str, Limit, int]],
         budgets: Sequence[tuple[str, float]],
         now: float,
-    ) -> tuple[bool, list[Verdict], list[float]]:
+        *,
+        decide: bool = False,
+    ) -> tuple[bool, list[Verdict] | list[Decision], list[float]]:
         """:meth:`quota` without its checks: for callers whose charges and budgets are
         made of checked parts (the ``rate_limit`` middleware's, from the config):
         distinct keys, whole amounts >= 0, budgets that are numbers, a finite ``now``.
-        Each limit's verdict is a :class:`Verdict` (its decision, but ``allowed``)."""
-        # The hot path of every request with limits: two passes (look, then charge
-        # if all fit), the logs' records inlined, the decisions built here.
+        Each limit's verdict is a :class:`Verdict` (its decision but ``allowed``), or
+        with ``decide`` its :class:`Decision`."""
+        # Every limited request's hot path: look, then charge if all fit (records inlined).
         allowed = True
         spent = []
         if budgets:
@@ -429,7 +420,7 @@ class MemoryLimiter:
             found.append((log, eff, first, used))
             if used + amount > limit.limit:
                 allowed = False
-        decisions = []
+        decisions: list[Any] = []
         for (key, limit, amount), (found_log, eff, first, live) in zip(charges, found, strict=True):
             window = limit.window
             most = limit.limit
@@ -472,8 +463,17 @@ class MemoryLimiter:
                             math.inf if log is None else log.retry_at(first, used, limit, amount)
                         )
                     retry_after = _after(now, retry_at)
+            left = most - used if used < most else 0
             decisions.append(
-                _verdict((most, most - used if used < most else 0, reset_after, retry_after))
+                _decision(
+                    allowed=allowed,
+                    limit=most,
+                    remaining=left,
+                    reset_after=reset_after,
+                    retry_after=retry_after,
+                )
+                if decide
+                else _verdict((most, left, reset_after, retry_after))
             )
         return allowed, decisions, spent
 
@@ -564,8 +564,7 @@ class MemoryLimiter:
         spends: Sequence[tuple[str, float, float | None]],
         now: float,
     ) -> None:
-        """:meth:`settle` without its checks: for callers whose arguments are made of
-        checked parts (whole deltas, finite times and amounts, valid time to live)."""
+        """:meth:`settle` without its checks (whole deltas, finite times and amounts)."""
         for key, limit, delta, at in adjustments:
             self._adjust(key, limit, now, delta, at)
         for key, usd, ttl in spends:
