@@ -64,6 +64,8 @@ _SMALL = [bytes([n]) for n in range(128)]
 def _varint(n: int) -> bytes:
     if 0 <= n < 128:
         return _SMALL[n]
+    if 0 < n < 16384:  # two bytes: a span's length, most often
+        return bytes((n & 0x7F | 0x80, n >> 7))
     if n < 0:
         n += 1 << 64  # int64 as protobuf writes it: ten bytes
     out = bytearray()

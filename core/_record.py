@@ -328,6 +328,9 @@ class _Source(NamedTuple):
         """The exchange's ``ExchangeTotals``: as ``ExchangeTotals.of(self.build())``."""
         started = self.started_at
         ended = self.ended_at
+        duration = ended - started
+        if not duration > 0.0:  # as max(0.0, ...), a call fewer
+            duration = 0.0
         attempts = self.attempts
         model = self.model
         if model is None:
@@ -342,7 +345,9 @@ class _Source(NamedTuple):
             last = attempts[0]
             provider = last.provider
             end = last.ended_at
-            upstream = max(0.0, (ended if end is None else end) - last.started_at)
+            upstream = (ended if end is None else end) - last.started_at
+            if not upstream > 0.0:  # as max(0.0, ...), a call fewer
+                upstream = 0.0
             outcome = last.outcome
             if outcome is not None and outcome != "ok":
                 failures = ((provider, outcome),)
@@ -371,7 +376,7 @@ class _Source(NamedTuple):
                 self.outcome or "error",
                 self.key_name,
                 self.stream,
-                max(0.0, ended - started),
+                duration,
                 upstream,
                 None if token is None or not self.stream else token - started,
                 self.usage,
@@ -388,27 +393,32 @@ class _Source(NamedTuple):
         """The record (see ``ExchangeRecord``)."""
         started = self.started_at
         ended = self.ended_at
+        duration = ended - started
+        if not duration > 0.0:
+            duration = 0.0
         wall = self.wall_time
         ids = self.ids
-        attempts = tuple(
-            _new_attempt(
-                (
-                    a.number,
-                    "" if ids is None else ids.attempt_span_id(a.number),
-                    a.model,
-                    a.provider,
-                    a.provider_type,
-                    a.upstream_model,
-                    a.host,
-                    a.port,
-                    wall + (a.started_at - started),
-                    _attempt_duration(a, ended),
-                    a.delay,
-                    a.status,
-                    a.outcome,
+        attempts = tuple(  # from a list: a generator costs more
+            [
+                _new_attempt(
+                    (
+                        a.number,
+                        "" if ids is None else ids.attempt_span_id(a.number),
+                        a.model,
+                        a.provider,
+                        a.provider_type,
+                        a.upstream_model,
+                        a.host,
+                        a.port,
+                        wall + (a.started_at - started),
+                        _attempt_duration(a, ended),
+                        a.delay,
+                        a.status,
+                        a.outcome,
+                    )
                 )
-            )
-            for a in self.attempts
+                for a in self.attempts
+            ]
         )
         last = attempts[-1] if attempts else None
         if len(attempts) < 2:
@@ -460,7 +470,7 @@ class _Source(NamedTuple):
                 None if last is None else last.provider_type,
                 None if last is None else last.upstream_model,
                 attempts,
-                max(0, len(attempts) - 1),
+                len(attempts) - 1 if attempts else 0,
                 fallbacks,
                 self.status,
                 self.outcome or "error",
@@ -475,7 +485,7 @@ class _Source(NamedTuple):
                 response_model,
                 reasons,
                 wall,
-                max(0.0, ended - started),
+                duration,
                 upstream,
                 None if first is None else first - started,
                 None if token is None or not self.stream else token - started,
@@ -496,7 +506,8 @@ _new_totals = partial(tuple.__new__, ExchangeTotals)
 def _attempt_duration(attempt: Attempt, ended: float) -> float:
     """An attempt's duration (to the exchange's end if it was still running)."""
     end = attempt.ended_at
-    return max(0.0, (ended if end is None else end) - attempt.started_at)
+    duration = (ended if end is None else end) - attempt.started_at
+    return duration if duration > 0.0 else 0.0
 
 
 def record_source(
