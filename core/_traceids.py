@@ -41,6 +41,7 @@ _MASK64 = (1 << 64) - 1
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 _PACK_DOUBLE = struct.Struct("<d").pack
+_BLAKE2B = hashlib.blake2b(digest_size=32)  # never updated: each exchange hashes a copy
 _new_ids = partial(tuple.__new__, TraceIds)
 
 
@@ -80,7 +81,9 @@ def trace_ids(
     The ids are drawn from the exchange's id and ``rand`` (the core draws no
     random numbers itself), so the same inputs give the same ids.
     """
-    digest = hashlib.blake2b(exchange_id.encode() + _PACK_DOUBLE(rand), digest_size=32).hexdigest()
+    hasher = _BLAKE2B.copy()  # cheaper than a new one with its digest size
+    hasher.update(exchange_id.encode() + _PACK_DOUBLE(rand))
+    digest = hasher.hexdigest()
     span_id = digest[32:48]
     if span_id == _ZERO_SPAN:
         span_id = "0" * 15 + "1"
