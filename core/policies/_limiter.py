@@ -76,11 +76,11 @@ __all__ = [
     "Limit",
     "LimiterState",
     "MemoryLimiter",
+    "Verdict",
     "budget",
     "decision",
     "distinct",
     "spend_ttl",
-    "Verdict",
 ]
 
 #: Uses of a limiter between two sweeps, at least (:meth:`MemoryLimiter.tick`).
