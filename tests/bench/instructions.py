@@ -7,15 +7,15 @@ against another), more than the exporters' targets. Valgrind's cachegrind
 counts the instructions a process executes, the same to 0.1 % from run to
 run. For each configuration (the pass-through shorthand, the bench's routed
 config, plus the metrics, plus spans to an OTLP receiver, plus the access
-log), the server runs under
+log, plus ``auth`` + ``rate_limit`` on the memory limiter), the server runs under
 ``valgrind --tool=cachegrind`` twice, answering ``--warm`` and then ``--warm``
 + ``--requests`` sequential keep-alive requests from one client (the bench's
 upstream behind it, run normally), and is stopped with SIGINT (its sinks
 flush: their work is counted); the difference over ``--requests`` is the
 instructions of one request, start-up and shutdown cancelled out; an
-exporter's share is what it adds to the routed request over the pass-through
-request's instructions (the bench's targets are shares of a pass-through
-request). Every
+exporter's (or the policies') share is what it adds to the routed request over
+the pass-through request's instructions (the bench's targets are shares of a
+pass-through request). Every
 thread of the server is counted; the kernel's work (system calls) is not.
 
 The ``floor`` mode counts ``tests.bench.floor`` instead of the proxy: a minimal
@@ -51,6 +51,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tests.bench.loadgen import BENCH_KEY
 from tests.bench.run import (
     HOST,
     PATH,
@@ -73,6 +74,7 @@ MODES = {
     "metrics": "metrics",
     "tracing": "tracing",
     "access-log": "access-log",
+    "policies": "policies",  # auth + rate_limit on the memory limiter, the bench's key
     "stream": "passthrough",  # per relayed stream event, one event per read
     "floor": "floor",  # tests.bench.floor: a minimal pass-through, for comparison
 }
@@ -162,11 +164,12 @@ def count(
                 ask["stream"] = True
                 target = f"{PATH}?events={events}&delay_ms={STREAM_DELAY_MS}"
             body = json.dumps(ask).encode()
+            headers = {"content-type": "application/json"}
+            if mode == "policies":
+                headers["authorization"] = f"Bearer {BENCH_KEY}"
             client = http.client.HTTPConnection(HOST, port, timeout=120)
             for _ in range(requests):
-                client.request(
-                    "POST", target, body=body, headers={"content-type": "application/json"}
-                )
+                client.request("POST", target, body=body, headers=headers)
                 answer = client.getresponse()
                 got = answer.read()
                 if answer.status != 200:
@@ -187,9 +190,10 @@ def count(
 
 
 def measure(modes: list[str], requests: int = 1000, warm: int = 100) -> dict[str, Any]:
-    """Per mode: instructions per request (``per_request``); for an exporter's mode,
-    what it adds to ``routed`` (``added``) as a share of the pass-through request's
-    (``share``; of the routed request's when ``passthrough`` is not measured)."""
+    """Per mode: instructions per request (``per_request``); for an exporter's mode
+    (or the policies'), what it adds to ``routed`` (``added``) as a share of the
+    pass-through request's (``share``; of the routed request's when ``passthrough``
+    is not measured)."""
     if shutil.which("valgrind") is None:
         raise BenchError("valgrind not found: apt-get install valgrind")
     out: dict[str, Any] = {"requests": requests, "warm": warm}
