@@ -13,18 +13,10 @@ from typing import Any, Final
 __all__ = ["NO_VALUES", "RequestParams"]
 
 
-# What a request's parameters are read from, in the order RequestParams.values uses.
-_PARAM_KEYS: Final = (
-    "model",
-    "stream",
-    "max_tokens",
-    "max_completion_tokens",
-    "max_output_tokens",
-    "temperature",
-    "top_p",
-    "user",
-)
-_NO_PARAMS: Final = (None,) * len(_PARAM_KEYS)
+# What a request asks, as __init__ reads it (in the order RequestParams.values uses):
+# model, stream, max_tokens, max_completion_tokens, max_output_tokens, temperature,
+# top_p, user; none of them.
+_NO_PARAMS: Final = (None,) * 8
 _SCALARS: Final = frozenset({type(None), bool, int, float, str})
 _USER_MAX: Final = 256
 
@@ -45,7 +37,7 @@ class RequestParams:
             self.raw: tuple[Any, ...] = _NO_PARAMS
             self.input_messages = None
             return
-        get = body.get  # one call each: cheaper than map() over _PARAM_KEYS
+        get = body.get  # a lookup each: cheaper than map() over the names
         raw: tuple[Any, ...] = (
             get("model"),
             get("stream"),

@@ -329,8 +329,7 @@ class _Source(NamedTuple):
         started = self.started_at
         ended = self.ended_at
         duration = ended - started
-        if not duration > 0.0:  # as max(0.0, ...), a call fewer
-            duration = 0.0
+        duration = duration if duration > 0.0 else 0.0  # as max(0.0, ...), a call fewer
         attempts = self.attempts
         model = self.model
         if model is None:
@@ -344,10 +343,7 @@ class _Source(NamedTuple):
         elif len(attempts) == 1:  # most exchanges: as below, without the loops
             last = attempts[0]
             provider = last.provider
-            end = last.ended_at
-            upstream = (ended if end is None else end) - last.started_at
-            if not upstream > 0.0:  # as max(0.0, ...), a call fewer
-                upstream = 0.0
+            upstream = _attempt_duration(last, ended)
             outcome = last.outcome
             if outcome is not None and outcome != "ok":
                 failures = ((provider, outcome),)
@@ -394,8 +390,7 @@ class _Source(NamedTuple):
         started = self.started_at
         ended = self.ended_at
         duration = ended - started
-        if not duration > 0.0:
-            duration = 0.0
+        duration = duration if duration > 0.0 else 0.0  # as max(0.0, ...), a call fewer
         wall = self.wall_time
         ids = self.ids
         attempts = tuple(  # from a list: a generator costs more

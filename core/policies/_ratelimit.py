@@ -84,17 +84,16 @@ def _duration(seconds: float) -> bytes:
     if seconds < 1:
         return b"%dms" % math.ceil(seconds * 1000)
     whole = math.ceil(seconds)
-    text = _WHOLE_SECONDS.get(whole)
-    if text is None:
-        minutes, secs = divmod(whole, 60)
-        text = b"%dm%ds" % (minutes, secs) if minutes else b"%ds" % secs
-    return text
+    return _WHOLE_SECONDS.get(whole) or _whole_seconds(whole)
+
+
+def _whole_seconds(whole: int) -> bytes:
+    minutes, secs = divmod(whole, 60)
+    return b"%dm%ds" % (minutes, secs) if minutes else b"%ds" % secs
 
 
 #: The reset of each whole number of seconds up to two minutes (a window is a minute).
-_WHOLE_SECONDS: dict[int, bytes] = {
-    n: b"%dm%ds" % divmod(n, 60) if n >= 60 else b"%ds" % n for n in range(1, 121)
-}
+_WHOLE_SECONDS: dict[int, bytes] = {n: _whole_seconds(n) for n in range(1, 121)}
 
 
 _WHAT = (b"limit", b"remaining", b"reset")
