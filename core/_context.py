@@ -474,15 +474,12 @@ class ExchangeContext:
     def _spanned(self) -> bool:  # whether the exchange's spans are exported
         return self._proxy.tracing and self.trace_ids().sampled
 
-    def _note_request(self) -> None:
+    def _note_request(self, spanned: bool) -> None:
         """Read what observers record of the request, once, while it is parsed: its
-        parameters if its spans are exported (they alone show them), else the model."""
+        parameters if its spans are exported (``spanned``: they alone show them), else
+        the model when it was not routed (the model asked is then the record's)."""
         proxy = self._proxy
-        # Not routed, the model asked is the record's: read even without spans.
-        if self._params is not None or not proxy.observed:
-            return
-        spanned = self._spanned()
-        if spanned or self.model is None:
+        if self._params is None and (spanned or self.model is None) and proxy.observed:
             parsed = self._request_object()
             body = parsed if type(parsed) is dict else None
             self._params = (
@@ -498,15 +495,16 @@ class ExchangeContext:
     def _record_source(self) -> _Source:
         """What the exchange's record is made of (cheap; the record is built later)."""
         proxy = self._proxy
-        if self._params is None and self.request_body and self.endpoint is not None:
-            self._note_request()
+        ids = self.trace_ids() if proxy.tracing else None
         # What only spans show (the response's id, model, finish reasons, the session)
         # is read only when they are exported: an unsampled trace costs its ids alone.
-        spanned = self._spanned()
+        spanned = ids is not None and ids.sampled
+        if self.request_body and self.endpoint is not None:
+            self._note_request(spanned)
         return record_source(
             self,
             now=self.now,
-            ids=self.trace_ids() if proxy.tracing else None,
+            ids=ids,
             params=self._params,
             relay=self._relay if spanned else None,
             first_token_at=self.first_token_at,

@@ -371,7 +371,7 @@ class Exchange(ExchangeContext):
             else:
                 headers = [*headers, (b"traceparent", traceparent)]
         if proxy.observed:
-            self._note_request()
+            self._note_request(self._spanned())
         deployment = self.deployment
         origin = provider.origin
         self.attempts.append(
