@@ -28,6 +28,9 @@ Under valgrind a request takes ~50x longer, so the span exporter keeps the
 SDK's 5-second batch delay (a batch of hundreds of spans, as at full speed).
 
     python -m tests.bench.instructions [--requests 1000] [--modes routed,metrics,tracing]
+        [--adapter httptools]
+
+The server is ``--adapter``'s (httptools by default; h11, asgi or trio).
 
 Needs ``valgrind`` (``apt-get install valgrind``; ``nox -s bench -- --instructions``
 installs it as root).
@@ -53,6 +56,7 @@ from typing import Any
 
 from tests.bench.loadgen import BENCH_KEY
 from tests.bench.run import (
+    ADAPTERS,
     HOST,
     PATH,
     REPO_ROOT,
@@ -108,13 +112,15 @@ def count(
     otlp_url: str | None,
     *,
     events: int = 0,
+    adapter: str = "httptools",
 ) -> int:
-    """The instructions of the httptools server in ``mode``'s config (all its threads,
+    """The instructions of ``adapter``'s server in ``mode``'s config (all its threads,
     start-up to exit) answering ``requests`` sequential requests (streams of ``events``
     events, one per read, with ``events``)."""
     port = _free_port()
     level = "info" if mode == "access-log" else "warning"
-    server = ["adapters.httptools_server", "--log-level", level]
+    module, extra = ADAPTERS[adapter]
+    server = [module, *extra, "--log-level", level]
     if mode == "floor":
         server = ["tests.bench.floor"]
         how = ["--upstream", base_url]
@@ -189,29 +195,39 @@ def count(
     return int(found[-1].replace(",", ""))
 
 
-def measure(modes: list[str], requests: int = 1000, warm: int = 100) -> dict[str, Any]:
-    """Per mode: instructions per request (``per_request``); for an exporter's mode
-    (or the policies'), what it adds to ``routed`` (``added``) as a share of the
-    pass-through request's (``share``; of the routed request's when ``passthrough``
-    is not measured)."""
+def measure(
+    modes: list[str], requests: int = 1000, warm: int = 100, adapter: str = "httptools"
+) -> dict[str, Any]:
+    """Per mode, through ``adapter``'s server: instructions per request (``per_request``);
+    for an exporter's mode (or the policies'), what it adds to ``routed`` (``added``)
+    as a share of the pass-through request's (``share``; of the routed request's when
+    ``passthrough`` is not measured)."""
     if shutil.which("valgrind") is None:
         raise BenchError("valgrind not found: apt-get install valgrind")
-    out: dict[str, Any] = {"requests": requests, "warm": warm}
+    out: dict[str, Any] = {"requests": requests, "warm": warm, "adapter": adapter}
     receiver = start_receiver() if "tracing" in modes else None
     otlp_url = None if receiver is None else receiver.base_url
     with _upstream() as base_url, tempfile.TemporaryDirectory(prefix="sansproxy-vg-") as tmp:
         for mode in modes:
             if mode == "stream":
                 few, many = (
-                    count(mode, STREAM_REQUESTS, base_url, Path(tmp), otlp_url, events=events)
+                    count(
+                        mode,
+                        STREAM_REQUESTS,
+                        base_url,
+                        Path(tmp),
+                        otlp_url,
+                        events=events,
+                        adapter=adapter,
+                    )
                     for events in STREAM_EVENTS
                 )
                 per_event = (many - few) / (STREAM_REQUESTS * (STREAM_EVENTS[1] - STREAM_EVENTS[0]))
                 out[mode] = {"per_event": per_event}
                 print(f"  stream: {per_event:,.0f} instructions/relayed event", file=sys.stderr)
                 continue
-            low = count(mode, warm, base_url, Path(tmp), otlp_url)
-            high = count(mode, warm + requests, base_url, Path(tmp), otlp_url)
+            low = count(mode, warm, base_url, Path(tmp), otlp_url, adapter=adapter)
+            high = count(mode, warm + requests, base_url, Path(tmp), otlp_url, adapter=adapter)
             out[mode] = {"per_request": (high - low) / requests}
             print(
                 f"  {mode}: {out[mode]['per_request']:,.0f} instructions/request", file=sys.stderr
@@ -230,13 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--warm", type=int, default=100)
     parser.add_argument("--modes", default="floor,passthrough,routed,metrics,tracing,stream")
+    parser.add_argument("--adapter", choices=sorted(ADAPTERS), default="httptools")
     opts = parser.parse_args(argv)
     modes = [m for m in opts.modes.split(",") if m]
     unknown = set(modes) - set(MODES)
     if unknown:
         parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
     try:
-        result = measure(modes, opts.requests, opts.warm)
+        result = measure(modes, opts.requests, opts.warm, opts.adapter)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
