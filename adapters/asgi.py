@@ -704,10 +704,8 @@ def start(loaded: Loaded) -> None:
         http=RawTargetProtocol,
         # The proxy reads neither the client's address nor the scheme, which
         # uvicorn's proxy-headers middleware rewrites (1.4 % of a request's
-        # instructions), and speaks no WebSocket (the websockets package is not
-        # imported).
+        # instructions).
         proxy_headers=False,
-        ws="none",
         server_header=False,
         date_header=False,
         # Applied by uvicorn in every process (each worker, from its first line).
