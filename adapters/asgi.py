@@ -96,16 +96,33 @@ class UvicornConfig(uvicorn.Config):
         self.proxy_server = server
 
 
+class _Gone:
+    """One connection's watch for its client leaving: ``Driver.run``'s watch of the
+    request running on it (a connection runs one at a time), called by the
+    protocol when the connection is lost. What a task waiting for
+    ``http.disconnect`` would tell, without a task per request."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self) -> None:
+        self.callback: Callable[[], object] | None = None
+
+    def __call__(self, callback: Callable[[], object] | None) -> None:
+        self.callback = callback
+
+
 class _Wire:
     """What the protocol tells the app about one request: its uvicorn cycle (how
     much of the body is in, the transport and its write flow control; ``None``
-    until the app may run) and the deadline of the whole request."""
+    until the app may run), the deadline of the whole request, and the
+    connection's watch for the client leaving."""
 
-    __slots__ = ("cycle", "deadline")
+    __slots__ = ("cycle", "deadline", "gone")
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, gone: _Gone) -> None:
         self.cycle: RequestResponseCycle | None = None
         self.deadline = deadline
+        self.gone = gone
 
 
 class RawTargetProtocol(HttpToolsProtocol):
@@ -134,6 +151,7 @@ class RawTargetProtocol(HttpToolsProtocol):
         self._begun = 0.0
         self._in_head = False
         self._head_timer: asyncio.TimerHandle | None = None
+        self._gone = _Gone()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -147,6 +165,10 @@ class RawTargetProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
         super().connection_lost(exc)
+        left = self._gone.callback
+        if left is not None:  # a request runs: its response is not complete
+            self._gone.callback = None
+            left()
         metrics = PROCESS_SINKS.metrics
         if metrics is not None:
             metrics.connection_closed()
@@ -167,7 +189,7 @@ class RawTargetProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._cancel_head_timer()
-        wire = _Wire(self._begun + self._request_timeout)
+        wire = _Wire(self._begun + self._request_timeout, self._gone)
         extensions = self.scope.get("extensions") or {}
         self.scope["extensions"] = {
             **extensions,
@@ -515,7 +537,7 @@ class ProxyEndpoint:
                 return
         # A cut response (complete=False) simply never ends: the server then
         # closes the connection, so the client sees the body is short.
-        await self._run(ex, receive, sink)
+        await self._run(ex, receive, sink, wire)
 
     async def _read_body(self, ex: Exchange, receive: Receive) -> None:
         now = self.driver.now
@@ -537,12 +559,17 @@ class ProxyEndpoint:
             "(server.request_timeout)"
         )
 
-    async def _run(self, ex: Exchange, receive: Receive, sink: _ASGISink) -> None:
+    async def _run(
+        self, ex: Exchange, receive: Receive, sink: _ASGISink, wire: _Wire | None
+    ) -> None:
         if ex.finished:
             await self.driver.run(ex, sink)
             return
-        # Watch for http.disconnect while the exchange runs: a bare asyncio task
-        # (ASGI servers here run asyncio) costs a fraction of an anyio task group.
+        if wire is not None:  # our protocol tells when the connection is lost
+            await self.driver.run(ex, sink, wire.gone)
+            return
+        # Another ASGI server: watch for http.disconnect while the exchange runs, a
+        # bare asyncio task (a fraction of an anyio task group's cost).
         watcher = asyncio.get_running_loop().create_task(_wait_disconnect(receive))
         try:
             await self.driver.run(ex, sink, _Disconnect(watcher))
