@@ -54,9 +54,9 @@ class Provider:
         if self.extra:
             dropped = dropped.union(name for name, _ in self.extra)
         out = [(b"host", self.host_header)]
-        out.extend((name, value) for name, value in headers if name not in dropped)
+        out += [item for item in headers if item[0] not in dropped]  # a list: no generator
         out.append((b"accept-encoding", b"identity"))
-        out.extend(self.extra)
+        out += self.extra
         if self.auth is not None:
             out.append(self.auth)
         if (
