@@ -23,7 +23,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from multiprocessing import resource_tracker
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.lowlevel
@@ -59,6 +59,7 @@ from ._cli import (
     setup_logging,
     stopped,
 )
+from ._corked import CorkedTransport
 from ._driver import ClientDisconnected, Driver, stopped_reading
 from ._log_format import logging_config
 from ._sinks import PROCESS_SINKS
@@ -154,7 +155,7 @@ class RawTargetProtocol(HttpToolsProtocol):
         self._gone = _Gone()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(cast(asyncio.Transport, CorkedTransport(transport)))
         sock = transport.get_extra_info("socket")
         if sock is not None:
             _DESCRIPTORS.accepted(sock.fileno())
@@ -473,18 +474,38 @@ class _ASGISink:
 
     async def _send_all(self, out: list[Message]) -> None:
         flow = self._flow
+        corked = self._transport
         try:
+            if len(out) > 1 and isinstance(corked, CorkedTransport):
+                # One write for them all: the transport is not paused (the last
+                # flush waited for it to drain) and held writes cannot pause it.
+                corked.hold()
+                try:
+                    for message in out:
+                        await self._send(message)
+                except BaseException:
+                    corked.drop()
+                    raise
+                corked.release()
+                if flow is not None and flow.write_paused:
+                    await self._drain(flow)
+                return
             for message in out:
                 await self._send(message)
                 if flow is not None and flow.write_paused:
-                    with anyio.move_on_after(self._write_timeout):  # the slow path only
-                        await flow.drain()
-                        continue
-                    assert self._transport is not None
-                    self._transport.abort()  # a close would wait for the client to read
-                    raise stopped_reading(self._write_timeout)
+                    await self._drain(flow)
         except OSError as exc:  # uvicorn raises ClientDisconnect (an OSError) on a gone client
             raise ClientDisconnected from exc
+
+    async def _drain(self, flow: FlowControl) -> None:
+        """The client does not read: wait for the transport to drain, at most
+        ``write_timeout``, else abort the connection."""
+        with anyio.move_on_after(self._write_timeout):
+            await flow.drain()
+            return
+        assert self._transport is not None
+        self._transport.abort()  # a close would wait for the client to read
+        raise stopped_reading(self._write_timeout)
 
 
 class ProxyEndpoint:
