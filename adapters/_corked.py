@@ -9,6 +9,7 @@ app, so a class defined there would be two.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = ["CorkedTransport"]
@@ -19,7 +20,7 @@ class CorkedTransport:
     head and its body separately, two system calls where one will do. Between
     ``hold`` and ``release`` (``_ASGISink`` sending a flush's messages, which
     never wait meanwhile) writes are kept, then go out as one. Anything else
-    goes to the transport; ``close`` first writes what is held."""
+    goes to the transport; ``close`` and ``write_eof`` first write what is held."""
 
     __slots__ = ("_held", "_transport")
 
@@ -46,6 +47,13 @@ class CorkedTransport:
     def drop(self) -> None:
         """Forget what is held (the client is gone)."""
         self._held = None
+
+    def writelines(self, chunks: Iterable[bytes]) -> None:
+        self.write(b"".join(chunks))
+
+    def write_eof(self) -> None:
+        self.release()
+        self._transport.write_eof()
 
     def close(self) -> None:
         self.release()

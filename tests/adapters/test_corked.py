@@ -85,6 +85,20 @@ async def test_a_close_while_holding_writes_what_is_held_first() -> None:
 
 
 @pytest.mark.anyio
+async def test_lines_and_an_eof_keep_their_place_after_what_is_held() -> None:
+    corked, transport, peer, writes = await pair()
+    corked.hold()
+    corked.write(b"head;")
+    corked.writelines([b"a", b"b;"])
+    assert writes == []
+    corked.write_eof()
+    assert writes == [b"head;ab;"]
+    assert await read_until(peer, 100) == b"head;ab;"  # then EOF
+    corked.close()
+    peer.close()
+
+
+@pytest.mark.anyio
 async def test_an_abort_or_a_drop_writes_nothing_held() -> None:
     corked, transport, peer, writes = await pair()
     corked.hold()
