@@ -8,6 +8,7 @@ client; the driver does the rest.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import math
@@ -124,6 +125,7 @@ class Driver:
         self._random = random.Random().random
         self._counter = itertools.count(1)
         self._clock: Clock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # on asyncio (_bind_clock)
         self._guard_flush = False
         self._write_timeout = proxy.config.server.write_timeout
         # Repeats of one failure (every request refused while Redis is down):
@@ -139,6 +141,7 @@ class Driver:
         # write would cost ~4 µs), elsewhere by the timer (`_guard_flush`) unless
         # the sink's stream does it (trio's lean streams: `bounds_writes`).
         self._guard_flush = not using_asyncio()
+        self._loop = asyncio.get_running_loop() if not self._guard_flush else None
         self._clock = loop_clock()
         return self._clock
 
@@ -179,7 +182,7 @@ class Driver:
         ex: Exchange,
         cmd: SendUpstreamRequest,
         state: _Upstream,
-        timer: anyio.CancelScope,
+        timer: _Timer,
         now: Clock,
     ) -> None:
         """Send the request upstream, bounded by the exchange's timer; failures feed it."""
@@ -251,8 +254,10 @@ class Driver:
                 # leaving cancels it too.
                 if state.left:
                     raise ClientDisconnected
-                with anyio.CancelScope() as timer:
-                    state.scope = timer
+                with anyio.CancelScope() as scope:
+                    state.scope = scope
+                    loop = self._loop
+                    timer = _Timer(scope) if loop is None else _LoopTimer(scope, loop)
                     try:
                         if await self._step(ex, client, state, timer, now):
                             return
@@ -262,6 +267,8 @@ class Driver:
                         # its frames go. The scope knows it by itself.
                         detached(cancelled)
                         raise
+                    finally:
+                        timer.close()
                 if state.left:
                     raise ClientDisconnected
                 if state.flushing:  # the timer bounded a write (see _step)
@@ -292,7 +299,7 @@ class Driver:
         ex: Exchange,
         client: ClientSink,
         state: _Upstream,
-        timer: anyio.CancelScope,
+        timer: _Timer,
         now: Clock,
     ) -> bool:
         """Carry out commands and feed upstream events: True once the exchange ends,
@@ -457,6 +464,80 @@ class Driver:
                 case _:
                     raise RuntimeError(f"unexpected command {cmd!r}")
         self._settle(settles)
+
+
+class _Timer:
+    """The exchange's timer: the deadline of the cancel scope a step of
+    ``Driver.run`` runs in. The scope is cancelled once the deadline passes,
+    never before (a read it cuts off closes its connection)."""
+
+    __slots__ = ("scope",)
+
+    def __init__(self, scope: anyio.CancelScope) -> None:
+        self.scope = scope
+
+    @property
+    def deadline(self) -> float:
+        return self.scope.deadline
+
+    @deadline.setter
+    def deadline(self, when: float) -> None:
+        self.scope.deadline = when
+
+    @property
+    def cancel_called(self) -> bool:
+        return self.scope.cancel_called
+
+    def close(self) -> None:
+        """The step is over."""
+
+
+class _LoopTimer(_Timer):
+    """The timer on asyncio: one loop timer cancels the scope, and a later deadline
+    is only noted (the timer, due first, sees it and is set again). The exchange's
+    deadline moves later at each upstream read; anyio then read the clock twice
+    and replaced a timer (3.8 % of an asgi request's instructions)."""
+
+    __slots__ = ("_handle", "_loop", "_when")
+
+    def __init__(self, scope: anyio.CancelScope, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(scope)
+        self._loop = loop
+        self._when = math.inf
+        self._handle: asyncio.TimerHandle | None = None
+
+    @property
+    def deadline(self) -> float:
+        return self._when
+
+    @deadline.setter
+    def deadline(self, when: float) -> None:
+        self._when = when
+        handle = self._handle
+        if handle is not None:
+            if handle.when() <= when:
+                return  # due first: it sets itself again for the later deadline
+            handle.cancel()
+            self._handle = None
+        if when != math.inf:
+            self._arm(when)
+
+    def _arm(self, when: float) -> None:
+        if when <= self._loop.time():
+            self.scope.cancel()
+        else:
+            self._handle = self._loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        if self._when != math.inf:
+            self._arm(self._when)
+
+    def close(self) -> None:
+        handle = self._handle
+        if handle is not None:
+            self._handle = None
+            handle.cancel()
 
 
 class _Upstream:
