@@ -167,7 +167,7 @@ class RawTargetProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         super().connection_lost(exc)
         left = self._gone.callback
-        if left is not None:  # a request runs: its response is not complete
+        if left is not None:  # a request's driver still runs (it unsets this at its end)
             self._gone.callback = None
             left()
         metrics = PROCESS_SINKS.metrics
